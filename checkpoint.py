@@ -1,0 +1,66 @@
+"""Training checkpoints: atomic writes, safe loads (weights_only), and models rebuilt from them.
+
+A checkpoint is a dict of plain types and tensors written by train.py:
+  model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss,
+  optimizer, scaler, rng, sampler, training_log
+"""
+import os
+from pathlib import Path
+
+import torch
+
+from model import ModelConfig, build_model
+
+CHECKPOINT_FILES = {'best': 'best.pt', 'latest': 'ckpt.pt'}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or cannot be read."""
+
+
+def save_checkpoint(obj, path):
+    """Write obj to path so that a crash at any moment leaves the previous file intact:
+    temporary file in the same directory, fsync, then an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp')
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path, map_location='cpu'):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+
+
+def model_from_checkpoint(ckpt):
+    try:
+        model = build_model(ckpt['model_type'], ModelConfig(**ckpt['model_args']))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint does not describe a model: {e}") from None
+    model.load_state_dict(ckpt['model'])
+    return model
+
+
+def load_trained_model(out_dir, which='best', device='cpu'):
+    """(model in eval mode on device, checkpoint dict) from out_dir/best.pt or out_dir/ckpt.pt."""
+    if which not in CHECKPOINT_FILES:
+        raise CheckpointError(f"unknown checkpoint {which!r}; choose from {', '.join(CHECKPOINT_FILES)}")
+    ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_FILES[which], map_location=device)
+    model = model_from_checkpoint(ckpt).to(device).eval()
+    return model, ckpt

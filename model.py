@@ -1,0 +1,562 @@
+"""
+Backpack language model (Hewitt et al., ACL 2023) and a matched GPT-2 Transformer.
+
+Both models share one GPT-2 backbone (learned positions, pre-LN blocks, tanh GELU,
+final LayerNorm, causal attention through scaled_dot_product_attention).
+
+    StandardTransformerLM:  logits = E h                      h = backbone(x)
+    BackpackLM:             logits = E o,  o_i = sum_j sum_l alpha[l,i,j] C(x_j)[l]
+                            C = sense_network(E[x])             k sense vectors per token,
+                                                                from the token alone
+                            alpha = softmax_j(q_l(h_i) . k_l(h_j) / sqrt(d/k)), causal
+
+E is the input embedding, tied to the LM head. The Backpack's logits are log-linear in
+its sense vectors: the backbone only decides how much of each sense of each past token
+goes into the prediction. Parameter and module names follow nanoGPT and the Hugging Face
+stanfordnlp/backpack-gpt2 checkpoint, so loading it is a rename and a transpose.
+"""
+import inspect
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 50264
+    block_size: int = 512
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    n_senses: int = 16               # Backpack only
+    sense_intermediate_scale: int = 4  # Backpack only: hidden width of the sense MLP, in units of n_embd
+    dropout: float = 0.0
+    bias: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
+    layer_norm_epsilon: float = 1e-5
+
+
+_SIZES = {'micro': dict(n_layer=6, n_head=6, n_embd=384),
+          'mini': dict(n_layer=8, n_head=8, n_embd=640),
+          'small': dict(n_layer=12, n_head=12, n_embd=768)}
+PRESETS = {f'{kind}-{size}': (kind, dims) for kind in ('backpack', 'transformer') for size, dims in _SIZES.items()}
+
+
+def preset_config(name, **overrides):
+    """(model_type, ModelConfig) of a named preset, e.g. preset_config('backpack-micro', vocab_size=16384)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    model_type, dims = PRESETS[name]
+    return model_type, ModelConfig(**{**dims, **overrides})
+
+
+# ----------------------------------------------------------------------------- backbone
+
+class MLP(nn.Module):
+    def __init__(self, n_in, n_hidden, n_out, config):
+        super().__init__()
+        self.c_fc = nn.Linear(n_in, n_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(n_hidden, n_out, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate='tanh')))
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
+        head_size = config.n_embd // config.n_head
+        # GPT-2's optional extra 1/(layer+1) damping of attention scores (used by backpack-gpt2)
+        layer_scale = layer_idx + 1 if config.scale_attn_by_inverse_layer_idx else 1
+        self.scale = 1.0 / (math.sqrt(head_size) * layer_scale)
+
+    def forward(self, x, attn_mask=None, past=None):
+        """x (B,T,d). attn_mask None means plain causal; past is a (keys, values) pair or None.
+        Returns the output and the (keys, values) of all positions seen so far."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
+
+
+class Block(nn.Module):
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config.n_embd, 4 * config.n_embd, config.n_embd, config)
+
+    def forward(self, x, attn_mask=None, past=None):
+        a, present = self.attn(self.ln_1(x), attn_mask, past)
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), present
+
+
+class GPT2Backbone(nn.Module):
+    """Token + position embeddings, n_layer pre-LN blocks, final LayerNorm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+
+    def forward(self, idx, positions, attn_mask=None, cache=None):
+        x = self.drop(self.wte(idx) + self.wpe(positions))
+        for i, block in enumerate(self.h):
+            past = cache.layers[i] if cache is not None and cache.layers else None
+            x, present = block(x, attn_mask, past)
+            if cache is not None:
+                cache.new_layers.append(present)
+        return self.ln_f(x)
+
+
+# ----------------------------------------------------------------------------- incremental decoding
+
+class Cache:
+    """What incremental decoding keeps of past tokens: each layer's keys and values and, for the
+    Backpack, the sense-weight keys (B,k,T,d/k) and the sense vectors (B,k,T,d)."""
+
+    def __init__(self):
+        self.layers, self.new_layers = [], []
+        self.sense_keys = self.senses = None
+
+    @property
+    def length(self):
+        return self.layers[0][0].shape[2] if self.layers else 0
+
+    def commit(self):
+        self.layers, self.new_layers = self.new_layers, []
+
+    def reorder(self, index):
+        """Keep/reorder batch rows (beam search)."""
+        pick = lambda t: None if t is None else t.index_select(0, index)
+        self.layers = [(pick(k), pick(v)) for k, v in self.layers]
+        self.sense_keys, self.senses = pick(self.sense_keys), pick(self.senses)
+        return self
+
+
+def _positions_and_mask(idx, past_length, attention_mask):
+    """Position ids of the new tokens and the SDPA mask (None = plain causal).
+
+    attention_mask (B, past+T), True on real tokens, lets prompts be left-padded: positions
+    count real tokens only and no query attends to padding. Every query may see itself, so
+    rows of padding stay finite instead of becoming NaN."""
+    B, T = idx.shape
+    if attention_mask is None:
+        positions = torch.arange(past_length, past_length + T, device=idx.device).expand(B, T)
+        if past_length == 0:
+            return positions, None
+        return positions, torch.ones(T, past_length + T, dtype=torch.bool, device=idx.device).tril(past_length)
+    if attention_mask.shape != (B, past_length + T):
+        raise ValueError(f"attention_mask must have shape {(B, past_length + T)}, got {tuple(attention_mask.shape)}")
+    attention_mask = attention_mask.bool()
+    positions = (attention_mask.long().cumsum(1) - 1).clamp(min=0)[:, past_length:]
+    causal = torch.ones(T, past_length + T, dtype=torch.bool, device=idx.device).tril(past_length)
+    itself = torch.zeros_like(causal)
+    itself[:, past_length:] = torch.eye(T, dtype=torch.bool, device=idx.device)
+    mask = (causal & attention_mask[:, None, :]) | itself
+    return positions, mask[:, None]  # (B, 1, T, past+T), broadcast over heads
+
+
+# ----------------------------------------------------------------------------- language models
+
+class LanguageModel(nn.Module):
+    """What both models share: the backbone, tied LM head, loss, generation, optimizer, FLOPs."""
+    model_type = None
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.backbone = GPT2Backbone(config)
+
+    def _init_weights(self):
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            # GPT-2: residual projections scaled by 1/sqrt(2 n_layer)
+            std = 0.02 / math.sqrt(2 * self.config.n_layer) if name.endswith('c_proj.weight') else 0.02
+            nn.init.normal_(p, mean=0.0, std=std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @property
+    def token_embeddings(self):
+        return self.backbone.wte.weight
+
+    def _check_length(self, total):
+        if total > self.config.block_size:
+            raise ValueError(f"sequence of {total} tokens is longer than block_size {self.config.block_size}")
+
+    def _logits(self, idx, positions, attn_mask, cache, **edits):
+        raise NotImplementedError
+
+    def forward(self, idx, targets=None, **edits):
+        """logits (B,T,V) for every position, and the mean cross-entropy over targets != -1 (or None)."""
+        self._check_length(idx.shape[1])
+        positions, mask = _positions_and_mask(idx, 0, None)
+        logits = self._logits(idx, positions, mask, None, **edits)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    @torch.no_grad()
+    def step(self, idx, cache=None, attention_mask=None):
+        """Incremental decoding: logits (B,T_new,V) of the new tokens idx, and the updated cache."""
+        cache = cache if cache is not None else Cache()
+        self._check_length(cache.length + idx.shape[1])
+        positions, mask = _positions_and_mask(idx, cache.length, attention_mask)
+        logits = self._logits(idx, positions, mask, cache)
+        cache.commit()
+        return logits, cache
+
+    def hidden_states(self, idx):
+        """The backbone's final hidden states (B,T,d), after its final LayerNorm."""
+        self._check_length(idx.shape[1])
+        positions, _ = _positions_and_mask(idx, 0, None)
+        return self.backbone(idx, positions)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, eos_id=None):
+        """Sample (temperature 0: greedy) up to max_new_tokens with a KV cache. Rows that emit a token
+        of eos_id (an int or a collection of ints) stop; their later positions repeat that token."""
+        stop_ids = torch.tensor([] if eos_id is None else [eos_id] if isinstance(eos_id, int) else list(eos_id),
+                                device=idx.device, dtype=torch.long)
+        stopped = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+        logits, cache = self.step(idx[:, -self.config.block_size:])
+        for _ in range(max_new_tokens):
+            next_id = _sample(logits[:, -1, :], temperature, top_k)
+            next_id = torch.where(stopped[:, None], idx[:, -1:], next_id)
+            idx = torch.cat([idx, next_id], dim=1)
+            stopped |= torch.isin(next_id[:, 0], stop_ids)
+            if stopped.all():
+                break
+            if cache.length < self.config.block_size:
+                logits, cache = self.step(next_id, cache)
+            else:  # window full: positions shift, so re-encode the last block_size tokens
+                logits, cache = self.step(idx[:, -self.config.block_size:])
+        return idx
+
+    def num_params(self, non_embedding=True):
+        """Parameters counted once (the tied head is the embedding); non_embedding drops positions, as in nanoGPT."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.backbone.wpe.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len=None):
+        """Training (forward + backward = 3 x forward) FLOPs per token, PaLM/nanoGPT convention:
+        6 per matmul weight, plus the attention products counted over the full sequence."""
+        cfg, T = self.config, seq_len or self.config.block_size
+        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
+        """Model FLOPs utilisation of block_size-long sequences against peak_flops (A100 bf16 by default)."""
+        flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
+        return flops / dt / peak_flops
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW, decaying only matrices (weights, embeddings), fused on CUDA when available."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+        fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+
+
+def _sample(logits, temperature, top_k):
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits = logits.masked_fill(logits < v[:, [-1]], float('-inf'))
+    return torch.multinomial(F.softmax(logits.float(), dim=-1), num_samples=1)
+
+
+class StandardTransformerLM(LanguageModel):
+    """GPT-2: logits = E h with the head tied to the input embedding."""
+    model_type = 'transformer'
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._init_weights()
+
+    def _logits(self, idx, positions, attn_mask, cache):
+        return self.backbone(idx, positions, attn_mask, cache) @ self.token_embeddings.t()
+
+
+class SenseNetwork(nn.Module):
+    """C(x): k sense vectors per token, from its embedding alone (no position, no context)."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.n_embd
+        self.n_senses = config.n_senses
+        self.dropout = nn.Dropout(config.dropout)
+        self.ln = nn.LayerNorm(d, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.block = nn.Module()  # a residual MLP block without mixing, named as in backpack-gpt2
+        self.block.ln_1 = nn.LayerNorm(d, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.block.mlp = MLP(d, 4 * d, d, config)
+        self.block.ln_2 = nn.LayerNorm(d, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.block.dropout = nn.Dropout(config.dropout)
+        self.final_mlp = MLP(d, config.sense_intermediate_scale * d, config.n_senses * d, config)
+
+    def forward(self, embeddings):
+        """(B,T,d) token embeddings -> (B,k,T,d) sense vectors."""
+        r = self.dropout(embeddings)
+        h = self.ln(r)
+        r = self.block.dropout(h) + r
+        r = self.block.mlp(self.block.ln_1(r)) + r
+        senses = self.final_mlp(self.block.ln_2(r))
+        B, T, _ = senses.shape
+        return senses.view(B, T, self.n_senses, -1).transpose(1, 2)
+
+
+class BackpackLM(LanguageModel):
+    """Backpack: logits = E o, o_i = sum_l sum_j alpha[l,i,j] C(x_j)[l].
+
+    Sense interventions: forward(idx, targets, senses_fn=f, alpha_fn=g) passes the sense vectors
+    (B,k,T,d) through f and/or the contextualization alpha (B,k,T,T) through g before mixing; each
+    returns a tensor of the same shape. For example, to silence sense 3 of the token at position 5:
+        def f(C): C = C.clone(); C[:, 3, 5] = 0; return C
+    or to double the weight every position puts on sense 0:  g = lambda a: a * scale  with
+    scale = torch.ones(1, k, 1, 1); scale[0, 0] = 2. Replace rather than scale by assigning.
+    """
+    model_type = 'backpack'
+    fast_mixing = True  # False: materialise alpha and multiply (the reference computation)
+
+    def __init__(self, config):
+        super().__init__(config)
+        assert config.n_embd % config.n_senses == 0, "n_embd must be divisible by n_senses"
+        self.sense_network = SenseNetwork(config)
+        self.sense_weight_net = nn.Module()
+        self.sense_weight_net.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)  # sense queries and keys
+        self._init_weights()
+
+    def sense_vectors(self, token_ids):
+        """(N,) token ids -> (N, k, d) sense vectors."""
+        return self.sense_network(self.backbone.wte(token_ids)[None])[0].transpose(0, 1)
+
+    def _sense_queries_keys(self, hidden):
+        B, T, d = hidden.shape
+        qk = self.sense_weight_net.c_attn(hidden).view(B, T, 2, self.config.n_senses, d // self.config.n_senses)
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B,k,T,d/k) each
+
+    def _senses_and_weights(self, idx, positions, attn_mask, cache):
+        """Sense vectors (B,k,T,d), and sense queries and keys (B,k,T,d/k) of all positions so far."""
+        senses = self.sense_network(self.backbone.wte(idx))
+        q, k = self._sense_queries_keys(self.backbone(idx, positions, attn_mask, cache))
+        if cache is not None:
+            if cache.senses is not None:
+                senses = torch.cat([cache.senses, senses], dim=2)
+                k = torch.cat([cache.sense_keys, k], dim=2)
+            cache.senses, cache.sense_keys = senses, k
+        return senses, q, k
+
+    @staticmethod
+    def _alpha(q, k, attn_mask):
+        """Contextualization weights (B,k,T_q,T_k): per-sense causal softmax of q.k / sqrt(d/k)."""
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if attn_mask is None:
+            T = q.shape[2]
+            attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        return scores.masked_fill(~attn_mask, float('-inf')).softmax(dim=-1)
+
+    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None):
+        senses, q, k = self._senses_and_weights(idx, positions, attn_mask, cache)
+        if senses_fn is not None:
+            senses = senses_fn(senses)
+        if self.fast_mixing and alpha_fn is None:
+            # the k sense heads as attention heads, the senses as values: no (B,k,T,T) tensor is kept
+            mixed = F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask, is_causal=attn_mask is None)
+        else:
+            alpha = self._alpha(q, k, attn_mask)
+            mixed = (alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses
+        return mixed.sum(dim=1) @ self.token_embeddings.t()
+
+    def contextualization(self, idx):
+        """alpha (B,k,T,T): how much sense l of token j contributes at position i."""
+        return self._alpha(*self._sense_queries_keys(self.hidden_states(idx)), None)
+
+    def output_states(self, idx):
+        """o (B,T,d): the sense mixture that the tied head turns into logits."""
+        self._check_length(idx.shape[1])
+        positions, _ = _positions_and_mask(idx, 0, None)
+        senses, q, k = self._senses_and_weights(idx, positions, None, None)
+        return F.scaled_dot_product_attention(q, k, senses, is_causal=True).sum(dim=1)
+
+    def flops_per_token(self, seq_len=None):
+        # + sense scores (2 T d) and sense mixing (2 k T d) per token, forward, times 3 for training
+        cfg, T = self.config, seq_len or self.config.block_size
+        attention = 12 * cfg.n_layer * cfg.n_embd * T
+        mixing = 3 * (2 * T * cfg.n_embd + 2 * cfg.n_senses * T * cfg.n_embd)
+        return 6 * self.num_params() + attention + mixing
+
+    # ------------------------------------------------------------------ Hugging Face backpack-gpt2 format
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, dropout=0.0):
+        """Load stanfordnlp/backpack-gpt2-format weights from a local directory or a hub id.
+        Only config.json and the tensors are read: no remote code is ever run."""
+        directory = _pretrained_directory(name_or_path)
+        hf_config = _read_hf_config(directory)
+        config = ModelConfig(
+            vocab_size=hf_config['vocab_size'], block_size=hf_config['n_positions'],
+            n_layer=hf_config['n_layer'], n_head=hf_config['n_head'], n_embd=hf_config['n_embd'],
+            n_senses=hf_config['num_senses'], sense_intermediate_scale=hf_config['sense_intermediate_scale'],
+            dropout=dropout, bias=True, layer_norm_epsilon=hf_config.get('layer_norm_epsilon', 1e-5),
+            scale_attn_by_inverse_layer_idx=hf_config.get('scale_attn_by_inverse_layer_idx', False))
+        model = cls(config)
+        model.load_state_dict(_state_dict_from_hf(_read_hf_tensors(directory), model))
+        return model
+
+    def save_pretrained(self, directory):
+        """Write config.json and pytorch_model.bin in the backpack-gpt2 format (atomically)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_write(directory / 'config.json', lambda f: f.write(json.dumps(self._hf_config(), indent=2).encode()))
+        tensors = _state_dict_to_hf(self)
+        _atomic_write(directory / 'pytorch_model.bin', lambda f: torch.save(tensors, f))
+
+    def _hf_config(self):
+        c = self.config
+        return {
+            'model_type': 'backpack-gpt2', 'architectures': ['BackpackGPT2LMHeadModel'],
+            'auto_map': {'AutoConfig': 'configuration_backpack_gpt2.BackpackGPT2Config',
+                         'AutoModelForCausalLM': 'modeling_backpack_gpt2.BackpackGPT2LMHeadModel'},
+            'activation_function': 'gelu_new', 'vocab_size': c.vocab_size, 'n_positions': c.block_size,
+            'n_embd': c.n_embd, 'n_layer': c.n_layer, 'n_head': c.n_head, 'n_inner': None,
+            'num_senses': c.n_senses, 'sense_intermediate_scale': c.sense_intermediate_scale,
+            'resid_pdrop': c.dropout, 'embd_pdrop': c.dropout, 'attn_pdrop': c.dropout,
+            'layer_norm_epsilon': c.layer_norm_epsilon, 'initializer_range': 0.02,
+            'scale_attn_weights': True, 'scale_attn_by_inverse_layer_idx': c.scale_attn_by_inverse_layer_idx,
+            'reorder_and_upcast_attn': False, 'bos_token_id': 50256, 'eos_token_id': 50256,
+        }
+
+
+MODEL_CLASSES = {'backpack': BackpackLM, 'transformer': StandardTransformerLM}
+
+
+def build_model(model_type, config):
+    if model_type not in MODEL_CLASSES:
+        raise ValueError(f"unknown model_type {model_type!r}; choose from {', '.join(MODEL_CLASSES)}")
+    return MODEL_CLASSES[model_type](config)
+
+
+# ----------------------------------------------------------------------------- checkpoint conversion
+
+class PretrainedFormatError(ValueError):
+    """A directory that is not a usable backpack-gpt2 checkpoint."""
+
+
+_HF_PREFIX = 'backpack.gpt2_model.'
+# GPT-2's Conv1D stores (in, out): these are transposed relative to nn.Linear (the sense
+# MLPs are Conv1D too; only sense_weight_net.c_attn is a plain Linear)
+_CONV1D_SUFFIXES = ('attn.c_attn.weight', 'c_proj.weight', 'c_fc.weight')
+# duplicates of tied or derived tensors in the HF file
+_HF_ALIASES = ('backpack.word_embeddings.weight', 'backpack.position_embeddings.weight', 'lm_head.weight')
+
+
+def _pretrained_directory(name_or_path):
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_path).count('/') != 1:
+        raise PretrainedFormatError(f"{name_or_path} is not a directory nor a hub id like 'stanfordnlp/backpack-gpt2'")
+    from huggingface_hub import snapshot_download  # only for hub ids; fetches config and tensors, never code
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=['config.json', '*.safetensors', 'pytorch_model.bin']))
+    except Exception as e:
+        raise PretrainedFormatError(
+            f"could not download {name_or_path} from the Hugging Face hub ({type(e).__name__}); "
+            "download it elsewhere and pass the local directory") from None
+
+
+def _read_hf_config(directory):
+    path = directory / 'config.json'
+    if not path.is_file():
+        raise PretrainedFormatError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
+    hf_config = json.loads(path.read_text())
+    if hf_config.get('model_type') != 'backpack-gpt2':
+        raise PretrainedFormatError(f"{path}: model_type is {hf_config.get('model_type')!r}, expected 'backpack-gpt2'")
+    if hf_config.get('activation_function', 'gelu_new') != 'gelu_new' or hf_config.get('n_inner') not in (None, 4 * hf_config['n_embd']):
+        raise PretrainedFormatError(f"{path}: only gelu_new and n_inner = 4 n_embd are supported")
+    return hf_config
+
+
+def _read_hf_tensors(directory):
+    if (directory / 'model.safetensors').is_file():
+        from safetensors.torch import load_file
+        return load_file(directory / 'model.safetensors')
+    if (directory / 'pytorch_model.bin').is_file():
+        return torch.load(directory / 'pytorch_model.bin', map_location='cpu', weights_only=True)
+    raise PretrainedFormatError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
+
+
+def _hf_name(name):
+    """Our parameter name -> its name in the backpack-gpt2 checkpoint."""
+    if name.startswith('backbone.'):
+        return _HF_PREFIX + name[len('backbone.'):]
+    return 'backpack.' + name
+
+
+def _state_dict_from_hf(hf_tensors, model):
+    state = {}
+    for name, param in model.state_dict().items():
+        hf_name = _hf_name(name)
+        if hf_name not in hf_tensors:
+            raise PretrainedFormatError(f"checkpoint lacks tensor {hf_name}")
+        tensor = hf_tensors[hf_name]
+        if name.endswith(_CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        if tensor.shape != param.shape:
+            raise PretrainedFormatError(
+                f"tensor {hf_name} has shape {tuple(tensor.shape)} but config.json implies {tuple(param.shape)}")
+        state[name] = tensor.to(param.dtype)
+    return state
+
+
+def _state_dict_to_hf(model):
+    hf = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith(_CONV1D_SUFFIXES):
+            tensor = tensor.t()
+        hf[_hf_name(name)] = tensor.detach().contiguous().clone()
+    for alias, source in zip(_HF_ALIASES, ('wte', 'wpe', 'wte')):
+        hf[alias] = hf[f'{_HF_PREFIX}{source}.weight']
+    n = model.config.block_size
+    for i in range(model.config.n_layer):  # GPT-2's causal-mask buffers, kept for format fidelity
+        hf[f'{_HF_PREFIX}h.{i}.attn.bias'] = torch.ones(n, n, dtype=torch.bool).tril().view(1, 1, n, n)
+        hf[f'{_HF_PREFIX}h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
+    return hf
+
+
+def _atomic_write(path, write):
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,243 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from model import (PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, StandardTransformerLM,
+                   build_model, preset_config)
+
+TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, n_senses=4)
+MODELS = ['backpack', 'transformer']
+
+
+def tiny_model(model_type, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return build_model(model_type, ModelConfig(**{**TINY, **overrides})).eval()
+
+
+@pytest.fixture(scope='module')
+def reference_dir(enfr_data_root):
+    return enfr_data_root.parent.parent / 'reference' / 'backpack-gpt2-tiny'
+
+
+@pytest.mark.parametrize('model_type', MODELS)
+def test_causal(model_type):
+    model = tiny_model(model_type)
+    idx = torch.randint(0, 64, (2, 20))
+    changed = idx.clone()
+    changed[:, 12:] = torch.randint(0, 64, (2, 8))
+    logits, _ = model(idx)
+    logits_changed, _ = model(changed)
+    torch.testing.assert_close(logits[:, :12], logits_changed[:, :12])
+    assert not torch.allclose(logits[:, 12:], logits_changed[:, 12:])
+
+
+def test_alpha_is_a_causal_distribution():
+    model = tiny_model('backpack')
+    alpha = model.contextualization(torch.randint(0, 64, (2, 10)))
+    assert alpha.shape == (2, 4, 10, 10)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(2, 4, 10))
+    assert (alpha.triu(1) == 0).all()
+
+
+@pytest.mark.parametrize('model_type', MODELS)
+def test_head_is_tied_to_embedding(model_type):
+    model = tiny_model(model_type)
+    idx = torch.randint(0, 64, (1, 6))
+    with torch.no_grad():
+        model.token_embeddings[7] += 1.0
+    states = model.output_states(idx) if model_type == 'backpack' else model.hidden_states(idx)
+    torch.testing.assert_close(model(idx)[0][..., 7], states @ model.token_embeddings[7])
+
+
+def test_logits_are_linear_in_the_senses():
+    """The Backpack's defining property: scaling every sense vector scales the logits."""
+    model = tiny_model('backpack')
+    idx = torch.randint(0, 64, (2, 9))
+    logits, _ = model(idx)
+    scaled, _ = model(idx, senses_fn=lambda senses: 3 * senses)
+    torch.testing.assert_close(scaled, 3 * logits)
+
+
+def test_sense_interventions_per_sense_and_token():
+    model = tiny_model('backpack')
+    idx = torch.randint(0, 64, (1, 8))
+
+    def silence_sense_2_of_token_3(senses):
+        senses = senses.clone()
+        senses[:, 2, 3] = 0
+        return senses
+
+    logits, _ = model(idx)
+    edited, _ = model(idx, senses_fn=silence_sense_2_of_token_3)
+    torch.testing.assert_close(edited[:, :3], logits[:, :3])  # positions before token 3 cannot see it
+    assert not torch.allclose(edited[:, 3:], logits[:, 3:])
+    alpha_doubled, _ = model(idx, alpha_fn=lambda alpha: 2 * alpha)
+    torch.testing.assert_close(alpha_doubled, 2 * logits)
+
+
+def test_sense_vectors_depend_on_the_token_only():
+    model = tiny_model('backpack')
+    senses = model.sense_vectors(torch.tensor([5, 9, 5]))
+    assert senses.shape == (3, 4, 32)
+    torch.testing.assert_close(senses[0], senses[2])
+
+
+def test_fast_mixing_matches_reference_path():
+    model = tiny_model('backpack', n_embd=64, n_senses=8)
+    idx = torch.randint(0, 64, (3, 32))
+    fast, _ = model(idx)
+    model.fast_mixing = False
+    reference, _ = model(idx)
+    assert (fast - reference).abs().max() < 1e-5
+
+
+def test_loss_ignores_minus_one_targets():
+    model = tiny_model('transformer')
+    idx = torch.randint(0, 64, (2, 10))
+    targets = torch.randint(0, 64, (2, 10))
+    logits, loss = model(idx, targets)
+    masked = targets.clone()
+    masked[:, :5] = -1
+    _, masked_loss = model(idx, masked)
+    expected = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 64), targets[:, 5:].reshape(-1))
+    torch.testing.assert_close(masked_loss, expected)
+    assert model(idx)[1] is None
+
+
+@pytest.mark.parametrize('name,millions', [
+    ('backpack-micro', 41.7), ('backpack-mini', 103.9), ('backpack-small', 170.1),
+    ('transformer-micro', 30.1), ('transformer-mini', 71.9), ('transformer-small', 124.1)])
+def test_preset_parameter_counts(name, millions):
+    model_type, config = preset_config(name, vocab_size=50264, block_size=512)
+    with torch.device('meta'):
+        model = build_model(model_type, config)
+    assert abs(model.num_params(non_embedding=False) / 1e6 - millions) < 0.2
+    assert set(PRESETS) == {f'{k}-{s}' for k in MODELS for s in ('micro', 'mini', 'small')}
+
+
+def test_reference_checkpoint_matches(reference_dir):
+    model = BackpackLM.from_pretrained(reference_dir).eval()
+    idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()
+    with torch.no_grad():
+        logits, _ = model(idx)
+        alpha = model.contextualization(idx)
+        senses = model.sense_network(model.backbone.wte(idx))
+    for got, name in [(logits, 'logits'), (alpha, 'contextualization'), (senses, 'senses')]:
+        expected = np.load(reference_dir / f'expected_{name}.npy')
+        assert got.shape == expected.shape
+        assert np.abs(got.numpy() - expected).max() < 1e-4, name
+
+
+def test_save_pretrained_round_trip(reference_dir, tmp_path):
+    model = BackpackLM.from_pretrained(reference_dir).eval()
+    model.save_pretrained(tmp_path)
+    reloaded = BackpackLM.from_pretrained(tmp_path).eval()
+    idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()
+    assert torch.equal(model(idx)[0], reloaded(idx)[0])
+    original = torch.load(reference_dir / 'pytorch_model.bin', weights_only=True)
+    written = torch.load(tmp_path / 'pytorch_model.bin', weights_only=True)
+    assert set(original) == set(written)
+    for name, tensor in original.items():
+        assert torch.equal(tensor, written[name]), name
+
+
+def test_from_pretrained_errors(reference_dir, tmp_path):
+    with pytest.raises(PretrainedFormatError, match='no config.json'):
+        BackpackLM.from_pretrained(tmp_path)
+    bad = tmp_path / 'gpt2'
+    shutil.copytree(reference_dir, bad)
+    config = json.loads((bad / 'config.json').read_text())
+    (bad / 'config.json').write_text(json.dumps({**config, 'model_type': 'gpt2'}))
+    with pytest.raises(PretrainedFormatError, match="model_type is 'gpt2'"):
+        BackpackLM.from_pretrained(bad)
+    (bad / 'config.json').write_text(json.dumps({**config, 'n_embd': 64}))
+    with pytest.raises(PretrainedFormatError, match='shape'):
+        BackpackLM.from_pretrained(bad)
+    with pytest.raises(PretrainedFormatError, match='not a directory'):
+        BackpackLM.from_pretrained(tmp_path / 'missing' / 'deeper' / 'path')
+
+
+@pytest.mark.parametrize('model_type', MODELS)
+def test_too_long_input_is_a_clear_error(model_type):
+    with pytest.raises(ValueError, match='longer than block_size 32'):
+        tiny_model(model_type)(torch.zeros(1, 33, dtype=torch.long))
+
+
+def uncached_greedy(model, idx, steps):
+    for _ in range(steps):
+        logits, _ = model(idx[:, -model.config.block_size:])
+        idx = torch.cat([idx, logits[:, -1:].argmax(-1)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize('model_type', MODELS)
+def test_cached_generation_equals_uncached_greedy(model_type):
+    model = tiny_model(model_type, block_size=24)
+    idx = torch.randint(0, 64, (3, 6))
+    # 30 new tokens run past block_size, exercising the sliding window too
+    assert torch.equal(model.generate(idx, 30, temperature=0), uncached_greedy(model, idx, 30))
+
+
+@pytest.mark.parametrize('model_type', MODELS)
+def test_left_padded_step_matches_unpadded(model_type):
+    model = tiny_model(model_type)
+    short, long = torch.randint(1, 64, (1, 4)), torch.randint(1, 64, (1, 7))
+    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1), long])
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, :3] = False
+    logits, cache = model.step(batch, attention_mask=mask)
+    torch.testing.assert_close(logits[0, 3:], model(short)[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[1], model(long)[0][0], atol=1e-5, rtol=1e-5)
+    next_ids = torch.tensor([[5], [6]])
+    logits, cache = model.step(next_ids, cache, torch.cat([mask, torch.ones(2, 1, dtype=torch.bool)], 1))
+    torch.testing.assert_close(logits[0, -1], model(torch.cat([short, next_ids[:1]], 1))[0][0, -1], atol=1e-5, rtol=1e-5)
+    cache.reorder(torch.tensor([1]))
+    assert cache.length == 8 and cache.layers[0][0].shape[0] == 1
+
+
+def test_generate_stops_rows_at_eos():
+    model = tiny_model('transformer')
+    idx = torch.randint(0, 64, (2, 4))
+    free = model.generate(idx, 5, temperature=0)
+    first = free[0, 4].item()
+    stopped = model.generate(idx, 5, temperature=0, eos_id=first)
+    assert (stopped[0, 4:] == first).all()
+
+
+@pytest.mark.parametrize('model_type', MODELS)
+def test_bf16_autocast_forward_on_cpu(model_type):
+    model = tiny_model(model_type)
+    idx = torch.randint(0, 64, (2, 12))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, loss = model(idx, idx)
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)
+    assert (logits.float() - model(idx)[0]).abs().max() < 0.1
+
+
+def test_flops_count_sense_network_and_mixing():
+    backpack, transformer = tiny_model('backpack'), tiny_model('transformer')
+    extra_params = backpack.num_params() - transformer.num_params()
+    T, d, k = 32, 32, 4
+    assert backpack.flops_per_token() - transformer.flops_per_token() == 6 * extra_params + 3 * (2 * T * d + 2 * k * T * d)
+    assert transformer.estimate_mfu(fwdbwd_per_iter=10, dt=1.0, peak_flops=1e12) == pytest.approx(
+        transformer.flops_per_token() * 32 * 10 / 1e12)
+
+
+def test_optimizer_decays_only_matrices():
+    model = tiny_model('backpack')
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    decayed, plain = optimizer.param_groups
+    assert decayed['weight_decay'] == 0.1 and all(p.dim() >= 2 for p in decayed['params'])
+    assert plain['weight_decay'] == 0.0 and all(p.dim() < 2 for p in plain['params'])
+    assert sum(p.numel() for g in optimizer.param_groups for p in g['params']) == model.num_params(False)
+
+
+def test_unknown_model_type_and_preset():
+    with pytest.raises(ValueError, match='unknown model_type'):
+        build_model('lstm', ModelConfig(**TINY))
+    with pytest.raises(ValueError, match='unknown preset'):
+        preset_config('backpack-huge')
+    assert isinstance(tiny_model('transformer'), StandardTransformerLM)
