@@ -1,0 +1,126 @@
+"""
+Training-step throughput of the Backpack and its matched Transformer on the same backbone.
+
+Times forward + backward + AdamW step after warm-up and prints one JSON line per model
+(tokens/s, achieved FLOP/s from the model's own FLOP count, peak memory), one with the
+device's fp32 1024x1024 matmul rate for scale, and one with the Backpack/Transformer ratios.
+
+    python bench.py                              # d=384 L=6 H=6 k=16 T=256 V=16384 B=8
+    python bench.py --batch_size=16 --device=cuda --dtype=bfloat16
+"""
+import argparse
+import json
+import multiprocessing
+import resource
+import time
+from contextlib import nullcontext
+
+import torch
+
+from model import ModelConfig, build_model
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--n_layer', type=int, default=6)
+    p.add_argument('--n_head', type=int, default=6)
+    p.add_argument('--n_embd', type=int, default=384)
+    p.add_argument('--n_senses', type=int, default=16)
+    p.add_argument('--block_size', type=int, default=256)
+    p.add_argument('--vocab_size', type=int, default=16384)
+    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+    p.add_argument('--steps', type=int, default=10, help='timed steps')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    p.add_argument('--compile', action='store_true', help='torch.compile the model first')
+    p.add_argument('--seed', type=int, default=0)
+    return p.parse_args()
+
+
+def synchronize(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def matmul_flops(device, n=1024, repeats=50):
+    """Achieved fp32 FLOP/s of an n x n matmul: the yardstick for the model figures."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(5):
+        a @ b
+    synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def bench_model(model_type, args):
+    torch.manual_seed(args.seed)
+    config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses)
+    model = build_model(model_type, config).to(args.device)
+    optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), args.device.split(':')[0])
+    flops_per_token = model.flops_per_token()
+    if args.compile:
+        model = torch.compile(model)
+    autocast = (nullcontext() if args.dtype == 'float32' else
+                torch.autocast(args.device.split(':')[0], dtype=getattr(torch, args.dtype)))
+    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
+
+    def train_step():
+        with autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        train_step()
+    if args.device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(args.device)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        train_step()
+    synchronize(args.device)
+    seconds = (time.perf_counter() - t0) / args.steps
+    tokens = args.batch_size * args.block_size
+    result = {'model': model_type, 'params_M': round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+              'step_ms': round(1000 * seconds, 1), 'tokens_per_s': round(tokens / seconds),
+              'flops_per_token_G': round(flops_per_token / 1e9, 3),
+              'achieved_GFLOPs': round(flops_per_token * tokens / seconds / 1e9, 1)}
+    if args.device.startswith('cuda'):
+        result['peak_memory_MB'] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
+    else:  # whole-process peak resident memory; each model runs in its own process so this is its own
+        result['peak_rss_MB'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return result
+
+
+def run_in_child(model_type, args):
+    """A fresh process per model so that peak memory and allocator state are not shared."""
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+        return pool.apply(bench_model, (model_type, args))
+
+
+def main():
+    args = parse_args()
+    matmul = matmul_flops(args.device)
+    print(json.dumps({'device': args.device, 'threads': torch.get_num_threads(),
+                      'matmul_fp32_GFLOPs': round(matmul / 1e9, 1)}))
+    results = {}
+    for model_type in ('transformer', 'backpack'):
+        results[model_type] = r = run_in_child(model_type, args)
+        r['fraction_of_matmul'] = round(r['achieved_GFLOPs'] * 1e9 / matmul, 3)
+        print(json.dumps(r))
+    b, t = results['backpack'], results['transformer']
+    print(json.dumps({'backpack_over_transformer': {
+        'tokens_per_s': round(b['tokens_per_s'] / t['tokens_per_s'], 3),
+        'achieved_flops': round(b['achieved_GFLOPs'] / t['achieved_GFLOPs'], 3),
+        'flops_per_token': round(b['flops_per_token_G'] / t['flops_per_token_G'], 3)}}))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,59 @@
+from dataclasses import asdict
+
+import pytest
+import torch
+
+import checkpoint
+from checkpoint import CheckpointError, load_checkpoint, load_trained_model, save_checkpoint
+from model import ModelConfig, build_model
+
+
+def tiny_checkpoint(model_type='backpack'):
+    config = ModelConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)
+    model = build_model(model_type, config)
+    return model, {'model': model.state_dict(), 'model_type': model_type, 'model_args': asdict(config),
+                   'iter_num': 3, 'meta': {'vocab_size': 32}}
+
+
+@pytest.mark.parametrize('model_type', ['backpack', 'transformer'])
+def test_round_trip(tmp_path, model_type):
+    model, ckpt = tiny_checkpoint(model_type)
+    save_checkpoint(ckpt, tmp_path / 'best.pt')
+    loaded, loaded_ckpt = load_trained_model(tmp_path, 'best')
+    idx = torch.randint(0, 32, (1, 8))
+    assert torch.equal(loaded(idx)[0], model.eval()(idx)[0])
+    assert loaded_ckpt['iter_num'] == 3 and not loaded.training
+    assert [p.name for p in tmp_path.iterdir()] == ['best.pt']  # no temporary file left behind
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    _, ckpt = tiny_checkpoint()
+    path = tmp_path / 'ckpt.pt'
+    save_checkpoint(ckpt, path)
+
+    def crash(obj, f):
+        f.write(b'half a checkpoint')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, 'save', crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({**ckpt, 'iter_num': 4}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)['iter_num'] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ['ckpt.pt']
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match='no checkpoint at'):
+        load_trained_model(tmp_path, 'latest')
+    (tmp_path / 'ckpt.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(CheckpointError, match='cannot read checkpoint'):
+        load_checkpoint(tmp_path / 'ckpt.pt')
+    with pytest.raises(CheckpointError, match='unknown checkpoint'):
+        load_trained_model(tmp_path, 'newest')
+
+
+def test_refuses_arbitrary_pickles(tmp_path):
+    torch.save({'model': object()}, tmp_path / 'ckpt.pt')
+    with pytest.raises(CheckpointError, match='cannot read'):
+        load_checkpoint(tmp_path / 'ckpt.pt')
