@@ -1,0 +1,411 @@
+"""Turn an English-French parallel corpus into memmapped training shards, held-out pairs and a tokenizer.
+
+Sources: the Hugging Face hub (--source europarl, the default, or opus100) or local files
+(--source local --corpus PATH ...; PATH is a NAME.en/NAME.fr pair prefix, optionally gzipped, or a
+TSV file english<TAB>french). Pairs are cleaned, shuffled with --seed and split BY PAIR into
+train/val/test, so no pair (or either of its directions) is in two splits. Each pair becomes the
+sequence <EN> english <FR> french <eot> (and, with --bidirectional, <FR> french <EN> english <eot>).
+
+    python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament --vocab_size 512
+
+Outputs in OUT_ROOT/NAME/ (written to a temporary directory, renamed into place at the end):
+train.bin, val.bin, pairs_{train,val}.bin + pairs_{train,val}_index.npy, {train,val,test}.jsonl,
+word_counts.json, tokenizer.json (bpe), meta.json.
+"""
+import argparse
+import gzip
+import hashlib
+import itertools
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT))
+from tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe  # noqa: E402
+
+HUB_SOURCES = {"europarl": ("Helsinki-NLP/europarl", "en-fr"), "opus100": ("Helsinki-NLP/opus-100", "en-fr")}
+# not "europarl": data/europarl/ holds this script
+DEFAULT_NAMES = {"europarl": "europarl_en_fr", "opus100": "opus100_en_fr"}
+WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
+# characters that would break the line-aligned outputs (tabs, line and paragraph separators)
+BREAKS = str.maketrans({c: " " for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+ENCODE_CHUNK = 32768  # texts per batch-encoding call (progress granularity; each call runs in parallel)
+
+
+class PrepareError(Exception):
+    """Bad input or options: reported as one 'error: ...' line by the CLI."""
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_lines(path):
+    """Lines of a UTF-8 text file (gzipped when it ends in .gz) and the sha256 of its bytes.
+    Splits on '\\n' only: str.splitlines would also split on U+2028 and friends and break alignment."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    except (OSError, EOFError) as e:
+        raise PrepareError(f"cannot read {path}: {e}") from e
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PrepareError(f"{path}: invalid UTF-8 on line {line} (byte {e.start})") from e
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines, hashlib.sha256(raw).hexdigest()
+
+
+def corpus_files(spec):
+    """('pair', en_path, fr_path) for a NAME.en/NAME.fr prefix (optionally .gz), else ('tsv', path)."""
+    prefix = re.sub(r"\.(en|fr)(\.gz)?$", "", spec)
+    for gz in ("", ".gz"):
+        en, fr = Path(f"{prefix}.en{gz}"), Path(f"{prefix}.fr{gz}")
+        if en.is_file() and fr.is_file():
+            return "pair", en, fr
+        if en.is_file() or fr.is_file():
+            missing, present = (fr, en) if en.is_file() else (en, fr)
+            raise PrepareError(f"missing file: {missing} (its pair {present} exists)")
+    if Path(spec).is_file():
+        return "tsv", Path(spec)
+    raise PrepareError(f"missing file: neither {prefix}.en + {prefix}.fr (optionally .gz) nor a TSV file {spec}")
+
+
+def read_local(specs):
+    """English and French lines of all corpora, concatenated, and the source records for meta.json."""
+    en, fr, sources = [], [], []
+    for kind, *paths in tqdm([corpus_files(s) for s in specs], desc="reading", unit="corpus", disable=len(specs) < 3):
+        read = [read_lines(p) for p in paths]
+        sources += [{"path": str(p.resolve()), "sha256": sha} for p, (_, sha) in zip(paths, read)]
+        if kind == "pair":
+            (en_lines, _), (fr_lines, _) = read
+            if len(en_lines) != len(fr_lines):
+                raise PrepareError(f"line counts differ: {paths[0]} has {len(en_lines)} lines, "
+                                   f"{paths[1]} has {len(fr_lines)}")
+        else:
+            en_lines, fr_lines = split_tsv(paths[0], read[0][0])
+        en += en_lines
+        fr += fr_lines
+    return en, fr, sources
+
+
+def split_tsv(path, lines):
+    en, fr = [], []
+    for number, line in enumerate(lines, 1):
+        fields = line.split("\t")
+        if len(fields) == 1 and not line.strip():
+            fields = ["", ""]  # a blank line: an empty pair, dropped by cleaning
+        if len(fields) != 2:
+            raise PrepareError(f"{path}: line {number} has {len(fields)} tab-separated fields, expected english<TAB>french")
+        en.append(fields[0])
+        fr.append(fields[1])
+    return en, fr
+
+
+def read_hub(source):
+    """All pairs of a hub dataset (every split it has: the split by pair is redone here)."""
+    repo, config = HUB_SOURCES[source]
+    offline_unless_hub_reachable()
+    import datasets
+    try:
+        splits = datasets.load_dataset(repo, config)
+    except Exception as e:  # connection, offline-mode and missing-cache errors come in many types
+        first_line = (str(e).splitlines() or [""])[0]
+        raise PrepareError(f"cannot load {repo} ({config}) from the Hugging Face hub ({type(e).__name__}: "
+                           f"{first_line}); offline, use --source local --corpus PATH") from e
+    en, fr, sources = [], [], []
+    for name in sorted(splits):
+        table = splits[name].flatten().data
+        en += table.column("translation.en").to_pylist()
+        fr += table.column("translation.fr").to_pylist()
+        sources.append({"path": f"hf://datasets/{repo}/{config}/{name}", "sha256": hash_files(
+            c["filename"] for c in splits[name].cache_files)})
+    return en, fr, sources
+
+
+def hash_files(paths):
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- cleaning and splitting
+
+def normalise(text):
+    return unicodedata.normalize("NFC", (text or "").translate(BREAKS).strip())
+
+
+def clean_pairs(en, fr, max_chars):
+    """Normalised pairs that pass every rule, in input order, and the number dropped by each rule."""
+    dropped = {"empty": 0, "too_long": 0, "length_ratio": 0, "duplicate": 0}
+    seen, kept = set(), []
+    for e, f in zip(en, fr):
+        e, f = normalise(e), normalise(f)
+        if not e or not f:
+            rule = "empty"
+        elif max(len(e), len(f)) > max_chars:
+            rule = "too_long"
+        elif not 1 / 3 <= len(e) / len(f) <= 3:
+            rule = "length_ratio"
+        elif (e, f) in seen:
+            rule = "duplicate"
+        else:
+            seen.add((e, f))
+            kept.append((e, f))
+            continue
+        dropped[rule] += 1
+    return kept, dropped
+
+
+def split_indices(n, seed, val_frac, test_frac, max_pairs=None):
+    """Shuffled pair indices cut into train/val/test (after an optional subsample)."""
+    order = np.random.default_rng(seed).permutation(n)
+    if max_pairs:
+        order = order[:max_pairs]
+    n_val, n_test = round(len(order) * val_frac), round(len(order) * test_frac)
+    n_train = len(order) - n_val - n_test
+    if n_train < 1 or n_val < 1:
+        raise PrepareError(f"{len(order)} pairs after cleaning are too few for a train and a val split "
+                           f"(val {val_frac}, test {test_frac})")
+    return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+
+
+# ----------------------------------------------------------------------------- token arrays
+
+def token_dtype(vocab_size):
+    return "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def flatten(id_lists, dtype):
+    """A list of id lists as one flat array and its (n+1) offsets."""
+    lengths = np.fromiter(map(len, id_lists), np.int64, len(id_lists))
+    offsets = np.zeros(len(id_lists) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter(itertools.chain.from_iterable(id_lists), dtype, int(offsets[-1]))
+    return flat, offsets
+
+
+def ranges(starts, lengths):
+    """Concatenation of arange(s, s + l) for every (s, l): gathers many slices in one indexing."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)
+
+
+def build_stream(flat, offsets, first, second, tags_first, tags_second, eot):
+    """Sequences tag_a piece_a tag_b piece_b eot, where piece k is flat[offsets[k]:offsets[k+1]]."""
+    len_a = offsets[first + 1] - offsets[first]
+    len_b = offsets[second + 1] - offsets[second]
+    seq_len = len_a + len_b + 3
+    start = np.cumsum(seq_len) - seq_len
+    stream = np.empty(int(seq_len.sum()), flat.dtype)
+    stream[start] = tags_first
+    stream[start + 1 + len_a] = tags_second
+    stream[start + seq_len - 1] = eot
+    stream[ranges(start + 1, len_a)] = flat[ranges(offsets[first], len_a)]
+    stream[ranges(start + 2 + len_a, len_b)] = flat[ranges(offsets[second], len_b)]
+    return stream
+
+
+def split_stream(flat, offsets, en_pieces, fr_pieces, special, bidirectional, rng):
+    """The training stream of one split; with both directions the sequence order is shuffled so
+    that the two directions of a pair are not next to each other."""
+    n = len(en_pieces)
+    first, second = en_pieces, fr_pieces
+    tag_a, tag_b = np.full(n, special["en"]), np.full(n, special["fr"])
+    if bidirectional:
+        first, second = np.concatenate([en_pieces, fr_pieces]), np.concatenate([fr_pieces, en_pieces])
+        tag_a, tag_b = np.concatenate([tag_a, tag_b]), np.concatenate([tag_b, tag_a])
+        order = rng.permutation(2 * n)
+        first, second, tag_a, tag_b = first[order], second[order], tag_a[order], tag_b[order]
+    return build_stream(flat, offsets, first, second, tag_a, tag_b, special["eot"])
+
+
+def pair_arrays(flat, offsets, en_pieces, fr_pieces):
+    """Both sides of each pair tokenized separately: tokens and an int64 (n, 4) index
+    en_start, en_end, fr_start, fr_end into them."""
+    pieces = np.stack([en_pieces, fr_pieces], axis=1).ravel()
+    lengths = offsets[pieces + 1] - offsets[pieces]
+    start = np.cumsum(lengths) - lengths
+    tokens = flat[ranges(offsets[pieces], lengths)]
+    index = np.stack([start, start + lengths], axis=1).reshape(-1, 4).astype(np.int64)
+    return tokens, index
+
+
+def word_counts(texts):
+    counts = Counter(WORD_RE.findall("\n".join(texts).lower()))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_jsonl(path, pairs):
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"en": e, "fr": fr}, ensure_ascii=False) + "\n" for e, fr in pairs)
+
+
+def write_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+
+
+def check_target(target):
+    """Refuse to replace a directory that is not a prepared dataset (e.g. data/europarl, the scripts)."""
+    if target.exists() and not (target / "meta.json").is_file() and (not target.is_dir() or any(target.iterdir())):
+        raise PrepareError(f"{target} exists and is not a prepared dataset (no meta.json): choose another --name")
+
+
+def publish(tmp_dir, target):
+    """Move the finished temporary directory into place; a previous dataset is replaced whole."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        os.replace(target, old / target.name)
+    os.replace(tmp_dir, target)
+    if old:
+        shutil.rmtree(old)
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", choices=["europarl", "opus100", "local"], default="europarl")
+    p.add_argument("--corpus", nargs="+", metavar="PATH",
+                   help="with --source local: NAME (for NAME.en + NAME.fr, optionally .gz) or a TSV file; several are concatenated")
+    p.add_argument("--name", help="dataset directory name (default: europarl_en_fr, opus100_en_fr, or the first corpus's name)")
+    p.add_argument("--out_root", type=Path, default=REPO_ROOT / "data", help="output goes to OUT_ROOT/NAME (default: the repo's data/)")
+    p.add_argument("--tokenizer", choices=["bpe", "gpt2", "xlmr"], default="bpe")
+    p.add_argument("--tokenizer_path", help="gpt2: a local Hugging Face tokenizer dir (default: tiktoken 'gpt2'); "
+                                            "xlmr: a name or local path (default: xlm-roberta-base)")
+    p.add_argument("--vocab_size", type=int, default=16384, help="bpe vocabulary size, special tokens included")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
+                   help="also add the French-to-English sequence of every pair")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--val_frac", type=float, default=0.05)
+    p.add_argument("--test_frac", type=float, default=0.05)
+    p.add_argument("--max_pairs", type=int, help="keep a random subsample of this many pairs after cleaning")
+    p.add_argument("--max_chars", type=int, default=1000, help="drop pairs with a side longer than this (characters)")
+    args = p.parse_args(argv)
+    if args.source == "local" and not args.corpus:
+        p.error("--source local needs --corpus PATH [PATH ...]")
+    if args.source != "local" and args.corpus:
+        p.error("--corpus is only used with --source local")
+    if not (0 <= args.val_frac < 1 and 0 <= args.test_frac < 1 and args.val_frac + args.test_frac < 1):
+        p.error("--val_frac and --test_frac must be >= 0 with a sum below 1")
+    if args.tokenizer == "bpe" and args.vocab_size < 260:
+        p.error("--vocab_size must be at least 260 (256 bytes and 3 special tokens)")
+    if args.tokenizer == "bpe" and args.tokenizer_path:
+        p.error("--tokenizer_path is for gpt2 and xlmr (bpe is trained here)")
+    if args.max_pairs is not None and args.max_pairs < 2:
+        p.error("--max_pairs must be at least 2")
+    args.name = args.name or DEFAULT_NAMES.get(args.source) or re.sub(r"\.(en|fr|tsv)?(\.gz)?$", "", Path(args.corpus[0]).name)
+    return args
+
+
+def encode_all(tok, texts):
+    ids = []
+    for i in tqdm(range(0, len(texts), ENCODE_CHUNK), desc=f"encoding ({tok.kind})", unit="batch"):
+        ids += tok.encode_batch(texts[i:i + ENCODE_CHUNK])
+    return ids
+
+
+def prepare(args, command):
+    t0 = time.time()
+    target = args.out_root / args.name
+    check_target(target)
+    en, fr, sources = read_hub(args.source) if args.source != "local" else read_local(args.corpus)
+    pairs, dropped = clean_pairs(en, fr, args.max_chars)
+    print(f"read {len(en):,} pairs; dropped {dropped}; kept {len(pairs):,}")
+    if not pairs:
+        raise PrepareError(f"corpus is empty after cleaning ({len(en)} pairs read, dropped {dropped})")
+    split = split_indices(len(pairs), args.seed, args.val_frac, args.test_frac, args.max_pairs)
+    order = np.concatenate([split["train"], split["val"], split["test"]])
+    texts_en = [pairs[i][0] for i in order]
+    texts_fr = [pairs[i][1] for i in order]
+    n_train, n = len(split["train"]), len(order)
+
+    if args.tokenizer == "bpe":
+        t = time.time()
+        tok = train_bpe(itertools.chain(texts_en[:n_train], texts_fr[:n_train]), args.vocab_size, 2 * n_train)
+        print(f"trained byte-level BPE ({tok.vocab_size} ids) on {n_train:,} train pairs in {time.time() - t:.1f}s")
+    else:
+        try:
+            tok = open_tokenizer(args.tokenizer, args.tokenizer_path)
+        except DataError as e:
+            raise PrepareError(str(e)) from e
+    meta = tok.meta()
+    dtype = token_dtype(tok.vocab_size)
+    # piece k < n: English of the k-th pair in split order; piece n + k: its French
+    flat, offsets = flatten(encode_all(tok, texts_en + texts_fr), dtype)
+    lengths = np.diff(offsets)
+
+    rng = np.random.default_rng(args.seed + 1)
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + len(split["val"])), "test": (n_train + len(split["val"]), n)}
+    directions = 2 if args.bidirectional else 1
+    arrays, stats = {}, {}
+    for name, (lo, hi) in bounds.items():
+        en_pieces, fr_pieces = np.arange(lo, hi), np.arange(lo, hi) + n
+        tokens_en, tokens_fr = int(lengths[lo:hi].sum()) * directions, int(lengths[n + lo:n + hi].sum()) * directions
+        stats[name] = {"pairs": hi - lo, "sequences": (hi - lo) * directions,
+                       "tokens": tokens_en + tokens_fr + 3 * (hi - lo) * directions,
+                       "tokens_en": tokens_en, "tokens_fr": tokens_fr}
+        if name != "test":  # the test split stays text only (test.jsonl)
+            arrays[name] = (split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng),
+                            *pair_arrays(flat, offsets, en_pieces, fr_pieces))
+    meta.update(dtype=dtype, bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
+                sources=sources, command=command, source=args.source, max_chars=args.max_chars,
+                val_frac=args.val_frac, test_frac=args.test_frac, max_pairs=args.max_pairs)
+
+    args.out_root.mkdir(parents=True, exist_ok=True)
+    tmp_dir = args.out_root / f".{args.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp_dir.mkdir()  # not mkdtemp: the dataset directory keeps the usual (umask) permissions
+    try:
+        for name, (stream, pair_tokens, pair_index) in arrays.items():
+            stream.tofile(tmp_dir / f"{name}.bin")
+            pair_tokens.tofile(tmp_dir / f"pairs_{name}.bin")
+            np.save(tmp_dir / f"pairs_{name}_index.npy", pair_index)
+        for name, (lo, hi) in bounds.items():
+            write_jsonl(tmp_dir / f"{name}.jsonl", zip(texts_en[lo:hi], texts_fr[lo:hi]))
+        if args.tokenizer == "bpe":
+            tok.save(tmp_dir)
+        write_json(tmp_dir / "word_counts.json", {"en": word_counts(texts_en[:n_train]), "fr": word_counts(texts_fr[:n_train])})
+        write_json(tmp_dir / "meta.json", meta)  # last: a directory with meta.json is complete
+        publish(tmp_dir, target)
+    finally:
+        if tmp_dir.exists():
+            shutil.rmtree(tmp_dir)
+    print(f"wrote {target}: " + ", ".join(f"{s} {v['pairs']:,} pairs / {v['tokens']:,} tokens" for s, v in stats.items())
+          + f"; vocab {tok.vocab_size} ({dtype}) in {time.time() - t0:.1f}s")
+    return target
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    command = "python " + shlex.join(["data/europarl/prepare.py", *argv])
+    try:
+        return prepare(args, command)
+    except (PrepareError, DataError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Per-language text files of a prepared dataset's splits, with pair ids.
+
+For each split (train, val, test) it writes <split>.en and <split>.fr, one line per pair,
+"PAIR_ID<TAB>text", where PAIR_ID is <split>-<index in the split's .jsonl> and so identifies the same
+pair in both files; --create_alignment also writes <split>.aligned.tsv, "PAIR_ID<TAB>english<TAB>french".
+
+    python data/europarl/segregate_languages.py --data sample --create_alignment
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from dataset import DataError, load_meta, resolve_data_dir  # noqa: E402
+
+SPLITS = ("train", "val", "test")
+
+
+def read_pairs(path):
+    if not path.is_file():
+        raise DataError(f"{path} is missing: prepare the dataset again with data/europarl/prepare.py")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def write_lines(path, lines):
+    """Atomic: a temporary file beside the target, then os.replace."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(tmp, path)
+
+
+def segregate(data_dir, out_dir, splits=SPLITS, create_alignment=False):
+    """Write the per-language files; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for split in splits:
+        pairs = read_pairs(data_dir / f"{split}.jsonl")
+        ids = [f"{split}-{i}" for i in range(len(pairs))]
+        for lang in ("en", "fr"):
+            written.append(out_dir / f"{split}.{lang}")
+            write_lines(written[-1], (f"{pid}\t{p[lang]}" for pid, p in zip(ids, pairs)))
+        if create_alignment:
+            written.append(out_dir / f"{split}.aligned.tsv")
+            write_lines(written[-1], (f"{pid}\t{p['en']}\t{p['fr']}" for pid, p in zip(ids, pairs)))
+    return written
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="prepared dataset: a name under data/ or a path")
+    p.add_argument("--out_dir", type=Path, help="default: DATA_DIR/segregated")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    p.add_argument("--create_alignment", action="store_true", help="also write <split>.aligned.tsv")
+    args = p.parse_args(argv)
+    try:
+        data_dir = resolve_data_dir(args.data)
+        load_meta(data_dir)  # a clear error when the directory is not a prepared dataset
+        written = segregate(data_dir, args.out_dir or data_dir / "segregated", args.splits, args.create_alignment)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    print("wrote " + ", ".join(str(w) for w in written))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""dataset.py: locating a prepared dataset, get_batch, resumable sampler state, language labels."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import dataset
+from dataset import BatchSampler, DataError, language_labels, load_meta, resolve_data_dir
+
+
+def test_resolve_data_dir_by_path_and_by_name(sample_dataset, monkeypatch):
+    assert resolve_data_dir(sample_dataset) == sample_dataset.resolve()
+    assert resolve_data_dir(str(sample_dataset)) == sample_dataset.resolve()
+    monkeypatch.setattr(dataset, "DATA_ROOT", sample_dataset.parent)
+    assert resolve_data_dir("sample") == sample_dataset
+    with pytest.raises(DataError, match="prepare.py"):
+        resolve_data_dir("no_such_dataset")
+
+
+def test_load_meta_errors(tmp_path):
+    with pytest.raises(DataError, match="has no meta.json: run data/europarl/prepare.py"):
+        load_meta(tmp_path)
+    with pytest.raises(DataError, match="no meta.json"):
+        BatchSampler(tmp_path)
+    (tmp_path / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_meta(tmp_path)
+
+
+def test_get_batch_shapes_and_targets(sample_dataset):
+    meta = load_meta(sample_dataset)
+    sampler = BatchSampler(sample_dataset, seed=0)
+    stream = np.fromfile(sample_dataset / "train.bin", dtype=meta["dtype"]).astype(np.int64)
+    x, y = sampler.get_batch("train", 6, 32, "cpu")
+    assert x.shape == y.shape == (6, 32) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    for row_x, row_y in zip(x.numpy(), y.numpy()):  # every row is a window of the stream
+        starts = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(stream, 33) == np.append(row_x, row_y[-1]), axis=1))
+        assert len(starts) >= 1
+    assert int(x.max()) < meta["vocab_size"]
+
+
+def test_get_batch_is_deterministic_per_seed(sample_dataset):
+    a, b, c = BatchSampler(sample_dataset, seed=7), BatchSampler(sample_dataset, seed=7), BatchSampler(sample_dataset, seed=8)
+    for _ in range(3):
+        xa, ya = a.get_batch("val", 4, 16, "cpu")
+        xb, yb = b.get_batch("val", 4, 16, "cpu")
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a.get_batch("train", 4, 16)[0], c.get_batch("train", 4, 16)[0])
+
+
+def test_state_dict_resume_draws_the_same_batches(sample_dataset):
+    sampler = BatchSampler(sample_dataset, seed=3)
+    sampler.get_batch("train", 4, 16, "cpu")
+    state = sampler.state_dict()
+    buffer = io.BytesIO()  # as it travels inside a checkpoint
+    torch.save(state, buffer)
+    buffer.seek(0)
+    restored_state = torch.load(buffer, weights_only=True)
+    expected = [sampler.get_batch("train", 4, 16, "cpu") for _ in range(2)]
+    resumed = BatchSampler(sample_dataset, seed=999)
+    resumed.load_state_dict(restored_state)
+    for (x, y), (rx, ry) in zip(expected, [resumed.get_batch("train", 4, 16, "cpu") for _ in range(2)]):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+
+
+def test_block_size_too_large_for_the_split(sample_dataset):
+    tokens = load_meta(sample_dataset)["splits"]["val"]["tokens"]
+    with pytest.raises(DataError, match="too few for block_size"):
+        BatchSampler(sample_dataset).get_batch("val", 2, tokens, "cpu")
+    with pytest.raises(DataError, match="test.bin .*missing"):
+        BatchSampler(sample_dataset).get_batch("test", 2, 8, "cpu")
+
+
+def test_language_labels_follow_the_latest_tag_strictly_before():
+    EN, FR, EOT = 1, 2, 0
+    tokens = np.array([7, EN, 5, 6, FR, 8, 9, EOT, FR, 4, EN, 3, EOT])
+    expected = [-1, -1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+    assert language_labels(tokens, EN, FR).tolist() == expected
+    assert language_labels(tokens, EN, FR).dtype == np.int8
+
+
+def reference_labels(stream, en, fr):
+    labels, current = [], -1
+    for token in stream:
+        labels.append(current)
+        if token == en:
+            current = 0
+        elif token == fr:
+            current = 1
+    return np.array(labels, np.int8)
+
+
+def test_get_batch_with_language(sample_dataset):
+    meta = load_meta(sample_dataset)
+    en, fr = meta["special_tokens"]["en"], meta["special_tokens"]["fr"]
+    stream = np.fromfile(sample_dataset / "val.bin", dtype=meta["dtype"])
+    labels = reference_labels(stream, en, fr)
+    sampler, twin = BatchSampler(sample_dataset, seed=5), BatchSampler(sample_dataset, seed=5)
+    x, y, lang = sampler.get_batch("val", 8, 64, "cpu", with_language=True)
+    assert torch.equal(x, twin.get_batch("val", 8, 64, "cpu")[0])  # labels do not consume randomness
+    assert lang.shape == (8, 64) and lang.dtype == torch.int8
+    assert set(lang.unique().tolist()) <= {-1, 0, 1}
+    for row_y, row_lang in zip(y.numpy(), lang.numpy()):
+        starts = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(stream.astype(np.int64), 64) == row_y, axis=1))
+        assert any(np.array_equal(labels[s:s + 64], row_lang) for s in starts)
+    assert np.array_equal(sampler.language_labels("val"), labels)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_get_batch_on_cuda(sample_dataset):
+    x, y, lang = BatchSampler(sample_dataset).get_batch("train", 2, 8, "cuda", with_language=True)
+    assert x.is_cuda and y.is_cuda and lang.is_cuda
