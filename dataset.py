@@ -30,10 +30,17 @@ def resolve_data_dir(name_or_path):
     raise DataError(f"dataset {name_or_path!r} not found (neither {path} nor {named} exists): {PREPARE_HINT}")
 
 
+def prepared_datasets():
+    """Names of the datasets under data/ (directories with a meta.json)."""
+    return sorted(p.parent.name for p in DATA_ROOT.glob("*/meta.json"))
+
+
 def load_meta(data_dir):
     path = Path(data_dir) / "meta.json"
     if not path.is_file():
-        raise DataError(f"{data_dir} has no meta.json: {PREPARE_HINT}")
+        known = prepared_datasets()
+        hint = f"prepared datasets under data/: {', '.join(known)}" if known else PREPARE_HINT
+        raise DataError(f"{data_dir} has no meta.json, so it is not a prepared dataset; {hint}")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

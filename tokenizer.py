@@ -196,7 +196,11 @@ def load_tokenizer(meta, data_dir):
         path = Path(data_dir) / spec["path"]
         if not path.is_file():
             raise DataError(f"{path} is missing: prepare the dataset again with data/europarl/prepare.py")
-        tok = BPETokenizer(Backend.from_file(str(path)), spec["path"])
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as e:  # the Rust library raises a bare Exception for unreadable files
+            raise DataError(f"cannot read {path}: {e}; prepare the dataset again") from None
+        tok = BPETokenizer(backend, spec["path"])
     else:
         tok = open_tokenizer(spec["kind"], spec["path"])
     if (tok.en_id, tok.fr_id, tok.eot_id) != expected or tok.vocab_size != meta["vocab_size"]:

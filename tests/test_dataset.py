@@ -18,8 +18,12 @@ def test_resolve_data_dir_by_path_and_by_name(sample_dataset, monkeypatch):
         resolve_data_dir("no_such_dataset")
 
 
-def test_load_meta_errors(tmp_path):
-    with pytest.raises(DataError, match="has no meta.json: run data/europarl/prepare.py"):
+def test_load_meta_errors(tmp_path, monkeypatch, sample_dataset):
+    monkeypatch.setattr(dataset, "DATA_ROOT", tmp_path / "empty")
+    with pytest.raises(DataError, match="has no meta.json.*run data/europarl/prepare.py"):
+        load_meta(tmp_path)
+    monkeypatch.setattr(dataset, "DATA_ROOT", sample_dataset.parent)
+    with pytest.raises(DataError, match="prepared datasets under data/: sample"):
         load_meta(tmp_path)
     with pytest.raises(DataError, match="no meta.json"):
         BatchSampler(tmp_path)
