@@ -1,0 +1,320 @@
+"""train.py: settings parsing, short CPU runs, exact resume after SIGKILL, atomic saves, SIGTERM,
+DDP with two gloo processes, finetuning a backpack-gpt2 checkpoint, and bad inputs."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import model as model_module
+import train
+from checkpoint import load_checkpoint, load_trained_model
+
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
+        '--eval_iters=2', '--eval_interval=5', '--log_interval=5', '--warmup_iters=2', '--learning_rate=3e-3',
+        '--device=cpu', '--dtype=float32']
+CHECKPOINT_KEYS = {'model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
+                   'optimizer', 'scaler', 'rng', 'sampler', 'training_log'}
+EN, FR, EOT = 96, 97, 95  # tag and end-of-text ids of the synthetic gpt2-kind dataset (96 + 2 tags)
+
+
+def write_synthetic_dataset(path, seed=0):
+    """A gpt2-kind dataset of vocabulary 98 whose "French" repeats the English ids shifted by 45:
+    learnable in a few iterations, and matching the 96-token backpack-gpt2-tiny checkpoint."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    splits = {}
+    for split, n_pairs in (('train', 400), ('val', 60)):
+        stream = []
+        for _ in range(n_pairs):
+            words = rng.integers(0, 40, size=rng.integers(3, 9))
+            stream += [EN, *words, FR, *(words + 45), EOT]
+        np.array(stream, dtype=np.uint16).tofile(path / f'{split}.bin')
+        n_tokens = len(stream) - 3 * n_pairs
+        splits[split] = {'pairs': n_pairs, 'sequences': n_pairs, 'tokens': len(stream),
+                         'tokens_en': n_tokens // 2, 'tokens_fr': n_tokens // 2}
+    meta = {'vocab_size': 98, 'dtype': 'uint16',
+            'tokenizer': {'kind': 'gpt2', 'path': 'tiktoken:gpt2', 'base_vocab_size': 96},
+            'special_tokens': {'en': EN, 'fr': FR, 'eot': EOT}, 'bidirectional': False, 'seed': seed,
+            'splits': splits, 'cleaning': {}, 'sources': [], 'command': 'tests/test_train.py synthetic data'}
+    (path / 'meta.json').write_text(json.dumps(meta))
+    return path
+
+
+@pytest.fixture(scope='module')
+def synthetic_dataset(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp('synthetic') / 'data')
+
+
+def run_cli(repo_root, args, **kwargs):
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return subprocess.run([sys.executable, 'train.py', *args], cwd=repo_root, env=env, capture_output=True,
+                          text=True, timeout=300, **kwargs)
+
+
+def read_log(out_dir):
+    return json.loads((out_dir / 'training_log.json').read_text())
+
+
+def error_of(argv):
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert str(e.value).startswith('error: '), e.value
+    return str(e.value)
+
+
+# ----------------------------------------------------------------------------- settings
+
+def test_overrides_are_typed():
+    got = train.parse_args(['--max_iters=5', '--learning_rate', '1', '--compile', '--out_dir=out-x',
+                            '--bias', 'false', '--data_dir', 'some/path', '--min_lr_ratio=0.05'])
+    assert got == {'max_iters': 5, 'learning_rate': 1.0, 'compile': True, 'out_dir': 'out-x', 'bias': False,
+                   'data_dir': 'some/path', 'min_lr_ratio': 0.05}
+    assert type(got['learning_rate']) is float
+
+
+def test_config_files_then_overrides(repo_root):
+    by_name = train.parse_args(['--config', 'train_europarl_scratch', '--max_iters=7'])
+    by_path = train.parse_args([str(repo_root / 'config' / 'train_europarl_scratch.py'), '--max_iters', '7'])
+    assert by_name == by_path
+    assert by_name['max_iters'] == 7 and by_name['n_senses'] == 16 and by_name['learning_rate'] == 3e-4
+    finetune = train.parse_args(['--config=train_europarl_finetune.py'])
+    assert finetune['init_from'] == 'backpack-small' and finetune['learning_rate'] == 1e-5
+    assert train.parse_args(['--config', 'train_europarl_transformer_baseline'])['model_type'] == 'transformer'
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--lerning_rate=1e-3'], '--learning_rate'),
+    (['--max_iter', '10'], '--max_iters'),
+    (['--max_iters=1.5'], 'max_iters must be a int'),
+    (['--compile=maybe'], 'compile must be a bool'),
+    (['--learning_rate=fast'], 'learning_rate must be a float'),
+    (['--batch_size'], '--batch_size needs a value'),
+    (['--config', 'no_such_config'], "config file 'no_such_config' not found"),
+])
+def test_bad_settings(argv, expected):
+    with pytest.raises(SystemExit) as e:
+        train.parse_args(argv)
+    assert str(e.value).startswith('error: ') and expected in str(e.value)
+
+
+def test_bad_setting_values(tmp_path):
+    assert 'model_type must be one of backpack, transformer' in error_of(['--model_type=rnn'])
+    assert "unknown preset 'backpack-huge'" in error_of(['--preset=backpack-huge'])
+    assert 'is a transformer' in error_of(['--preset=transformer-micro', '--model_type=backpack'])
+
+
+def test_cli_error_is_one_line(repo_root):
+    result = run_cli(repo_root, ['--lerning_rate=1e-3'])
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert result.stderr.strip() == ("error: unknown setting 'lerning_rate' in the command line; "
+                                     "did you mean --learning_rate?")
+    assert run_cli(repo_root, ['--help']).returncode == 0
+
+
+def test_learning_rate_schedule():
+    cfg = {**train.DEFAULTS, 'learning_rate': 1.0, 'warmup_iters': 10, 'max_iters': 110, 'min_lr_ratio': 0.1}
+    lrs = [train.learning_rate_at(i, cfg) for i in range(120)]
+    assert lrs[0] < lrs[5] < lrs[9] < 1.0 and lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55) and lrs[110] == pytest.approx(0.1) == lrs[119]
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+# ----------------------------------------------------------------------------- training runs
+
+@pytest.mark.slow
+@pytest.mark.parametrize('model_type', ['backpack', 'transformer'])
+def test_short_run_loss_decreases(sample_dataset, tmp_path, capsys, model_type):
+    out = tmp_path / 'out'
+    train.main([*TINY, f'--model_type={model_type}', '--max_iters=30', f'--data_dir={sample_dataset}',
+                f'--out_dir={out}', '--checkpoint_interval=10'])
+    assert 'unigram entropy of train.bin' in capsys.readouterr().out
+    log = read_log(out)
+    assert [e['iter'] for e in log] == [0, 5, 10, 15, 20, 25, 30]
+    assert log[-1]['val_loss'] < log[0]['val_loss'] - 0.5 and log[-1]['train_loss'] < log[0]['train_loss'] - 0.5
+    for key in ('val_loss_en', 'val_loss_fr', 'lr', 'elapsed_s'):
+        assert np.isfinite(log[-1][key])
+    assert log[-1]['tokens_per_s'] > 0 and log[0]['tokens_per_s'] is None
+
+    ckpt = torch.load(out / 'ckpt.pt', map_location='cpu', weights_only=True)
+    assert CHECKPOINT_KEYS <= set(ckpt) and ckpt['iter_num'] == 30 and ckpt['model_type'] == model_type
+    assert ckpt['training_log'] == log and ckpt['data_dir'] == str(sample_dataset.resolve())
+    assert ckpt['meta']['vocab_size'] == ckpt['model_args']['vocab_size']
+    assert ckpt['config']['n_layer'] == 1 and not any(k.startswith('_orig_mod.') for k in ckpt['model'])
+    best, best_ckpt = load_trained_model(out, 'best')
+    assert best_ckpt['best_val_loss'] == min(e['val_loss'] for e in log)
+    assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'ckpt.pt', 'training_log.json']
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(synthetic_dataset, tmp_path, repo_root):
+    common = [*TINY, f'--data_dir={synthetic_dataset}', '--dropout=0.1', '--deterministic', '--eval_interval=4',
+              '--checkpoint_interval=4', '--lr_decay_iters=20', '--gradient_accumulation_steps=2']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    straight = subprocess.Popen([sys.executable, 'train.py', *common, '--max_iters=20', f'--out_dir={tmp_path / "a"}'],
+                                cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the same run told to go on for ever, killed as soon as its first checkpoint lands
+    killed = subprocess.Popen([sys.executable, 'train.py', *common, '--max_iters=1000000', f'--out_dir={tmp_path / "b"}'],
+                              cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / 'b' / 'ckpt.pt').exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    k = load_checkpoint(tmp_path / 'b' / 'ckpt.pt')['iter_num']
+    assert 4 <= k < 20
+    resumed = run_cli(repo_root, ['--init_from=resume', f'--out_dir={tmp_path / "b"}', '--max_iters=20'])
+    assert resumed.returncode == 0, resumed.stderr
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    a, b = (load_checkpoint(tmp_path / name / 'ckpt.pt') for name in ('a', 'b'))
+    assert a['iter_num'] == b['iter_num'] == 20
+    assert a['model'].keys() == b['model'].keys()
+    assert all(torch.equal(a['model'][name], b['model'][name]) for name in a['model'])
+    assert all(torch.equal(a['optimizer']['state'][i]['exp_avg_sq'], b['optimizer']['state'][i]['exp_avg_sq'])
+               for i in a['optimizer']['state'])
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'elapsed_s')} for e in log]
+    assert strip(a['training_log']) == strip(b['training_log']) == strip(read_log(tmp_path / 'b'))
+    assert [e['iter'] for e in b['training_log']] == [0, 4, 8, 12, 16, 20]
+
+
+@pytest.mark.slow
+def test_interrupted_save_keeps_previous_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    real_save = torch.save
+
+    def save_dies_halfway(obj, f, *args, **kwargs):
+        if 'ckpt.pt' in str(getattr(f, 'name', f)) and (out / 'ckpt.pt').exists():
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[:len(buffer.getvalue()) // 2])
+            raise OSError(28, 'No space left on device')
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'save', save_dies_halfway)
+    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=12',
+                        '--checkpoint_interval=4', '--eval_interval=100'])
+    assert 'could not write' in message and 'No space left on device' in message
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 4
+    assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'ckpt.pt', 'training_log.json']
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_exits_zero(synthetic_dataset, tmp_path, repo_root):
+    out = tmp_path / 'out'
+    proc = subprocess.Popen([sys.executable, 'train.py', *TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}',
+                             '--max_iters=1000000', '--checkpoint_interval=5'],
+                            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / 'ckpt.pt').exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert time.time() - sent < 10
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    assert ckpt['iter_num'] >= 5 and f"stopped by SIGTERM at iteration {ckpt['iter_num']}" in stdout
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_checkpoint(synthetic_dataset, tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    real_forward = model_module.BackpackLM.forward
+    training_calls = []
+
+    def forward_goes_nan(self, idx, targets=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, **kwargs)
+        if targets is not None and self.training:
+            training_calls.append(1)
+            if len(training_calls) > 6:
+                loss = loss * float('nan')
+        return logits, loss
+
+    monkeypatch.setattr(model_module.BackpackLM, 'forward', forward_goes_nan)
+    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
+                        '--checkpoint_interval=4'])
+    assert 'loss is not finite at iteration 6' in message
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    assert ckpt['iter_num'] == 4 and all(torch.isfinite(t).all() for t in ckpt['model'].values())
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(synthetic_dataset, tmp_path, repo_root):
+    out = tmp_path / 'out'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py']
+    result = subprocess.run([*torchrun, *TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}',
+                             '--max_iters=10', '--gradient_accumulation_steps=4'],
+                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '2 process(es) on cpu' in result.stdout and result.stdout.count('unigram entropy') == 1
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    assert ckpt['iter_num'] == 10 and len(ckpt['rng']) == len(ckpt['sampler']) == 2
+    assert not torch.equal(ckpt['rng'][0]['torch'], ckpt['rng'][1]['torch'])  # seed + rank
+    log = read_log(out)
+    assert log[-1]['val_loss'] < log[0]['val_loss']
+
+
+# ----------------------------------------------------------------------------- finetuning
+
+@pytest.mark.slow
+def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, repo_root):
+    reference = repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny'
+    pretrained = model_module.BackpackLM.from_pretrained(reference)
+    args = [*TINY[4:], '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
+            f'--data_dir={synthetic_dataset}']
+    train.main([*args, '--max_iters=0', f'--out_dir={tmp_path / "start"}'])
+    start = load_checkpoint(tmp_path / 'start' / 'ckpt.pt')
+    emb = start['model']['backbone.wte.weight']
+    old = pretrained.token_embeddings.detach()
+    assert emb.shape == (98, 32) and torch.equal(emb[:96], old)
+    assert torch.allclose(emb[EN], old.mean(0)) and torch.equal(emb[EN], emb[FR])
+    assert start['model']['backbone.wpe.weight'].shape == (16, 32)
+    assert start['model_args']['vocab_size'] == 98 and start['model_args']['block_size'] == 16
+    assert start['model_args']['n_senses'] == 4 and start['model_args']['scale_attn_by_inverse_layer_idx']
+
+    train.main([*args, '--max_iters=40', '--eval_interval=20', '--learning_rate=1e-2', f'--out_dir={tmp_path / "ft"}'])
+    log = read_log(tmp_path / 'ft')
+    assert log[-1]['val_loss'] < log[0]['val_loss'] - 0.5
+
+
+def test_finetune_needs_gpt2_dataset(sample_dataset, tmp_path, repo_root):
+    reference = repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny'
+    message = error_of([*TINY, '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
+                        f'--data_dir={sample_dataset}', f'--out_dir={tmp_path}'])
+    assert 'needs a dataset made with the gpt2 tokenizer' in message and "'bpe'" in message
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_missing_data(tmp_path):
+    assert str(tmp_path / 'nowhere') in error_of([*TINY, f'--data_dir={tmp_path / "nowhere"}',
+                                                  f'--out_dir={tmp_path / "out"}'])
+    (tmp_path / 'empty').mkdir()
+    assert 'meta.json' in error_of([*TINY, f'--data_dir={tmp_path / "empty"}', f'--out_dir={tmp_path / "out"}'])
+
+
+def test_resume_without_checkpoint(tmp_path):
+    assert 'does not exist' in error_of(['--init_from=resume', f'--out_dir={tmp_path}'])
+
+
+@pytest.mark.slow
+def test_resume_refuses_another_run(sample_dataset, synthetic_dataset, tmp_path):
+    out = tmp_path / 'out'
+    train.main([*TINY, f'--data_dir={sample_dataset}', f'--out_dir={out}', '--max_iters=2'])
+    before = (out / 'ckpt.pt').read_bytes()
+    assert 'vocabulary of' in error_of(['--init_from=resume', f'--out_dir={out}', f'--data_dir={synthetic_dataset}'])
+    assert 'is a backpack run' in error_of(['--init_from=resume', f'--out_dir={out}', '--model_type=transformer'])
+    assert 'keeps its architecture' in error_of(['--init_from=resume', f'--out_dir={out}', '--n_embd=64'])
+    assert 'exists' in error_of([*TINY, f'--data_dir={sample_dataset}', f'--out_dir={out}'])  # scratch over a run
+    assert (out / 'ckpt.pt').read_bytes() == before
+    train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=4'])  # the saved settings are the run's
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    assert ckpt['iter_num'] == 4 and ckpt['config']['n_embd'] == 32 and ckpt['config']['max_iters'] == 4

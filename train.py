@@ -1,0 +1,634 @@
+"""
+Train a Backpack or a Transformer language model on English-French data (nanoGPT style).
+
+  python train.py config/train_europarl_tiny.py
+  python train.py --config train_europarl_scratch --out_dir out-europarl-scratch --data_dir europarl
+  python train.py config/train_europarl_tiny.py --max_iters=500 --batch_size 16 --compile
+  python train.py --init_from=resume --out_dir=out-europarl-scratch      # continue a preempted run
+  torchrun --standalone --nproc_per_node=4 train.py config/train_europarl_scratch.py
+
+Settings come from the defaults listed by --help, then config files in the order given
+(a path, or --config NAME for config/NAME.py), then --key=value or --key value overrides,
+parsed with ast.literal_eval and checked against the default's type; a bare boolean key
+(--compile) means True. With --init_from=resume the run's saved settings replace the
+defaults, so `--init_from=resume --out_dir=X` alone continues exactly the same run.
+The model size is a --preset (see model.PRESETS) or n_layer/n_head/n_embd/n_senses.
+
+Writes out_dir/ckpt.pt (latest: every checkpoint_interval, at the end and on SIGTERM or
+SIGINT), out_dir/best.pt (lowest val loss) and out_dir/training_log.json (one entry per eval).
+"""
+import ast
+import builtins
+import contextlib
+import dataclasses
+import difflib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from dataset import BatchSampler, DataError, load_meta, resolve_data_dir
+from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
+                   preset_config)
+
+_names_before_defaults = set(globals())
+# ----------------------------------------------------------------------------- defaults
+# I/O
+out_dir = 'out'
+eval_interval = 500          # iterations between evaluations (one training_log.json entry each)
+eval_iters = 200             # batches per split and evaluation, per process
+log_interval = 10            # iterations between progress lines
+checkpoint_interval = 500    # iterations between ckpt.pt saves (also saved at the end and on SIGTERM)
+init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt) or 'backpack-small' (pretrained Backpack)
+pretrained_path = ''         # backpack-small: local directory or hub id; '' means stanfordnlp/backpack-gpt2
+# data
+data_dir = 'europarl_en_fr'  # a dataset name under data/ (as written by data/europarl/prepare.py) or a path
+batch_size = 32              # sequences per micro-step and process
+block_size = 512
+gradient_accumulation_steps = 1  # micro-steps per iteration, in total over all processes
+# model
+model_type = 'backpack'      # 'backpack' or 'transformer'
+preset = ''                  # a size from model.PRESETS, e.g. 'backpack-micro'; explicit sizes override it
+n_layer = 6
+n_head = 6
+n_embd = 384
+n_senses = 16                # Backpack only
+dropout = 0.0
+bias = True
+# AdamW and the learning-rate schedule
+learning_rate = 3e-4         # peak, reached after warmup
+max_iters = 50000
+weight_decay = 0.1           # on tensors of 2 or more dims only
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0              # max gradient norm; 0 disables clipping
+decay_lr = True              # cosine decay after the linear warmup; False keeps learning_rate
+warmup_iters = 2000
+lr_decay_iters = 0           # iteration at which the cosine reaches its floor; 0 means max_iters
+min_lr_ratio = 0.1           # the floor, as a fraction of learning_rate
+# system
+device = 'auto'              # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'auto'               # 'auto' (bfloat16 on CUDA if supported, else float32), 'float32', 'bfloat16', 'float16'
+compile = False              # torch.compile the model
+seed = 1337
+deterministic = False        # deterministic kernels only: bitwise-reproducible runs (slower on GPU)
+# -----------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_defaults and not k.startswith('_')}
+
+REPO_ROOT = Path(__file__).resolve().parent
+INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')
+DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'
+EVAL_SEED_OFFSET = 1_000_003  # eval batches come from their own stream, so evaluating never shifts training's
+
+
+def fail(message):
+    raise SystemExit(f"error: {message}")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def unknown_key(key, source):
+    close = difflib.get_close_matches(key, list(DEFAULTS), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "see python train.py --help"
+    fail(f"unknown setting {key!r} in {source}; {hint}")
+
+
+def parse_literal(text, default):
+    """A command-line string as a Python value; strings need no quotes (--out_dir=out-tiny)."""
+    if isinstance(default, bool) and text.lower() in ('true', 'false'):
+        return text.lower() == 'true'
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return text if isinstance(default, str) and not isinstance(value, str) else value
+
+
+def checked(key, value, source):
+    """value if it has the type of key's default (an int is accepted for a float)."""
+    if key not in DEFAULTS:
+        unknown_key(key, source)
+    default = DEFAULTS[key]
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        fail(f"{key} must be a {type(default).__name__} (default {default!r}), got {value!r} in {source}")
+    return value
+
+
+def config_file(name):
+    """The config file for a path, or NAME / NAME.py under config/."""
+    candidates = [Path(name), REPO_ROOT / name, REPO_ROOT / 'config' / name, REPO_ROOT / 'config' / f'{name}.py']
+    for path in candidates:
+        if path.is_file():
+            return path
+    available = ', '.join(sorted(p.stem for p in (REPO_ROOT / 'config').glob('*.py')))
+    fail(f"config file {name!r} not found; config/ has: {available}")
+
+
+def read_config_file(path):
+    """The settings a config file assigns (it is executed, as in nanoGPT)."""
+    namespace = {}
+    exec(builtins.compile(path.read_text(), str(path), 'exec'), namespace)  # the setting `compile` shadows it
+    return {k: checked(k, v, path) for k, v in namespace.items()
+            if not k.startswith('_') and not isinstance(v, types.ModuleType)}
+
+
+def print_help():
+    print(__doc__.strip())
+    print("\nsettings (type, default):")
+    for key, value in DEFAULTS.items():
+        print(f"  --{key:<28} {type(value).__name__:<6} {value!r}")
+
+
+def parse_args(argv):
+    """Config files and overrides -> {key: value} of every setting given explicitly, config files first."""
+    files, overrides, args = [], {}, list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ('-h', '--help'):
+            print_help()
+            raise SystemExit(0)
+        if not arg.startswith('--'):
+            if arg.startswith('-'):
+                fail(f"unknown option {arg!r}; settings are given as --key=value")
+            files.append(config_file(arg))
+            continue
+        key, has_value, value = arg[2:].partition('=')
+        if key != 'config' and key not in DEFAULTS:
+            unknown_key(key, 'the command line')
+        if not has_value:
+            if key != 'config' and isinstance(DEFAULTS[key], bool) and not (args and args[0].lower() in ('true', 'false')):
+                value = 'True'  # a bare flag such as --compile
+            elif not args or args[0].startswith('--'):
+                fail(f"--{key} needs a value")
+            else:
+                value = args.pop(0)
+        if key == 'config':
+            files.append(config_file(value))
+        else:
+            overrides[key] = checked(key, parse_literal(value, DEFAULTS[key]), 'the command line')
+    explicit = {}
+    for path in files:
+        explicit.update(read_config_file(path))
+    explicit.update(overrides)
+    return explicit
+
+
+def validate(cfg):
+    choices = {'model_type': tuple(MODEL_CLASSES), 'init_from': INIT_CHOICES, 'dtype': ('auto', *DTYPES)}
+    for key, allowed in choices.items():
+        if cfg[key] not in allowed:
+            fail(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
+    if cfg['preset'] and cfg['preset'] not in PRESETS:
+        fail(f"unknown preset {cfg['preset']!r}; choose from {', '.join(PRESETS)}")
+    for key in ('eval_interval', 'eval_iters', 'log_interval', 'checkpoint_interval', 'batch_size',
+                'block_size', 'gradient_accumulation_steps'):
+        if cfg[key] < 1:
+            fail(f"{key} must be at least 1, got {cfg[key]}")
+    if cfg['max_iters'] < 0 or cfg['warmup_iters'] < 0 or not 0.0 <= cfg['dropout'] < 1.0:
+        fail("max_iters and warmup_iters must be >= 0 and dropout in [0, 1)")
+
+
+def resolve_model_type(cfg, explicit):
+    """A preset implies its model_type; an explicit model_type that contradicts it is an error."""
+    if cfg['preset']:
+        preset_type = PRESETS[cfg['preset']][0]
+        if 'model_type' in explicit and explicit['model_type'] != preset_type:
+            fail(f"preset {cfg['preset']!r} is a {preset_type} but model_type is {explicit['model_type']!r}")
+        cfg['model_type'] = preset_type
+
+
+# ----------------------------------------------------------------------------- devices and processes
+
+def setup_processes(requested_device):
+    """(ddp, rank, world_size, device) from torchrun's environment (one process otherwise)."""
+    ddp = 'RANK' in os.environ
+    rank = int(os.environ.get('RANK', 0))
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    device = requested_device
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        fail(f"device {device!r} requested but CUDA is not available; use --device=cpu")
+    if device == 'cuda' and ddp:
+        device = f'cuda:{local_rank}'
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    if ddp:
+        dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    return ddp, rank, world_size, device
+
+
+def resolve_dtype(requested, device_type):
+    if requested == 'auto':
+        return 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
+    return requested
+
+
+# ----------------------------------------------------------------------------- model
+
+def model_from_settings(cfg, explicit, vocab_size):
+    """A fresh model from a preset (explicit sizes override it) or from n_layer/n_head/..."""
+    if cfg['preset']:
+        preset_dims = PRESETS[cfg['preset']][1]
+        sizes = {k: cfg[k] for k in ARCH_KEYS if k in explicit or k not in preset_dims}
+        model_type, config = preset_config(cfg['preset'], vocab_size=vocab_size, **sizes)
+    else:
+        model_type = cfg['model_type']
+        config = ModelConfig(vocab_size=vocab_size, **{k: cfg[k] for k in ARCH_KEYS})
+    try:
+        return build_model(model_type, config)
+    except AssertionError as e:
+        fail(f"invalid model size: {e}")
+
+
+def embedding_name(model):
+    return next(name for name, p in model.named_parameters() if p is model.token_embeddings)
+
+
+def pretrained_backpack(cfg, explicit, meta, data_path):
+    """backpack-gpt2 weights resized to the dataset: embedding rows for ids beyond the pretrained
+    vocabulary and for the tags set to the mean pretrained embedding, positions cropped to block_size."""
+    kind = meta['tokenizer']['kind']
+    if kind != 'gpt2':
+        fail(f"--init_from=backpack-small needs a dataset made with the gpt2 tokenizer, but {data_path} "
+             f"uses {kind!r}: prepare one with data/europarl/prepare.py --tokenizer gpt2")
+    source = cfg['pretrained_path'] or DEFAULT_PRETRAINED
+    try:
+        pretrained = BackpackLM.from_pretrained(source)
+    except (PretrainedFormatError, OSError) as e:
+        fail(f"cannot load pretrained Backpack {source}: {e}")
+    base = pretrained.config
+    for key in ('n_layer', 'n_head', 'n_embd', 'n_senses', 'bias'):
+        if key in explicit and explicit[key] != getattr(base, key):
+            fail(f"{key}={explicit[key]!r} was given but {source} has {key}={getattr(base, key)!r}; "
+                 "a finetuned model keeps the pretrained size")
+    if cfg['block_size'] > base.block_size:
+        fail(f"block_size {cfg['block_size']} exceeds the {base.block_size} positions of {source}")
+    config = dataclasses.replace(base, vocab_size=max(base.vocab_size, meta['vocab_size']),
+                                 block_size=cfg['block_size'], dropout=cfg['dropout'])
+    model = BackpackLM(config)
+    target, emb = model.state_dict(), embedding_name(pretrained)
+    state = {name: tensor[tuple(slice(0, n) for n in target[name].shape)]  # crops the position table
+             for name, tensor in pretrained.state_dict().items()}
+    old = pretrained.token_embeddings.detach()
+    mean = old[:min(meta['tokenizer']['base_vocab_size'], len(old))].mean(dim=0)
+    grown = mean.repeat(config.vocab_size, 1)
+    grown[:len(old)] = old
+    grown[[meta['special_tokens']['en'], meta['special_tokens']['fr']]] = mean
+    state[emb] = grown
+    model.load_state_dict(state)
+    return model
+
+
+def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
+    """Refuse to continue a run on another vocabulary or with another architecture."""
+    if 'model_type' in explicit and explicit['model_type'] != ckpt['model_type']:
+        fail(f"{ckpt_path} is a {ckpt['model_type']} run but model_type is {explicit['model_type']!r}; "
+             "use another --out_dir to train a new model")
+    old_meta = ckpt['meta']
+    if (old_meta['vocab_size'], old_meta['tokenizer']['kind']) != (meta['vocab_size'], meta['tokenizer']['kind']):
+        fail(f"{ckpt_path} was trained on a vocabulary of {old_meta['vocab_size']} ({old_meta['tokenizer']['kind']}) "
+             f"tokens but {data_path} has {meta['vocab_size']} ({meta['tokenizer']['kind']}); "
+             "resume on the run's own dataset or use another --out_dir")
+    for key in ARCH_KEYS:
+        if key in explicit and explicit[key] != ckpt['model_args'][key]:
+            fail(f"{ckpt_path} has {key}={ckpt['model_args'][key]!r} but {explicit[key]!r} was given; "
+                 "a resumed run keeps its architecture")
+
+
+# ----------------------------------------------------------------------------- state of the run
+
+def rng_state():
+    """python, numpy, torch and cuda generator states as tensors and plain types (weights_only loadable)."""
+    version, internal, gauss_next = random.getstate()
+    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {'python': {'version': version, 'state': list(internal), 'gauss_next': gauss_next},
+            'numpy': {'key': key, 'state': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                      'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)},
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    py, npy = state['python'], state['numpy']
+    random.setstate((py['version'], tuple(py['state']), py['gauss_next']))
+    np.random.set_state((npy['key'], npy['state'].numpy().astype(np.uint32), npy['pos'],
+                         npy['has_gauss'], npy['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def gathered(obj, ddp, world_size):
+    """obj of every process, in rank order (each process draws its own batches and dropout)."""
+    if not ddp:
+        return [obj]
+    objs = [None] * world_size
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def write_json(path, obj):
+    tmp = path.with_name(f'.{path.name}.tmp')
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def unigram_entropy(data_path, meta):
+    """Entropy (nats/token) of the training tokens' unigram distribution: what a context-free model scores."""
+    tokens = np.memmap(data_path / 'train.bin', dtype=meta['dtype'], mode='r')
+    counts = np.zeros(meta['vocab_size'], dtype=np.int64)
+    for start in range(0, len(tokens), 1 << 24):
+        counts += np.bincount(tokens[start:start + (1 << 24)], minlength=meta['vocab_size'])[:meta['vocab_size']]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def learning_rate_at(it, cfg):
+    """Linear warmup to learning_rate, then cosine decay to min_lr_ratio * learning_rate."""
+    peak = cfg['learning_rate']
+    if not cfg['decay_lr']:
+        return peak
+    if it < cfg['warmup_iters']:
+        return peak * (it + 1) / (cfg['warmup_iters'] + 1)
+    decay_iters = cfg['lr_decay_iters'] or cfg['max_iters']
+    floor = peak * cfg['min_lr_ratio']
+    if it >= decay_iters:
+        return floor
+    progress = (it - cfg['warmup_iters']) / max(1, decay_iters - cfg['warmup_iters'])
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+@torch.no_grad()
+def estimate_losses(model, sampler, cfg, autocast, device, ddp):
+    """Mean per-token loss on eval_iters batches of train and of val, and the val loss on English-target
+    and French-target tokens (None when there are none), averaged over all processes."""
+    model.eval()
+    sums = {name: [0.0, 0] for name in ('train_loss', 'val_loss', 'val_loss_en', 'val_loss_fr')}
+    for split in ('train', 'val'):
+        for _ in range(cfg['eval_iters']):
+            if split == 'val':
+                x, y, lang = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device, with_language=True)
+            else:
+                x, y = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device)
+            with autocast:
+                logits, _ = model(x)
+            losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                                     reduction='none').view_as(y)
+            masks = {f'{split}_loss': y != -1}
+            if split == 'val':
+                masks.update(val_loss_en=(y != -1) & (lang == 0), val_loss_fr=(y != -1) & (lang == 1))
+            for name, mask in masks.items():
+                sums[name][0] += losses[mask].sum().item()
+                sums[name][1] += int(mask.sum().item())
+    if ddp:
+        totals = torch.tensor([v for pair in sums.values() for v in pair], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        sums = {name: totals[2 * i:2 * i + 2].tolist() for i, name in enumerate(sums)}
+    model.train()
+    return {name: total / count if count else None for name, (total, count) in sums.items()}
+
+
+def install_stop_handlers():
+    """SIGTERM/SIGINT (preemption, Ctrl-C) only set a flag: the current step ends, ckpt.pt is saved.
+    A second Ctrl-C kills at once. Returns the flag and the previous handlers."""
+    stop = {'signal': None}
+
+    def request_stop(signum, frame):
+        stop['signal'] = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    return stop, previous
+
+
+# ----------------------------------------------------------------------------- training
+
+def main(argv=None):
+    explicit = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = {**DEFAULTS, **explicit}
+    validate(cfg)
+    out_path = Path(cfg['out_dir'])
+    ckpt_path = out_path / 'ckpt.pt'
+    resume = None
+    if cfg['init_from'] == 'resume':
+        if not ckpt_path.is_file():
+            fail(f"--init_from=resume but {ckpt_path} does not exist; start a run with --init_from=scratch")
+        try:
+            resume = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            fail(str(e))
+        saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
+        cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
+        validate(cfg)
+    elif ckpt_path.exists():
+        fail(f"{ckpt_path} exists: continue it with --init_from=resume, or train into another --out_dir")
+    resolve_model_type(cfg, explicit)
+    try:
+        data_path = resolve_data_dir(cfg['data_dir']).resolve()
+        meta = load_meta(data_path)
+    except DataError as e:
+        fail(str(e))
+    if resume is not None:
+        check_resume(resume, explicit, meta, data_path, ckpt_path)
+
+    ddp, rank, world_size, device = setup_processes(cfg['device'])
+    try:
+        train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
+    except DataError as e:  # e.g. a split shorter than block_size
+        fail(str(e))
+    finally:
+        if ddp:
+            dist.destroy_process_group()
+
+
+def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
+    master = rank == 0
+    out_path = Path(cfg['out_dir'])
+    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+    cfg['dtype'] = resolve_dtype(cfg['dtype'], device_type)
+    if cfg['gradient_accumulation_steps'] % world_size:
+        fail(f"gradient_accumulation_steps ({cfg['gradient_accumulation_steps']}) must be a multiple "
+             f"of the number of processes ({world_size})")
+    micro_steps = cfg['gradient_accumulation_steps'] // world_size
+    if cfg['deterministic']:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg['seed'] + rank)
+    if master:
+        out_path.mkdir(parents=True, exist_ok=True)
+
+    if resume is not None:
+        model = model_from_checkpoint(resume)
+    elif cfg['init_from'] == 'backpack-small':
+        if cfg['model_type'] != 'backpack':
+            fail("--init_from=backpack-small trains a backpack; remove --model_type=transformer")
+        model = pretrained_backpack(cfg, explicit, meta, data_path)
+    else:
+        model = model_from_settings(cfg, explicit, meta['vocab_size'])
+    cfg.update(model_type=model.model_type, **{k: getattr(model.config, k) for k in ARCH_KEYS})
+    raw_model = model.to(device)
+    optimizer = raw_model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'],
+                                               (cfg['beta1'], cfg['beta2']), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16')
+    autocast = (contextlib.nullcontext() if cfg['dtype'] == 'float32'
+                else torch.autocast(device_type=device_type, dtype=DTYPES[cfg['dtype']]))
+    sampler = BatchSampler(data_path, seed=cfg['seed'] + rank)
+    eval_sampler = BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank)
+    eval_start = eval_sampler.state_dict()  # every eval sees the same batches: comparable losses
+
+    iter_num, best_val_loss, training_log, elapsed_before = 0, float('inf'), [], 0.0
+    if resume is not None:
+        optimizer.load_state_dict(resume['optimizer'])
+        if resume['scaler']:
+            scaler.load_state_dict(resume['scaler'])
+        iter_num, best_val_loss = resume['iter_num'], resume['best_val_loss']
+        training_log, elapsed_before = resume['training_log'], resume.get('elapsed_s', 0.0)
+        if len(resume['rng']) == world_size:
+            set_rng_state(resume['rng'][rank])
+            sampler.load_state_dict(resume['sampler'][rank])
+        else:  # another number of processes: fresh streams, the run continues but not bitwise
+            if master:
+                print(f"warning: {len(resume['rng'])} processes saved this run, {world_size} resume it: "
+                      "data order and dropout streams are reseeded")
+            torch.manual_seed(cfg['seed'] + rank + 1000 * iter_num)
+            sampler = BatchSampler(data_path, seed=cfg['seed'] + rank + 1000 * iter_num)
+        resume.clear()  # frees the loaded tensors now that they are copied into the model
+
+    fast_model = torch.compile(raw_model) if cfg['compile'] else raw_model
+    train_model = DDP(fast_model, device_ids=[torch.device(device).index] if device_type == 'cuda' else None) \
+        if ddp else fast_model
+
+    tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
+    if master:
+        print(f"{model.model_type}: {raw_model.num_params() / 1e6:.2f}M parameters (non-embedding), "
+              f"vocab {meta['vocab_size']}, block {cfg['block_size']}; {world_size} process(es) on {device}, "
+              f"{cfg['dtype']}; {tokens_per_iter:,} tokens per iteration; iterations {iter_num} -> {cfg['max_iters']}")
+        print(f"data {data_path}: unigram entropy of train.bin {unigram_entropy(data_path, meta):.4f} nats/token "
+              f"(the loss of a model that ignores context)")
+
+    def save(path):
+        rngs = gathered(rng_state(), ddp, world_size)
+        samplers = gathered(sampler.state_dict(), ddp, world_size)
+        if not master:
+            return
+        try:
+            save_checkpoint({
+                'model': raw_model.state_dict(), 'model_type': raw_model.model_type,
+                'model_args': dataclasses.asdict(raw_model.config), 'config': cfg, 'meta': meta,
+                'data_dir': str(data_path), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+                'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'rng': rngs,
+                'sampler': samplers, 'training_log': training_log,
+                'elapsed_s': elapsed_before + time.time() - t_start}, path)
+        except OSError as e:
+            fail(f"could not write {path}: {e}; the previous checkpoint is untouched")
+
+    stop, previous_handlers = install_stop_handlers()
+    bar = tqdm(total=cfg['max_iters'], initial=iter_num, dynamic_ncols=True) if master and sys.stderr.isatty() else None
+    log = (bar.write if bar else lambda msg: print(msg, flush=True)) if master else (lambda msg: None)
+    t_start = time.time()
+    start_iter, window_iters, window_time = iter_num, 0, 0.0
+    try:
+        while True:
+            lr = learning_rate_at(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            last = iter_num >= cfg['max_iters']
+            logged = bool(training_log) and training_log[-1]['iter'] == iter_num
+            if (iter_num % cfg['eval_interval'] == 0 or last) and not logged:
+                eval_sampler.load_state_dict(eval_start)
+                losses = estimate_losses(fast_model, eval_sampler, cfg, autocast, device, ddp)
+                tokens_per_s = window_iters * tokens_per_iter / window_time if window_iters else None
+                mfu = (raw_model.estimate_mfu(cfg['batch_size'] * micro_steps, window_time / window_iters)
+                       if window_iters else None)
+                training_log.append({'iter': iter_num, **losses, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
+                                     'elapsed_s': elapsed_before + time.time() - t_start})
+                window_iters, window_time = 0, 0.0
+                by_language = ', '.join(f"{lang} {losses[f'val_loss_{lang}']:.4f}" for lang in ('en', 'fr')
+                                        if losses[f'val_loss_{lang}'] is not None)
+                log(f"iter {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f} "
+                    f"({by_language}), lr {lr:.2e}" + (f", {tokens_per_s:,.0f} tokens/s" if tokens_per_s else ""))
+                if master:
+                    write_json(out_path / 'training_log.json', training_log)
+                if losses['val_loss'] < best_val_loss:
+                    best_val_loss = losses['val_loss']
+                    save(out_path / 'best.pt')
+            if last or (iter_num % cfg['checkpoint_interval'] == 0 and iter_num > start_iter):
+                save(out_path / 'ckpt.pt')
+            if last:
+                break
+
+            t0 = time.time()
+            loss_sum = torch.zeros((), device=device)
+            for micro_step in range(micro_steps):
+                x, y = sampler.get_batch('train', cfg['batch_size'], cfg['block_size'], device)
+                # gradients are all-reduced once per iteration, on the last micro-step
+                sync = train_model.no_sync() if ddp and micro_step < micro_steps - 1 else contextlib.nullcontext()
+                with sync:
+                    with autocast:
+                        _, loss = train_model(x, y)
+                    scaler.scale(loss / micro_steps).backward()
+                loss_sum += loss.detach().float()
+            flags = torch.stack([torch.tensor(float(stop['signal'] is not None), device=device),
+                                 (~torch.isfinite(loss_sum)).float()])
+            if ddp:
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            stop_requested, non_finite = flags.tolist()
+            if non_finite:
+                fail(f"loss is not finite at iteration {iter_num} (local loss {loss_sum.item() / micro_steps}); "
+                     f"stopped without saving: {out_path / 'ckpt.pt'} keeps the last good state. "
+                     "Lower learning_rate or check the data")
+            if cfg['grad_clip'] > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg['grad_clip'])
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            iter_num += 1
+            dt = time.time() - t0
+            window_iters += 1
+            window_time += dt
+            if bar:
+                bar.update(1)
+                if iter_num % cfg['log_interval'] == 0:
+                    bar.set_postfix(loss=f"{loss_sum.item() / micro_steps:.4f}", lr=f"{lr:.2e}")
+            elif iter_num % cfg['log_interval'] == 0:
+                log(f"iter {iter_num}: loss {loss_sum.item() / micro_steps:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms")
+            if stop_requested:
+                save(out_path / 'ckpt.pt')
+                log(f"stopped by {stop['signal'] or 'another process'} at iteration {iter_num}: saved "
+                    f"{out_path / 'ckpt.pt'}; continue with --init_from=resume --out_dir={cfg['out_dir']}")
+                return
+    finally:
+        if bar:
+            bar.close()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+    log(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}; checkpoints in {out_path}")
+
+
+if __name__ == '__main__':
+    main()
