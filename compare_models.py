@@ -1,0 +1,178 @@
+"""
+Compare trained models side by side: the same evaluation suite (evaluate.py) on each, a
+Markdown table of the headline metrics, JSON, and PNG plots (training loss curves from each
+out_dir's training_log.json, and metric bars).
+
+$ python compare_models.py --backpack_dir out/backpack_full --transformer_dir out/transformer_full \
+      --device cpu --translation_samples 500
+$ python compare_models.py --backpack_dir A --transformer_dir B --extra_dirs C D --reuse
+
+Every evaluate.py option passes through (--tasks, --beam, --data_root, ...). --reuse reads
+DIR/eval/results.json where it exists instead of evaluating again. Writes comparison.json,
+comparison.md, loss_curves.png and metrics_<group>.png into --output_dir (default out/comparison).
+"""
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+import numpy as np  # noqa: E402
+
+import evaluate  # noqa: E402
+
+# bar-chart groups: headline metric names containing the key go into metrics_<group>.png
+METRIC_GROUPS = {"loss": "val loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
+                 "bli": "BLI", "sentence": "sentence"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backpack_dir", required=True, help="out_dir of the Backpack run")
+    p.add_argument("--transformer_dir", required=True, help="out_dir of the Transformer run")
+    p.add_argument("--extra_dirs", nargs="*", default=[], help="more out_dirs to compare")
+    p.add_argument("--output_dir", default="out/comparison", help="where comparison.json/.md and the plots go")
+    p.add_argument("--reuse", action="store_true", help="use DIR/eval/results.json when it exists")
+    evaluate.add_eval_arguments(p)
+    return evaluate.check_args(p.parse_args(argv))
+
+
+def model_results(out_dir, args):
+    """Evaluation results of one out_dir: reused from eval/results.json if asked, else computed."""
+    path = Path(out_dir) / "eval" / "results.json"
+    if args.reuse and path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8")), "reused"
+        except ValueError as e:
+            raise SystemExit(f"error: {path} is not valid JSON ({e}); run without --reuse")
+    if not Path(out_dir).is_dir():
+        raise SystemExit(f"error: {out_dir} is not a directory")
+    return evaluate.evaluate_out_dir(out_dir, args), "evaluated"
+
+
+def unique_labels(out_dirs, results):
+    """One short column label per model: directory name and model type."""
+    labels = []
+    for out_dir, res in zip(out_dirs, results):
+        label = f"{Path(out_dir).resolve().name} ({res['run']['model_type']})"
+        labels.append(label if label not in labels else f"{label} #{len(labels) + 1}")
+    return labels
+
+
+def comparison_table(labels, headlines):
+    """Markdown table: one row per headline metric, one column per model."""
+    metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
+    rows = [[name] + [evaluate.fmt(h.get(name)) for h in headlines] for name in metrics_order]
+    return evaluate.markdown_table(["metric"] + labels, rows), metrics_order
+
+
+def save_figure(fig, path):
+    """PNG written atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
+
+
+def read_training_log(out_dir):
+    path = Path(out_dir) / "training_log.json"
+    if not path.is_file():
+        return None, f"{path} not found"
+    try:
+        log = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        return None, f"{path} is not valid JSON ({e})"
+    if not isinstance(log, list) or not log or not all(isinstance(e, dict) and "iter" in e for e in log):
+        return None, f"{path} is not a list of entries with 'iter'"
+    return log, None
+
+
+def plot_loss_curves(out_dirs, labels, path):
+    """Train (dashed) and val (solid) loss against iteration, one colour per model."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    plotted, notes = 0, {}
+    for i, (out_dir, label) in enumerate(zip(out_dirs, labels)):
+        log, problem = read_training_log(out_dir)
+        if problem:
+            notes[label] = problem
+            continue
+        colour = f"C{i}"
+        for key, style in (("val_loss", "-"), ("train_loss", "--")):
+            points = [(e["iter"], e[key]) for e in log if isinstance(e.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), style, color=colour, marker="o", markersize=3, label=f"{label} {key}")
+                plotted += 1
+    if not plotted:
+        plt.close(fig)
+        return {"skipped": "no training_log.json with losses", "notes": notes}
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Training curves")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return {"path": str(path), "notes": notes}
+
+
+def plot_metric_bars(labels, headlines, group, names, path):
+    """Grouped bars: one group per metric, one bar per model (missing values are left out)."""
+    width = 0.8 / len(labels)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * len(labels) + 2), 5))
+    for i, (label, headline) in enumerate(zip(labels, headlines)):
+        values = [headline.get(n) if headline.get(n) is not None else math.nan for n in names]
+        ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_title(f"{group} metrics")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return {"path": str(path)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out_dirs = [args.backpack_dir, args.transformer_dir] + list(args.extra_dirs)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results, sources = zip(*(model_results(d, args) for d in out_dirs))
+    labels = unique_labels(out_dirs, results)
+    headlines = [evaluate.headline_metrics(r) for r in results]
+    table, metric_names = comparison_table(labels, headlines)
+
+    plots = {"loss_curves": plot_loss_curves(out_dirs, labels, output_dir / "loss_curves.png")}
+    for group, keys in METRIC_GROUPS.items():
+        keys = (keys,) if isinstance(keys, str) else keys
+        names = [n for n in metric_names if any(k in n for k in keys)]
+        if names:
+            plots[f"metrics_{group}"] = plot_metric_bars(labels, headlines, group, names,
+                                                         output_dir / f"metrics_{group}.png")
+
+    comparison = {
+        "models": {label: {"out_dir": str(d), "results": str(Path(d) / "eval" / "results.json"), "source": src,
+                           "model_type": r["run"]["model_type"], "iter_num": r["run"]["iter_num"],
+                           "n_params": r["run"]["n_params"],
+                           "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
+                           "headline": h}
+                   for label, d, r, h, src in zip(labels, out_dirs, results, headlines, sources)},
+        "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
+    evaluate.write_atomic(output_dir / "comparison.json",
+                          json.dumps(evaluate.json_safe(comparison), indent=2, ensure_ascii=False))
+    markdown = "# Model comparison\n\n" + table + "\n\n" + "\n".join(
+        f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n"
+    evaluate.write_atomic(output_dir / "comparison.md", markdown)
+    print(table)
+    print(f"wrote {output_dir}/comparison.json, comparison.md and {len(plots)} plot(s)")
+
+
+if __name__ == "__main__":
+    main()

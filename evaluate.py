@@ -1,0 +1,651 @@
+"""
+Evaluate a trained checkpoint: loss, translation, word similarity, lexicon induction,
+sentence retrieval and (Backpack) sense analysis. Every number comes from the model, on
+named data, by a named method; a task whose resource is missing is skipped with the reason.
+
+$ python evaluate.py --out_dir out/backpack_tiny --device cpu
+$ python evaluate.py --out_dir out/transformer_tiny --tasks translation,bli --beam 4
+
+Writes OUT_DIR/eval/results.json (one top-level section per task, each either its results or
+{"skipped": reason}, plus "run" with the checkpoint, resources, counts and timings) and
+OUT_DIR/eval/report.md, and prints a summary table. Resources default to the layout of
+--data_root (env ENFR_DATA, else ../shared/data/en-fr beside the repository); the dataset
+(val.bin, test.jsonl, word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import lexical
+import metrics
+from checkpoint import CheckpointError, load_trained_model
+from dataset import BatchSampler, DataError
+from generation import timed_translate
+from tokenizer import load_tokenizer
+
+TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses")
+REPO_ROOT = Path(__file__).resolve().parent
+DEFAULT_DATA_ROOT = os.environ.get("ENFR_DATA", str(REPO_ROOT.parent / "shared" / "data" / "en-fr"))
+# word-similarity sets of the ../shared/data/en-fr layout: name -> path under --data_root
+DEFAULT_WORDSIM = {
+    "multisimlex-en": "wordsim/multisimlex/msl_en.tsv",
+    "multisimlex-fr": "wordsim/multisimlex/msl_fr.tsv",
+    "multisimlex-en-fr": "wordsim/multisimlex/msl_en-fr_crossling_reconstructed.tsv",
+    "simlex999": "wordsim/simlex999.txt",
+    "wordsim353": "wordsim/wordsim353.tsv",
+    "wordsim353-sim": "wordsim/more/wordsim353-sim.csv",
+    "wordsim353-rel": "wordsim/more/wordsim353-rel.csv",
+}
+DEFAULT_MULTISIMLEX_OFFICIAL = "wordsim/multisimlex"  # holds translation.csv + scores.csv if downloaded
+DEFAULT_DICTIONARY = "lexicon/muse-en-fr.0-5000.tsv"
+
+
+class SkipTask(Exception):
+    """A task cannot run (missing resource, unsuitable model); the message is the reason."""
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+def add_eval_arguments(p):
+    """Every evaluation option (shared with compare_models.py), except --out_dir."""
+    p.add_argument("--ckpt", choices=["best", "latest"], default="best", help="best.pt or ckpt.pt")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--batch_size", type=int, default=16, help="sentences per forward pass")
+    p.add_argument("--data_root", default=DEFAULT_DATA_ROOT,
+                   help="English-French resources laid out as ../shared/data/en-fr (default: env ENFR_DATA)")
+    p.add_argument("--data_dir", default=None,
+                   help="the prepared dataset, if it moved since training (default: the checkpoint's data_dir)")
+    g = p.add_argument_group("loss")
+    g.add_argument("--loss_batches", type=int, default=20, help="random val windows are drawn in this many batches")
+    g = p.add_argument_group("translation")
+    g.add_argument("--translation_samples", type=int, default=500, help="test pairs translated in each direction")
+    g.add_argument("--test_corpus", default=None,
+                   help="PREFIX of an external test set PREFIX.en / PREFIX.fr (default: the dataset's test.jsonl)")
+    g.add_argument("--beam", type=int, default=1, help="also decode with beam search of this width when > 1")
+    g.add_argument("--max_new_tokens", type=int, default=None, help="cap on a translation's tokens (default: 2 x source + 10)")
+    g.add_argument("--examples", type=int, default=5, help="translations kept for the report")
+    g = p.add_argument_group("word similarity")
+    g.add_argument("--wordsim", nargs="*", default=None, metavar="NAME=PATH",
+                   help="word-similarity files (`word1 word2 score`, or with a header); default: the sets under --data_root")
+    g.add_argument("--multisimlex_official", default=None, metavar="DIR",
+                   help="directory with Multi-SimLex translation.csv and scores.csv (official layout)")
+    g.add_argument("--word_reps", default=None,
+                   help="comma-separated representations (default: all the model has: embedding, mean, minpair, maxpair, "
+                        "sense:i, and the control random_pieces)")
+    g = p.add_argument_group("bilingual lexicon induction")
+    g.add_argument("--dictionary", default=None, help=f"MUSE en-fr dictionary (default: --data_root/{DEFAULT_DICTIONARY})")
+    g.add_argument("--bli_candidates", type=int, default=5000, help="N most frequent training words of the target language")
+    g.add_argument("--csls_k", type=int, default=10)
+    g.add_argument("--bli_reps", default=None,
+                   help="comma-separated representations (default: embedding, mean for a Backpack, and the control random_pieces)")
+    g = p.add_argument_group("sentence level")
+    g.add_argument("--sentence_pairs", type=int, default=500, help="test pairs for pair cosine and retrieval")
+    g = p.add_argument_group("sense analysis (Backpack)")
+    g.add_argument("--sense_words", default=None,
+                   help="comma-separated words (default: the most frequent single-token MUSE pairs of the training text)")
+    g.add_argument("--sense_num_pairs", type=int, default=4, help="default word set: this many English words + translations")
+    g.add_argument("--sense_top_k", type=int, default=8)
+    g.add_argument("--sense_vocab", choices=["all", "en", "fr"], default="all",
+                   help="rank only tokens of this side of the training corpus (by per-language token counts)")
+    g.add_argument("--sense_sentences", type=int, default=64, help="test sentences for the alpha entropy")
+    g.add_argument("--sense_pairs", type=int, default=1000, help="dictionary pairs for per-sense translation cosines")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out_dir", required=True, help="training output directory with best.pt / ckpt.pt")
+    add_eval_arguments(p)
+    return check_args(p.parse_args(argv))
+
+
+def check_args(args):
+    """Validate option values (one clear error line instead of a failure deep inside a task)."""
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise SystemExit(f"error: unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)}")
+    args.task_list = tasks
+    for name in ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates", "csls_k",
+                 "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences", "sense_pairs"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.sentence_pairs < 2:
+        raise SystemExit("error: --sentence_pairs must be >= 2 (retrieval needs distractors)")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+    for spec in args.wordsim or []:
+        if "=" not in spec:
+            raise SystemExit(f"error: --wordsim entries are NAME=PATH, got {spec!r}")
+    return args
+
+
+def split_list(text):
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+# -----------------------------------------------------------------------------
+# resources
+
+class Context:
+    """What every task needs: model, tokenizer, checkpoint, dataset directory, options."""
+
+    def __init__(self, args, model, ckpt, tokenizer, data_dir):
+        self.args, self.model, self.ckpt, self.tok, self.data_dir = args, model, ckpt, tokenizer, Path(data_dir)
+        self.device = args.device
+        self.block_size = model.config.block_size
+        self.data_root = Path(args.data_root)
+        self._cache = {}
+
+    def cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def test_pairs(self):
+        """(English, French) test sentences and where they come from."""
+        return self.cached("test_pairs", lambda: read_test_pairs(self.args.test_corpus, self.data_dir))
+
+    def word_counts(self):
+        return self.cached("word_counts", lambda: lexical.read_word_counts(self.data_dir))
+
+    def dictionary(self):
+        path = self.args.dictionary or self.data_root / DEFAULT_DICTIONARY
+        return self.cached("dictionary", lambda: warn(lexical.read_dictionary(path)))
+
+
+def warn(parsed):
+    """Print a parsed resource's malformed-line warning (to stderr) and return it."""
+    if parsed.warning():
+        print(parsed.warning(), file=sys.stderr)
+    return parsed
+
+
+def read_test_pairs(test_corpus, data_dir):
+    """[(en, fr)] from PREFIX.en / PREFIX.fr or from the dataset's test.jsonl, and the source path."""
+    if test_corpus:
+        en_path, fr_path = Path(f"{test_corpus}.en"), Path(f"{test_corpus}.fr")
+        for path in (en_path, fr_path):
+            if not path.is_file():
+                raise SkipTask(f"test corpus file {path} not found")
+        en, fr = (p.read_text(encoding="utf-8").splitlines() for p in (en_path, fr_path))
+        if len(en) != len(fr):
+            raise SkipTask(f"{en_path} has {len(en)} lines but {fr_path} has {len(fr)}")
+        pairs, source = list(zip(en, fr)), f"{test_corpus}.{{en,fr}}"
+    else:
+        path = Path(data_dir) / "test.jsonl"
+        if not path.is_file():
+            raise SkipTask(f"{path} not found (use --test_corpus PREFIX)")
+        pairs = []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                        pairs.append((row["en"], row["fr"]))
+                    except (ValueError, KeyError, TypeError):
+                        raise SkipTask(f"{path}:{number}: not a {{\"en\": ..., \"fr\": ...}} JSON line") from None
+        source = str(path)
+    pairs = [(e.strip(), f.strip()) for e, f in pairs if e.strip() and f.strip()]
+    if not pairs:
+        raise SkipTask(f"no non-empty test pair in {source}")
+    return pairs, source
+
+
+def load_for_eval(out_dir, which, device, data_dir=None):
+    """(model, checkpoint, tokenizer, dataset dir), or SystemExit with one clear line."""
+    try:
+        model, ckpt = load_trained_model(out_dir, which, device)
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}")
+    for key in ("meta", "data_dir", "model_type"):
+        if key not in ckpt:
+            raise SystemExit(f"error: checkpoint in {out_dir} has no {key!r} entry (not written by train.py?)")
+    data_dir = Path(data_dir or ckpt["data_dir"])
+    try:
+        tokenizer = load_tokenizer(ckpt["meta"], data_dir)
+    except DataError as e:
+        raise SystemExit(f"error: cannot load the tokenizer of {data_dir} "
+                         f"(meta tokenizer {ckpt['meta'].get('tokenizer')}): {e}") from None
+    return model, ckpt, tokenizer, data_dir
+
+
+# -----------------------------------------------------------------------------
+# tasks
+
+@torch.no_grad()
+def task_loss(ctx):
+    """Val loss and perplexity over random windows, overall and per target language."""
+    args = ctx.args
+    try:
+        sampler = BatchSampler(ctx.data_dir, seed=args.seed)
+    except DataError as e:
+        raise SkipTask(str(e))
+    totals = {"all": [0.0, 0], "en": [0.0, 0], "fr": [0.0, 0]}
+    for _ in tqdm(range(args.loss_batches), desc="val loss", leave=False):
+        x, y, lang = sampler.get_batch("val", args.batch_size, ctx.block_size, ctx.device, with_language=True)
+        logits, _ = ctx.model(x)
+        losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                                 reduction="none").view_as(y)
+        scored = y != -1  # -1 targets are ignored, as in training
+        for name, mask in (("all", scored), ("en", scored & (lang == 0)), ("fr", scored & (lang == 1))):
+            totals[name][0] += float(losses[mask].sum())
+            totals[name][1] += int(mask.sum())
+    result = {"split": "val", "batches": args.loss_batches, "batch_size": args.batch_size,
+              "block_size": ctx.block_size, "seed": args.seed,
+              "note": "random windows; per-language = target token inside an English / French segment"}
+    for name, (total, count) in totals.items():
+        loss = total / count if count else None
+        result[name] = {"loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "tokens": count}
+    return result
+
+
+def task_translation(ctx):
+    """Greedy (and beam) translation both ways on test pairs; sacreBLEU and the rest."""
+    args = ctx.args
+    pairs, source = ctx.test_pairs()
+    available, pairs = len(pairs), pairs[:args.translation_samples]
+    result = {"test_set": source, "samples_asked": args.translation_samples, "samples_available": available,
+              "samples_used": len(pairs),
+              "stop": "next language tag or end-of-text", "max_new_tokens": args.max_new_tokens}
+    decodings = [("greedy", 1)] + ([(f"beam{args.beam}", args.beam)] if args.beam > 1 else [])
+    for direction in ("en-fr", "fr-en"):
+        sources, references = zip(*[(e, f) if direction == "en-fr" else (f, e) for e, f in pairs])
+        entry = {}
+        for name, beam in decodings:
+            out = timed_translate(ctx.model, ctx.tok, list(sources), direction, beam=beam,
+                                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+            hypotheses = out["hypotheses"]
+            entry[name] = {**metrics.translation_metrics(hypotheses, list(references)),
+                           "seconds": out["seconds"], "sentences_per_second": len(pairs) / out["seconds"],
+                           "sources_truncated": out["truncated"],
+                           "examples": [{"source": s, "reference": r, "hypothesis": h} for s, r, h in
+                                        list(zip(sources, references, hypotheses))[:args.examples]]}
+        result[direction] = entry
+    return result
+
+
+def wordsim_files(args):
+    """{name: path} of the plain word-similarity files to evaluate."""
+    if args.wordsim is not None:
+        return dict(spec.split("=", 1) for spec in args.wordsim)
+    return {name: str(Path(args.data_root) / rel) for name, rel in DEFAULT_WORDSIM.items()}
+
+
+def read_wordsim_sets(args):
+    """{name: ParsedFile or the reason it cannot be read}, plain files and official Multi-SimLex."""
+    sets = {}
+    for name, path in wordsim_files(args).items():
+        try:
+            sets[name] = warn(lexical.read_word_pairs(path))
+        except lexical.ResourceError as e:
+            sets[name] = str(e)
+    official = Path(args.multisimlex_official or Path(args.data_root) / DEFAULT_MULTISIMLEX_OFFICIAL)
+    translation_csv, scores_csv = official / "translation.csv", official / "scores.csv"
+    if args.multisimlex_official or translation_csv.is_file():
+        for lang1, lang2 in (("en", None), ("fr", None), ("en", "fr")):
+            name = f"multisimlex-official-{lang1}" + (f"-{lang2}" if lang2 else "")
+            try:
+                sets[name] = warn(lexical.read_multisimlex_official(translation_csv, scores_csv, lang1, lang2))
+            except lexical.ResourceError as e:
+                sets[name] = str(e)
+    return sets
+
+
+def requested_reps(ctx, option, default):
+    """Representations named by a comma-separated option (else the default) that the model has."""
+    try:
+        return lexical.check_representations(ctx.model, split_list(option) or default)
+    except ValueError as e:
+        raise SkipTask(str(e))
+
+
+def task_wordsim(ctx):
+    """Spearman rho between model similarities and human scores, per set and representation."""
+    reps = requested_reps(ctx, ctx.args.word_reps, lexical.representations(ctx.model))
+    sets = read_wordsim_sets(ctx.args)
+    readable = {name: parsed for name, parsed in sets.items() if not isinstance(parsed, str)}
+    if not readable:
+        raise SkipTask("no readable word-similarity file: " + "; ".join(sets.values()))
+    try:
+        counts = ctx.word_counts()
+        corpus_words = set(counts["en"]) | set(counts["fr"])
+    except lexical.ResourceError:
+        corpus_words = None
+    words = [w for parsed in readable.values() for a, b, _ in parsed.rows for w in (a, b)]
+    vectors = lexical.WordVectors(ctx.model, ctx.tok, words, full_senses=lexical.has_senses(ctx.model))
+    result = {"representations": reps, "word_form": "encoded mid-sentence (' ' + word); pieces averaged",
+              "corpus_words": "word_counts.json of the dataset" if corpus_words is not None else None, "sets": {}}
+    for name, parsed in sets.items():
+        if isinstance(parsed, str):
+            result["sets"][name] = {"skipped": parsed}
+            continue
+        entry = lexical.word_similarity(vectors, parsed.rows, reps, corpus_words)
+        result["sets"][name] = {"resource": parsed.summary(), **entry}
+    return result
+
+
+def task_bli(ctx):
+    """Bilingual lexicon induction EN->FR and FR->EN with cosine and CSLS."""
+    args = ctx.args
+    reps = requested_reps(ctx, args.bli_reps, ["embedding"] + (["mean"] if lexical.has_senses(ctx.model) else [])
+                          + [lexical.CONTROL])
+    try:
+        dictionary, counts = ctx.dictionary(), ctx.word_counts()
+    except lexical.ResourceError as e:
+        raise SkipTask(str(e))
+    vocab = {lang: list(counts[lang])[:args.bli_candidates] for lang in ("en", "fr")}
+    needs_senses = any(r.startswith("sense:") for r in reps)
+    vectors = lexical.WordVectors(ctx.model, ctx.tok, vocab["en"] + vocab["fr"], full_senses=needs_senses)
+    result = {"dictionary": dictionary.summary(), "candidates_asked": args.bli_candidates, "csls_k": args.csls_k,
+              "representations": reps, "candidate_source": "most frequent words of word_counts.json (train split)",
+              "words": {lang: vectors.piece_stats(vocab[lang]) for lang in ("en", "fr")}}
+    for direction, reverse, src, tgt in (("en-fr", False, "en", "fr"), ("fr-en", True, "fr", "en")):
+        gold = lexical.gold_translations(dictionary.rows, reverse=reverse)
+        result[direction] = lexical.lexicon_induction(vectors, gold, vocab[src], vocab[tgt], reps, k=args.csls_k)
+    return result
+
+
+def sentence_ids(ctx, text, tag):
+    """`<tag> text` token ids, cut to the context window."""
+    return ([tag] + ctx.tok.encode(text))[:ctx.block_size]
+
+
+@torch.no_grad()
+def pooled_states(ctx, sequences, state_fns):
+    """{state name: {pooling: (N, d) array}} over the tokens after the tag of each sequence.
+    Pooling: mean over those tokens, the first of them, the last of them."""
+    pooled = {name: {"mean": [], "first": [], "last": []} for name in state_fns}
+    bs = ctx.args.batch_size
+    for start in tqdm(range(0, len(sequences), bs), desc="sentence states", leave=False):
+        batch = sequences[start:start + bs]
+        lengths = torch.tensor([len(s) for s in batch])
+        idx = torch.full((len(batch), int(lengths.max())), ctx.tok.eot_id, dtype=torch.long)
+        for row, seq in enumerate(batch):
+            idx[row, :len(seq)] = torch.tensor(seq)  # right padding: causal states never see it
+        positions = torch.arange(idx.shape[1])
+        content = ((positions[None] >= 1) & (positions[None] < lengths[:, None])).float()[..., None]
+        for name, fn in state_fns.items():
+            states = fn(idx.to(ctx.device)).float().cpu()
+            pooled[name]["mean"].append((states * content).sum(1) / content.sum(1))
+            pooled[name]["first"].append(states[:, 1])
+            pooled[name]["last"].append(states[torch.arange(len(batch)), lengths - 1])
+    return {name: {p: torch.cat(v).numpy() for p, v in pools.items()} for name, pools in pooled.items()}
+
+
+def task_sentence(ctx):
+    """Cosine of translation pairs vs a derangement baseline, and retrieval recall@1 both ways."""
+    args = ctx.args
+    pairs, source = ctx.test_pairs()
+    en = [sentence_ids(ctx, e, ctx.tok.en_id) for e, _ in pairs]
+    fr = [sentence_ids(ctx, f, ctx.tok.fr_id) for _, f in pairs]
+    keep = [i for i in range(len(pairs)) if len(en[i]) > 1 and len(fr[i]) > 1][:args.sentence_pairs]
+    if len(keep) < 2:
+        raise SkipTask(f"only {len(keep)} usable test pairs")
+    state_fns = {"backbone": ctx.model.hidden_states}
+    if lexical.has_senses(ctx.model):
+        state_fns["backpack_output"] = ctx.model.output_states
+    states_en = pooled_states(ctx, [en[i] for i in keep], state_fns)
+    states_fr = pooled_states(ctx, [fr[i] for i in keep], state_fns)
+    result = {"test_set": source, "pairs_asked": args.sentence_pairs, "pairs_used": len(keep),
+              "input": "<EN> english / <FR> french, pooled over the tokens after the tag",
+              "states": {"backbone": "final hidden states (after the final LayerNorm)",
+                         **({"backpack_output": "Backpack output o (before the LM head)"} if len(state_fns) > 1 else {})}}
+    for name in state_fns:
+        result[name] = {pooling: metrics.sentence_retrieval(states_en[name][pooling], states_fr[name][pooling],
+                                                            seed=args.seed)
+                        for pooling in ("mean", "first", "last")}
+        for entry in result[name].values():  # name the directions
+            entry["recall@1_en_to_fr"] = entry.pop("recall@1_a_to_b")
+            entry["recall@1_fr_to_en"] = entry.pop("recall@1_b_to_a")
+    return result
+
+
+def default_sense_words(ctx):
+    """The most frequent English dictionary words of the training text that are single tokens,
+    each followed by its most frequent single-token translation."""
+    pairs = lexical.frequent_dictionary_pairs(ctx.dictionary().rows, ctx.word_counts(), ctx.tok,
+                                              n=ctx.args.sense_num_pairs)
+    if not pairs:
+        raise SkipTask("no dictionary pair of single-token words occurs in the training text (use --sense_words)")
+    return [w for pair in pairs for w in pair]
+
+
+def task_senses(ctx):
+    """Top tokens of each sense, alpha entropy on test sentences, per-sense translation cosines."""
+    if not lexical.has_senses(ctx.model):
+        raise SkipTask(f"a {ctx.model.model_type} has no sense vectors")
+    args, result = ctx.args, {}
+    try:
+        words = split_list(args.sense_words) or default_sense_words(ctx)
+        result["word_source"] = "--sense_words" if args.sense_words else \
+            "most frequent single-token dictionary pairs of the training text"
+        mask = None
+        if args.sense_vocab != "all":
+            masks = lexical.token_language_masks(lexical.token_language_counts(ctx.data_dir, ctx.ckpt["meta"]))
+            mask = masks[args.sense_vocab]
+        result["vocabulary"] = args.sense_vocab if mask is None else \
+            f"{args.sense_vocab}: {int(mask.sum())} tokens seen mostly in the {args.sense_vocab} side of pairs_train.bin"
+        result["top_tokens"] = lexical.sense_top_tokens(ctx.model, ctx.tok, words, args.sense_top_k, mask)
+    except (lexical.ResourceError, SkipTask) as e:
+        result["top_tokens"] = {"skipped": str(e)}
+    try:
+        pairs, source = ctx.test_pairs()
+        sequences = [([ctx.tok.en_id] + ctx.tok.encode(e) + [ctx.tok.fr_id] + ctx.tok.encode(f)
+                      + [ctx.tok.eot_id])[:ctx.block_size] for e, f in pairs[:args.sense_sentences]]
+        result["alpha_entropy"] = {"test_set": source, "input": "<EN> en <FR> fr <eot>",
+                                   **lexical.alpha_entropy(ctx.model, sequences, args.batch_size, ctx.device)}
+    except SkipTask as e:
+        result["alpha_entropy"] = {"skipped": str(e)}
+    try:
+        pairs = lexical.frequent_dictionary_pairs(ctx.dictionary().rows, ctx.word_counts(), n=args.sense_pairs)
+        vectors = lexical.WordVectors(ctx.model, ctx.tok, [w for pair in pairs for w in pair])
+        result["translation_pair_cosines"] = {
+            "pairs_asked": args.sense_pairs, "selection": "most frequent dictionary pairs of the training text",
+            **lexical.translation_pair_sense_cosines(vectors, pairs, seed=args.seed)}
+    except lexical.ResourceError as e:
+        result["translation_pair_cosines"] = {"skipped": str(e)}
+    return result
+
+
+TASK_FUNCTIONS = {"loss": task_loss, "translation": task_translation, "wordsim": task_wordsim,
+                  "bli": task_bli, "sentence": task_sentence, "senses": task_senses}
+
+
+# -----------------------------------------------------------------------------
+# results
+
+def json_safe(obj):
+    """Replace non-finite floats (NaN, inf) by None so the JSON is standard."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_atomic(path, text):
+    """Write text to path via a temporary file in the same directory and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def headline_metrics(results):
+    """{metric name: value} of the figures worth a table row, for summaries and comparisons."""
+    rows = {}
+    loss = results.get("loss", {})
+    for lang in ("all", "en", "fr"):
+        if lang in loss:
+            rows[f"val loss ({lang})"] = loss[lang]["loss"]
+    if "all" in loss:
+        rows["val perplexity"] = loss["all"]["perplexity"]
+    translation = results.get("translation", {})
+    for direction in ("en-fr", "fr-en"):
+        for decoding, entry in translation.get(direction, {}).items():
+            rows[f"{direction} {decoding} BLEU"] = entry["bleu"]["score"]
+            rows[f"{direction} {decoding} chrF"] = entry["chrf"]["score"]
+            rows[f"{direction} {decoding} char acc"] = entry["char_accuracy"]
+    for name, entry in results.get("wordsim", {}).get("sets", {}).items():
+        for rep, sp in entry.get("spearman", {}).items():
+            if not rep.startswith("sense:"):
+                rows[f"wordsim {name} rho ({rep})"] = sp["rho"]
+    bli = results.get("bli", {})
+    for direction in ("en-fr", "fr-en"):
+        for rep in bli.get("representations", []):
+            if rep in bli.get(direction, {}):
+                for method in ("cosine", "csls"):
+                    subset = bli[direction][rep].get(f"{method}_excluding_identical", {})
+                    rows[f"BLI {direction} P@1 {method} ({rep}, non-identical)"] = subset.get("p@1")
+    sentence = results.get("sentence", {})
+    for states in ("backbone", "backpack_output"):
+        if states in sentence:
+            entry = sentence[states]["mean"]
+            rows[f"sentence {states} mean-pool R@1 en->fr"] = entry["recall@1_en_to_fr"]
+            rows[f"sentence {states} mean-pool cos (pair - random)"] = \
+                entry["pair_cosine"]["mean"] - entry["derangement_cosine"]["mean"]
+    entropy = results.get("senses", {}).get("alpha_entropy", {})
+    if "mean_normalised" in entropy:
+        rows["alpha entropy (normalised)"] = entropy["mean_normalised"]
+    return rows
+
+
+def fmt(value):
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def skipped_parts(section, name=""):
+    """(dotted name, reason) of every part of the results that was skipped, at any depth."""
+    if isinstance(section, dict):
+        if "skipped" in section:
+            yield name, section["skipped"]
+        for key, value in section.items():
+            yield from skipped_parts(value, f"{name}.{key}" if name else key)
+
+
+def render_report(results):
+    """report.md: run facts, the headline table, skipped tasks, translation examples, sense tables."""
+    run = results["run"]
+    out = [f"# Evaluation of {run['out_dir']}", "",
+           f"{run['model_type']} checkpoint `{run['checkpoint']}` (iter {run['iter_num']}, "
+           f"{run['n_params']:,} parameters), dataset `{run['data_dir']}`, evaluated on {run['device']} "
+           f"in {run['seconds']:.1f} s.", "",
+           markdown_table(["metric", "value"], list(headline_metrics(results).items())), ""]
+    skipped = list(skipped_parts({task: results[task] for task in TASKS}))
+    if skipped:
+        out += ["## Skipped", ""] + [f"- {name}: {reason}" for name, reason in skipped] + [""]
+    translation = results["translation"]
+    if "skipped" not in translation:
+        out += ["## Translation examples", "", f"Test set: `{translation['test_set']}` "
+                f"({translation['samples_used']} pairs per direction).", ""]
+        for direction in ("en-fr", "fr-en"):
+            for decoding, entry in translation[direction].items():
+                out += [f"### {direction}, {decoding} ({entry['seconds']:.1f} s, BLEU signature "
+                        f"`{entry['bleu']['signature']}`)", ""]
+                for ex in entry["examples"]:
+                    out += [f"- source: {ex['source']}", f"  - reference: {ex['reference']}",
+                            f"  - model: {ex['hypothesis']}"]
+                out.append("")
+    malformed = [(name, entry["resource"]) for name, entry in results["wordsim"].get("sets", {}).items()
+                 if entry.get("resource", {}).get("malformed")]
+    if "dictionary" in results["bli"] and results["bli"]["dictionary"]["malformed"]:
+        malformed.append(("dictionary", results["bli"]["dictionary"]))
+    if malformed:
+        out += ["## Malformed resource lines (skipped, the rest used)", ""]
+        out += [f"- {name} (`{res['path']}`): {res['malformed']} line(s): "
+                + ", ".join(f"{m['line']} ({m['reason']})" for m in res["malformed_lines"]) for name, res in malformed]
+        out.append("")
+    senses = results["senses"]
+    if isinstance(senses.get("top_tokens"), list):
+        out += ["", f"## Sense projections (top {len(senses['top_tokens'][0].get('senses', [[]])[0])} tokens of "
+                f"E C_l(w), vocabulary: {senses['vocabulary']})", ""]
+        for entry in senses["top_tokens"]:
+            if "senses" not in entry:
+                continue
+            out += [f"### {entry['word']} (pieces: {' '.join(map(repr, entry['pieces']))})", ""]
+            out.append(markdown_table(["sense", "top tokens"],
+                                      [[str(l), " ".join(repr(t) for t in toks)] for l, toks in enumerate(entry["senses"])]))
+            out.append("")
+    cosines = senses.get("translation_pair_cosines", {})
+    if "per_sense_pair_cosine" in cosines:
+        out += [f"## Per-sense cosine of {cosines['pairs']} translation pairs vs random pairs", ""]
+        out.append(markdown_table(["sense", "pairs", "random"],
+                                  [[str(l), a, b] for l, (a, b) in enumerate(zip(cosines["per_sense_pair_cosine"],
+                                                                              cosines["per_sense_derangement_cosine"]))]))
+    return "\n".join(out) + "\n"
+
+
+def evaluate_out_dir(out_dir, args):
+    """Run the requested tasks on out_dir's checkpoint; write and return the results dict."""
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model, ckpt, tokenizer, data_dir = load_for_eval(out_dir, args.ckpt, args.device, args.data_dir)
+    ctx = Context(args, model, ckpt, tokenizer, data_dir)
+    results = {}
+    for task in TASKS:
+        if task not in args.task_list:
+            results[task] = {"skipped": "not requested (--tasks)"}
+            continue
+        start = time.perf_counter()
+        print(f"[{task}] ...", file=sys.stderr)
+        try:
+            results[task] = TASK_FUNCTIONS[task](ctx)
+            results[task]["seconds"] = time.perf_counter() - start
+        except (SkipTask, lexical.ResourceError, DataError) as e:
+            results[task] = {"skipped": str(e)}
+            print(f"[{task}] skipped: {e}", file=sys.stderr)
+    results["run"] = {
+        "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / {"best": "best.pt", "latest": "ckpt.pt"}[args.ckpt]),
+        "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
+        "model_type": ckpt["model_type"], "model_args": ckpt.get("model_args"),
+        "n_params": model.num_params(non_embedding=False), "data_dir": str(data_dir),
+        "tokenizer": ckpt["meta"].get("tokenizer"), "data_root": str(args.data_root), "device": args.device,
+        "tasks": args.task_list, "seed": args.seed, "command": " ".join(sys.argv),
+        "seconds": time.perf_counter() - t0,
+        "resources": {"wordsim": wordsim_files(args), "multisimlex_official": args.multisimlex_official,
+                      "dictionary": str(args.dictionary or Path(args.data_root) / DEFAULT_DICTIONARY),
+                      "test_corpus": args.test_corpus or str(data_dir / "test.jsonl")},
+    }
+    results = json_safe(results)
+    eval_dir = Path(out_dir) / "eval"
+    write_atomic(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
+    write_atomic(eval_dir / "report.md", render_report(results))
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    results = evaluate_out_dir(args.out_dir, args)
+    print(markdown_table(["metric", "value"], list(headline_metrics(results).items())))
+    print(f"wrote {Path(args.out_dir) / 'eval' / 'results.json'} and report.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""
+Pure metric functions for evaluation: translation quality, rank correlation, word retrieval
+(cosine / CSLS) and sentence retrieval. No I/O, no model code.
+
+Scales: sacreBLEU BLEU and chrF are 0-100 (sacreBLEU's convention); every other score here is
+a fraction in [0, 1] (NLTK sentence BLEU, exact match, word / character accuracy, P@k, recall).
+Word-level translation metrics split words with sacreBLEU's 13a tokenizer, so punctuation is
+a word of its own and the same tokenization is used everywhere.
+"""
+import warnings
+
+import numpy as np
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+from scipy.stats import spearmanr
+
+_tokenize_13a = Tokenizer13a()
+
+
+def words(text):
+    """Words of a sentence as the word-level metrics see them (sacreBLEU 13a tokenization)."""
+    return _tokenize_13a(text.strip()).split()
+
+
+def _check_parallel(hypotheses, references):
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    if len(hypotheses) == 0:
+        raise ValueError("no sentences to score")
+
+
+# -----------------------------------------------------------------------------
+# translation metrics
+
+def corpus_bleu(hypotheses, references):
+    """sacreBLEU corpus BLEU (0-100, one reference per sentence) and its signature."""
+    _check_parallel(hypotheses, references)
+    bleu = BLEU()
+    result = bleu.corpus_score(list(hypotheses), [list(references)])
+    return {"score": result.score, "signature": str(bleu.get_signature()),
+            "precisions": list(result.precisions), "bp": result.bp,
+            "sys_len": result.sys_len, "ref_len": result.ref_len}
+
+
+def corpus_chrf(hypotheses, references):
+    """sacreBLEU corpus chrF (0-100, character 6-grams, beta 2) and its signature."""
+    _check_parallel(hypotheses, references)
+    chrf = CHRF()
+    result = chrf.corpus_score(list(hypotheses), [list(references)])
+    return {"score": result.score, "signature": str(chrf.get_signature())}
+
+
+def sentence_bleu_scores(hypotheses, references):
+    """NLTK sentence BLEU (4-gram, SmoothingFunction().method1) of each pair, in [0, 1]."""
+    _check_parallel(hypotheses, references)
+    smooth = SmoothingFunction().method1
+    scores = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NLTK warns on hypotheses shorter than 4 words
+        for hyp, ref in zip(hypotheses, references):
+            hyp_words, ref_words = words(hyp), words(ref)
+            scores.append(sentence_bleu([ref_words], hyp_words, smoothing_function=smooth) if hyp_words else 0.0)
+    return np.array(scores, dtype=np.float64)
+
+
+def summary_stats(values):
+    """mean / median / std / min / max of a 1-D array of numbers."""
+    values = np.asarray(values, dtype=np.float64)
+    return {"mean": float(values.mean()), "median": float(np.median(values)), "std": float(values.std()),
+            "min": float(values.min()), "max": float(values.max()), "n": int(values.size)}
+
+
+def exact_match(hypotheses, references):
+    """Fraction of hypotheses equal to their reference after stripping outer whitespace."""
+    _check_parallel(hypotheses, references)
+    return float(np.mean([h.strip() == r.strip() for h, r in zip(hypotheses, references)]))
+
+
+def word_accuracy(hypothesis, reference):
+    """Words equal at the same position divided by the longer word count (1.0 if both empty)."""
+    hyp, ref = words(hypothesis), words(reference)
+    longest = max(len(hyp), len(ref))
+    if longest == 0:
+        return 1.0
+    return sum(h == r for h, r in zip(hyp, ref)) / longest
+
+
+def levenshtein(a, b):
+    """Edit distance (unit insert / delete / substitute) between two strings.
+
+    Dynamic programming over rows of the DP table, each row computed with numpy: the
+    insertion chain new[j] = min(new[j-1] + 1, ...) is a running minimum of tmp[j] - j, plus j.
+    """
+    if len(a) < len(b):
+        a, b = b, a
+    if len(b) == 0:
+        return len(a)
+    b_codes = np.array([ord(c) for c in b])
+    columns = np.arange(len(b) + 1)
+    previous = columns.copy()
+    for i, char in enumerate(a, start=1):
+        current = np.empty_like(previous)
+        current[0] = i
+        current[1:] = np.minimum(previous[:-1] + (b_codes != ord(char)), previous[1:] + 1)  # substitute, delete
+        previous = np.minimum.accumulate(current - columns) + columns  # insert
+    return int(previous[-1])
+
+
+def char_accuracy(hypothesis, reference):
+    """1 - Levenshtein(hypothesis, reference) / longer length in characters (1.0 if both empty)."""
+    hyp, ref = hypothesis.strip(), reference.strip()
+    longest = max(len(hyp), len(ref))
+    if longest == 0:
+        return 1.0
+    return 1.0 - levenshtein(hyp, ref) / longest
+
+
+def translation_metrics(hypotheses, references):
+    """All translation metrics of a system output against one reference per sentence."""
+    _check_parallel(hypotheses, references)
+    return {
+        "n": len(hypotheses),
+        "bleu": corpus_bleu(hypotheses, references),
+        "chrf": corpus_chrf(hypotheses, references),
+        "sentence_bleu_nltk": summary_stats(sentence_bleu_scores(hypotheses, references)),
+        "exact_match": exact_match(hypotheses, references),
+        "word_accuracy": float(np.mean([word_accuracy(h, r) for h, r in zip(hypotheses, references)])),
+        "char_accuracy": float(np.mean([char_accuracy(h, r) for h, r in zip(hypotheses, references)])),
+    }
+
+
+# -----------------------------------------------------------------------------
+# correlation
+
+def spearman(predicted, gold):
+    """Spearman rank correlation (scipy) with its two-sided p-value.
+
+    rho is None (not a number) when it is undefined: one of the inputs is constant.
+    """
+    predicted, gold = np.asarray(predicted, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if predicted.shape != gold.shape or predicted.ndim != 1:
+        raise ValueError(f"spearman needs two 1-D arrays of equal length, got {predicted.shape} and {gold.shape}")
+    if predicted.size < 3:
+        raise ValueError(f"spearman needs at least 3 pairs, got {predicted.size}")
+    if np.ptp(predicted) == 0 or np.ptp(gold) == 0:
+        return {"rho": None, "p_value": None, "n": int(predicted.size), "note": "constant input: rho undefined"}
+    result = spearmanr(predicted, gold)
+    return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": int(predicted.size)}
+
+
+# -----------------------------------------------------------------------------
+# word retrieval (bilingual lexicon induction)
+
+def normalize_rows(x):
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def cosine_matrix(a, b):
+    """(len(a), len(b)) cosine similarities."""
+    return normalize_rows(a) @ normalize_rows(b).T
+
+
+def paired_cosine(a, b):
+    """Cosine of row i of a with row i of b."""
+    return np.sum(normalize_rows(a) * normalize_rows(b), axis=1)
+
+
+def mean_topk_similarity(similarities, k):
+    """Mean of the k largest values of each row (the CSLS neighbourhood radius r)."""
+    k = min(k, similarities.shape[1])
+    return np.mean(np.partition(similarities, -k, axis=1)[:, -k:], axis=1)
+
+
+def csls_matrix(queries, targets, k=10, query_space=None):
+    """Cross-domain similarity local scaling (Conneau et al. 2018).
+
+    CSLS(x, y) = 2 cos(x, y) - r_T(x) - r_S(y), where r_T(x) is the mean cosine of x with its k
+    nearest targets and r_S(y) the mean cosine of y with its k nearest vectors of the source
+    space. The source space is `query_space` (e.g. all frequent source-language words, as MUSE
+    does) or, when None, the queries themselves.
+    """
+    cos = cosine_matrix(queries, targets)
+    r_target = mean_topk_similarity(cos, k)
+    source = queries if query_space is None else query_space
+    r_source = mean_topk_similarity(cosine_matrix(targets, source), k)
+    return 2 * cos - r_target[:, None] - r_source[None, :]
+
+
+def top_k_indices(scores, k):
+    """Indices of the k highest scores of each row, best first."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def precision_at_k(scores, gold, ks=(1, 5)):
+    """P@k: fraction of queries (rows) with at least one gold candidate among their top k.
+
+    gold: one collection of gold candidate column indices per row.
+    """
+    if scores.shape[0] != len(gold):
+        raise ValueError(f"{scores.shape[0]} score rows but {len(gold)} gold sets")
+    if scores.shape[0] == 0:
+        raise ValueError("no queries to score")
+    ranked = top_k_indices(scores, max(ks))
+    hits = np.array([[c in g for c in row] for row, g in zip(ranked.tolist(), map(set, gold))])
+    return {f"p@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+
+
+# -----------------------------------------------------------------------------
+# sentence retrieval
+
+def recall_at_1(similarities):
+    """Fraction of rows whose most similar column is the row's own index (pair i <-> i)."""
+    similarities = np.asarray(similarities)
+    return float(np.mean(similarities.argmax(axis=1) == np.arange(similarities.shape[0])))
+
+
+def random_derangement(n, rng):
+    """A uniformly random permutation of range(n) with no fixed point (n >= 2), by rejection."""
+    if n < 2:
+        raise ValueError("a derangement needs at least 2 elements")
+    while True:
+        perm = rng.permutation(n)
+        if not np.any(perm == np.arange(n)):
+            return perm
+
+
+def pair_similarity_vs_derangement(a, b, seed=0):
+    """Cosine of true pairs (a_i, b_i) against mismatched pairs (a_i, b_perm(i)), perm a derangement."""
+    true_cos = paired_cosine(a, b)
+    perm = random_derangement(len(a), np.random.default_rng(seed))
+    random_cos = paired_cosine(a, b[perm])
+    return {"pair_cosine": {"mean": float(true_cos.mean()), "std": float(true_cos.std())},
+            "derangement_cosine": {"mean": float(random_cos.mean()), "std": float(random_cos.std())},
+            "n": int(len(a))}
+
+
+def sentence_retrieval(a, b, seed=0):
+    """Pair cosine vs derangement baseline and recall@1 both ways for aligned rows of a and b."""
+    sims = cosine_matrix(a, b)
+    result = pair_similarity_vs_derangement(a, b, seed)
+    result["recall@1_a_to_b"] = recall_at_1(sims)
+    result["recall@1_b_to_a"] = recall_at_1(sims.T)
+    result["chance_recall@1"] = 1.0 / len(a)
+    return result

@@ -1,0 +1,234 @@
+"""evaluate.py and compare_models.py end to end on tiny checkpoints trained here, and bad input."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import compare_models
+import evaluate
+from checkpoint import load_checkpoint, save_checkpoint
+
+TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--n_senses", "4", "--block_size", "64"]
+# small counts everywhere so a whole evaluation takes seconds
+FAST_EVAL = ["--device", "cpu", "--translation_samples", "8", "--beam", "2", "--loss_batches", "2",
+             "--batch_size", "8", "--sentence_pairs", "16", "--bli_candidates", "300", "--sense_sentences", "4",
+             "--sense_pairs", "50", "--sense_num_pairs", "2", "--sense_top_k", "3", "--max_new_tokens", "12"]
+
+
+def run(args, cwd, check=True):
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args[0]} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def train_tiny(repo_root, data_dir, out_dir, model_type):
+    run(["train.py", "--data_dir", str(data_dir), "--out_dir", str(out_dir), "--model_type", model_type,
+         *TINY_MODEL, "--batch_size", "8", "--max_iters", "6", "--eval_interval", "3", "--eval_iters", "2",
+         "--warmup_iters", "2", "--learning_rate", "1e-3", "--log_interval", "3", "--device", "cpu"], repo_root)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(repo_root, sample_dataset, tmp_path_factory):
+    """{'backpack': out_dir, 'transformer': out_dir}, each trained for a few iterations."""
+    root = tmp_path_factory.mktemp("runs")
+    return {kind: train_tiny(repo_root, sample_dataset, root / kind, kind) for kind in ("backpack", "transformer")}
+
+
+def eval_args(out_dir, *extra):
+    return ["--out_dir", str(out_dir), *FAST_EVAL, *extra]
+
+
+@pytest.mark.slow
+def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
+    out_dir = tiny_runs["backpack"]
+    result = run(["evaluate.py", *eval_args(out_dir, "--data_root", str(enfr_data_root))], repo_root)
+    assert "| metric | value |" in result.stdout and "en-fr greedy BLEU" in result.stdout
+    results = json.loads((out_dir / "eval" / "results.json").read_text())
+    for task in evaluate.TASKS:
+        assert "skipped" not in results[task], (task, results[task])
+        assert results[task]["seconds"] >= 0
+    run_info = results["run"]
+    assert run_info["model_type"] == "backpack" and run_info["iter_num"] > 0 and run_info["which"] == "best"
+    assert run_info["resources"]["dictionary"].endswith("muse-en-fr.0-5000.tsv")
+
+    loss = results["loss"]
+    assert loss["all"]["tokens"] > 0 and loss["all"]["perplexity"] > 1
+    assert loss["en"]["tokens"] > 0 and loss["fr"]["tokens"] > 0
+
+    translation = results["translation"]
+    assert translation["samples_asked"] == 8 and translation["samples_used"] == 8
+    for direction in ("en-fr", "fr-en"):
+        for decoding in ("greedy", "beam2"):
+            entry = translation[direction][decoding]
+            assert 0 <= entry["bleu"]["score"] <= 100 and entry["bleu"]["signature"].startswith("nrefs:1")
+            assert 0 <= entry["chrf"]["score"] <= 100
+            assert set(entry["sentence_bleu_nltk"]) >= {"mean", "median", "std", "max"}
+            assert 0 <= entry["char_accuracy"] <= 1 and entry["seconds"] > 0
+            assert len(entry["examples"]) == 5
+
+    wordsim = results["wordsim"]["sets"]
+    assert set(wordsim) >= {"multisimlex-en", "multisimlex-fr", "multisimlex-en-fr", "simlex999", "wordsim353"}
+    msl = wordsim["multisimlex-fr"]
+    assert msl["resource"]["rows"] == 1888 and msl["pairs"] == 1888
+    assert set(msl["spearman"]) >= {"embedding", "mean", "minpair", "maxpair", "sense:0", "sense:3"}
+    assert -1 <= msl["spearman"]["mean"]["rho"] <= 1 and 0 <= msl["spearman"]["mean"]["p_value"] <= 1
+    assert msl["words"]["single_piece"] <= msl["words"]["words"]
+    assert wordsim["wordsim353-sim"]["resource"]["malformed"] == 1  # the shared CSV's last line has no words
+
+    bli = results["bli"]
+    for direction in ("en-fr", "fr-en"):
+        assert bli[direction]["queries"] > 0 and 0 < bli[direction]["coverage"] <= 1
+        for rep in ("embedding", "mean", "random_pieces"):
+            assert set(bli[direction][rep]) <= {"cosine", "csls", "cosine_excluding_identical", "csls_excluding_identical"}
+            assert set(bli[direction][rep]["csls"]) == {"p@1", "p@5"}
+
+    sentence = results["sentence"]
+    assert sentence["pairs_used"] == 16
+    for states in ("backbone", "backpack_output"):
+        for pooling in ("mean", "first", "last"):
+            entry = sentence[states][pooling]
+            assert 0 <= entry["recall@1_en_to_fr"] <= 1 and 0 <= entry["recall@1_fr_to_en"] <= 1
+            assert "mean" in entry["derangement_cosine"]
+
+    senses = results["senses"]
+    assert len(senses["top_tokens"]) == 4 and len(senses["top_tokens"][0]["senses"]) == 4
+    assert len(senses["top_tokens"][0]["senses"][0]) == 3
+    assert len(senses["alpha_entropy"]["per_sense"]) == 4
+    assert senses["translation_pair_cosines"]["pairs"] > 0
+
+    report = (out_dir / "eval" / "report.md").read_text()
+    assert "Translation examples" in report and "Sense projections" in report
+    verified = run(["verify_evaluation.py", "--out_dir", str(out_dir)], repo_root, check=False)
+    assert verified.returncode == 0, verified.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_transformer_and_options(tiny_runs, enfr_data_root, tmp_path, capsys):
+    out_dir = tiny_runs["transformer"]
+    sim = tmp_path / "sim.tsv"
+    sim.write_text("# comment\nparliament\tcommission\t5\nreport\tvote\tx\nthe\ta\t2\nand\tor\t1\n", encoding="utf-8")
+    evaluate.main(eval_args(out_dir, "--data_root", str(enfr_data_root), "--tasks", "wordsim,sentence,senses,bli",
+                            "--wordsim", f"mine={sim}", f"gone={tmp_path / 'missing.tsv'}",
+                            "--dictionary", str(tmp_path / "no_dictionary.tsv"), "--ckpt", "latest"))
+    results = json.loads((out_dir / "eval" / "results.json").read_text())
+    assert results["run"]["which"] == "latest"
+    assert results["loss"] == {"skipped": "not requested (--tasks)"}
+    assert "no sense vectors" in results["senses"]["skipped"]
+    assert "not found" in results["bli"]["skipped"]
+    mine = results["wordsim"]["sets"]["mine"]
+    assert mine["resource"]["malformed"] == 1 and mine["resource"]["malformed_lines"][0]["line"] == 3
+    assert mine["pairs_used"] == 3 and list(mine["spearman"]) == ["embedding", "random_pieces"]
+    assert "not found" in results["wordsim"]["sets"]["gone"]["skipped"]
+    assert "backbone" in results["sentence"] and "backpack_output" not in results["sentence"]
+    assert "malformed line(s) skipped: line 3" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_external_test_corpus(tiny_runs, tmp_path):
+    prefix = tmp_path / "corpus"
+    (tmp_path / "corpus.en").write_text("The house is red.\nWe vote today.\nThank you.\n", encoding="utf-8")
+    (tmp_path / "corpus.fr").write_text("La maison est rouge.\nNous votons aujourd'hui.\nMerci.\n", encoding="utf-8")
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "translation", "--test_corpus", str(prefix),
+                                         "--beam", "1"))
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    translation = results["translation"]
+    assert translation["samples_used"] == 3 and translation["test_set"].startswith(str(prefix))
+    assert list(translation["en-fr"]) == ["greedy"]
+    (tmp_path / "corpus.fr").write_text("Une seule ligne.\n", encoding="utf-8")
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    assert "has 3 lines" in results["translation"]["skipped"]
+
+
+@pytest.mark.slow
+def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
+    output_dir = tmp_path / "comparison"
+    compare_models.main(["--backpack_dir", str(tiny_runs["backpack"]), "--transformer_dir", str(tiny_runs["transformer"]),
+                         "--output_dir", str(output_dir), "--data_root", str(enfr_data_root),
+                         *FAST_EVAL, "--tasks", "loss,translation,wordsim,bli,sentence"])
+    table = capsys.readouterr().out
+    assert "| metric | backpack (backpack) | transformer (transformer) |" in table
+    comparison = json.loads((output_dir / "comparison.json").read_text())
+    models = comparison["models"]
+    assert [m["model_type"] for m in models.values()] == ["backpack", "transformer"]
+    assert all(m["source"] == "evaluated" for m in models.values())
+    backpack, transformer = models.values()
+    assert "wordsim multisimlex-en rho (mean)" in backpack["headline"]
+    assert "wordsim multisimlex-en rho (mean)" not in transformer["headline"]
+    assert transformer["skipped_tasks"] == {"senses": "not requested (--tasks)"}
+    for name in ("loss_curves", "metrics_translation", "metrics_wordsim", "metrics_bli", "metrics_sentence"):
+        assert name in comparison["plots"]
+    for png in ("loss_curves.png", "metrics_translation.png", "metrics_wordsim.png"):
+        assert (output_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| metric |" in (output_dir / "comparison.md").read_text()
+
+    # --reuse reads the results written above instead of evaluating again
+    compare_models.main(["--backpack_dir", str(tiny_runs["backpack"]), "--transformer_dir", str(tiny_runs["transformer"]),
+                         "--output_dir", str(output_dir), "--reuse", "--device", "cpu", "--translation_samples", "500"])
+    comparison = json.loads((output_dir / "comparison.json").read_text())
+    assert all(m["source"] == "reused" for m in comparison["models"].values())
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and all(f in last for f in fragments), last
+
+
+def test_missing_checkpoint_is_a_clean_error(repo_root, tmp_path):
+    assert_clean_error(run(["evaluate.py", "--out_dir", str(tmp_path / "none"), "--device", "cpu"], repo_root, check=False),
+                       "no checkpoint")
+    with pytest.raises(SystemExit, match="not a directory"):
+        compare_models.main(["--backpack_dir", str(tmp_path / "a"), "--transformer_dir", str(tmp_path / "b"),
+                             "--device", "cpu"])
+
+
+@pytest.mark.parametrize("argv, message", [(["--tasks", "loss,bleu"], "unknown task"),
+                                           (["--translation_samples", "0"], "--translation_samples"),
+                                           (["--sentence_pairs", "1"], "--sentence_pairs"),
+                                           (["--wordsim", "no_equals_sign"], "NAME=PATH")])
+def test_bad_options_are_clean_errors(tmp_path, argv, message):
+    with pytest.raises(SystemExit, match=message):
+        evaluate.parse_args(["--out_dir", str(tmp_path), *argv])
+
+
+@pytest.mark.slow
+def test_missing_meta_or_tokenizer_is_a_clean_error(repo_root, tiny_runs, sample_dataset, tmp_path):
+    ckpt = load_checkpoint(tiny_runs["transformer"] / "best.pt")
+    del ckpt["meta"]
+    (tmp_path / "no_meta").mkdir()
+    save_checkpoint(ckpt, tmp_path / "no_meta" / "best.pt")
+    assert_clean_error(run(["evaluate.py", "--out_dir", str(tmp_path / "no_meta"), "--device", "cpu"], repo_root,
+                           check=False), "'meta'")
+
+    no_tokenizer = tmp_path / "dataset"
+    shutil.copytree(sample_dataset, no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    with pytest.raises(SystemExit, match="error: cannot load the tokenizer"):
+        evaluate.main(["--out_dir", str(tiny_runs["transformer"]), "--device", "cpu", "--data_dir", str(no_tokenizer)])
+
+
+@pytest.mark.slow
+def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_path):
+    """A dataset without val.bin / test.jsonl / word_counts.json: those tasks say why they were skipped."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("meta.json", "tokenizer.json"):
+        shutil.copy(sample_dataset / name, bare / name)
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare),
+                                         "--tasks", "loss,translation,bli,sentence,senses"))
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    assert "val.bin" in results["loss"]["skipped"]
+    assert "test.jsonl" in results["translation"]["skipped"] and "test.jsonl" in results["sentence"]["skipped"]
+    assert "word_counts.json" in results["bli"]["skipped"]
+    senses = results["senses"]
+    assert "word_counts.json" in senses["top_tokens"]["skipped"]
+    assert "test.jsonl" in senses["alpha_entropy"]["skipped"]
