@@ -1,0 +1,126 @@
+"""
+Sample from a trained model (nanoGPT style), or translate with it.
+
+$ python sample.py --out_dir out/backpack_tiny --start "<EN> The committee" --num_samples 3
+$ python sample.py --out_dir out/backpack_tiny --translate "The house is red." --direction en-fr --beam 4
+
+Tag strings in --start (<EN>, <FR> and the end-of-text token, spelled as the tokenizer's
+token_str shows them) stand for the tag ids, so a prompt can open a segment exactly as training
+did. --start and --translate also take FILE:path to read the text from a file; --translate
+translates each non-empty line.
+"""
+import argparse
+import re
+
+import torch
+
+from evaluate import load_for_eval
+from generation import DIRECTIONS, translate
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out_dir', required=True, help="training output directory holding best.pt / ckpt.pt")
+    p.add_argument('--ckpt', choices=['best', 'latest'], default='best', help="best.pt or ckpt.pt")
+    p.add_argument('--data_dir', default=None,
+                   help="dataset directory with the tokenizer, if it moved since training (default: the checkpoint's)")
+    p.add_argument('--start', default=None,
+                   help="prompt text or FILE:path (default: the English tag, i.e. a fresh English segment)")
+    p.add_argument('--num_samples', type=int, default=3)
+    p.add_argument('--max_new_tokens', type=int, default=100)
+    p.add_argument('--temperature', type=float, default=0.8, help="0 means greedy")
+    p.add_argument('--top_k', type=int, default=200, help="sample among the k likeliest tokens (0: all)")
+    p.add_argument('--seed', type=int, default=1337)
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--translate', default=None, help="text (or FILE:path, one sentence a line) to translate")
+    p.add_argument('--direction', choices=DIRECTIONS, default='en-fr')
+    p.add_argument('--beam', type=int, default=1, help="beam size (1: greedy)")
+    args = p.parse_args(argv)
+    for name in ('num_samples', 'max_new_tokens', 'beam'):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.temperature < 0 or args.top_k < 0:
+        raise SystemExit("error: --temperature and --top_k must be >= 0")
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+    return args
+
+
+def read_text_arg(value, option):
+    """The option's text, or the contents of the file named by FILE:path (as in nanoGPT)."""
+    if not value.startswith('FILE:'):
+        return value
+    path = value[len('FILE:'):]
+    try:
+        with open(path, encoding='utf-8') as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {option} file {path}: {e.strerror}")
+
+
+def tag_strings(tok):
+    """{tag id: its printed form} for the language tags and end-of-text."""
+    return {i: tok.token_str(i) for i in (tok.en_id, tok.fr_id, tok.eot_id)}
+
+
+def encode_with_tags(tok, text):
+    """Token ids of `text`, where the tags' printed forms stand for the tag ids; the text
+    between tags is encoded on its own, as each side of a pair is in the training data."""
+    ids_of = {s: i for i, s in tag_strings(tok).items()}
+    ids = []
+    for piece in re.split('(' + '|'.join(map(re.escape, ids_of)) + ')', text):
+        if piece in ids_of:
+            ids.append(ids_of[piece])
+        elif piece.strip():
+            ids.extend(tok.encode(piece.strip()))
+    return ids
+
+
+def decode_with_tags(tok, ids):
+    """Text of `ids` with the tags shown (tok.decode alone drops them)."""
+    tags = tag_strings(tok)
+    parts, segment = [], []
+    for i in ids + [tok.eot_id]:  # a trailing tag flushes the last segment; dropped below
+        if i in tags:
+            parts.append(tok.decode(segment).strip())
+            parts.append(tags[i])
+            segment = []
+        else:
+            segment.append(i)
+    return ' '.join(p for p in parts[:-1] if p)
+
+
+def sample(model, tok, args):
+    """Free sampling from --start, printed nanoGPT style."""
+    text = read_text_arg(args.start, '--start') if args.start is not None else None
+    start_ids = encode_with_tags(tok, text) if text is not None else [tok.en_id]
+    if not start_ids:
+        raise SystemExit("error: --start encodes to no tokens")
+    idx = torch.tensor([start_ids], dtype=torch.long, device=args.device)
+    for _ in range(args.num_samples):
+        out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
+        print(decode_with_tags(tok, out[0].tolist()))
+        print('---------------')
+
+
+def translate_text(model, tok, args):
+    """Translate each non-empty line of --translate and print the translations."""
+    sources = [line.strip() for line in read_text_arg(args.translate, '--translate').splitlines() if line.strip()]
+    if not sources:
+        raise SystemExit("error: --translate has no text")
+    for hypothesis in translate(model, tok, sources, args.direction, beam=args.beam, progress=False):
+        print(hypothesis)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model, _, tok, _ = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir)  # clear errors
+    torch.manual_seed(args.seed)
+    if args.translate is not None:
+        translate_text(model, tok, args)
+    else:
+        sample(model, tok, args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,109 @@
+"""sample.py end to end on a tiny checkpoint saved with the spec's keys, on the sample dataset."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+from checkpoint import load_trained_model, save_checkpoint
+from dataset import BatchSampler
+from generation import translate
+from model import ModelConfig, build_model
+from tokenizer import load_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, which thrash on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_checkpoint(out_dir, data_dir, model_type='backpack', block_size=64):
+    """A tiny untrained model saved as train.py saves its checkpoints (best.pt)."""
+    meta = json.loads((data_dir / 'meta.json').read_text())
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=meta['vocab_size'], block_size=block_size, n_layer=2, n_head=2,
+                         n_embd=32, n_senses=4)
+    model = build_model(model_type, config)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cpu')
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint({'model': model.state_dict(), 'model_type': model_type, 'model_args': dataclasses.asdict(config),
+                     'config': {'dataset': str(data_dir)}, 'meta': meta, 'data_dir': str(data_dir.resolve()),
+                     'iter_num': 0, 'best_val_loss': 10.0, 'optimizer': optimizer.state_dict(), 'scaler': {},
+                     'rng': {'torch': torch.get_rng_state()}, 'sampler': BatchSampler(data_dir).state_dict(),
+                     'training_log': []}, out_dir / 'best.pt')
+    return out_dir
+
+
+@pytest.fixture(scope='module')
+def tiny_run(sample_dataset, tmp_path_factory):
+    return make_checkpoint(tmp_path_factory.mktemp('run'), sample_dataset)
+
+
+def run_main(capsys, *argv):
+    sample.main([str(a) for a in argv])
+    return capsys.readouterr().out
+
+
+def test_cli_samples_end_to_end(tiny_run, repo_root):
+    result = subprocess.run([sys.executable, 'sample.py', '--out_dir', str(tiny_run), '--start', '<EN> The Parliament',
+                             '--num_samples', '2', '--max_new_tokens', '12', '--device', 'cpu'],
+                            cwd=repo_root, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stderr
+    samples = [s.strip() for s in result.stdout.split('---------------') if s.strip()]
+    assert len(samples) == 2
+    assert all(s.startswith('<EN> The Parliament') for s in samples)
+
+
+def test_sampling_is_reproducible_and_greedy_is_deterministic(tiny_run, capsys):
+    args = ('--out_dir', tiny_run, '--start', '<FR> Le', '--num_samples', '1', '--max_new_tokens', '8')
+    assert run_main(capsys, *args, '--seed', '3') == run_main(capsys, *args, '--seed', '3')
+    greedy = ('--temperature', '0', '--num_samples', '2')
+    first, second = run_main(capsys, *args, *greedy).split('---------------')[:2]
+    assert first.strip() == second.strip()
+
+
+def test_start_from_file(tiny_run, tmp_path, capsys):
+    prompt = tmp_path / 'prompt.txt'
+    prompt.write_text('<EN> The vote', encoding='utf-8')
+    out = run_main(capsys, '--out_dir', tiny_run, '--start', f'FILE:{prompt}', '--num_samples', '1',
+                   '--max_new_tokens', '4')
+    assert out.startswith('<EN> The vote')
+
+
+def test_translate_prints_what_generation_translates(tiny_run, capsys):
+    sources = ['The committee adopted the report.', 'The vote will take place tomorrow.']
+    out = run_main(capsys, '--out_dir', tiny_run, '--translate', '\n'.join(sources), '--direction', 'en-fr',
+                   '--beam', '2')
+    model, ckpt = load_trained_model(tiny_run)
+    tok = load_tokenizer(ckpt['meta'], ckpt['data_dir'])
+    assert out.split('\n')[:-1] == translate(model, tok, sources, 'en-fr', beam=2, progress=False)  # not splitlines: random models emit control characters
+
+
+def test_tags_round_trip(sample_dataset):
+    tok = load_tokenizer(json.loads((sample_dataset / 'meta.json').read_text()), sample_dataset)
+    ids = sample.encode_with_tags(tok, '<EN> The vote <FR> Le vote')
+    assert ids == [tok.en_id] + tok.encode('The vote') + [tok.fr_id] + tok.encode('Le vote')
+    assert sample.decode_with_tags(tok, ids + [tok.eot_id]) == f'<EN> The vote <FR> Le vote {tok.token_str(tok.eot_id)}'
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--out_dir', '{missing}'], 'no checkpoint'),
+    (['--out_dir', '{run}', '--start', 'FILE:{missing}/prompt.txt'], 'cannot read --start file'),
+    (['--out_dir', '{run}', '--translate', ' \n '], '--translate has no text'),
+    (['--out_dir', '{run}', '--beam', '0'], '--beam must be >= 1'),
+    (['--out_dir', '{run}', '--data_dir', '{missing}'], 'cannot load the tokenizer'),
+])
+def test_bad_input_gives_one_clear_error(tiny_run, tmp_path, argv, message):
+    argv = [a.format(run=tiny_run, missing=tmp_path / 'missing') for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(argv)
+    assert str(exit_info.value).startswith('error: ') and message in str(exit_info.value)

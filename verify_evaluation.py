@@ -1,0 +1,286 @@
+"""
+Check an evaluation's results.json (written by evaluate.py) for completeness and sanity:
+every task section present, or skipped with a reason; metrics within their ranges; no NaN or
+infinity (evaluate.py writes non-finite numbers as null, so a null metric fails too, except
+where null has a documented meaning); sample counts as asked. One line per check, PASS or FAIL;
+the exit status is 1 when any check fails.
+
+$ python verify_evaluation.py --out_dir out/backpack_tiny
+"""
+import argparse
+import json
+import math
+import sys
+from collections import namedtuple
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from evaluate import TASKS, SkipTask, read_test_pairs
+
+INF = math.inf
+MISSING = object()
+TOLERANCE = 1e-6  # float32 cosines and the like may overshoot their bounds by rounding
+
+# Range rules: in every entry of the section matched by `each` (results, not skipped), the `field`
+# must be a number within [low, high]. Paths are dotted; each part is a shell pattern matched
+# against keys ('*' matches any key, and any list element). A field pattern must match at least
+# once per entry unless optional; null_ok: null is legitimate there (e.g. Spearman rho of
+# constant input is undefined, a language with no val token has no loss).
+Rule = namedtuple("Rule", "section each field what low high optional null_ok", defaults=(False, False))
+RULES = [
+    Rule("loss", "all", "loss", "val loss", 0, INF),
+    Rule("loss", "all", "perplexity", "val perplexity", 1, INF),
+    Rule("loss", "*", "loss", "per-language val loss (null: no token of that language)", 0, INF, True, True),
+    Rule("loss", "*", "perplexity", "per-language perplexity (null: no token of that language)", 1, INF, True, True),
+    Rule("translation", "*-*.*", "bleu.score", "corpus BLEU", 0, 100),
+    Rule("translation", "*-*.*", "chrf.score", "corpus chrF", 0, 100),
+    Rule("translation", "*-*.*", "sentence_bleu_nltk.*", "NLTK sentence BLEU statistics", 0, INF),
+    Rule("translation", "*-*.*", "sentence_bleu_nltk.mean", "NLTK sentence BLEU mean", 0, 1),
+    Rule("translation", "*-*.*", "sentence_bleu_nltk.max", "NLTK sentence BLEU max", 0, 1),
+    Rule("translation", "*-*.*", "exact_match", "exact match", 0, 1),
+    Rule("translation", "*-*.*", "word_accuracy", "word accuracy", 0, 1),
+    Rule("translation", "*-*.*", "char_accuracy", "character accuracy", 0, 1),
+    Rule("translation", "*-*.*", "seconds", "translation time", 0, INF),
+    Rule("wordsim", "sets.*", "coverage", "word-similarity coverage", 0, 1),
+    Rule("wordsim", "sets.*", "spearman.*.rho", "Spearman rho (null: constant input)", -1, 1, False, True),
+    Rule("wordsim", "sets.*", "spearman.*.p_value", "Spearman p-value (null: constant input)", 0, 1, False, True),
+    Rule("wordsim", "sets.*", "spearman.*.in_corpus.rho", "Spearman rho, in-corpus pairs", -1, 1, True, True),
+    Rule("wordsim", "sets.*", "spearman.*.in_corpus.p_value", "Spearman p-value, in-corpus pairs", 0, 1, True, True),
+    Rule("bli", "*-*", "coverage", "BLI coverage", 0, 1),
+    Rule("bli", "*-*.*", "cosine.p@*", "BLI precision at k, cosine", 0, 1),
+    Rule("bli", "*-*.*", "csls.p@*", "BLI precision at k, CSLS", 0, 1),
+    Rule("sentence", "*.*", "recall@1_*", "sentence retrieval recall@1", 0, 1),
+    Rule("sentence", "*.*", "chance_recall@1", "sentence retrieval chance level", 0, 1),
+    Rule("sentence", "*.*", "pair_cosine.mean", "translation-pair cosine", -1, 1),
+    Rule("sentence", "*.*", "derangement_cosine.mean", "random-pair cosine", -1, 1),
+    Rule("sentence", "*.*", "*_cosine.std", "cosine standard deviations", 0, 1),
+    Rule("senses", "alpha_entropy", "mean", "sense-weight entropy (nats)", 0, INF),
+    Rule("senses", "alpha_entropy", "mean_normalised", "normalised sense-weight entropy", 0, 1),
+    Rule("senses", "alpha_entropy", "per_sense_normalised.*", "per-sense normalised entropy", 0, 1),
+    Rule("senses", "translation_pair_cosines", "per_sense_*_cosine.*", "per-sense translation-pair cosines", -1, 1),
+]
+# Parts of a section that are each either results (the key shown) or {"skipped": reason}.
+SUBENTRIES = [("wordsim", "sets.*", "spearman"), ("bli", "en-fr", "queries"), ("bli", "fr-en", "queries"),
+              ("senses", "top_tokens", None), ("senses", "alpha_entropy", "mean"),
+              ("senses", "translation_pair_cosines", "pairs")]
+
+
+def expand(node, path, prefix=""):
+    """[(full dotted path, value)] of every match of a dotted path with '*' wildcards."""
+    if not path:
+        return [(prefix, node)]
+    part, _, rest = path.partition(".")
+    if isinstance(node, dict):
+        keys = [k for k in node if fnmatchcase(k, part)]
+        return [m for k in keys for m in expand(node[k], rest, f"{prefix}.{k}" if prefix else k)]
+    if isinstance(node, list) and part == "*":
+        return [m for i, v in enumerate(node) for m in expand(v, rest, f"{prefix}[{i}]")]
+    return []
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def has_results(section):
+    return isinstance(section, dict) and "skipped" not in section
+
+
+class Checker:
+    """Collects PASS/FAIL lines."""
+
+    def __init__(self):
+        self.failed = 0
+        self.total = 0
+
+    def check(self, ok, what):
+        self.total += 1
+        self.failed += not ok
+        print(f"{'PASS' if ok else 'FAIL'} {what}")
+
+
+def check_sections(results, checker):
+    """Every task section is an object with results, or skipped with a non-empty reason."""
+    for task in TASKS + ("run",):
+        section = results.get(task)
+        if not isinstance(section, dict):
+            checker.check(False, f"{task}: section missing")
+        elif "skipped" in section:
+            reason = section["skipped"]
+            ok = isinstance(reason, str) and reason.strip() != "" and task != "run"
+            checker.check(ok, f"{task}: skipped, reason: {reason!r}")
+        else:
+            checker.check(len(section) > 0, f"{task}: present")
+
+
+def check_subentries(results, checker):
+    for section, path, key in SUBENTRIES:
+        if not has_results(results.get(section)):
+            continue
+        for where, entry in expand(results[section], path, section):
+            if isinstance(entry, dict) and "skipped" in entry:
+                reason = entry["skipped"]
+                checker.check(isinstance(reason, str) and reason.strip() != "", f"{where}: skipped, reason: {reason!r}")
+            else:
+                ok = isinstance(entry, list) if key is None else isinstance(entry, dict) and key in entry
+                checker.check(ok and len(entry) > 0, f"{where}: has results" + (f" ({key})" if key else ""))
+
+
+def non_finite_paths(node, prefix=""):
+    """Paths of NaN / infinite numbers anywhere in node."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in non_finite_paths(v, f"{prefix}.{k}" if prefix else k)]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in non_finite_paths(v, f"{prefix}[{i}]")]
+    return [prefix] if isinstance(node, float) and not math.isfinite(node) else []
+
+
+def check_finite(results, checker):
+    bad = non_finite_paths(results)
+    checker.check(not bad, "no NaN or infinity anywhere" + (f": {', '.join(bad[:5])}" if bad else ""))
+
+
+def rule_values(section, rule):
+    """[(path, value)] of the rule's field in each entry with results; a missing field is MISSING."""
+    values = []
+    for where, entry in expand(section, rule.each, rule.section):
+        if not isinstance(entry, dict) or "skipped" in entry:
+            continue
+        found = expand(entry, rule.field, where)
+        if not found and not rule.optional:
+            found = [(f"{where}.{rule.field}", MISSING)]
+        values += found
+    return values
+
+
+def check_rule(results, rule, checker):
+    """One line per rule: all its values are numbers within [low, high] (or an allowed null)."""
+    section = results.get(rule.section)
+    if not has_results(section):
+        return
+    values = rule_values(section, rule)
+    if not values:
+        return  # no entry with results: the section and sub-entry checks report why
+    bad = [f"{path}={'missing' if value is MISSING else repr(value)}" for path, value in values
+           if not (value is None and rule.null_ok)
+           and not (is_number(value) and rule.low - TOLERANCE <= value <= rule.high + TOLERANCE)]
+    interval = f"[{rule.low}, {rule.high}]" if rule.high < INF else f">= {rule.low}"
+    checker.check(not bad, f"{rule.what}: {interval} ({len(values)} values)"
+                  + (f": out of range, missing or not a number: {', '.join(bad[:5])}" if bad else ""))
+
+
+def available_test_pairs(translation):
+    """Number of usable test pairs, as evaluate.py counts them, or (None, reason)."""
+    if is_number(translation.get("samples_available")):
+        return translation["samples_available"], None
+    test_set = str(translation.get("test_set", ""))
+    try:
+        if test_set.endswith(".{en,fr}"):
+            pairs, _ = read_test_pairs(test_set[:-len(".{en,fr}")], None)
+        else:
+            pairs, _ = read_test_pairs(None, Path(test_set).parent)
+    except SkipTask as e:
+        return None, str(e)
+    return len(pairs), None
+
+
+def check_translation_counts(results, checker):
+    translation = results.get("translation")
+    if not has_results(translation):
+        return
+    asked, used = translation.get("samples_asked"), translation.get("samples_used")
+    available, reason = available_test_pairs(translation)
+    if available is None:
+        checker.check(used == asked, f"translation samples used {used} == asked {asked} "
+                                     f"(available pairs unknown: {reason})")
+    else:
+        checker.check(used == min(asked, available),
+                      f"translation samples used {used} == min(asked {asked}, available {available})")
+    for direction in ("en-fr", "fr-en"):
+        decodings = translation.get(direction)
+        checker.check(isinstance(decodings, dict) and "greedy" in decodings, f"translation {direction} greedy present")
+        for name, entry in (decodings or {}).items():
+            n = entry.get("n") if isinstance(entry, dict) else None
+            checker.check(n == used, f"translation {direction} {name}: {n} sentences scored == samples used {used}")
+
+
+def check_loss_consistency(results, checker):
+    loss = results.get("loss")
+    if not has_results(loss) or not isinstance(loss.get("all"), dict):
+        return
+    entry = loss["all"]
+    checker.check(is_number(entry.get("tokens")) and entry["tokens"] > 0, f"val loss over {entry.get('tokens')} tokens")
+    if is_number(entry.get("loss")) and is_number(entry.get("perplexity")):
+        expected = math.exp(entry["loss"])
+        checker.check(math.isclose(entry["perplexity"], expected, rel_tol=1e-6),
+                      f"val perplexity {entry['perplexity']:.4g} == exp(loss) {expected:.4g}")
+
+
+def check_coverage_counts(results, checker):
+    """coverage == used / total, with used <= total, wherever a coverage is reported."""
+    spots = [("wordsim", "sets.*", "pairs_used", "pairs"), ("bli", "*-*", "queries", "dictionary_sources")]
+    for section, path, used_key, total_key in spots:
+        if not has_results(results.get(section)):
+            continue
+        for where, entry in expand(results[section], path, section):
+            if not isinstance(entry, dict) or used_key not in entry:
+                continue
+            used, total = entry[used_key], entry[total_key]
+            ok = is_number(used) and is_number(total) and 0 <= used <= total and \
+                math.isclose(entry.get("coverage", -1), used / max(1, total), abs_tol=1e-9)
+            checker.check(ok, f"{where}: {used_key} {used} <= {total_key} {total}, coverage {entry.get('coverage')!r:.8}")
+
+
+def check_sentence_counts(results, checker):
+    sentence = results.get("sentence")
+    if not has_results(sentence):
+        return
+    asked, used = sentence.get("pairs_asked"), sentence.get("pairs_used")
+    checker.check(is_number(used) and is_number(asked) and 2 <= used <= asked,
+                  f"sentence pairs used {used} within [2, asked {asked}]")
+    checker.check("backbone" in sentence, "sentence backbone states present")
+    if results.get("run", {}).get("model_type") == "backpack":
+        checker.check("backpack_output" in sentence, "sentence Backpack output states present")
+    counts = [(where, n) for where, n in expand(sentence, "*.*.n", "sentence")]
+    checker.check(bool(counts) and all(n == used for _, n in counts),
+                  f"sentence: every pooling scored {used} pairs ({len(counts)} entries)")
+
+
+def verify(results):
+    """Run every check, printing one line each; returns the number of failures."""
+    checker = Checker()
+    check_sections(results, checker)
+    check_subentries(results, checker)
+    check_finite(results, checker)
+    for rule in RULES:
+        check_rule(results, rule, checker)
+    check_loss_consistency(results, checker)
+    check_translation_counts(results, checker)
+    check_coverage_counts(results, checker)
+    check_sentence_counts(results, checker)
+    print(f"verify_evaluation: {checker.total} checks, {checker.failed} failing")
+    return checker.failed
+
+
+def load_results(out_dir):
+    path = Path(out_dir) / "eval" / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found (run evaluate.py --out_dir {out_dir} first)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {path} is not valid JSON: {e}")
+    if not isinstance(results, dict):
+        raise SystemExit(f"error: {path} does not hold a JSON object")
+    return results
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out_dir", required=True, help="directory whose eval/results.json is checked")
+    args = p.parse_args(argv)
+    sys.exit(1 if verify(load_results(args.out_dir)) else 0)
+
+
+if __name__ == "__main__":
+    main()
