@@ -21,7 +21,8 @@ from model import ModelConfig, build_model
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument('--n_layer', type=int, default=6)
     p.add_argument('--n_head', type=int, default=6)
     p.add_argument('--n_embd', type=int, default=384)

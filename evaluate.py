@@ -104,7 +104,8 @@ def add_eval_arguments(p):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--out_dir", required=True, help="training output directory with best.pt / ckpt.pt")
     add_eval_arguments(p)
     return check_args(p.parse_args(argv))

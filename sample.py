@@ -19,7 +19,8 @@ from generation import DIRECTIONS, translate
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help="training output directory holding best.pt / ckpt.pt")
     p.add_argument('--ckpt', choices=['best', 'latest'], default='best', help="best.pt or ckpt.pt")
     p.add_argument('--data_dir', default=None,

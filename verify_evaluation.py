@@ -276,7 +276,8 @@ def load_results(out_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--out_dir", required=True, help="directory whose eval/results.json is checked")
     args = p.parse_args(argv)
     sys.exit(1 if verify(load_results(args.out_dir)) else 0)

@@ -7,22 +7,21 @@
 out_dir = 'out-europarl-tiny-transformer'
 data_dir = 'sample'
 model_type = 'transformer'
-device = 'cpu'
 
-n_layer = 2
+n_layer = 4
 n_head = 4
 n_embd = 128
-block_size = 64
+block_size = 128
 dropout = 0.2
 
 batch_size = 16
 learning_rate = 2e-3
-max_iters = 800
-warmup_iters = 100
+max_iters = 2400
+warmup_iters = 200
 weight_decay = 0.1
 beta2 = 0.99  # small batches: a shorter second-moment memory
 
-eval_interval = 100
-eval_iters = 10
-log_interval = 50
-checkpoint_interval = 200
+eval_interval = 200
+eval_iters = 20
+log_interval = 100
+checkpoint_interval = 400

@@ -286,7 +286,8 @@ def publish(tmp_dir, target):
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--source", choices=["europarl", "opus100", "local"], default="europarl")
     p.add_argument("--corpus", nargs="+", metavar="PATH",
                    help="with --source local: NAME (for NAME.en + NAME.fr, optionally .gz) or a TSV file; several are concatenated")

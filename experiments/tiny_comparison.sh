@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The main job on a CPU, from a fresh clone: install the requirements, prepare an English-French
+# dataset, train a tiny Backpack and its matched Transformer, evaluate both and write the comparison.
+#
+#   bash experiments/tiny_comparison.sh                    # the project's sample corpus, offline
+#   bash experiments/tiny_comparison.sh --source europarl  # Europarl from the Hugging Face hub
+#
+# Evaluation resources (word similarity, dictionaries) are read from $ENFR_DATA, by default
+# ../shared/data/en-fr beside the repository when it exists; a missing resource skips its
+# metric with the reason recorded. Running it again resumes or reuses what is already trained.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+source=local
+if [[ $# -gt 0 ]]; then
+  [[ $# -eq 2 && $1 == --source && ($2 == local || $2 == europarl) ]] \
+    || { echo "usage: bash experiments/tiny_comparison.sh [--source local|europarl]" >&2; exit 2; }
+  source=$2
+fi
+if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
+  export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
+fi
+
+pip install -q -r requirements.txt
+
+if [[ $source == europarl ]]; then
+  data=europarl_tiny
+  python data/europarl/prepare.py --source europarl --name $data --max_pairs 20000 --vocab_size 4096
+else
+  data=sample
+  python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament --name $data --vocab_size 512
+fi
+
+train() {  # config, out_dir: continue an earlier run of the same job instead of starting over
+  local resume=()
+  [[ -f $2/ckpt.pt ]] && resume=(--init_from=resume)
+  python train.py "$1" --data_dir=$data --out_dir="$2" "${resume[@]}"
+}
+train config/train_europarl_tiny.py out/tiny_${data}_backpack
+train config/train_europarl_tiny_transformer.py out/tiny_${data}_transformer
+
+python compare_models.py --backpack_dir out/tiny_${data}_backpack --transformer_dir out/tiny_${data}_transformer \
+  --device cpu --output_dir out/tiny_${data}_comparison
+for model in backpack transformer; do
+  python verify_evaluation.py --out_dir out/tiny_${data}_$model
+done
+echo "comparison report: out/tiny_${data}_comparison/comparison.md"

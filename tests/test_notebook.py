@@ -1,0 +1,253 @@
+"""train_tiny_gpu.ipynb: valid nbformat, every step present, code cells compile, and every command it
+runs matches the real CLIs (scripts exist, flags and values are accepted by the scripts' own parsers,
+the out_dirs line up from training to comparison). No notebook cell is executed."""
+import ast
+import contextlib
+import importlib.util
+import io
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO_ROOT / "train_tiny_gpu.ipynb"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# values the checks substitute for the notebook's {NAME} placeholders in shell commands
+PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DTYPE": "bfloat16", "DATA_DIR": "sample"}
+CHECKED_SCRIPTS = ("train.py", "evaluate.py", "compare_models.py", "data/europarl/prepare.py")
+PYTHON_COMMAND = re.compile(r"(?:^|&&|;|\|)\s*python3?\s+(\S+\.py)((?:(?!&&|;|\|).)*)")
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+def code_cells(nb):
+    return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def strip_ipython(source):
+    """Python source with each IPython line (`!shell`, `%magic`) replaced by `pass` at its indentation."""
+    lines = []
+    for line in source.splitlines():
+        stripped = line.lstrip()
+        lines.append(line[:len(line) - len(stripped)] + "pass" if stripped[:1] in ("!", "%") else line)
+    return "\n".join(lines)
+
+
+def shell_lines(nb):
+    return [line.strip()[1:] for source in code_cells(nb) for line in source.splitlines()
+            if line.strip().startswith("!")]
+
+
+def python_commands(nb):
+    """(script, argv) of every `python SCRIPT ...` in the notebook's shell lines, in order."""
+    commands = []
+    for line in shell_lines(nb):
+        for match in PYTHON_COMMAND.finditer(line):
+            commands.append((match.group(1), shlex.split(match.group(2))))
+    return commands
+
+
+def substituted(argv):
+    """argv with {NAME} placeholders replaced by the test values."""
+    out = []
+    for arg in argv:
+        for name in re.findall(r"\{(\w+)\}", arg):
+            assert name in PLACEHOLDER_VALUES, f"placeholder {{{name}}} in {arg!r}: add a test value to PLACEHOLDER_VALUES"
+            arg = arg.replace("{" + name + "}", PLACEHOLDER_VALUES[name])
+        out.append(arg)
+    return out
+
+
+def flag_names(argv):
+    return [arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")]
+
+
+def load_script(script):
+    """The module of a repository script (data/europarl/prepare.py included)."""
+    if "/" not in script:
+        return importlib.import_module(Path(script).stem)
+    name = "notebook_check_" + Path(script).stem
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def argparse_help(script):
+    """The --help text of an argparse script, from its own parse_args (in-process: no second torch import)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        load_script(script).parse_args(["--help"])
+    return out.getvalue()
+
+
+def string_assignments(nb, name):
+    """The string literals assigned to NAME at a cell's top level, in notebook order."""
+    values = []
+    for source in code_cells(nb):
+        for node in ast.parse(strip_ipython(source)).body:
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                values.append(node.value.value)
+    return values
+
+
+def option(argv, name):
+    """The value of --name VALUE or --name=VALUE in argv (None when absent)."""
+    for i, arg in enumerate(argv):
+        if arg == f"--{name}" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+# ----------------------------------------------------------------------------- structure
+
+def test_notebook_is_valid_nbformat_with_colab_gpu_metadata(nb):
+    nbformat.validate(nb)
+    assert nb.nbformat == 4
+    assert nb.metadata.kernelspec.name == "python3"
+    assert nb.metadata.get("accelerator") == "GPU"
+    assert "colab" in nb.metadata
+    assert any(cell.cell_type == "markdown" for cell in nb.cells)
+
+
+def test_strip_ipython_keeps_indentation():
+    source = "if x:\n    !nvidia-smi\n    %cd repo\nelse:\n    y = 1"
+    assert strip_ipython(source) == "if x:\n    pass\n    pass\nelse:\n    y = 1"
+    compile(strip_ipython(source), "<cell>", "exec")
+
+
+def test_every_code_cell_compiles(nb):
+    cells = code_cells(nb)
+    assert cells
+    for i, source in enumerate(cells):
+        compile(strip_ipython(source), f"<code cell {i}>", "exec")
+
+
+@pytest.mark.parametrize("step, needle", [
+    ("GPU check", "nvidia-smi"),
+    ("GPU check", "torch.cuda.is_available()"),
+    ("clone", "git clone {REPO_URL} multilingual-backpack"),
+    ("install", "grep -v '^torch' requirements.txt > /tmp/req.txt && pip install -q -r /tmp/req.txt"),
+    ("install", "pip install -q -r requirements.txt"),
+    ("prepare", "python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament "
+                "--name sample --vocab_size 512"),
+    ("prepare from the hub", "python data/europarl/prepare.py --source europarl"),
+    ("train Backpack", "python train.py config/train_europarl_tiny.py"),
+    ("train Transformer", "python train.py config/train_europarl_tiny_transformer.py"),
+    ("plot", "training_log.json"),
+    ("plot", "plt."),
+    ("evaluate", "python evaluate.py"),
+    ("compare", "python compare_models.py"),
+    ("show comparison", "comparison.md"),
+    ("show comparison", "Markdown("),
+    ("show comparison", "Image("),
+])
+def test_notebook_has_step(nb, step, needle):
+    assert any(needle in source for source in code_cells(nb)), f"no {step} cell: {needle!r} not found"
+
+
+def test_repo_url_is_a_marked_placeholder_variable(nb):
+    urls = string_assignments(nb, "REPO_URL")
+    assert len(urls) == 1 and "<you>" in urls[0]
+
+
+# ----------------------------------------------------------------------------- the commands match the CLIs
+
+def test_called_scripts_exist(nb):
+    commands = python_commands(nb)
+    assert {script for script, _ in commands} >= set(CHECKED_SCRIPTS)
+    for script, argv in commands:
+        assert (REPO_ROOT / script).is_file(), f"the notebook runs {script}, which is not in the repository"
+        for arg in argv:
+            if not arg.startswith("-") and arg.endswith(".py"):
+                assert (REPO_ROOT / arg).is_file(), f"{script} is given {arg}, which is not in the repository"
+
+
+def test_flags_are_known_to_each_script(nb):
+    import train
+    train_flags = set(train.DEFAULTS) | {"config", "help"}
+    for script, argv in python_commands(nb):
+        if script == "train.py":
+            unknown = [f for f in flag_names(argv) if f not in train_flags]
+        elif script in CHECKED_SCRIPTS:
+            help_text = argparse_help(script)
+            unknown = [f for f in flag_names(argv) if not re.search(rf"(?<![\w-])--{re.escape(f)}(?![\w-])", help_text)]
+        else:
+            continue
+        assert not unknown, f"{script} does not accept {['--' + f for f in unknown]}"
+
+
+def test_commands_parse_with_the_scripts_own_parsers(nb):
+    """Flag values too: types, choices, config files and required options, as each script checks them."""
+    import train
+    for script, argv in python_commands(nb):
+        argv = substituted(argv)
+        if script == "train.py":
+            explicit = train.parse_args(argv)
+            train.validate({**train.DEFAULTS, **explicit})
+        elif script in CHECKED_SCRIPTS:
+            stderr = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(stderr):
+                    load_script(script).parse_args(argv)
+            except SystemExit as e:
+                pytest.fail(f"python {script} {shlex.join(argv)}: rejected ({e}) {stderr.getvalue()}")
+
+
+def test_runs_line_up_from_training_to_comparison(nb):
+    """Both model types are trained; their out_dirs are the ones evaluated, compared and plotted;
+    the prepared dataset's name is the DATA_DIR the training uses."""
+    import train
+    trained = {}
+    for script, argv in python_commands(nb):
+        if script == "train.py":
+            argv = substituted(argv)
+            cfg = {**train.DEFAULTS, **train.parse_args(argv)}
+            trained[cfg["model_type"]] = cfg["out_dir"]
+    assert set(trained) == {"backpack", "transformer"}
+
+    commands = python_commands(nb)
+    evaluated = {option(argv, "out_dir") for script, argv in commands if script == "evaluate.py"}
+    assert evaluated == set(trained.values()), f"evaluate.py runs on {evaluated}, training wrote {trained}"
+    compares = [argv for script, argv in commands if script == "compare_models.py"]
+    assert compares and all(option(argv, "backpack_dir") == trained["backpack"]
+                            and option(argv, "transformer_dir") == trained["transformer"] for argv in compares), \
+        f"compare_models.py is not given the trained out_dirs {trained}"
+    assert any("--reuse" in argv for argv in compares), "compare_models.py should reuse the evaluations of step 6"
+    source = "\n".join(code_cells(nb))
+    for out_dir in trained.values():
+        assert source.count(f"'{out_dir}'") >= 1, f"{out_dir} is not plotted"
+
+    local = [argv for script, argv in commands if script == "data/europarl/prepare.py"
+             and option(argv, "source") == "local"]
+    assert local and string_assignments(nb, "DATA_DIR")[0] == option(local[0], "name"), \
+        "DATA_DIR must name the dataset the local prepare.py command writes"
+
+
+def test_field_and_file_names_match_the_scripts(nb):
+    """The loss fields the plot reads are written by train.py; the files shown are written by compare_models.py."""
+    source = "\n".join(code_cells(nb))
+    train_source = (REPO_ROOT / "train.py").read_text()
+    compare_source = (REPO_ROOT / "compare_models.py").read_text()
+    for field in ("iter", "train_loss", "val_loss"):
+        assert f"['{field}']" in source and f"'{field}'" in train_source
+    assert "training_log.json" in train_source
+    for name in ("comparison.md", "loss_curves.png"):
+        assert name in compare_source
+    assert "comparison.md" in source and ".png" in source
+    compare_out = {option(argv, "output_dir") for script, argv in python_commands(nb) if script == "compare_models.py"}
+    assert all(f"Path('{d}')" in source for d in compare_out)
