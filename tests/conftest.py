@@ -1,10 +1,13 @@
 """Shared fixtures: repository paths, the offline English-French data, a tiny prepared dataset."""
+import dataclasses
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +35,38 @@ def sample_dataset(tmp_path_factory):
          "--out_root", str(out_root), "--vocab_size", "512"],
         cwd=REPO_ROOT, check=True, capture_output=True, text=True)
     return out_root / "sample"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, which thrash on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint():
+    """make_checkpoint(out_dir, data_dir, model_type='backpack', block_size=64): a tiny untrained
+    model saved as train.py saves its checkpoints (best.pt), for tests of the scripts that read them."""
+    from checkpoint import save_checkpoint
+    from dataset import BatchSampler
+    from model import ModelConfig, build_model
+
+    def make(out_dir, data_dir, model_type="backpack", block_size=64):
+        meta = json.loads((data_dir / "meta.json").read_text())
+        torch.manual_seed(0)
+        config = ModelConfig(vocab_size=meta["vocab_size"], block_size=block_size, n_layer=2, n_head=2,
+                             n_embd=32, n_senses=4)
+        model = build_model(model_type, config)
+        optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint({"model": model.state_dict(), "model_type": model_type,
+                         "model_args": dataclasses.asdict(config), "config": {"dataset": str(data_dir)},
+                         "meta": meta, "data_dir": str(data_dir.resolve()), "iter_num": 0, "best_val_loss": 10.0,
+                         "optimizer": optimizer.state_dict(), "scaler": {}, "rng": {"torch": torch.get_rng_state()},
+                         "sampler": BatchSampler(data_dir).state_dict(), "training_log": []}, out_dir / "best.pt")
+        return out_dir
+
+    return make

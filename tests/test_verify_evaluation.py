@@ -9,7 +9,6 @@ import sys
 import pytest
 
 import verify_evaluation
-from test_sample import make_checkpoint
 
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: intra-op threads only thrash
 
@@ -162,7 +161,7 @@ def test_missing_or_invalid_results_give_one_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_output_verifies(sample_dataset, enfr_data_root, tmp_path, repo_root):
+def test_evaluate_output_verifies(sample_dataset, enfr_data_root, tmp_path, repo_root, make_checkpoint):
     """The real schema: evaluate.py on a tiny checkpoint, then the CLI of verify_evaluation.py."""
     run = make_checkpoint(tmp_path / "run", sample_dataset)
     msl = enfr_data_root / "wordsim" / "multisimlex" / "msl_en.tsv"
