@@ -89,6 +89,17 @@ def test_config_files_then_overrides(repo_root):
     assert train.parse_args(['--config', 'train_europarl_transformer_baseline'])['model_type'] == 'transformer'
 
 
+@pytest.mark.parametrize('backpack, transformer', [
+    ('train_europarl_scratch', 'train_europarl_transformer_baseline'),
+    ('train_europarl_tiny', 'train_europarl_tiny_transformer')])
+def test_matched_configs_differ_only_in_the_model(backpack, transformer):
+    """The Backpack-vs-Transformer comparison is fair only while the pair shares every other setting."""
+    b, t = train.parse_args(['--config', backpack]), train.parse_args(['--config', transformer])
+    assert (b['model_type'], t['model_type']) == ('backpack', 'transformer')
+    differing = {k for k in b.keys() | t.keys() if b.get(k) != t.get(k)}
+    assert differing <= {'model_type', 'out_dir', 'n_senses'}, differing
+
+
 @pytest.mark.parametrize('argv, expected', [
     (['--lerning_rate=1e-3'], '--learning_rate'),
     (['--max_iter', '10'], '--max_iters'),
