@@ -389,7 +389,9 @@ class BackpackLM(LanguageModel):
         if senses_fn is not None:
             senses = senses_fn(senses)
         if self.fast_mixing and alpha_fn is None:
-            # the k sense heads as attention heads, the senses as values: no (B,k,T,T) tensor is kept
+            # the k sense heads as attention heads, the senses as values. On CUDA the memory-efficient
+            # kernel accepts values wider than queries and keeps no (B,k,T,T) tensor; flash kernels and
+            # the CPU fall back to the math kernel, which computes what the reference path does.
             mixed = F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask, is_causal=attn_mask is None)
         else:
             alpha = self._alpha(q, k, attn_mask)
