@@ -4,11 +4,11 @@ A checkpoint is a dict of plain types and tensors written by train.py:
   model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss,
   optimizer, scaler, rng, sampler, training_log
 """
-import os
 from pathlib import Path
 
 import torch
 
+from atomic import atomic_write
 from model import ModelConfig, build_model
 
 CHECKPOINT_FILES = {'best': 'best.pt', 'latest': 'ckpt.pt'}
@@ -19,23 +19,8 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(obj, path):
-    """Write obj to path so that a crash at any moment leaves the previous file intact:
-    temporary file in the same directory, fsync, then an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp')
-    try:
-        with open(tmp, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write obj to path so that a crash at any moment leaves the previous file intact."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path, map_location='cpu'):

@@ -12,7 +12,6 @@ DIR/eval/results.json where it exists instead of evaluating again. Writes compar
 comparison.md, loss_curves.png and metrics_<group>.png into --output_dir (default out/comparison).
 """
 import argparse
-import io
 import json
 import math
 import sys
@@ -25,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 import evaluate  # noqa: E402
+from atomic import atomic_write, atomic_write_text  # noqa: E402
 
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
 METRIC_GROUPS = {"loss": "val loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
@@ -74,13 +74,8 @@ def comparison_table(labels, headlines):
 
 def save_figure(fig, path):
     """PNG written atomically."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
 
 
 def read_training_log(out_dir):
@@ -166,11 +161,11 @@ def main(argv=None):
                            "headline": h}
                    for label, d, r, h, src in zip(labels, out_dirs, results, headlines, sources)},
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
-    evaluate.write_atomic(output_dir / "comparison.json",
+    atomic_write_text(output_dir / "comparison.json",
                           json.dumps(evaluate.json_safe(comparison), indent=2, ensure_ascii=False))
     markdown = "# Model comparison\n\n" + table + "\n\n" + "\n".join(
         f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n"
-    evaluate.write_atomic(output_dir / "comparison.md", markdown)
+    atomic_write_text(output_dir / "comparison.md", markdown)
     print(table)
     print(f"wrote {output_dir}/comparison.json, comparison.md and {len(plots)} plot(s)")
 

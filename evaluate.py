@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 import lexical
 import metrics
+from atomic import atomic_write_text
 from checkpoint import CheckpointError, load_trained_model
 from dataset import BatchSampler, DataError
 from generation import timed_translate
@@ -480,15 +481,6 @@ def json_safe(obj):
     return obj
 
 
-def write_atomic(path, text):
-    """Write text to path via a temporary file in the same directory and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def headline_metrics(results):
     """{metric name: value} of the figures worth a table row, for summaries and comparisons."""
     rows = {}
@@ -636,8 +628,8 @@ def evaluate_out_dir(out_dir, args):
     }
     results = json_safe(results)
     eval_dir = Path(out_dir) / "eval"
-    write_atomic(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
-    write_atomic(eval_dir / "report.md", render_report(results))
+    atomic_write_text(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
+    atomic_write_text(eval_dir / "report.md", render_report(results))
     return results
 
 

@@ -18,13 +18,14 @@ stanfordnlp/backpack-gpt2 checkpoint, so loading it is a rename and a transpose.
 import inspect
 import json
 import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from atomic import atomic_write, atomic_write_text
 
 
 @dataclass
@@ -438,9 +439,9 @@ class BackpackLM(LanguageModel):
         """Write config.json and pytorch_model.bin in the backpack-gpt2 format (atomically)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_write(directory / 'config.json', lambda f: f.write(json.dumps(self._hf_config(), indent=2).encode()))
+        atomic_write_text(directory / 'config.json', json.dumps(self._hf_config(), indent=2))
         tensors = _state_dict_to_hf(self)
-        _atomic_write(directory / 'pytorch_model.bin', lambda f: torch.save(tensors, f))
+        atomic_write(directory / 'pytorch_model.bin', lambda f: torch.save(tensors, f))
 
     def _hf_config(self):
         c = self.config
@@ -554,11 +555,3 @@ def _state_dict_to_hf(model):
         hf[f'{_HF_PREFIX}h.{i}.attn.masked_bias'] = torch.tensor(-1e4)
     return hf
 
-
-def _atomic_write(path, write):
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'wb') as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from atomic import atomic_write_text
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import BatchSampler, DataError, load_meta, resolve_data_dir
 from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
@@ -347,9 +348,7 @@ def gathered(obj, ddp, world_size):
 
 
 def write_json(path, obj):
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def unigram_entropy(data_path, meta):

@@ -10,7 +10,6 @@ The two settings must produce the same translations; the script checks that they
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch

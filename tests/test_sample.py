@@ -1,18 +1,14 @@
 """sample.py end to end on a tiny checkpoint saved with the spec's keys, on the sample dataset."""
-import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-import torch
 
 import sample
-from checkpoint import load_trained_model, save_checkpoint
-from dataset import BatchSampler
+from checkpoint import load_trained_model
 from generation import translate
-from model import ModelConfig, build_model
 from tokenizer import load_tokenizer
 
 

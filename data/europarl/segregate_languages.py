@@ -8,11 +8,11 @@ pair in both files; --create_alignment also writes <split>.aligned.tsv, "PAIR_ID
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from atomic import atomic_write_text  # noqa: E402
 from dataset import DataError, load_meta, resolve_data_dir  # noqa: E402
 
 SPLITS = ("train", "val", "test")
@@ -26,11 +26,7 @@ def read_pairs(path):
 
 
 def write_lines(path, lines):
-    """Atomic: a temporary file beside the target, then os.replace."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def segregate(data_dir, out_dir, splits=SPLITS, create_alignment=False):
