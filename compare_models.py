@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 import evaluate  # noqa: E402
+import report  # noqa: E402
 from atomic import atomic_write, atomic_write_text  # noqa: E402
 
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
@@ -68,8 +69,8 @@ def unique_labels(out_dirs, results):
 def comparison_table(labels, headlines):
     """Markdown table: one row per headline metric, one column per model."""
     metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
-    rows = [[name] + [evaluate.fmt(h.get(name)) for h in headlines] for name in metrics_order]
-    return evaluate.markdown_table(["metric"] + labels, rows), metrics_order
+    rows = [[name] + [report.fmt(h.get(name)) for h in headlines] for name in metrics_order]
+    return report.markdown_table(["metric"] + labels, rows), metrics_order
 
 
 def save_figure(fig, path):
@@ -142,7 +143,7 @@ def main(argv=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
-    headlines = [evaluate.headline_metrics(r) for r in results]
+    headlines = [report.headline_metrics(r) for r in results]
     table, metric_names = comparison_table(labels, headlines)
 
     plots = {"loss_curves": plot_loss_curves(out_dirs, labels, output_dir / "loss_curves.png")}
@@ -162,7 +163,7 @@ def main(argv=None):
                    for label, d, r, h, src in zip(labels, out_dirs, results, headlines, sources)},
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
     atomic_write_text(output_dir / "comparison.json",
-                          json.dumps(evaluate.json_safe(comparison), indent=2, ensure_ascii=False))
+                          json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))
     markdown = "# Model comparison\n\n" + table + "\n\n" + "\n".join(
         f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n"
     atomic_write_text(output_dir / "comparison.md", markdown)

@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -31,6 +30,7 @@ from atomic import atomic_write_text
 from checkpoint import CheckpointError, load_trained_model
 from dataset import BatchSampler, DataError
 from generation import timed_translate
+from report import headline_metrics, json_safe, markdown_table, render_report
 from tokenizer import load_tokenizer
 
 TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses")
@@ -463,136 +463,6 @@ def task_senses(ctx):
 
 TASK_FUNCTIONS = {"loss": task_loss, "translation": task_translation, "wordsim": task_wordsim,
                   "bli": task_bli, "sentence": task_sentence, "senses": task_senses}
-
-
-# -----------------------------------------------------------------------------
-# results
-
-def json_safe(obj):
-    """Replace non-finite floats (NaN, inf) by None so the JSON is standard."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
-def headline_metrics(results):
-    """{metric name: value} of the figures worth a table row, for summaries and comparisons."""
-    rows = {}
-    loss = results.get("loss", {})
-    for lang in ("all", "en", "fr"):
-        if lang in loss:
-            rows[f"val loss ({lang})"] = loss[lang]["loss"]
-    if "all" in loss:
-        rows["val perplexity"] = loss["all"]["perplexity"]
-    translation = results.get("translation", {})
-    for direction in ("en-fr", "fr-en"):
-        for decoding, entry in translation.get(direction, {}).items():
-            rows[f"{direction} {decoding} BLEU"] = entry["bleu"]["score"]
-            rows[f"{direction} {decoding} chrF"] = entry["chrf"]["score"]
-            rows[f"{direction} {decoding} char acc"] = entry["char_accuracy"]
-    for name, entry in results.get("wordsim", {}).get("sets", {}).items():
-        for rep, sp in entry.get("spearman", {}).items():
-            if not rep.startswith("sense:"):
-                rows[f"wordsim {name} rho ({rep})"] = sp["rho"]
-    bli = results.get("bli", {})
-    for direction in ("en-fr", "fr-en"):
-        for rep in bli.get("representations", []):
-            if rep in bli.get(direction, {}):
-                for method in ("cosine", "csls"):
-                    subset = bli[direction][rep].get(f"{method}_excluding_identical", {})
-                    rows[f"BLI {direction} P@1 {method} ({rep}, non-identical)"] = subset.get("p@1")
-    sentence = results.get("sentence", {})
-    for states in ("backbone", "backpack_output"):
-        if states in sentence:
-            entry = sentence[states]["mean"]
-            rows[f"sentence {states} mean-pool R@1 en->fr"] = entry["recall@1_en_to_fr"]
-            rows[f"sentence {states} mean-pool cos (pair - random)"] = \
-                entry["pair_cosine"]["mean"] - entry["derangement_cosine"]["mean"]
-    entropy = results.get("senses", {}).get("alpha_entropy", {})
-    if "mean_normalised" in entropy:
-        rows["alpha entropy (normalised)"] = entropy["mean_normalised"]
-    return rows
-
-
-def fmt(value):
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
-    return str(value)
-
-
-def markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def skipped_parts(section, name=""):
-    """(dotted name, reason) of every part of the results that was skipped, at any depth."""
-    if isinstance(section, dict):
-        if "skipped" in section:
-            yield name, section["skipped"]
-        for key, value in section.items():
-            yield from skipped_parts(value, f"{name}.{key}" if name else key)
-
-
-def render_report(results):
-    """report.md: run facts, the headline table, skipped tasks, translation examples, sense tables."""
-    run = results["run"]
-    out = [f"# Evaluation of {run['out_dir']}", "",
-           f"{run['model_type']} checkpoint `{run['checkpoint']}` (iter {run['iter_num']}, "
-           f"{run['n_params']:,} parameters), dataset `{run['data_dir']}`, evaluated on {run['device']} "
-           f"in {run['seconds']:.1f} s.", "",
-           markdown_table(["metric", "value"], list(headline_metrics(results).items())), ""]
-    skipped = list(skipped_parts({task: results[task] for task in TASKS}))
-    if skipped:
-        out += ["## Skipped", ""] + [f"- {name}: {reason}" for name, reason in skipped] + [""]
-    translation = results["translation"]
-    if "skipped" not in translation:
-        out += ["## Translation examples", "", f"Test set: `{translation['test_set']}` "
-                f"({translation['samples_used']} pairs per direction).", ""]
-        for direction in ("en-fr", "fr-en"):
-            for decoding, entry in translation[direction].items():
-                out += [f"### {direction}, {decoding} ({entry['seconds']:.1f} s, BLEU signature "
-                        f"`{entry['bleu']['signature']}`)", ""]
-                for ex in entry["examples"]:
-                    out += [f"- source: {ex['source']}", f"  - reference: {ex['reference']}",
-                            f"  - model: {ex['hypothesis']}"]
-                out.append("")
-    malformed = [(name, entry["resource"]) for name, entry in results["wordsim"].get("sets", {}).items()
-                 if entry.get("resource", {}).get("malformed")]
-    if "dictionary" in results["bli"] and results["bli"]["dictionary"]["malformed"]:
-        malformed.append(("dictionary", results["bli"]["dictionary"]))
-    if malformed:
-        out += ["## Malformed resource lines (skipped, the rest used)", ""]
-        out += [f"- {name} (`{res['path']}`): {res['malformed']} line(s): "
-                + ", ".join(f"{m['line']} ({m['reason']})" for m in res["malformed_lines"]) for name, res in malformed]
-        out.append("")
-    senses = results["senses"]
-    if isinstance(senses.get("top_tokens"), list):
-        out += ["", f"## Sense projections (top {len(senses['top_tokens'][0].get('senses', [[]])[0])} tokens of "
-                f"E C_l(w), vocabulary: {senses['vocabulary']})", ""]
-        for entry in senses["top_tokens"]:
-            if "senses" not in entry:
-                continue
-            out += [f"### {entry['word']} (pieces: {' '.join(map(repr, entry['pieces']))})", ""]
-            out.append(markdown_table(["sense", "top tokens"],
-                                      [[str(l), " ".join(repr(t) for t in toks)] for l, toks in enumerate(entry["senses"])]))
-            out.append("")
-    cosines = senses.get("translation_pair_cosines", {})
-    if "per_sense_pair_cosine" in cosines:
-        out += [f"## Per-sense cosine of {cosines['pairs']} translation pairs vs random pairs", ""]
-        out.append(markdown_table(["sense", "pairs", "random"],
-                                  [[str(l), a, b] for l, (a, b) in enumerate(zip(cosines["per_sense_pair_cosine"],
-                                                                              cosines["per_sense_derangement_cosine"]))]))
-    return "\n".join(out) + "\n"
 
 
 def evaluate_out_dir(out_dir, args):

@@ -17,11 +17,8 @@ The model size is a --preset (see model.PRESETS) or n_layer/n_head/n_embd/n_sens
 Writes out_dir/ckpt.pt (latest: every checkpoint_interval, at the end and on SIGTERM or
 SIGINT), out_dir/best.pt (lowest val loss) and out_dir/training_log.json (one entry per eval).
 """
-import ast
-import builtins
 import contextlib
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -29,7 +26,6 @@ import random
 import signal
 import sys
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +36,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from atomic import atomic_write_text
+import configurator
+from configurator import fail
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import BatchSampler, DataError, load_meta, resolve_data_dir
 from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
@@ -89,7 +87,6 @@ deterministic = False        # deterministic kernels only: bitwise-reproducible 
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_defaults and not k.startswith('_')}
 
-REPO_ROOT = Path(__file__).resolve().parent
 INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')
@@ -97,98 +94,9 @@ DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'
 EVAL_SEED_OFFSET = 1_000_003  # eval batches come from their own stream, so evaluating never shifts training's
 
 
-def fail(message):
-    raise SystemExit(f"error: {message}")
-
-
-# ----------------------------------------------------------------------------- configuration
-
-def unknown_key(key, source):
-    close = difflib.get_close_matches(key, list(DEFAULTS), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join('--' + c for c in close)}?" if close else "see python train.py --help"
-    fail(f"unknown setting {key!r} in {source}; {hint}")
-
-
-def parse_literal(text, default):
-    """A command-line string as a Python value; strings need no quotes (--out_dir=out-tiny)."""
-    if isinstance(default, bool) and text.lower() in ('true', 'false'):
-        return text.lower() == 'true'
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-    return text if isinstance(default, str) and not isinstance(value, str) else value
-
-
-def checked(key, value, source):
-    """value if it has the type of key's default (an int is accepted for a float)."""
-    if key not in DEFAULTS:
-        unknown_key(key, source)
-    default = DEFAULTS[key]
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if type(value) is not type(default):
-        fail(f"{key} must be a {type(default).__name__} (default {default!r}), got {value!r} in {source}")
-    return value
-
-
-def config_file(name):
-    """The config file for a path, or NAME / NAME.py under config/."""
-    candidates = [Path(name), REPO_ROOT / name, REPO_ROOT / 'config' / name, REPO_ROOT / 'config' / f'{name}.py']
-    for path in candidates:
-        if path.is_file():
-            return path
-    available = ', '.join(sorted(p.stem for p in (REPO_ROOT / 'config').glob('*.py')))
-    fail(f"config file {name!r} not found; config/ has: {available}")
-
-
-def read_config_file(path):
-    """The settings a config file assigns (it is executed, as in nanoGPT)."""
-    namespace = {}
-    exec(builtins.compile(path.read_text(), str(path), 'exec'), namespace)  # the setting `compile` shadows it
-    return {k: checked(k, v, path) for k, v in namespace.items()
-            if not k.startswith('_') and not isinstance(v, types.ModuleType)}
-
-
-def print_help():
-    print(__doc__.strip())
-    print("\nsettings (type, default):")
-    for key, value in DEFAULTS.items():
-        print(f"  --{key:<28} {type(value).__name__:<6} {value!r}")
-
-
 def parse_args(argv):
-    """Config files and overrides -> {key: value} of every setting given explicitly, config files first."""
-    files, overrides, args = [], {}, list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg in ('-h', '--help'):
-            print_help()
-            raise SystemExit(0)
-        if not arg.startswith('--'):
-            if arg.startswith('-'):
-                fail(f"unknown option {arg!r}; settings are given as --key=value")
-            files.append(config_file(arg))
-            continue
-        key, has_value, value = arg[2:].partition('=')
-        if key != 'config' and key not in DEFAULTS:
-            unknown_key(key, 'the command line')
-        if not has_value:
-            if key != 'config' and isinstance(DEFAULTS[key], bool) and not (args and args[0].lower() in ('true', 'false')):
-                value = 'True'  # a bare flag such as --compile
-            elif not args or args[0].startswith('--'):
-                fail(f"--{key} needs a value")
-            else:
-                value = args.pop(0)
-        if key == 'config':
-            files.append(config_file(value))
-        else:
-            overrides[key] = checked(key, parse_literal(value, DEFAULTS[key]), 'the command line')
-    explicit = {}
-    for path in files:
-        explicit.update(read_config_file(path))
-    explicit.update(overrides)
-    return explicit
+    """{key: value} of every setting given explicitly (config files first, then overrides)."""
+    return configurator.parse_args(argv, DEFAULTS, __doc__)
 
 
 def validate(cfg):
