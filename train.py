@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -40,6 +41,7 @@ import configurator
 from configurator import fail
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import BatchSampler, DataError, load_meta, resolve_data_dir
+from rundir import run_directory
 from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
                    preset_config)
 
@@ -112,6 +114,13 @@ def validate(cfg):
             fail(f"{key} must be at least 1, got {cfg[key]}")
     if cfg['max_iters'] < 0 or cfg['warmup_iters'] < 0 or not 0.0 <= cfg['dropout'] < 1.0:
         fail("max_iters and warmup_iters must be >= 0 and dropout in [0, 1)")
+    for key in ('learning_rate', 'weight_decay', 'grad_clip', 'lr_decay_iters'):
+        if not cfg[key] >= 0:  # also refuses nan
+            fail(f"{key} must be >= 0, got {cfg[key]}")
+    if not (0 <= cfg['min_lr_ratio'] <= 1 and 0 <= cfg['beta1'] < 1 and 0 <= cfg['beta2'] < 1):
+        fail("min_lr_ratio must be in [0, 1] and beta1, beta2 in [0, 1)")
+    if not cfg['out_dir'].strip():
+        fail("--out_dir is empty: name the directory for the checkpoints (e.g. --out_dir=out/my_run)")
 
 
 def resolve_model_type(cfg, explicit):
@@ -134,8 +143,14 @@ def setup_processes(requested_device):
     device = requested_device
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
+        fail(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.startswith('cuda') and not torch.cuda.is_available():
         fail(f"device {device!r} requested but CUDA is not available; use --device=cpu")
+    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
+        fail(f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA devices")
+    if device == 'mps' and not torch.backends.mps.is_available():
+        fail("device 'mps' requested but MPS is not available; use --device=cpu")
     if device == 'cuda' and ddp:
         device = f'cuda:{local_rank}'
     if device.startswith('cuda'):
@@ -314,6 +329,15 @@ def estimate_losses(model, sampler, cfg, autocast, device, ddp):
     return {name: total / count if count else None for name, (total, count) in sums.items()}
 
 
+def diverged(problem, out_path, saved):
+    """fail() for a non-finite loss or weights, naming exactly the files that hold the last good state
+    (saved: {file name: iteration} of the checkpoints that exist and are finite)."""
+    kept = [f"{out_path / name} (iteration {it})" for name, it in sorted(saved.items())]
+    where = ("the last good state is in " + " and ".join(kept)) if kept else \
+        "no checkpoint had been written, so none holds a good state"
+    fail(f"{problem}; stopped without saving: {where}. Lower learning_rate or check the data")
+
+
 def install_stop_handlers():
     """SIGTERM/SIGINT (preemption, Ctrl-C) only set a flag: the current step ends, ckpt.pt is saved.
     A second Ctrl-C kills at once. Returns the flag and the previous handlers."""
@@ -334,38 +358,37 @@ def main(argv=None):
     explicit = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = {**DEFAULTS, **explicit}
     validate(cfg)
-    out_path = Path(cfg['out_dir'])
-    ckpt_path = out_path / 'ckpt.pt'
-    resume = None
-    if cfg['init_from'] == 'resume':
-        if not ckpt_path.is_file():
-            fail(f"--init_from=resume but {ckpt_path} does not exist; start a run with --init_from=scratch")
+    ckpt_path = Path(cfg['out_dir']) / 'ckpt.pt'
+    resuming = cfg['init_from'] == 'resume'
+    if resuming and not ckpt_path.is_file():
+        fail(f"--init_from=resume but {ckpt_path} does not exist; start a run with --init_from=scratch")
+    with run_directory(cfg['out_dir'], new_run=not resuming, is_master=int(os.environ.get('RANK', 0)) == 0):
+        resume = None
+        if resuming:
+            try:
+                resume = load_checkpoint(ckpt_path)
+            except CheckpointError as e:
+                fail(str(e))
+            saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
+            cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
+            validate(cfg)
+        resolve_model_type(cfg, explicit)
         try:
-            resume = load_checkpoint(ckpt_path)
-        except CheckpointError as e:
+            data_path = resolve_data_dir(cfg['data_dir']).resolve()
+            meta = load_meta(data_path)
+        except DataError as e:
             fail(str(e))
-        saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
-        cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
-        validate(cfg)
-    elif ckpt_path.exists():
-        fail(f"{ckpt_path} exists: continue it with --init_from=resume, or train into another --out_dir")
-    resolve_model_type(cfg, explicit)
-    try:
-        data_path = resolve_data_dir(cfg['data_dir']).resolve()
-        meta = load_meta(data_path)
-    except DataError as e:
-        fail(str(e))
-    if resume is not None:
-        check_resume(resume, explicit, meta, data_path, ckpt_path)
+        if resume is not None:
+            check_resume(resume, explicit, meta, data_path, ckpt_path)
 
-    ddp, rank, world_size, device = setup_processes(cfg['device'])
-    try:
-        train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
-    except DataError as e:  # e.g. a split shorter than block_size
-        fail(str(e))
-    finally:
-        if ddp:
-            dist.destroy_process_group()
+        ddp, rank, world_size, device = setup_processes(cfg['device'])
+        try:
+            train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
+        except DataError as e:  # e.g. a split shorter than block_size
+            fail(str(e))
+        finally:
+            if ddp:
+                dist.destroy_process_group()
 
 
 def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
@@ -385,8 +408,6 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg['seed'] + rank)
-    if master:
-        out_path.mkdir(parents=True, exist_ok=True)
 
     if resume is not None:
         model = model_from_checkpoint(resume)
@@ -407,12 +428,13 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
     eval_sampler = BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank)
     eval_start = eval_sampler.state_dict()  # every eval sees the same batches: comparable losses
 
-    iter_num, best_val_loss, training_log, elapsed_before = 0, float('inf'), [], 0.0
+    iter_num, best_val_loss, training_log, elapsed_before, resume_iter = 0, float('inf'), [], 0.0, None
     if resume is not None:
         optimizer.load_state_dict(resume['optimizer'])
         if resume['scaler']:
             scaler.load_state_dict(resume['scaler'])
         iter_num, best_val_loss = resume['iter_num'], resume['best_val_loss']
+        resume_iter = iter_num
         training_log, elapsed_before = resume['training_log'], resume.get('elapsed_s', 0.0)
         if len(resume['rng']) == world_size:
             set_rng_state(resume['rng'][rank])
@@ -437,7 +459,15 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         print(f"data {data_path}: unigram entropy of train.bin {unigram_entropy(data_path, meta):.4f} nats/token "
               f"(the loss of a model that ignores context)")
 
+    # checkpoints that hold a good state: {file name: iteration}; a resumed run's best.pt is in its log
+    saved = {} if resume_iter is None else {'ckpt.pt': resume_iter}
+    if resume_iter is not None and (out_path / 'best.pt').exists():
+        saved['best.pt'] = next((e['iter'] for e in training_log if e['val_loss'] == best_val_loss), '?')
+
     def save(path):
+        weights_finite = torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()
+        if not weights_finite:
+            diverged(f"weights are not finite at iteration {iter_num}", out_path, saved)
         rngs = gathered(rng_state(), ddp, world_size)
         samplers = gathered(sampler.state_dict(), ddp, world_size)
         if not master:
@@ -452,6 +482,7 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                 'elapsed_s': elapsed_before + time.time() - t_start}, path)
         except OSError as e:
             fail(f"could not write {path}: {e}; the previous checkpoint is untouched")
+        saved[path.name] = iter_num
 
     stop, previous_handlers = install_stop_handlers()
     bar = tqdm(total=cfg['max_iters'], initial=iter_num, dynamic_ncols=True) if master and sys.stderr.isatty() else None
@@ -468,6 +499,9 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
             if (iter_num % cfg['eval_interval'] == 0 or last) and not logged:
                 eval_sampler.load_state_dict(eval_start)
                 losses = estimate_losses(fast_model, eval_sampler, cfg, autocast, device, ddp)
+                if not all(math.isfinite(losses[k]) for k in ('train_loss', 'val_loss')):
+                    diverged(f"loss is not finite at iteration {iter_num} (train {losses['train_loss']}, "
+                             f"val {losses['val_loss']})", out_path, saved)
                 tokens_per_s = window_iters * tokens_per_iter / window_time if window_iters else None
                 mfu = (raw_model.estimate_mfu(cfg['batch_size'] * micro_steps, window_time / window_iters)
                        if window_iters else None)
@@ -505,9 +539,8 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             stop_requested, non_finite = flags.tolist()
             if non_finite:
-                fail(f"loss is not finite at iteration {iter_num} (local loss {loss_sum.item() / micro_steps}); "
-                     f"stopped without saving: {out_path / 'ckpt.pt'} keeps the last good state. "
-                     "Lower learning_rate or check the data")
+                diverged(f"loss is not finite at iteration {iter_num} (local loss {loss_sum.item() / micro_steps})",
+                         out_path, saved)
             if cfg['grad_clip'] > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg['grad_clip'])

@@ -1,0 +1,105 @@
+"""The output directory of a training run: one run at a time, nothing of an earlier run overwritten,
+nothing left behind by a run that failed to start.
+
+    with run_directory(out_dir, new_run=True):   # SystemExit with one line if it cannot be used
+        ... train, writing out_dir/ckpt.pt, best.pt, training_log.json ...
+
+The lock is an exclusive fcntl.flock on out_dir/.lock. The kernel drops a flock when its process
+exits, however it exits (SIGKILL included), so a lock can never outlive its run: a .lock file left
+by a killed run is stale by construction and the next run simply locks it again. flock is not
+reliable on some network filesystems (old NFS); there two runs may not exclude each other.
+"""
+import contextlib
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from atomic import remove_stale_temporaries
+from configurator import fail
+
+RUN_FILES = ('ckpt.pt', 'best.pt', 'training_log.json')
+LOCK_NAME = '.lock'
+
+
+def check_new_run(out_path):
+    """Refuse to start a new run where an earlier run's checkpoints or log would be overwritten."""
+    found = [name for name in RUN_FILES if (out_path / name).exists()]
+    if not found:
+        return
+    if 'ckpt.pt' in found:
+        fail(f"{out_path / 'ckpt.pt'} exists: continue it with --init_from=resume, or train into another --out_dir")
+    fail(f"{out_path} holds {' and '.join(found)} of an earlier run but no ckpt.pt: train into another --out_dir, "
+         + (f"or continue from best.pt with `cp {out_path / 'best.pt'} {out_path / 'ckpt.pt'}` and --init_from=resume"
+            if 'best.pt' in found else "or move training_log.json away"))
+
+
+def acquire_lock(out_path):
+    """An open file descriptor holding the exclusive lock of out_path, or SystemExit naming the holder."""
+    lock_path = out_path / LOCK_NAME
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
+            os.close(fd)
+            fail(f"another training (pid {holder}) is writing into {out_path}: wait for it to finish, "
+                 "or train into another --out_dir")
+        # the previous holder unlinks the file when it releases it: lock the file that is there now
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            return fd
+        os.close(fd)
+
+
+def missing_directories(path):
+    """path and those of its ancestors that do not exist yet, deepest first."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+@contextlib.contextmanager
+def run_directory(out_dir, new_run, is_master=True):
+    """Lock out_dir for this run (created if needed); for a new run refuse earlier runs' files.
+    On exit the lock is released, and directories this run created are removed if still empty.
+    Temporary files of dead processes (a killed run's half-written checkpoint) are removed.
+    Only the master process (rank 0) locks and writes; the others just run the body."""
+    if not is_master:
+        yield
+        return
+    out_path = Path(out_dir)
+    if out_path.exists() and not out_path.is_dir():
+        fail(f"--out_dir {out_path} is a file, not a directory")
+    created = missing_directories(out_path.resolve())
+    fd = None
+    try:
+        out_path.mkdir(parents=True, exist_ok=True)
+        fd = acquire_lock(out_path)
+    except OSError as e:
+        remove_empty(created)
+        reason = 'no space left on device' if e.errno == errno.ENOSPC else e.strerror
+        fail(f"cannot write into --out_dir {out_path}: {reason}")
+    except SystemExit:
+        remove_empty(created)
+        raise
+    try:
+        remove_stale_temporaries(out_path)
+        if new_run:
+            check_new_run(out_path)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(out_path / LOCK_NAME)  # while still locked: see acquire_lock
+        os.close(fd)
+        remove_empty(created)
+
+
+def remove_empty(directories):
+    for directory in directories:
+        with contextlib.suppress(OSError):  # not empty, or already gone
+            directory.rmdir()
