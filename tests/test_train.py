@@ -252,8 +252,67 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(synthetic_dataset, tmp_path, m
     message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
                         '--checkpoint_interval=4'])
     assert 'loss is not finite at iteration 6' in message
+    assert f"the last good state is in {out / 'best.pt'} (iteration 5) and {out / 'ckpt.pt'} (iteration 4)" in message
     ckpt = load_checkpoint(out / 'ckpt.pt')
     assert ckpt['iter_num'] == 4 and all(torch.isfinite(t).all() for t in ckpt['model'].values())
+
+
+def nan_in_evaluation_after(monkeypatch, n_calls):
+    """Evaluation forwards (model in eval mode) return NaN logits after n_calls; training stays finite."""
+    real_forward = model_module.BackpackLM.forward
+    eval_calls = []
+
+    def forward(self, idx, targets=None, **kwargs):
+        logits, loss = real_forward(self, idx, targets, **kwargs)
+        if not self.training:
+            eval_calls.append(1)
+            if len(eval_calls) > n_calls:
+                logits = logits * float('nan')
+        return logits, loss
+
+    monkeypatch.setattr(model_module.BackpackLM, 'forward', forward)
+
+
+@pytest.mark.slow
+def test_non_finite_val_loss_saves_nothing(synthetic_dataset, tmp_path, monkeypatch):
+    """A diverged evaluation stops the run before ckpt.pt is written at the same iteration."""
+    out = tmp_path / 'out'
+    nan_in_evaluation_after(monkeypatch, 2 * 2 * 2)  # evaluations at 0 and 4 are finite (2 splits x eval_iters 2)
+    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
+                        '--eval_interval=4', '--checkpoint_interval=4'])
+    assert 'loss is not finite at iteration 8' in message
+    assert f"in {out / 'best.pt'} (iteration 4) and {out / 'ckpt.pt'} (iteration 4)" in message
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 4 and not (out / '.lock').exists()
+    assert all(np.isfinite(e['val_loss']) for e in read_log(out))
+
+
+def test_no_checkpoint_yet_is_said(synthetic_dataset, tmp_path, monkeypatch):
+    out = tmp_path / 'out'
+    nan_in_evaluation_after(monkeypatch, 0)
+    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=4'])
+    assert 'loss is not finite at iteration 0' in message and 'no checkpoint had been written' in message
+    assert not out.exists()  # nothing was written, so the run's directory is gone too
+
+
+def test_non_finite_weights_are_never_saved(synthetic_dataset, tmp_path, monkeypatch):
+    """An optimizer step that makes a weight infinite right before a checkpoint (no forward in between)."""
+    out = tmp_path / 'out'
+    real_step, steps = torch.optim.AdamW.step, []
+
+    def step_breaks_a_weight(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        steps.append(1)
+        if len(steps) == 4:
+            with torch.no_grad():
+                self.param_groups[0]['params'][0][0, 0] = float('inf')
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, 'step', step_breaks_a_weight)
+    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
+                        '--eval_interval=100', '--checkpoint_interval=4'])
+    assert 'weights are not finite at iteration 4' in message
+    assert f"the last good state is in {out / 'best.pt'} (iteration 0)." in message
+    assert not (out / 'ckpt.pt').exists()
 
 
 @pytest.mark.slow
