@@ -7,7 +7,9 @@
 Batches are random windows over the token stream (nanoGPT style) drawn with a torch.Generator,
 so the sampler's state can be saved in a checkpoint and a resumed run draws the same batches.
 """
+import functools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,8 @@ import torch
 from tokenizer import DataError  # noqa: F401  (re-exported: `from dataset import DataError`)
 
 DATA_ROOT = Path(__file__).resolve().parent / "data"
+# keys every reader relies on, and the sub-keys of the nested ones
+REQUIRED_META = {"vocab_size": (), "dtype": (), "tokenizer": ("kind", "path"), "special_tokens": ("en", "fr", "eot")}
 PREPARE_HINT = "run data/europarl/prepare.py (e.g. --source local --corpus data/europarl/sample/parliament --name sample)"
 
 
@@ -42,9 +46,50 @@ def load_meta(data_dir):
         hint = f"prepared datasets under data/: {', '.join(known)}" if known else PREPARE_HINT
         raise DataError(f"{data_dir} has no meta.json, so it is not a prepared dataset; {hint}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON ({e}): prepare the dataset again") from e
+    for key, subkeys in REQUIRED_META.items():
+        if not isinstance(meta, dict) or key not in meta or any(k not in meta[key] for k in subkeys):
+            raise DataError(f"{path} lacks {key!r}{' with ' + ', '.join(subkeys) if subkeys else ''}: "
+                            "prepare the dataset again")
+    if meta["dtype"] not in ("uint16", "uint32"):
+        raise DataError(f"{path} has dtype {meta['dtype']!r}, expected uint16 or uint32: prepare the dataset again")
+    return meta
+
+
+def check_same_dataset(ckpt_meta, meta, ckpt_path, data_path, check_data=True):
+    """DataError unless data_path's meta has the tokenizer fingerprint (and, with check_data, the data
+    fingerprint) that the checkpoint was trained with: a same-sized but other tokenizer gives other ids
+    silently. A side without fingerprints (prepared before they were recorded) is only warned about."""
+    for key in ("tokenizer_sha256", "data_sha256") if check_data else ("tokenizer_sha256",):
+        trained, found = ckpt_meta.get(key), meta.get(key)
+        if trained is None or found is None:
+            warn_once(f"warning: {ckpt_path if trained is None else data_path} records no {key} "
+                      "(prepared before fingerprints): cannot check that the run's own dataset is used")
+        elif trained != found:
+            what = "tokenizer" if key == "tokenizer_sha256" else "token data"
+            raise DataError(f"{data_path} is not the dataset {ckpt_path} was trained on (its {what} differs, sha256 "
+                            f"{found[:12]} vs {trained[:12]}); the run was trained on the dataset made by "
+                            f"`{ckpt_meta.get('command', 'an unrecorded command')}`: use that dataset or prepare it again")
+
+
+@functools.lru_cache(maxsize=None)
+def warn_once(message):
+    print(message, file=sys.stderr)
+
+
+def split_tokens(data_dir, split, dtype):
+    """data_dir/<split>.bin as a memmap of dtype tokens (DataError if missing, empty or truncated).
+    A fresh memmap per call, as in nanoGPT: memmaps kept open grow resident memory."""
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: {PREPARE_HINT}")
+    size = path.stat().st_size
+    if size == 0 or size % dtype.itemsize:
+        raise DataError(f"{path} has {size} bytes, not a whole positive number of {dtype} tokens "
+                        "(empty or truncated): prepare the dataset again")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def language_labels(tokens, en_id, fr_id):
@@ -71,11 +116,15 @@ class BatchSampler:
         self._labels = {}  # split -> int8 language label per stream position, computed once
 
     def tokens(self, split):
-        path = self.data_dir / f"{split}.bin"
-        if not path.is_file():
-            raise DataError(f"{path} is missing: {PREPARE_HINT}")
-        # a fresh memmap per call, as in nanoGPT: memmaps kept open grow resident memory
-        return np.memmap(path, dtype=self.dtype, mode="r")
+        return split_tokens(self.data_dir, split, self.dtype)
+
+    def check_split(self, split, block_size):
+        """The split's tokens, or DataError if they cannot fill one block_size window plus its target."""
+        data = self.tokens(split)
+        if len(data) <= block_size:
+            raise DataError(f"{split}.bin of {self.data_dir} has {len(data)} tokens, "
+                            f"too few for block_size {block_size}")
+        return data
 
     def language_labels(self, split):
         if split not in self._labels:
@@ -84,10 +133,7 @@ class BatchSampler:
         return self._labels[split]
 
     def get_batch(self, split, batch_size, block_size, device="cpu", with_language=False):
-        data = self.tokens(split)
-        if len(data) <= block_size:
-            raise DataError(f"{split}.bin of {self.data_dir} has {len(data)} tokens, "
-                            f"too few for block_size {block_size}")
+        data = self.check_split(split, block_size)
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=self.generator).numpy()
         window = starts[:, None] + np.arange(block_size + 1)
         xy = torch.from_numpy(data[window].astype(np.int64))

@@ -27,8 +27,8 @@ from tqdm import tqdm
 import lexical
 import metrics
 from atomic import atomic_write_text
-from checkpoint import CheckpointError, load_trained_model
-from dataset import BatchSampler, DataError
+from checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
+from dataset import BatchSampler, DataError, check_same_dataset, load_meta
 from generation import timed_translate
 from report import headline_metrics, json_safe, markdown_table, render_report
 from tokenizer import load_tokenizer
@@ -205,8 +205,9 @@ def read_test_pairs(test_corpus, data_dir):
     return pairs, source
 
 
-def load_for_eval(out_dir, which, device, data_dir=None):
-    """(model, checkpoint, tokenizer, dataset dir), or SystemExit with one clear line."""
+def load_for_eval(out_dir, which, device, data_dir=None, same_data=True):
+    """(model, checkpoint, tokenizer, dataset dir), or SystemExit with one clear line. The dataset
+    must have the checkpoint's tokenizer and, with same_data, its token data (fingerprints in meta)."""
     try:
         model, ckpt = load_trained_model(out_dir, which, device)
     except CheckpointError as e:
@@ -215,6 +216,12 @@ def load_for_eval(out_dir, which, device, data_dir=None):
         if key not in ckpt:
             raise SystemExit(f"error: checkpoint in {out_dir} has no {key!r} entry (not written by train.py?)")
     data_dir = Path(data_dir or ckpt["data_dir"])
+    try:
+        if (data_dir / "meta.json").is_file():
+            check_same_dataset(ckpt["meta"], load_meta(data_dir), Path(out_dir) / CHECKPOINT_FILES[which],
+                               data_dir, check_data=same_data)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
     try:
         tokenizer = load_tokenizer(ckpt["meta"], data_dir)
     except DataError as e:

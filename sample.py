@@ -115,7 +115,8 @@ def translate_text(model, tok, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    model, _, tok, _ = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir)  # clear errors
+    # sampling needs only the tokenizer: another dataset made with the same one is fine
+    model, _, tok, _ = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir, same_data=False)
     torch.manual_seed(args.seed)
     if args.translate is not None:
         translate_text(model, tok, args)

@@ -4,9 +4,13 @@ Three kinds, chosen at preparation time and recorded in meta.json:
   bpe   joint byte-level BPE trained on the train split (tokenizers library), tokenizer.json in the data dir
   gpt2  GPT-2 BPE (tiktoken 'gpt2' or a local Hugging Face tokenizer dir); the tags are appended as new ids
   xlmr  transformers AutoTokenizer (xlm-roberta-base or a local path) with the tags added as special tokens
+Each kind has a fingerprint (meta.json's tokenizer_sha256): bpe the sha256 of tokenizer.json; gpt2
+and xlmr the sha256 of their id -> token bytes table (vocabulary_sha256), the same for GPT-2 read
+through tiktoken or through a Hugging Face directory.
 In every kind <EN> and <FR> are single ids that plain text can never produce: encode() treats
 its input as plain text, and the tags are inserted by id (see data/europarl/prepare.py).
 """
+import hashlib
 import os
 import sys
 import urllib.error
@@ -50,9 +54,14 @@ class Tokenizer:
     def _token_str(self, i):
         return self._decode([i])
 
+    def fingerprint(self):
+        """sha256 (hex) identifying the id -> token mapping: two tokenizers with the same fingerprint
+        turn every text into the same ids. Recorded in meta.json as tokenizer_sha256."""
+        raise NotImplementedError
+
     def meta(self):
         """The tokenizer-related keys of meta.json."""
-        return {"vocab_size": self.vocab_size,
+        return {"vocab_size": self.vocab_size, "tokenizer_sha256": self.fingerprint(),
                 "tokenizer": {"kind": self.kind, "path": self.path, "base_vocab_size": self.base_vocab_size},
                 "special_tokens": {"en": self.en_id, "fr": self.fr_id, "eot": self.eot_id}}
 
@@ -79,6 +88,10 @@ class BPETokenizer(Tokenizer):
 
     def save(self, data_dir):
         self.backend.save(str(Path(data_dir) / self.path))
+
+    def fingerprint(self):
+        """The sha256 of tokenizer.json as save() writes it (`sha256sum tokenizer.json` shows it)."""
+        return hashlib.sha256(self.backend.to_str(pretty=True).encode("utf-8")).hexdigest()
 
 
 def train_bpe(texts, vocab_size, length=None):
@@ -119,6 +132,9 @@ class TiktokenGPT2(Tokenizer):
     def _token_str(self, i):
         return self.enc.decode_single_token_bytes(i).decode("utf-8", errors="replace")
 
+    def fingerprint(self):
+        return vocabulary_sha256(self.enc.decode_single_token_bytes(i) for i in range(self.vocab_size))
+
 
 class HFTokenizer(Tokenizer):
     """A transformers fast tokenizer with <EN>, <FR> added as special tokens (gpt2 dir or xlmr)."""
@@ -154,6 +170,24 @@ class HFTokenizer(Tokenizer):
 
     def _token_str(self, i):
         return self.hf.decode([i])
+
+    def fingerprint(self):
+        tokens = self.hf.convert_ids_to_tokens(list(range(self.vocab_size)))
+        added = set(self.hf.all_special_tokens)
+        if self.kind == "gpt2":  # byte-level strings back to their bytes: the same fingerprint as tiktoken's
+            from transformers.convert_slow_tokenizer import bytes_to_unicode
+            byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+            return vocabulary_sha256(t.encode() if t in added else bytes(byte_of[c] for c in t) for t in tokens)
+        return vocabulary_sha256(t.encode() for t in tokens)
+
+
+def vocabulary_sha256(token_bytes):
+    """sha256 of a vocabulary given as the bytes of each id in id order, each preceded by its
+    length (4 bytes, little-endian) so that no two vocabularies serialise alike."""
+    digest = hashlib.sha256()
+    for token in token_bytes:
+        digest.update(len(token).to_bytes(4, "little") + token)
+    return digest.hexdigest()
 
 
 def offline_unless_hub_reachable(timeout=5.0):

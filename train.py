@@ -40,7 +40,7 @@ from atomic import atomic_write_text
 import configurator
 from configurator import fail
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
-from dataset import BatchSampler, DataError, load_meta, resolve_data_dir
+from dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
 from rundir import run_directory
 from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
                    preset_config)
@@ -223,7 +223,7 @@ def pretrained_backpack(cfg, explicit, meta, data_path):
 
 
 def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
-    """Refuse to continue a run on another vocabulary or with another architecture."""
+    """Refuse to continue a run on another dataset or with another architecture (DataError or SystemExit)."""
     if 'model_type' in explicit and explicit['model_type'] != ckpt['model_type']:
         fail(f"{ckpt_path} is a {ckpt['model_type']} run but model_type is {explicit['model_type']!r}; "
              "use another --out_dir to train a new model")
@@ -232,6 +232,7 @@ def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
         fail(f"{ckpt_path} was trained on a vocabulary of {old_meta['vocab_size']} ({old_meta['tokenizer']['kind']}) "
              f"tokens but {data_path} has {meta['vocab_size']} ({meta['tokenizer']['kind']}); "
              "resume on the run's own dataset or use another --out_dir")
+    check_same_dataset(old_meta, meta, ckpt_path, data_path)
     for key in ARCH_KEYS:
         if key in explicit and explicit[key] != ckpt['model_args'][key]:
             fail(f"{ckpt_path} has {key}={ckpt['model_args'][key]!r} but {explicit[key]!r} was given; "
@@ -276,7 +277,7 @@ def write_json(path, obj):
 
 def unigram_entropy(data_path, meta):
     """Entropy (nats/token) of the training tokens' unigram distribution: what a context-free model scores."""
-    tokens = np.memmap(data_path / 'train.bin', dtype=meta['dtype'], mode='r')
+    tokens = split_tokens(data_path, 'train', np.dtype(meta['dtype']))
     counts = np.zeros(meta['vocab_size'], dtype=np.int64)
     for start in range(0, len(tokens), 1 << 24):
         counts += np.bincount(tokens[start:start + (1 << 24)], minlength=meta['vocab_size'])[:meta['vocab_size']]
@@ -376,10 +377,12 @@ def main(argv=None):
         try:
             data_path = resolve_data_dir(cfg['data_dir']).resolve()
             meta = load_meta(data_path)
+            for split in ('train', 'val'):
+                BatchSampler(data_path).check_split(split, cfg['block_size'])
+            if resume is not None:
+                check_resume(resume, explicit, meta, data_path, ckpt_path)
         except DataError as e:
             fail(str(e))
-        if resume is not None:
-            check_resume(resume, explicit, meta, data_path, ckpt_path)
 
         ddp, rank, world_size, device = setup_processes(cfg['device'])
         try:

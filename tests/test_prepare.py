@@ -1,4 +1,5 @@
 """data/europarl/prepare.py and segregate_languages.py on the project sample and real Europarl lines."""
+import errno
 import gzip
 import hashlib
 import importlib.util
@@ -181,9 +182,11 @@ def test_same_seed_same_output_other_seed_other_split(prep, tmp_path):
     def run(name, seed):
         prep.main(["--source", "local", "--corpus", SAMPLE, "--name", name, "--out_root", str(tmp_path),
                    "--vocab_size", "300", "--seed", str(seed)])
-        return (tmp_path / name / "train.bin").read_bytes(), (tmp_path / name / "val.jsonl").read_text()
+        meta = load_meta(tmp_path / name)
+        return ((tmp_path / name / "train.bin").read_bytes(), (tmp_path / name / "val.jsonl").read_text(),
+                meta["tokenizer_sha256"], meta["data_sha256"])
     a, b, c = run("a", 1), run("b", 1), run("c", 2)
-    assert a == b and a[1] != c[1]
+    assert a == b and a[1] != c[1] and a[3] != c[3]  # preparing again with the same command restores a dataset
 
 
 def test_unidirectional_and_max_pairs(prep, tmp_path):
@@ -300,15 +303,24 @@ def test_failure_while_writing_leaves_no_dataset_and_keeps_the_old_one(prep, tmp
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prep, "word_counts", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^interrupted: nothing was written"):  # Ctrl-C: one line
         prep.main(args)
     assert list(tmp_path.iterdir()) == []  # no dataset, no temporary directory
     monkeypatch.undo()
     prep.main(args)
     before = (tmp_path / "s" / "meta.json").read_text()
     monkeypatch.setattr(prep, "word_counts", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit, match="^interrupted"):
         prep.main(args[:-1] + ["400"])
+    assert [p.name for p in tmp_path.iterdir()] == ["s"] and (tmp_path / "s" / "meta.json").read_text() == before
+
+    def disk_full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prep, "write_jsonl", disk_full)
+    with pytest.raises(SystemExit) as e:
+        prep.main(args[:-1] + ["400"])
+    assert str(e.value) == f"error: cannot write {tmp_path / 's'}: no space left on device; nothing was changed there"
     assert [p.name for p in tmp_path.iterdir()] == ["s"] and (tmp_path / "s" / "meta.json").read_text() == before
 
 
@@ -331,6 +343,47 @@ def test_killed_run_leaves_nothing_that_looks_complete(repo_root, tmp_path):
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".k.tmp-") and not (leftovers[0] / "meta.json").exists()
     with pytest.raises(DataError):
         resolve_data_dir(tmp_path / "k")
+    # the next preparation into the same place removes the dead run's temporary directory
+    subprocess.run([sys.executable, "data/europarl/prepare.py", "--source", "local", "--corpus", SAMPLE, "--name", "k",
+                    "--out_root", str(tmp_path), "--vocab_size", "300"], cwd=repo_root, check=True, capture_output=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
+
+
+def test_a_killed_publish_is_undone_by_the_next_run(prep, tmp_path):
+    """Killed between moving the old dataset aside and moving the new one in: the old one comes back."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside = tmp_path / f".s.old-{int(dead.stdout)}-0123abcd"
+    (aside / "s").mkdir(parents=True)
+    (aside / "s" / "meta.json").write_text("{}")
+    prep.check_writable(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"] and (tmp_path / "s" / "meta.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--name", "a/b", "plain directory name"), ("--name", "..", "plain directory name"),
+    ("--name", ".hidden", "plain directory name"), ("--vocab_size", str(10 ** 12), "--vocab_size must be between"),
+    ("--vocab_size", "-5", "--vocab_size must be between")])
+def test_bad_options_are_one_error_before_any_work(repo_root, tmp_path, option, value, expected):
+    run = subprocess.run([sys.executable, "data/europarl/prepare.py", "--source", "local", "--corpus", SAMPLE,
+                          "--out_root", str(tmp_path / "out"), option, value], cwd=repo_root, capture_output=True, text=True)
+    assert run.returncode == 2 and expected in run.stderr.splitlines()[-1] and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_root_is_one_line_before_reading(prep, tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as e:  # root may write anywhere: the unwritable place is below a file
+        prep.main(["--source", "local", "--corpus", str(tmp_path / "no_corpus_read_yet"), "--out_root",
+                   str(tmp_path / "file" / "data")])
+    assert str(e.value).startswith(f"error: cannot write into --out_root {tmp_path / 'file' / 'data'}")
+
+
+def test_meta_fingerprints_the_tokenizer_and_the_data(sample_dataset):
+    meta = load_meta(sample_dataset)
+    assert meta["tokenizer_sha256"] == hashlib.sha256((sample_dataset / "tokenizer.json").read_bytes()).hexdigest()
+    tokens = (sample_dataset / "train.bin").read_bytes() + (sample_dataset / "val.bin").read_bytes()
+    assert meta["data_sha256"] == hashlib.sha256(tokens).hexdigest()
+    assert load_tokenizer(meta, sample_dataset).fingerprint() == meta["tokenizer_sha256"]
 
 
 def test_refuses_to_replace_a_directory_that_is_not_a_dataset(prep, tmp_path):

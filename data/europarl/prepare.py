@@ -10,20 +10,21 @@ sequence <EN> english <FR> french <eot> (and, with --bidirectional, <FR> french 
 
 Outputs in OUT_ROOT/NAME/ (written to a temporary directory, renamed into place at the end):
 train.bin, val.bin, pairs_{train,val}.bin + pairs_{train,val}_index.npy, {train,val,test}.jsonl,
-word_counts.json, tokenizer.json (bpe), meta.json.
+word_counts.json, tokenizer.json (bpe), meta.json. meta.json fingerprints the dataset for the runs
+that use it: tokenizer_sha256 (see tokenizer.py) and data_sha256, the sha256 of the bytes of train.bin
+followed by val.bin. Temporary directories of a killed preparation are removed by the next one.
 """
 import argparse
+import errno
 import gzip
 import hashlib
 import itertools
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
 import sys
-import tempfile
 import time
 import unicodedata
 from collections import Counter
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT))
+from atomic import stale_temporaries, temporary_name  # noqa: E402
 from tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe  # noqa: E402
 
 HUB_SOURCES = {"europarl": ("Helsinki-NLP/europarl", "en-fr"), "opus100": ("Helsinki-NLP/opus-100", "en-fr")}
@@ -42,6 +44,8 @@ DEFAULT_NAMES = {"europarl": "europarl_en_fr", "opus100": "opus100_en_fr"}
 WORD_RE = re.compile(r"\w+(?:['’-]\w+)*")
 # characters that would break the line-aligned outputs (tabs, line and paragraph separators)
 BREAKS = str.maketrans({c: " " for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+# larger BPE vocabularies are beyond any corpus this script prepares (GPT-2 has 50,257, XLM-R 250,002)
+MAX_BPE_VOCAB = 1 << 20
 ENCODE_CHUNK = 32768  # texts per batch-encoding call (progress granularity; each call runs in parallel)
 
 
@@ -276,11 +280,23 @@ def publish(tmp_dir, target):
     """Move the finished temporary directory into place; a previous dataset is replaced whole."""
     old = None
     if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        old = target.parent / temporary_name(target.name, "old")
+        old.mkdir()
         os.replace(target, old / target.name)
     os.replace(tmp_dir, target)
     if old:
         shutil.rmtree(old)
+
+
+def clean_leftovers(out_root):
+    """Remove the temporary dataset directories of killed preparations (their PID is dead); a previous
+    dataset that a killed publish() had moved aside but not yet replaced is moved back."""
+    for path, name, kind in stale_temporaries(out_root):
+        target = out_root / name
+        if kind == "old" and not target.exists() and (path / name).is_dir():
+            os.replace(path / name, target)
+            print(f"restored {target}, which a killed preparation had moved aside")
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- main
@@ -311,8 +327,12 @@ def parse_args(argv):
         p.error("--corpus is only used with --source local")
     if not (0 <= args.val_frac < 1 and 0 <= args.test_frac < 1 and args.val_frac + args.test_frac < 1):
         p.error("--val_frac and --test_frac must be >= 0 with a sum below 1")
-    if args.tokenizer == "bpe" and args.vocab_size < 260:
-        p.error("--vocab_size must be at least 260 (256 bytes and 3 special tokens)")
+    if args.tokenizer == "bpe" and not 260 <= args.vocab_size <= MAX_BPE_VOCAB:
+        p.error(f"--vocab_size must be between 260 (256 bytes and 3 special tokens) and {MAX_BPE_VOCAB:,}")
+    if args.name is not None and (not args.name.strip() or args.name in (".", "..") or args.name.startswith(".")
+                                  or any(sep in args.name for sep in ("/", os.sep, os.altsep) if sep)):
+        p.error(f"--name must be a plain directory name (no path separator, not hidden), got {args.name!r}; "
+                "use --out_root for the parent directory")
     if args.tokenizer == "bpe" and args.tokenizer_path:
         p.error("--tokenizer_path is for gpt2 and xlmr (bpe is trained here)")
     if args.max_pairs is not None and args.max_pairs < 2:
@@ -328,10 +348,27 @@ def encode_all(tok, texts):
     return ids
 
 
+def check_writable(out_root):
+    """Create out_root and write a probe in it now, before the expensive work, and clean old leftovers."""
+    try:
+        out_root.mkdir(parents=True, exist_ok=True)
+        probe = out_root / temporary_name("write-probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PrepareError(f"cannot write into --out_root {out_root}: {disk_error(e)}") from e
+    clean_leftovers(out_root)
+
+
+def disk_error(e):
+    return "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+
+
 def prepare(args, command):
     t0 = time.time()
     target = args.out_root / args.name
     check_target(target)
+    check_writable(args.out_root)
     en, fr, sources = read_hub(args.source) if args.source != "local" else read_local(args.corpus)
     pairs, dropped = clean_pairs(en, fr, args.max_chars)
     print(f"read {len(en):,} pairs; dropped {dropped}; kept {len(pairs):,}")
@@ -371,12 +408,14 @@ def prepare(args, command):
         if name != "test":  # the test split stays text only (test.jsonl)
             arrays[name] = (split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng),
                             *pair_arrays(flat, offsets, en_pieces, fr_pieces))
-    meta.update(dtype=dtype, bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
+    data_sha256 = hashlib.sha256()
+    for stream, _, _ in arrays.values():  # the token streams training reads, as written: train.bin, val.bin
+        data_sha256.update(stream)
+    meta.update(data_sha256=data_sha256.hexdigest(), dtype=dtype, bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
                 sources=sources, command=command, source=args.source, max_chars=args.max_chars,
                 val_frac=args.val_frac, test_frac=args.test_frac, max_pairs=args.max_pairs)
 
-    args.out_root.mkdir(parents=True, exist_ok=True)
-    tmp_dir = args.out_root / f".{args.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp_dir = args.out_root / temporary_name(args.name)
     tmp_dir.mkdir()  # not mkdtemp: the dataset directory keeps the usual (umask) permissions
     try:
         for name, (stream, pair_tokens, pair_index) in arrays.items():
@@ -390,6 +429,8 @@ def prepare(args, command):
         write_json(tmp_dir / "word_counts.json", {"en": word_counts(texts_en[:n_train]), "fr": word_counts(texts_fr[:n_train])})
         write_json(tmp_dir / "meta.json", meta)  # last: a directory with meta.json is complete
         publish(tmp_dir, target)
+    except OSError as e:
+        raise PrepareError(f"cannot write {target}: {disk_error(e)}; nothing was changed there") from e
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
@@ -406,6 +447,8 @@ def main(argv=None):
         return prepare(args, command)
     except (PrepareError, DataError) as e:
         raise SystemExit(f"error: {e}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: nothing was written (temporary files removed)") from None
 
 
 if __name__ == "__main__":
