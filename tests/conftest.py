@@ -37,6 +37,19 @@ def sample_dataset(tmp_path_factory):
     return out_root / "sample"
 
 
+@pytest.fixture(scope="session")
+def other_sample_dataset(tmp_path_factory):
+    """The sample corpus prepared as sample_dataset but with another seed: another split, so another
+    BPE of the same size (512) and other token streams. A run of one must refuse the other."""
+    out_root = tmp_path_factory.mktemp("other_data")
+    subprocess.run(
+        [sys.executable, "data/europarl/prepare.py", "--source", "local",
+         "--corpus", "data/europarl/sample/parliament", "--name", "sample", "--seed", "2",
+         "--out_root", str(out_root), "--vocab_size", "512"],
+        cwd=REPO_ROOT, check=True, capture_output=True, text=True)
+    return out_root / "sample"
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from intra-op threads, which thrash on a busy 2-core machine."""

@@ -1,12 +1,14 @@
 """dataset.py: locating a prepared dataset, get_batch, resumable sampler state, language labels."""
 import io
+import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 import dataset
-from dataset import BatchSampler, DataError, language_labels, load_meta, resolve_data_dir
+from dataset import BatchSampler, DataError, check_same_dataset, language_labels, load_meta, resolve_data_dir
 
 
 def test_resolve_data_dir_by_path_and_by_name(sample_dataset, monkeypatch):
@@ -30,6 +32,47 @@ def test_load_meta_errors(tmp_path, monkeypatch, sample_dataset):
     (tmp_path / "meta.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         load_meta(tmp_path)
+
+
+def test_meta_without_a_key_or_with_a_bad_dtype(tmp_path, sample_dataset):
+    meta = load_meta(sample_dataset)
+    for broken, expected in ((dict(meta, dtype="uint8"), "dtype 'uint8'"),
+                             ({k: v for k, v in meta.items() if k != "dtype"}, "lacks 'dtype'"),
+                             (dict(meta, special_tokens={"en": 1, "fr": 2}), "lacks 'special_tokens' with en, fr, eot")):
+        (tmp_path / "meta.json").write_text(json.dumps(broken))
+        with pytest.raises(DataError, match=expected):
+            load_meta(tmp_path)
+
+
+@pytest.mark.parametrize("size", [0, 7])
+def test_empty_or_truncated_token_file(tmp_path, sample_dataset, size):
+    shutil.copytree(sample_dataset, tmp_path / "d")
+    (tmp_path / "d" / "train.bin").write_bytes(b"\x01" * size)
+    with pytest.raises(DataError, match=f"train.bin has {size} bytes, not a whole positive number of uint16"):
+        BatchSampler(tmp_path / "d").get_batch("train", 2, 8)
+
+
+def test_check_same_dataset(sample_dataset, other_sample_dataset, capsys):
+    ours, other = load_meta(sample_dataset), load_meta(other_sample_dataset)
+    assert ours["vocab_size"] == other["vocab_size"] and ours["tokenizer_sha256"] != other["tokenizer_sha256"]
+    check_same_dataset(ours, ours, "run/ckpt.pt", sample_dataset)
+    with pytest.raises(DataError) as e:
+        check_same_dataset(ours, other, "run/ckpt.pt", other_sample_dataset)
+    message = str(e.value)
+    assert "is not the dataset run/ckpt.pt was trained on (its tokenizer differs" in message
+    assert ours["command"] in message and "\n" not in message
+    same_tokenizer = dict(ours, data_sha256="0" * 64)
+    check_same_dataset(ours, same_tokenizer, "run/ckpt.pt", "d", check_data=False)
+    with pytest.raises(DataError, match="its token data differs"):
+        check_same_dataset(ours, same_tokenizer, "run/ckpt.pt", "d")
+    legacy = {k: v for k, v in ours.items() if not k.endswith("_sha256")}
+    for _ in range(3):
+        check_same_dataset(legacy, ours, "old/ckpt.pt", sample_dataset)
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == ["warning: old/ckpt.pt records no tokenizer_sha256 (prepared before fingerprints): "
+                        "cannot check that the run's own dataset is used",
+                        "warning: old/ckpt.pt records no data_sha256 (prepared before fingerprints): "
+                        "cannot check that the run's own dataset is used"]
 
 
 def test_get_batch_shapes_and_targets(sample_dataset):

@@ -1,6 +1,7 @@
 """sample.py end to end on a tiny checkpoint saved with the spec's keys, on the sample dataset."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -80,3 +81,15 @@ def test_bad_input_gives_one_clear_error(tiny_run, tmp_path, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         sample.main(argv)
     assert str(exit_info.value).startswith('error: ') and message in str(exit_info.value)
+
+
+def test_refuses_a_dataset_with_another_tokenizer(tiny_run, other_sample_dataset, sample_dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="its tokenizer differs"):
+        sample.main(['--out_dir', str(tiny_run), '--data_dir', str(other_sample_dataset), '--max_new_tokens', '2'])
+    # other token data made with the same tokenizer: sampling needs only the tokenizer
+    same_tokenizer = tmp_path / 'same_tokenizer'
+    shutil.copytree(sample_dataset, same_tokenizer)
+    meta = json.loads((same_tokenizer / 'meta.json').read_text())
+    (same_tokenizer / 'meta.json').write_text(json.dumps(dict(meta, data_sha256='0' * 64)))
+    assert run_main(capsys, '--out_dir', tiny_run, '--data_dir', same_tokenizer, '--num_samples', '1',
+                    '--max_new_tokens', '2').count('---------------') == 1

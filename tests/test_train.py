@@ -376,11 +376,15 @@ def test_resume_without_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_refuses_another_run(sample_dataset, synthetic_dataset, tmp_path):
+def test_resume_refuses_another_run(sample_dataset, other_sample_dataset, synthetic_dataset, tmp_path):
     out = tmp_path / 'out'
     train.main([*TINY, f'--data_dir={sample_dataset}', f'--out_dir={out}', '--max_iters=2'])
     before = (out / 'ckpt.pt').read_bytes()
     assert 'vocabulary of' in error_of(['--init_from=resume', f'--out_dir={out}', f'--data_dir={synthetic_dataset}'])
+    # the same kind and size of tokenizer, but another one: other ids for the same text
+    message = error_of(['--init_from=resume', f'--out_dir={out}', f'--data_dir={other_sample_dataset}'])
+    assert f"{other_sample_dataset} is not the dataset {out / 'ckpt.pt'} was trained on (its tokenizer differs" in message
+    assert '--seed 2' not in message and '--name sample' in message  # the command that made the run's dataset
     assert 'is a backpack run' in error_of(['--init_from=resume', f'--out_dir={out}', '--model_type=transformer'])
     assert 'keeps its architecture' in error_of(['--init_from=resume', f'--out_dir={out}', '--n_embd=64'])
     assert 'exists' in error_of([*TINY, f'--data_dir={sample_dataset}', f'--out_dir={out}'])  # scratch over a run
