@@ -4,6 +4,7 @@ A checkpoint is a dict of plain types and tensors written by train.py:
   model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss,
   optimizer, scaler, rng, sampler, training_log
 """
+import pickle
 from pathlib import Path
 
 import torch
@@ -24,13 +25,35 @@ def save_checkpoint(obj, path):
 
 
 def load_checkpoint(path, map_location='cpu'):
+    """The checkpoint dict at path, loaded with weights_only=True (tensors and plain data only, so a
+    file from elsewhere cannot run code). Any unreadable file is one CheckpointError line that names
+    the other checkpoint of the run as the fallback; PyTorch's own message is not passed on, since it
+    advises retrying with weights_only=False."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = ("it holds objects other than tensors and plain data, refused because loading them could run code"
+                  if 'GLOBAL' in str(e) else "not a PyTorch file")
+    except Exception:  # EOFError, zip-reader RuntimeError, OSError, ...
+        reason = "empty file" if path.stat().st_size == 0 else "truncated or not a PyTorch file"
+    else:
+        if isinstance(ckpt, dict) and 'model' in ckpt:
+            return ckpt
+        reason = "no model weights: not written by train.py"
+    raise CheckpointError(f"{path} is not a readable checkpoint ({reason}); {fallback(path)}")
+
+
+def fallback(path):
+    """Which other checkpoint of the same run to use instead of path."""
+    other = {'ckpt.pt': 'best.pt', 'best.pt': 'ckpt.pt'}.get(path.name)
+    if other is None:
+        return "use a checkpoint written by train.py"
+    if (path.parent / other).is_file():
+        return f"{path.parent / other} is the fallback"
+    return f"there is no {other} beside it to fall back on"
 
 
 def model_from_checkpoint(ckpt):

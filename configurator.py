@@ -3,6 +3,7 @@
 import ast
 import builtins
 import difflib
+import traceback
 import types
 from pathlib import Path
 
@@ -53,9 +54,22 @@ def config_file(name):
 
 
 def read_config_file(path, defaults):
-    """The settings a config file assigns (it is executed, as in nanoGPT)."""
+    """The settings a config file assigns (it is executed, as in nanoGPT); an error in it is one
+    line with the file and the line."""
     namespace = {}
-    exec(builtins.compile(path.read_text(), str(path), 'exec'), namespace)  # the setting `compile` shadows it
+    try:
+        source = path.read_text(encoding='utf-8')
+        code = builtins.compile(source, str(path), 'exec')  # the setting `compile` shadows the builtin
+    except (OSError, UnicodeDecodeError) as e:
+        fail(f"cannot read config file {path}: {e}")
+    except SyntaxError as e:
+        fail(f"{path}, line {e.lineno}: {type(e).__name__}: {e.msg}")
+    try:
+        exec(code, namespace)
+    except Exception as e:  # whatever the config's own code raises
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(e.__traceback__))
+                     if frame.filename == str(path)), '?')
+        fail(f"{path}, line {line}: {type(e).__name__}: {e}")
     return {k: checked(k, v, path, defaults) for k, v in namespace.items()
             if not k.startswith('_') and not isinstance(v, types.ModuleType)}
 

@@ -475,6 +475,7 @@ class PretrainedFormatError(ValueError):
 
 
 _HF_PREFIX = 'backpack.gpt2_model.'
+_HF_CONFIG_KEYS = ('vocab_size', 'n_positions', 'n_layer', 'n_head', 'n_embd', 'num_senses', 'sense_intermediate_scale')
 # GPT-2's Conv1D stores (in, out): these are transposed relative to nn.Linear (the sense
 # MLPs are Conv1D too; only sense_weight_net.c_attn is a plain Linear)
 _CONV1D_SUFFIXES = ('attn.c_attn.weight', 'c_proj.weight', 'c_fc.weight')
@@ -501,7 +502,15 @@ def _read_hf_config(directory):
     path = directory / 'config.json'
     if not path.is_file():
         raise PretrainedFormatError(f"{directory} has no config.json: not a Hugging Face checkpoint directory")
-    hf_config = json.loads(path.read_text())
+    try:
+        hf_config = json.loads(path.read_text(encoding='utf-8'))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise PretrainedFormatError(f"{path} is not readable JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise PretrainedFormatError(f"{path} is not a JSON object")
+    missing = [k for k in _HF_CONFIG_KEYS if not isinstance(hf_config.get(k), (int, float))]
+    if missing:
+        raise PretrainedFormatError(f"{path} lacks the number(s) {', '.join(missing)}: not a backpack-gpt2 config")
     if hf_config.get('model_type') != 'backpack-gpt2':
         raise PretrainedFormatError(f"{path}: model_type is {hf_config.get('model_type')!r}, expected 'backpack-gpt2'")
     if hf_config.get('activation_function', 'gelu_new') != 'gelu_new' or hf_config.get('n_inner') not in (None, 4 * hf_config['n_embd']):
@@ -510,11 +519,17 @@ def _read_hf_config(directory):
 
 
 def _read_hf_tensors(directory):
-    if (directory / 'model.safetensors').is_file():
-        from safetensors.torch import load_file
-        return load_file(directory / 'model.safetensors')
-    if (directory / 'pytorch_model.bin').is_file():
-        return torch.load(directory / 'pytorch_model.bin', map_location='cpu', weights_only=True)
+    safetensors, pickled = directory / 'model.safetensors', directory / 'pytorch_model.bin'
+    try:
+        if safetensors.is_file():
+            from safetensors.torch import load_file
+            return load_file(safetensors)
+        if pickled.is_file():
+            return torch.load(pickled, map_location='cpu', weights_only=True)
+    except Exception:  # truncated files, pickles of code (refused by weights_only): never PyTorch's advice
+        raise PretrainedFormatError(
+            f"{safetensors if safetensors.is_file() else pickled} is not a readable weights file "
+            "(truncated, or holding objects other than tensors, which are not loaded since that could run code)") from None
     raise PretrainedFormatError(f"{directory} has neither model.safetensors nor pytorch_model.bin")
 
 

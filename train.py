@@ -91,6 +91,8 @@ DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_default
 
 INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+RESUME_KEYS = ('model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
+               'optimizer', 'scaler', 'rng', 'sampler', 'training_log')
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')
 DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'
 EVAL_SEED_OFFSET = 1_000_003  # eval batches come from their own stream, so evaluating never shifts training's
@@ -119,6 +121,8 @@ def validate(cfg):
             fail(f"{key} must be >= 0, got {cfg[key]}")
     if not (0 <= cfg['min_lr_ratio'] <= 1 and 0 <= cfg['beta1'] < 1 and 0 <= cfg['beta2'] < 1):
         fail("min_lr_ratio must be in [0, 1] and beta1, beta2 in [0, 1)")
+    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', cfg['device']):
+        fail(f"unknown device {cfg['device']!r}: use auto, cpu, cuda, cuda:N or mps")
     if not cfg['out_dir'].strip():
         fail("--out_dir is empty: name the directory for the checkpoints (e.g. --out_dir=out/my_run)")
 
@@ -143,8 +147,6 @@ def setup_processes(requested_device):
     device = requested_device
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if not re.fullmatch(r'cpu|mps|cuda(:\d+)?', device):
-        fail(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.startswith('cuda') and not torch.cuda.is_available():
         fail(f"device {device!r} requested but CUDA is not available; use --device=cpu")
     if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
@@ -370,6 +372,9 @@ def main(argv=None):
                 resume = load_checkpoint(ckpt_path)
             except CheckpointError as e:
                 fail(str(e))
+            missing = [key for key in RESUME_KEYS if key not in resume]
+            if missing:
+                fail(f"{ckpt_path} lacks {', '.join(missing)}: not a checkpoint train.py can resume")
             saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
             cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
             validate(cfg)

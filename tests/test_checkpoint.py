@@ -1,3 +1,5 @@
+import os
+import re
 from dataclasses import asdict
 
 import pytest
@@ -43,17 +45,44 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt.pt']
 
 
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ('echo this ran',))
+
+
 def test_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match='no checkpoint at'):
         load_trained_model(tmp_path, 'latest')
-    (tmp_path / 'ckpt.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(CheckpointError, match='cannot read checkpoint'):
-        load_checkpoint(tmp_path / 'ckpt.pt')
     with pytest.raises(CheckpointError, match='unknown checkpoint'):
         load_trained_model(tmp_path, 'newest')
 
 
-def test_refuses_arbitrary_pickles(tmp_path):
-    torch.save({'model': object()}, tmp_path / 'ckpt.pt')
-    with pytest.raises(CheckpointError, match='cannot read'):
+def unreadable(path, kind):
+    """Write an unreadable checkpoint of the given kind at path."""
+    if kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'text':
+        path.write_bytes(b'not a checkpoint')
+    elif kind == 'truncated':
+        save_checkpoint(tiny_checkpoint()[1], path)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif kind == 'malicious':
+        torch.save({'model': RunsCode()}, path)
+    elif kind == 'not_a_run':
+        torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize('kind, reason', [
+    ('empty', 'empty file'), ('text', 'not a PyTorch file'), ('truncated', 'truncated or not a PyTorch file'),
+    ('malicious', 'loading them could run code'), ('not_a_run', 'not written by train.py')])
+def test_unreadable_checkpoints_are_one_line_naming_the_fallback(tmp_path, capfd, kind, reason):
+    unreadable(tmp_path / 'ckpt.pt', kind)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tmp_path / 'ckpt.pt')
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'ckpt.pt'} is not a readable checkpoint (") and reason in message
+    assert message.endswith("); there is no best.pt beside it to fall back on") and '\n' not in message
+    assert 'weights_only' not in message and 'this ran' not in capfd.readouterr().out
+    save_checkpoint(tiny_checkpoint()[1], tmp_path / 'best.pt')
+    with pytest.raises(CheckpointError, match=f"; {re.escape(str(tmp_path / 'best.pt'))} is the fallback$"):
         load_checkpoint(tmp_path / 'ckpt.pt')

@@ -246,3 +246,13 @@ def test_load_for_eval_refuses_another_dataset(sample_dataset, other_sample_data
     with pytest.raises(SystemExit, match="its token data differs"):
         evaluate.load_for_eval(out, "best", "cpu", same_tokenizer)
     assert evaluate.load_for_eval(out, "best", "cpu", sample_dataset)[3] == sample_dataset
+
+
+def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, make_checkpoint, tmp_path):
+    out = make_checkpoint(tmp_path / "run", sample_dataset)
+    shutil.copy(out / "best.pt", out / "ckpt.pt")
+    (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:100])
+    with pytest.raises(SystemExit) as e:
+        evaluate.load_for_eval(out, "best", "cpu")
+    assert str(e.value) == (f"error: {out / 'best.pt'} is not a readable checkpoint (truncated or not a PyTorch file); "
+                            f"{out / 'ckpt.pt'} is the fallback")

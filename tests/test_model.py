@@ -158,6 +158,31 @@ def test_from_pretrained_errors(reference_dir, tmp_path):
         BackpackLM.from_pretrained(bad)
     with pytest.raises(PretrainedFormatError, match='not a directory'):
         BackpackLM.from_pretrained(tmp_path / 'missing' / 'deeper' / 'path')
+    (bad / 'config.json').write_text('{"model_type": "backpack-gpt2",')
+    with pytest.raises(PretrainedFormatError, match='is not readable JSON'):
+        BackpackLM.from_pretrained(bad)
+    (bad / 'config.json').write_text(json.dumps({k: v for k, v in config.items() if k != 'num_senses'}))
+    with pytest.raises(PretrainedFormatError, match='lacks the number.s. num_senses'):
+        BackpackLM.from_pretrained(bad)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ('this ran',))
+
+
+@pytest.mark.parametrize('kind', ['truncated', 'malicious'])
+def test_unreadable_pretrained_weights(reference_dir, tmp_path, capsys, kind):
+    shutil.copytree(reference_dir, tmp_path / 'p')
+    weights = tmp_path / 'p' / 'pytorch_model.bin'
+    if kind == 'truncated':
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        torch.save({'backpack.word_embeddings.weight': RunsCode()}, weights)
+    with pytest.raises(PretrainedFormatError) as e:
+        BackpackLM.from_pretrained(tmp_path / 'p')
+    assert str(e.value).startswith(f"{weights} is not a readable weights file") and 'weights_only' not in str(e.value)
+    assert 'this ran' not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('model_type', MODELS)

@@ -3,6 +3,7 @@ DDP with two gloo processes, finetuning a backpack-gpt2 checkpoint, and bad inpu
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -373,6 +374,62 @@ def test_missing_data(tmp_path):
 
 def test_resume_without_checkpoint(tmp_path):
     assert 'does not exist' in error_of(['--init_from=resume', f'--out_dir={tmp_path}'])
+
+
+@pytest.mark.parametrize('argv, expected', [
+    (['--out_dir='], '--out_dir is empty'),
+    (['--learning_rate=-1e-3'], 'learning_rate must be >= 0'),
+    (['--device=tpu'], "unknown device 'tpu'"),
+    (['--beta2=1.5'], 'beta1, beta2 in [0, 1)'),
+])
+def test_bad_values_are_refused_before_any_work(argv, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert expected in error_of(argv)
+    assert list(tmp_path.iterdir()) == []
+
+
+def broken_copy(dataset, tmp_path, breakage):
+    """A copy of dataset with one thing broken: an empty or odd-length train.bin, or a meta.json key gone."""
+    copy = tmp_path / 'broken'
+    shutil.copytree(dataset, copy)
+    if breakage == 'empty':
+        (copy / 'train.bin').write_bytes(b'')
+    elif breakage == 'odd':
+        (copy / 'train.bin').write_bytes((copy / 'train.bin').read_bytes()[:-1])
+    else:
+        meta = json.loads((copy / 'meta.json').read_text())
+        del meta[breakage]
+        (copy / 'meta.json').write_text(json.dumps(meta))
+    return copy
+
+
+@pytest.mark.parametrize('breakage, expected', [
+    ('empty', 'train.bin has 0 bytes'), ('odd', 'not a whole positive number of uint16 tokens'),
+    ('special_tokens', "lacks 'special_tokens'"), ('vocab_size', "lacks 'vocab_size'")])
+def test_broken_dataset_is_one_line_and_leaves_no_out_dir(synthetic_dataset, tmp_path, breakage, expected):
+    data = broken_copy(synthetic_dataset, tmp_path, breakage)
+    assert expected in error_of([*TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}'])
+    assert not (tmp_path / 'out').exists()
+
+
+def test_new_run_keeps_an_earlier_best_pt(synthetic_dataset, tmp_path):
+    """An earlier run killed before its first ckpt.pt left best.pt: a new run must not overwrite it."""
+    (tmp_path / 'best.pt').write_bytes(b'earlier model')
+    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}', '--max_iters=1'])
+    assert 'holds best.pt of an earlier run but no ckpt.pt' in message and '--init_from=resume' in message
+    assert (tmp_path / 'best.pt').read_bytes() == b'earlier model'
+    assert 'cannot write into --out_dir' in error_of(
+        [*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path / "best.pt" / "run"}'])
+
+
+def test_unreadable_checkpoint_resume_is_one_line(synthetic_dataset, tmp_path, repo_root):
+    (tmp_path / 'ckpt.pt').write_bytes(b'')
+    result = run_cli(repo_root, ['--init_from=resume', f'--out_dir={tmp_path}'])
+    assert result.returncode == 1 and result.stderr == (
+        f"error: {tmp_path / 'ckpt.pt'} is not a readable checkpoint (empty file); "
+        "there is no best.pt beside it to fall back on\n")
+    torch.save({'model': {}}, tmp_path / 'ckpt.pt')
+    assert 'lacks model_type' in error_of(['--init_from=resume', f'--out_dir={tmp_path}'])
 
 
 @pytest.mark.slow
