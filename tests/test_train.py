@@ -16,6 +16,7 @@ import torch
 import model as model_module
 import train
 from checkpoint import load_checkpoint, load_trained_model
+from dataset import BatchSampler
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
         '--eval_iters=2', '--eval_interval=5', '--log_interval=5', '--warmup_iters=2', '--learning_rate=3e-3',
@@ -317,20 +318,99 @@ def test_non_finite_weights_are_never_saved(synthetic_dataset, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-def test_ddp_two_gloo_processes(synthetic_dataset, tmp_path, repo_root):
+def test_ddp_two_gloo_processes_step_as_one_process_on_the_same_global_batch(synthetic_dataset, tmp_path, repo_root):
+    """Two processes x 2 micro-steps (gradients all-reduced once, on the last micro-step) must take exactly
+    the step of one process whose loss averages the same 4 micro-batches; rank r draws with seed + r."""
     out = tmp_path / 'out'
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    settings = [*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=1', '--gradient_accumulation_steps=4',
+                '--eval_iters=1']
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py']
-    result = subprocess.run([*torchrun, *TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}',
-                             '--max_iters=10', '--gradient_accumulation_steps=4'],
-                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*torchrun, *settings, f'--out_dir={out}'], cwd=repo_root,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert '2 process(es) on cpu' in result.stdout and result.stdout.count('unigram entropy') == 1
     ckpt = load_checkpoint(out / 'ckpt.pt')
-    assert ckpt['iter_num'] == 10 and len(ckpt['rng']) == len(ckpt['sampler']) == 2
+    assert ckpt['iter_num'] == 1 and len(ckpt['rng']) == len(ckpt['sampler']) == 2
     assert not torch.equal(ckpt['rng'][0]['torch'], ckpt['rng'][1]['torch'])  # seed + rank
-    log = read_log(out)
-    assert log[-1]['val_loss'] < log[0]['val_loss']
+
+    explicit = train.parse_args(settings)
+    cfg = {**train.DEFAULTS, **explicit}
+    torch.manual_seed(cfg['seed'])  # rank 0's initialisation, which DDP broadcasts to rank 1
+    model = train.model_from_settings(cfg, explicit, vocab_size=98)
+    optimizer = model.configure_optimizers(cfg['weight_decay'], train.learning_rate_at(0, cfg),
+                                           (cfg['beta1'], cfg['beta2']), 'cpu')
+    batches = []
+    for rank in (0, 1):
+        sampler = BatchSampler(synthetic_dataset, seed=cfg['seed'] + rank)
+        batches += [sampler.get_batch('train', cfg['batch_size'], cfg['block_size']) for _ in range(2)]
+    assert not torch.equal(batches[0][0], batches[2][0])  # the ranks see different data
+    loss = sum(model(x, y)[1] for x, y in batches) / len(batches)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg['grad_clip'])
+    optimizer.step()
+    for name, expected in model.state_dict().items():
+        assert (ckpt['model'][name] - expected).abs().max() <= 1e-6, name
+
+
+def gradients_of_first_step(monkeypatch, *argv):
+    """The gradients the optimizer receives at the first iteration of train.main(argv)."""
+    real_step, gradients = torch.optim.AdamW.step, []
+
+    def recording_step(self, *args, **kwargs):
+        if not gradients:
+            gradients.append([p.grad.clone() for group in self.param_groups for p in group['params']])
+        return real_step(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch.optim.AdamW, 'step', recording_step)
+        train.main(list(argv))
+    return gradients[0]
+
+
+def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path, monkeypatch, one_thread):
+    """2 micro-steps of batch 4 draw the windows of 1 micro-step of batch 8 (one generator, drawn in order)
+    and must give its gradients: loss / micro_steps, not a sum nor another scale (Adam would hide a scale
+    in the weights, so the gradients themselves are compared; grad_clip=0 leaves them as computed)."""
+    common = [*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=1', '--eval_iters=1', '--grad_clip=0']
+    accumulated = gradients_of_first_step(monkeypatch, *common, '--batch_size=4', '--gradient_accumulation_steps=2',
+                                          f'--out_dir={tmp_path / "a"}')
+    large_batch = gradients_of_first_step(monkeypatch, *common, '--batch_size=8', '--gradient_accumulation_steps=1',
+                                          f'--out_dir={tmp_path / "b"}')
+    assert len(accumulated) == len(large_batch) and sum(g.abs().sum() for g in large_batch) > 0
+    for a, b in zip(accumulated, large_batch):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def assert_resume_is_bitwise(dataset, tmp_path, dtype):
+    """A run stopped at iteration 4 and resumed to 8 ends bitwise equal to a run straight to 8."""
+    common = [*TINY, f'--dtype={dtype}', f'--data_dir={dataset}', '--dropout=0.1', '--eval_interval=4',
+              '--checkpoint_interval=4', '--lr_decay_iters=8', '--eval_iters=1']
+    train.main([*common, '--max_iters=8', f'--out_dir={tmp_path / "a"}'])
+    train.main([*common, '--max_iters=4', f'--out_dir={tmp_path / "b"}'])
+    assert load_checkpoint(tmp_path / 'b' / 'ckpt.pt')['iter_num'] == 4
+    train.main(['--init_from=resume', f'--out_dir={tmp_path / "b"}', '--max_iters=8'])
+    a, b = (load_checkpoint(tmp_path / name / 'ckpt.pt') for name in ('a', 'b'))
+    assert a['iter_num'] == b['iter_num'] == 8 and a['config']['dtype'] == b['config']['dtype'] == dtype
+    assert all(torch.equal(a['model'][name], b['model'][name]) for name in a['model'])
+    assert all(torch.equal(a['optimizer']['state'][i]['exp_avg'], b['optimizer']['state'][i]['exp_avg'])
+               for i in a['optimizer']['state'])
+    assert a['scaler'] == b['scaler']
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'elapsed_s')} for e in log]
+    assert strip(a['training_log']) == strip(b['training_log'])
+    return a
+
+
+@pytest.mark.slow
+def test_resume_bitwise_bfloat16(synthetic_dataset, tmp_path, one_thread):
+    ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'bfloat16')
+    assert ckpt['scaler'] == {}  # bf16 needs no loss scaling: the scaler is off
+
+
+@pytest.mark.slow
+def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path, one_thread):
+    ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'float16')
+    # the scaler's state went through the checkpoint: 8 steps without overflow since its last scale change
+    assert ckpt['scaler']['_growth_tracker'] == 8 and ckpt['scaler']['scale'] > 0
 
 
 # ----------------------------------------------------------------------------- finetuning
