@@ -139,8 +139,7 @@ def plot_metric_bars(labels, headlines, group, names, path):
 def main(argv=None):
     args = parse_args(argv)
     out_dirs = [args.backpack_dir, args.transformer_dir] + list(args.extra_dirs)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = Path(args.output_dir)  # created by the first write, so a failure leaves none behind
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
     headlines = [report.headline_metrics(r) for r in results]

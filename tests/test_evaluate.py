@@ -188,7 +188,8 @@ def test_missing_checkpoint_is_a_clean_error(repo_root, tmp_path):
                        "no checkpoint")
     with pytest.raises(SystemExit, match="not a directory"):
         compare_models.main(["--backpack_dir", str(tmp_path / "a"), "--transformer_dir", str(tmp_path / "b"),
-                             "--device", "cpu"])
+                             "--device", "cpu", "--output_dir", str(tmp_path / "comparison")])
+    assert list(tmp_path.iterdir()) == []  # no empty output directory left behind
 
 
 @pytest.mark.parametrize("argv, message", [(["--tasks", "loss,bleu"], "unknown task"),
