@@ -227,6 +227,8 @@ def test_sigterm_saves_and_exits_zero(synthetic_dataset, tmp_path, repo_root):
     deadline = time.time() + 120
     while not (out / 'ckpt.pt').exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
+    # while it runs, its out_dir is locked: a second run into it is refused and changes nothing
+    assert f'another training (pid {proc.pid}) is writing into {out}' in error_of(['--init_from=resume', f'--out_dir={out}'])
     proc.send_signal(signal.SIGTERM)
     sent = time.time()
     stdout, stderr = proc.communicate(timeout=30)
