@@ -364,41 +364,46 @@ def main(argv=None):
     cfg = {**DEFAULTS, **explicit}
     validate(cfg)
     ckpt_path = Path(cfg['out_dir']) / 'ckpt.pt'
-    resuming = cfg['init_from'] == 'resume'
-    if resuming and not ckpt_path.is_file():
+    if cfg['init_from'] == 'resume' and not ckpt_path.is_file():
         fail(f"--init_from=resume but {ckpt_path} does not exist; start a run with --init_from=scratch")
-    with run_directory(cfg['out_dir'], new_run=not resuming, is_master=int(os.environ.get('RANK', 0)) == 0):
-        resume = None
-        if resuming:
-            try:
-                resume = load_checkpoint(ckpt_path)
-            except CheckpointError as e:
-                fail(str(e))
-            missing = [key for key in RESUME_KEYS if key not in resume]
-            if missing:
-                fail(f"{ckpt_path} lacks {', '.join(missing)}: not a checkpoint train.py can resume")
-            saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
-            cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
-            validate(cfg)
-        resolve_model_type(cfg, explicit)
-        try:
-            data_path = resolve_data_dir(cfg['data_dir']).resolve()
-            meta = load_meta(data_path)
-            for split in ('train', 'val'):
-                BatchSampler(data_path).check_split(split, cfg['block_size'])
-            if resume is not None:
-                check_resume(resume, explicit, meta, data_path, ckpt_path)
-        except DataError as e:
-            fail(str(e))
+    with run_directory(cfg['out_dir'], new_run=cfg['init_from'] != 'resume',
+                       is_master=int(os.environ.get('RANK', 0)) == 0):
+        start(cfg, explicit, ckpt_path)
 
-        ddp, rank, world_size, device = setup_processes(cfg['device'])
+
+def start(cfg, explicit, ckpt_path):
+    """Check the run to resume and the dataset, then set up the processes and train (out_dir is locked)."""
+    resume = None
+    if cfg['init_from'] == 'resume':
         try:
-            train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
-        except DataError as e:  # e.g. a split shorter than block_size
+            resume = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
             fail(str(e))
-        finally:
-            if ddp:
-                dist.destroy_process_group()
+        missing = [key for key in RESUME_KEYS if key not in resume]
+        if missing:
+            fail(f"{ckpt_path} lacks {', '.join(missing)}: not a checkpoint train.py can resume")
+        saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
+        cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
+        validate(cfg)
+    resolve_model_type(cfg, explicit)
+    try:
+        data_path = resolve_data_dir(cfg['data_dir']).resolve()
+        meta = load_meta(data_path)
+        for split in ('train', 'val'):
+            BatchSampler(data_path).check_split(split, cfg['block_size'])
+        if resume is not None:
+            check_resume(resume, explicit, meta, data_path, ckpt_path)
+    except DataError as e:
+        fail(str(e))
+
+    ddp, rank, world_size, device = setup_processes(cfg['device'])
+    try:
+        train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
+    except DataError as e:  # e.g. a split shorter than block_size
+        fail(str(e))
+    finally:
+        if ddp:
+            dist.destroy_process_group()
 
 
 def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
