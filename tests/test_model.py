@@ -236,7 +236,8 @@ def test_generate_stops_rows_at_eos():
 
 def relative_error(approx, exact):
     """||approx - exact|| / ||exact||: all-zero logits score 1, whatever the logits' scale."""
-    return float((approx.detach().float() - exact).norm() / exact.norm())
+    approx, exact = approx.detach().float(), exact.detach()
+    return float((approx - exact).norm() / exact.norm())
 
 
 @pytest.mark.parametrize('model_type', MODELS)
