@@ -8,9 +8,12 @@ $ python evaluate.py --out_dir out/transformer_tiny --tasks translation,bli --be
 
 Writes OUT_DIR/eval/results.json (one top-level section per task, each either its results or
 {"skipped": reason}, plus "run" with the checkpoint, resources, counts and timings) and
-OUT_DIR/eval/report.md, and prints a summary table. Resources default to the layout of
---data_root (env ENFR_DATA, else ../shared/data/en-fr beside the repository); the dataset
-(val.bin, test.jsonl, word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
+OUT_DIR/eval/report.md, and prints a summary table. Resources (word-similarity sets, dictionaries,
+FLORES) are looked up by their path in the layout under --data_root (env ENFR_DATA, else
+../shared/data/en-fr beside the repository), then in the resources.py cache, and fetched into the
+cache when missing (unless --no-fetch or an offline variable such as HF_HUB_OFFLINE is set);
+results.json names the file and sha256 each metric used. The dataset (val.bin, test.jsonl,
+word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
 """
 import argparse
 import json
@@ -26,6 +29,7 @@ from tqdm import tqdm
 
 import lexical
 import metrics
+import resources
 from atomic import atomic_write_text
 from checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta
@@ -45,6 +49,7 @@ DEFAULT_WORDSIM = {
     "wordsim353": "wordsim/wordsim353.tsv",
     "wordsim353-sim": "wordsim/more/wordsim353-sim.csv",
     "wordsim353-rel": "wordsim/more/wordsim353-rel.csv",
+    "simverb3500": "wordsim/simverb3500.txt",
 }
 DEFAULT_MULTISIMLEX_OFFICIAL = "wordsim/multisimlex"  # holds translation.csv + scores.csv if downloaded
 DEFAULT_DICTIONARY = "lexicon/muse-en-fr.0-5000.tsv"
@@ -65,7 +70,11 @@ def add_eval_arguments(p):
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--batch_size", type=int, default=16, help="sentences per forward pass")
     p.add_argument("--data_root", default=DEFAULT_DATA_ROOT,
-                   help="English-French resources laid out as ../shared/data/en-fr (default: env ENFR_DATA)")
+                   help="English-French resources in the layout of resources.py (default: env ENFR_DATA); "
+                        "missing files are then looked up in, and fetched into, the cache (python -m resources list)")
+    p.add_argument("--fetch", action=argparse.BooleanOptionalAction, default=resources.fetch_allowed_by_environment(),
+                   help="download missing resources into the cache (default: on, off when one of "
+                        f"{', '.join(resources.OFFLINE_VARIABLES)} is set)")
     p.add_argument("--data_dir", default=None,
                    help="the prepared dataset, if it moved since training (default: the checkpoint's data_dir)")
     g = p.add_argument_group("loss")
@@ -74,6 +83,9 @@ def add_eval_arguments(p):
     g.add_argument("--translation_samples", type=int, default=500, help="test pairs translated in each direction")
     g.add_argument("--test_corpus", default=None,
                    help="PREFIX of an external test set PREFIX.en / PREFIX.fr (default: the dataset's test.jsonl)")
+    g.add_argument("--test_set", default=None, metavar="NAME",
+                   help="a standard test set instead: flores200 (devtest, through resources.py) or an en-fr set of "
+                        "sacreBLEU, downloaded and checked by sacreBLEU (wmt08 ... wmt15, wmt14/full, ...)")
     g.add_argument("--beam", type=int, default=1, help="also decode with beam search of this width when > 1")
     g.add_argument("--max_new_tokens", type=int, default=None, help="cap on a translation's tokens (default: 2 x source + 10)")
     g.add_argument("--examples", type=int, default=5, help="translations kept for the report")
@@ -127,6 +139,11 @@ def check_args(args):
         raise SystemExit("error: --sentence_pairs must be >= 2 (retrieval needs distractors)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+    if args.test_set and args.test_corpus:
+        raise SystemExit("error: give --test_set or --test_corpus, not both")
+    known = ["flores200"] + resources.sacrebleu_test_sets()
+    if args.test_set and args.test_set not in known:
+        raise SystemExit(f"error: unknown --test_set {args.test_set!r}; choose from {', '.join(known)}")
     for spec in args.wordsim or []:
         if "=" not in spec:
             raise SystemExit(f"error: --wordsim entries are NAME=PATH, got {spec!r}")
@@ -149,6 +166,13 @@ class Context:
         self.block_size = model.config.block_size
         self.data_root = Path(args.data_root)
         self._cache = {}
+        self.used = {}  # resource key -> {'path', 'bytes', 'sha256'} of each file a metric read
+
+    def locate(self, key, relpath):
+        """A file of the resource layout (data root, cache or fetched), recorded as used under key."""
+        path = resources.locate(relpath, self.data_root, self.args.fetch)
+        self.used[key] = resources.file_record(path)
+        return path
 
     def cached(self, key, build):
         if key not in self._cache:
@@ -157,14 +181,34 @@ class Context:
 
     def test_pairs(self):
         """(English, French) test sentences and where they come from."""
-        return self.cached("test_pairs", lambda: read_test_pairs(self.args.test_corpus, self.data_dir))
+        return self.cached("test_pairs", self._read_test_pairs)
+
+    def _read_test_pairs(self):
+        args = self.args
+        if args.test_set == "flores200":
+            self.locate("test_set_fr", "parallel/flores200-devtest.fr")
+            prefix = str(self.locate("test_set_en", "parallel/flores200-devtest.en"))[:-len(".en")]
+            return read_test_pairs(prefix, None)
+        if args.test_set:
+            pairs, self.used["test_set"] = resources.sacrebleu_pairs(args.test_set, args.fetch)
+            return pairs, f"sacrebleu:{args.test_set} en-fr"
+        pairs, source = read_test_pairs(args.test_corpus, self.data_dir)
+        files = {f"test_set_{lang}": f"{args.test_corpus}.{lang}" for lang in ("en", "fr")} if args.test_corpus \
+            else {"test_set": source}
+        self.used.update({key: resources.file_record(path) for key, path in files.items()})
+        return pairs, source
 
     def word_counts(self):
         return self.cached("word_counts", lambda: lexical.read_word_counts(self.data_dir))
 
     def dictionary(self):
-        path = self.args.dictionary or self.data_root / DEFAULT_DICTIONARY
-        return self.cached("dictionary", lambda: warn(lexical.read_dictionary(path)))
+        def read():
+            if not self.args.dictionary:
+                return warn(lexical.read_dictionary(self.locate("dictionary", DEFAULT_DICTIONARY)))
+            parsed = warn(lexical.read_dictionary(self.args.dictionary))
+            self.used["dictionary"] = resources.file_record(self.args.dictionary)
+            return parsed
+        return self.cached("dictionary", read)
 
 
 def warn(parsed):
@@ -285,28 +329,27 @@ def task_translation(ctx):
     return result
 
 
-def wordsim_files(args):
-    """{name: path} of the plain word-similarity files to evaluate."""
-    if args.wordsim is not None:
-        return dict(spec.split("=", 1) for spec in args.wordsim)
-    return {name: str(Path(args.data_root) / rel) for name, rel in DEFAULT_WORDSIM.items()}
-
-
-def read_wordsim_sets(args):
+def read_wordsim_sets(ctx):
     """{name: ParsedFile or the reason it cannot be read}, plain files and official Multi-SimLex."""
-    sets = {}
-    for name, path in wordsim_files(args).items():
+    args, sets = ctx.args, {}
+    named = dict(spec.split("=", 1) for spec in args.wordsim) if args.wordsim is not None else DEFAULT_WORDSIM
+    for name, path in named.items():
         try:
+            path = path if args.wordsim is not None else ctx.locate(f"wordsim:{name}", path)
             sets[name] = warn(lexical.read_word_pairs(path))
+            ctx.used.setdefault(f"wordsim:{name}", resources.file_record(path))
         except lexical.ResourceError as e:
             sets[name] = str(e)
     official = Path(args.multisimlex_official or Path(args.data_root) / DEFAULT_MULTISIMLEX_OFFICIAL)
+    if not args.multisimlex_official and not (official / "translation.csv").is_file():
+        official = resources.cache_dir() / "data" / DEFAULT_MULTISIMLEX_OFFICIAL  # fetched with multisimlex
     translation_csv, scores_csv = official / "translation.csv", official / "scores.csv"
     if args.multisimlex_official or translation_csv.is_file():
         for lang1, lang2 in (("en", None), ("fr", None), ("en", "fr")):
             name = f"multisimlex-official-{lang1}" + (f"-{lang2}" if lang2 else "")
             try:
                 sets[name] = warn(lexical.read_multisimlex_official(translation_csv, scores_csv, lang1, lang2))
+                ctx.used[f"wordsim:{name}"] = [resources.file_record(p) for p in (translation_csv, scores_csv)]
             except lexical.ResourceError as e:
                 sets[name] = str(e)
     return sets
@@ -323,7 +366,7 @@ def requested_reps(ctx, option, default):
 def task_wordsim(ctx):
     """Spearman rho between model similarities and human scores, per set and representation."""
     reps = requested_reps(ctx, ctx.args.word_reps, lexical.representations(ctx.model))
-    sets = read_wordsim_sets(ctx.args)
+    sets = read_wordsim_sets(ctx)
     readable = {name: parsed for name, parsed in sets.items() if not isinstance(parsed, str)}
     if not readable:
         raise SkipTask("no readable word-similarity file: " + "; ".join(sets.values()))
@@ -499,9 +542,7 @@ def evaluate_out_dir(out_dir, args):
         "tokenizer": ckpt["meta"].get("tokenizer"), "data_root": str(args.data_root), "device": args.device,
         "tasks": args.task_list, "seed": args.seed, "command": " ".join(sys.argv),
         "seconds": time.perf_counter() - t0,
-        "resources": {"wordsim": wordsim_files(args), "multisimlex_official": args.multisimlex_official,
-                      "dictionary": str(args.dictionary or Path(args.data_root) / DEFAULT_DICTIONARY),
-                      "test_corpus": args.test_corpus or str(data_dir / "test.jsonl")},
+        "resources": ctx.used, "fetch": args.fetch, "cache": str(resources.cache_dir()),
     }
     results = json_safe(results)
     eval_dir = Path(out_dir) / "eval"

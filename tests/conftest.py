@@ -10,6 +10,9 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Tests never download: evaluate.py's automatic fetching is off (tests of the download path
+# serve their files from 127.0.0.1 and call resources.py directly).
+os.environ["BACKPACK_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")
@@ -17,12 +20,29 @@ def repo_root():
     return REPO_ROOT
 
 
+@pytest.fixture(scope="session", autouse=True)
+def resource_cache(tmp_path_factory):
+    """An empty resources.py cache per session, so that the user's cache neither helps nor changes."""
+    os.environ["BACKPACK_CACHE"] = str(tmp_path_factory.mktemp("resource_cache"))
+    return Path(os.environ["BACKPACK_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def enfr_data_root():
+    """The offline English-French data folder; tests that need it are skipped without it."""
     root = Path(os.environ.get("ENFR_DATA", REPO_ROOT.parent / "shared" / "data" / "en-fr"))
     if not root.is_dir():
-        pytest.fail(f"English-French data not found at {root}: set ENFR_DATA")
+        pytest.skip(f"needs the offline English-French data: set ENFR_DATA (not found at {root})")
     return root
+
+
+@pytest.fixture(scope="session")
+def reference_tiny_dir(enfr_data_root):
+    """The tiny backpack-gpt2 reference checkpoint kept beside the offline data."""
+    path = enfr_data_root.parent.parent / "reference" / "backpack-gpt2-tiny"
+    if not path.is_dir():
+        pytest.skip(f"needs the reference checkpoint {path} (beside ENFR_DATA)")
+    return path
 
 
 @pytest.fixture(scope="session")

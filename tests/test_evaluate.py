@@ -55,7 +55,10 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
         assert results[task]["seconds"] >= 0
     run_info = results["run"]
     assert run_info["model_type"] == "backpack" and run_info["iter_num"] > 0 and run_info["which"] == "best"
-    assert run_info["resources"]["dictionary"].endswith("muse-en-fr.0-5000.tsv")
+    used = run_info["resources"]
+    assert used["dictionary"]["path"] == str(enfr_data_root / "lexicon" / "muse-en-fr.0-5000.tsv")
+    assert len(used["dictionary"]["sha256"]) == 64 and used["dictionary"]["bytes"] > 0
+    assert used["wordsim:simlex999"]["path"].endswith("simlex999.txt") and run_info["fetch"] is False
 
     loss = results["loss"]
     assert loss["all"]["tokens"] > 0 and loss["all"]["perplexity"] > 1

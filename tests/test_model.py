@@ -20,8 +20,8 @@ def tiny_model(model_type, seed=0, **overrides):
 
 
 @pytest.fixture(scope='module')
-def reference_dir(enfr_data_root):
-    return enfr_data_root.parent.parent / 'reference' / 'backpack-gpt2-tiny'
+def reference_dir(reference_tiny_dir):
+    return reference_tiny_dir
 
 
 @pytest.mark.parametrize('model_type', MODELS)

@@ -418,8 +418,8 @@ def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path, on
 # ----------------------------------------------------------------------------- finetuning
 
 @pytest.mark.slow
-def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, repo_root):
-    reference = repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny'
+def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
+    reference = reference_tiny_dir
     pretrained = model_module.BackpackLM.from_pretrained(reference)
     args = [*TINY[4:], '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
             f'--data_dir={synthetic_dataset}']

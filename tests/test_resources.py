@@ -1,0 +1,239 @@
+"""resources.py: downloads from a local HTTP server (success, resume, checksum mismatch, server
+error, offline), conversions of generated files into the layout, lookup order, and the CLI."""
+import hashlib
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import resources
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves server.files {path: bytes} with HTTP Range; /error answers 500; a path in
+    server.cut_once is sent only half-way the first time (the connection then closes)."""
+
+    def do_GET(self):
+        server = self.server
+        server.requests.append((self.path, self.headers.get("Range")))
+        if self.path == "/error" or self.path not in server.files:
+            self.send_error(500 if self.path == "/error" else 404)
+            return
+        body, start = server.files[self.path], 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].split("=")[1].rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        if self.path in server.cut_once:
+            server.cut_once.discard(self.path)
+            self.wfile.write(body[start:start + len(body) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(body[start:])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.files, httpd.cut_once, httpd.requests = {}, set(), []
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(resources.CACHE_VARIABLE, str(tmp_path / "cache"))
+    monkeypatch.setattr(resources, "_failures", {})
+    return tmp_path / "cache"
+
+
+MUSE_TEXT = "".join(f"word{i} mot{i}\n" for i in range(5000)).encode()  # ~80 KB: several chunks
+
+
+def muse_resource(url, sha256=None):
+    return resources.Resource(
+        "toy-muse", "toy", "CC0", "http://example", [resources.Download(url, "toy.txt", sha256)],
+        ["lexicon/toy.tsv"], lambda f, r: resources.convert_muse(f, r, "toy.txt", "lexicon/toy.tsv"))
+
+
+def test_fetch_verifies_records_and_converts(server, cache):
+    server.files["/toy.txt"] = MUSE_TEXT
+    digest = hashlib.sha256(MUSE_TEXT).hexdigest()
+    [out] = resources.fetch_resource(muse_resource(server.url + "/toy.txt", digest))
+    assert out == cache / "data" / "lexicon" / "toy.tsv"
+    assert out.read_text().splitlines()[:2] == ["word0\tmot0", "word1\tmot1"]
+    recorded = json.loads((cache / "checksums.json").read_text())["toy.txt"]
+    assert recorded["sha256"] == digest and recorded["source"] == "registry" and recorded["bytes"] == len(MUSE_TEXT)
+    resources.fetch_resource(muse_resource(server.url + "/toy.txt", digest))  # cached: no second request
+    assert len(server.requests) == 1
+
+
+def test_interrupted_download_resumes_with_range(server, cache):
+    server.files["/toy.txt"] = MUSE_TEXT
+    server.cut_once.add("/toy.txt")
+    resource = muse_resource(server.url + "/toy.txt", hashlib.sha256(MUSE_TEXT).hexdigest())
+    with pytest.raises(resources.ResourceMissing, match="run the same command again to resume"):
+        resources.fetch_resource(resource)
+    part = cache / "downloads" / "toy.txt.part"
+    assert part.stat().st_size == len(MUSE_TEXT) // 2 and not (cache / "downloads" / "toy.txt").exists()
+    resources._failures.clear()  # a new command
+    resources.fetch_resource(resource)
+    assert server.requests[-1] == ("/toy.txt", f"bytes={len(MUSE_TEXT) // 2}-")
+    assert (cache / "downloads" / "toy.txt").read_bytes() == MUSE_TEXT and not part.exists()
+
+
+def test_checksum_mismatch_moves_the_file_aside(server, cache):
+    server.files["/toy.txt"] = MUSE_TEXT
+    with pytest.raises(resources.ResourceMissing, match="does not match the expected 0000.*moved aside.*not used"):
+        resources.fetch_resource(muse_resource(server.url + "/toy.txt", "0" * 64))
+    downloads = cache / "downloads"
+    assert not (downloads / "toy.txt").exists() and not (cache / "data" / "lexicon" / "toy.tsv").exists()
+    [rejected] = downloads.glob("toy.txt.rejected-*")
+    assert rejected.read_bytes() == MUSE_TEXT
+
+
+def test_first_download_checksum_is_enforced_later(server, cache):
+    """Without a registry checksum the first download's sha256 is recorded; a changed file is refused."""
+    server.files["/toy.txt"] = MUSE_TEXT
+    resources.fetch_resource(muse_resource(server.url + "/toy.txt"))
+    assert json.loads((cache / "checksums.json").read_text())["toy.txt"]["source"] == "first download"
+    (cache / "downloads" / "toy.txt").write_bytes(b"changed upstream\n")
+    with pytest.raises(resources.ResourceMissing, match="first download"):
+        resources.fetch_resource(muse_resource(server.url + "/toy.txt"))
+
+
+def test_server_error_and_offline_are_one_line(server, cache):
+    with pytest.raises(resources.ResourceMissing, match="HTTP 500") as e:
+        resources.fetch_resource(muse_resource(server.url + "/error"))
+    assert "\n" not in str(e.value)
+    port = server.server_address[1]
+    server.shutdown()
+    server.server_close()  # nothing listens any more: connection refused, as when offline
+    with pytest.raises(resources.ResourceMissing, match="unreachable.*offline") as e:
+        resources.fetch_resource(resources.Resource("other", "", "", "", [
+            resources.Download(f"http://127.0.0.1:{port}/toy.txt", "other.txt")], ["x"], None))
+    assert "\n" not in str(e.value)
+
+
+def test_locate_order_and_fetch_switch(server, cache, tmp_path, monkeypatch):
+    server.files["/toy.txt"] = MUSE_TEXT
+    monkeypatch.setitem(resources.REGISTRY, "toy-muse", muse_resource(server.url + "/toy.txt"))
+    data_root = tmp_path / "root"
+    with pytest.raises(resources.ResourceMissing, match="fetching is off.*resources fetch toy-muse"):
+        resources.locate("lexicon/toy.tsv", data_root, fetch=False)
+    assert server.requests == []
+    assert resources.locate("lexicon/toy.tsv", data_root, fetch=True) == cache / "data" / "lexicon" / "toy.tsv"
+    (data_root / "lexicon").mkdir(parents=True)
+    (data_root / "lexicon" / "toy.tsv").write_text("a\tb\n")
+    assert resources.locate("lexicon/toy.tsv", data_root, fetch=True) == data_root / "lexicon" / "toy.tsv"
+    with pytest.raises(resources.ResourceMissing, match="no registered resource"):
+        resources.locate("lexicon/unknown.tsv", data_root, fetch=True)
+
+
+def test_offline_variables(monkeypatch):
+    for name in resources.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert resources.fetch_allowed_by_environment()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert not resources.fetch_allowed_by_environment()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert resources.fetch_allowed_by_environment()
+
+
+# ----------------------------------------------------------------------------- conversions
+
+def archive(kind, members):
+    buffer = io.BytesIO()
+    if kind == "zip":
+        with zipfile.ZipFile(buffer, "w") as z:
+            for name, text in members.items():
+                z.writestr(name, text)
+    else:
+        with tarfile.open(fileobj=buffer, mode="w:gz") as t:
+            for name, text in members.items():
+                data = text.encode()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def fetch_served(server, name, served):
+    """Fetch registry resource `name` with its URLs pointed at the local server, serving `served`."""
+    entry = resources.REGISTRY[name]
+    downloads = [resources.Download(f"{server.url}/{d.filename}", d.filename) for d in entry.downloads]
+    for filename, body in served.items():
+        server.files[f"/{filename}"] = body
+    return resources.fetch_resource(resources.Resource(**{**entry.__dict__, "downloads": downloads, "manual": ""}))
+
+
+def test_flores_and_xnli_conversions(server, cache):
+    flores = archive("tar", {"flores200_dataset/devtest/eng_Latn.devtest": "One.\nTwo.\n",
+                             "flores200_dataset/devtest/fra_Latn.devtest": "Un.\nDeux.\n",
+                             "flores200_dataset/devtest/deu_Latn.devtest": "Eins.\nZwei.\n"})
+    en, fr = fetch_served(server, "flores200", {"flores200_dataset.tar.gz": flores})
+    assert en.read_text() == "One.\nTwo.\n" and fr.read_text() == "Un.\nDeux.\n"
+    header = "language\tgold_label\tsentence1\tsentence2\tpairID\n"
+    dev = header + "en\tentailment\tA man.\tA person.\t1\nfr\tentailment\tUn homme.\tUne personne.\t1\nde\tneutral\tx\ty\t1\n"
+    test = header + "en\tneutral\tA \"quoted\" dog.\tAn animal.\t2\nfr\tneutral\tUn chien.\tUn animal.\t2\n"
+    outputs = fetch_served(server, "xnli", {"XNLI-1.0.zip": archive("zip", {"XNLI-1.0/xnli.dev.tsv": dev,
+                                                                             "XNLI-1.0/xnli.test.tsv": test})})
+    text = {p.name: p.read_text() for p in outputs}
+    assert text["dev-en.tsv"] == "A man.\tA person.\tentailment\n"
+    assert text["dev-fr.tsv"] == "Un homme.\tUne personne.\tentailment\n"
+    assert text["test-en.tsv"] == 'A "quoted" dog.\tAn animal.\n'  # test labels withheld, quotes kept
+
+
+def test_multisimlex_conversion_reads_back(server, cache):
+    import lexical
+
+    translation = "ID,ENG 1,ENG 2,FRA 1,FRA 2\n1,cat,dog,chat,chien\n2,car,bus,voiture,bus\n"
+    scores = "ID,ENG,FRA\n1,3.0,2.0\n2,4.0,5.0\n"
+    outputs = fetch_served(server, "multisimlex", {"translation.csv": translation.encode(), "scores.csv": scores.encode()})
+    by_name = {p.name: p for p in outputs}
+    assert lexical.read_word_pairs(by_name["msl_fr.tsv"]).rows == [("chat", "chien", 2.0), ("voiture", "bus", 5.0)]
+    cross = lexical.read_word_pairs(by_name["msl_en-fr_crossling_reconstructed.tsv"]).rows
+    assert ("cat", "chien", 2.5) in cross and ("chat", "dog", 2.5) in cross and len(cross) == 4
+
+
+def test_manual_resource_says_where_to_put_the_file(cache):
+    with pytest.raises(resources.ResourceMissing, match="SimVerb-3500.txt"):
+        resources.fetch_resource(resources.REGISTRY["simverb3500"])
+    (cache / "downloads").mkdir(parents=True)
+    (cache / "downloads" / "SimVerb-3500.txt").write_text("take\tremove\tV\t6.81\tSYNONYMS\n")
+    resources._failures.clear()  # a new command
+    [out] = resources.fetch_resource(resources.REGISTRY["simverb3500"])
+    assert out.read_text() == "take\tremove\t6.81\n"
+
+
+def test_registry_is_complete():
+    for r in resources.REGISTRY.values():
+        assert r.licence and r.homepage and r.outputs and r.downloads and r.convert, r.name
+        assert all(d.url or r.manual for d in r.downloads), r.name
+        assert all(d.sha256 is None or len(d.sha256) == 64 for d in r.downloads), r.name
+    assert resources.resource_for("xling/pawsx/dev-fr.tsv").name == "pawsx"
+
+
+def test_cli(cache, capsys):
+    resources.main(["list"])
+    out = capsys.readouterr().out
+    assert "flores200 [missing]" in out and "CC-BY-SA 4.0" in out and "(recorded at first download)" in out
+    with pytest.raises(SystemExit, match="unknown resource"):
+        resources.main(["fetch", "nonsense"])
+    with pytest.raises(SystemExit, match="1 of 1"):
+        resources.main(["fetch", "simverb3500"])
