@@ -251,7 +251,9 @@ def _average_pieces(pieces, lookup, chunk=8192):
     counts = torch.tensor([len(p) for p in pieces])
     flat = torch.tensor([i for p in pieces for i in p], dtype=torch.long)
     owner = torch.repeat_interleave(torch.arange(len(pieces)), counts)
-    parts = [lookup(flat[s:s + chunk]).float().cpu() for s in range(0, len(flat), chunk)]
+    starts = tqdm(range(0, len(flat), chunk), desc=f"vectors of {len(pieces):,} words", unit="chunk", leave=False,
+                  disable=len(flat) <= 4 * chunk)  # shown for large candidate lists only
+    parts = [lookup(flat[s:s + chunk]).float().cpu() for s in starts]
     vectors = torch.cat(parts)
     total = torch.zeros(len(pieces), *vectors.shape[1:]).index_add_(0, owner, vectors)
     return total / counts.clamp(min=1).view(-1, *[1] * (vectors.dim() - 1))
@@ -419,7 +421,7 @@ def lexicon_induction(vectors, gold, source_vocab, target_vocab, reps, k=10, ks=
     gold_columns = [[target_index[t] for t in gold[w] if t in target_index] for w in queries]
     subsets = {"": np.ones(len(queries), dtype=bool), "_excluding_identical": ~identical}
     query_rows, source_rows, target_rows = vectors.rows(queries), vectors.rows(source_vocab), vectors.rows(target_vocab)
-    for rep in reps:
+    for rep in tqdm(reps, desc=f"BLI: {len(queries):,} queries x {len(target_vocab):,} candidates", leave=False):
         q, s, t = (vectors.vectors(rep, rows) for rows in (query_rows, source_rows, target_rows))
         scores = {"cosine": metrics.cosine_matrix(q, t), "csls": metrics.csls_matrix(q, t, k, query_space=s)}
         result[rep] = {method + suffix: metrics.precision_at_k(

@@ -102,8 +102,8 @@ def train_bpe(texts, vocab_size, length=None):
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT_TEXT, EN_TAG, FR_TAG],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    backend.train_from_iterator(texts, trainer, length=length)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True)
+    backend.train_from_iterator(texts, trainer, length=length)  # its progress bar shows on a terminal only
     return BPETokenizer(backend)
 
 

@@ -512,6 +512,9 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
             last = iter_num >= cfg['max_iters']
             logged = bool(training_log) and training_log[-1]['iter'] == iter_num
             if (iter_num % cfg['eval_interval'] == 0 or last) and not logged:
+                if not training_log or iter_num == start_iter:  # the first evaluation can take a while: say so
+                    log(f"evaluating at iter {iter_num}: {2 * cfg['eval_iters']} batches of {cfg['batch_size']} "
+                        f"(eval_iters={cfg['eval_iters']} on train and on val) ...")
                 eval_sampler.load_state_dict(eval_start)
                 losses = estimate_losses(fast_model, eval_sampler, cfg, autocast, device, ddp)
                 if not all(math.isfinite(losses[k]) for k in ('train_loss', 'val_loss')):

@@ -5,9 +5,9 @@
 #   bash experiments/tiny_comparison.sh                    # the project's sample corpus, offline
 #   bash experiments/tiny_comparison.sh --source europarl  # Europarl from the Hugging Face hub
 #
-# Evaluation resources (word similarity, dictionaries) are read from $ENFR_DATA, by default
-# ../shared/data/en-fr beside the repository when it exists; a missing resource skips its
-# metric with the reason recorded. Running it again resumes or reuses what is already trained.
+# Evaluation resources (word similarity, dictionaries) are read from $ENFR_DATA (by default
+# ../shared/data/en-fr beside the repository when it exists), else from the resources.py cache,
+# else fetched when online; a missing resource skips its metric with the reason recorded. Running it again resumes or reuses what is already trained.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -149,6 +149,63 @@ def test_evaluate_external_test_corpus(tiny_runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluate_without_offline_data(tiny_runs, tmp_path):
+    """No data root and nothing cached, fetching off: the resource tasks are skipped with the command that
+    fetches them; the rest runs."""
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "loss,wordsim,bli",
+                                         "--data_root", str(tmp_path / "nowhere")))
+    assert args.fetch is False  # BACKPACK_OFFLINE=1 (conftest)
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    assert results["loss"]["all"]["loss"] > 0
+    assert "fetching is off" in results["bli"]["skipped"] and "resources fetch muse-en-fr" in results["bli"]["skipped"]
+    assert "resources fetch simlex999" in results["wordsim"]["skipped"]
+    assert results["run"]["resources"] == {}
+
+
+@pytest.mark.slow
+def test_standard_test_sets(repo_root, tiny_runs, tmp_path, resource_cache, monkeypatch):
+    """--test_set flores200 from the resources cache; --test_set wmt14 through sacreBLEU's own cache (env
+    SACREBLEU, prepared here as sacreBLEU lays it out, since this machine is offline)."""
+    flores = resource_cache / "data" / "parallel"
+    flores.mkdir(parents=True, exist_ok=True)
+    (flores / "flores200-devtest.en").write_text("The house is red.\nThank you.\n", encoding="utf-8")
+    (flores / "flores200-devtest.fr").write_text("La maison est rouge.\nMerci.\n", encoding="utf-8")
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "translation", "--test_set", "flores200",
+                                         "--beam", "1", "--data_root", str(tmp_path / "nowhere")))
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    assert results["translation"]["samples_used"] == 2
+    assert results["translation"]["test_set"] == str(flores / "flores200-devtest") + ".{en,fr}"
+    assert results["run"]["resources"]["test_set_fr"]["path"] == str(flores / "flores200-devtest.fr")
+
+    sacrebleu_dir = tmp_path / "sacrebleu"
+    wmt14 = sacrebleu_dir / "wmt14"
+    wmt14.mkdir(parents=True)
+    for field, text in (("src", "The vote.\nThe house.\nYes.\n"), ("ref", "Le vote.\nLa maison.\nOui.\n"),
+                        ("docid", "d\nd\nd\n"), ("genre", "news\nnews\nnews\n"), ("origlang", "en\nen\nen\n")):
+        (wmt14 / f"wmt14.en-fr.{field}").write_text(text, encoding="utf-8")
+    out = tiny_runs["transformer"]
+    result = subprocess.run([sys.executable, "evaluate.py", *eval_args(out, "--tasks", "translation", "--test_set",
+                                                                      "wmt14", "--beam", "1")],
+                            cwd=repo_root, capture_output=True, text=True,
+                            env={**os.environ, "SACREBLEU": str(sacrebleu_dir), "OMP_NUM_THREADS": "2"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "eval" / "results.json").read_text())
+    translation, used = results["translation"], results["run"]["resources"]["test_set"]
+    assert translation["test_set"] == "sacrebleu:wmt14 en-fr" and translation["samples_used"] == 3
+    assert translation["en-fr"]["greedy"]["bleu"]["signature"].startswith("nrefs:1|")
+    assert used["sacrebleu_test_set"] == "wmt14" and used["archive_md5"] == ["84c597844c1542e29c2aff23aaee4310"]
+    assert used["reference"]["path"] == str(wmt14 / "wmt14.en-fr.ref")
+
+    with pytest.raises(SystemExit, match="unknown --test_set 'wmt99'.*wmt14"):
+        evaluate.parse_args(eval_args(out, "--test_set", "wmt99"))
+    from sacrebleu.dataset import DATASETS
+    monkeypatch.setattr(DATASETS["wmt15"], "_outdir", str(tmp_path / "empty_sacrebleu"))  # nothing cached
+    args = evaluate.parse_args(eval_args(out, "--tasks", "translation", "--test_set", "wmt15"))
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    assert "fetching is off" in results["translation"]["skipped"]
+
+
+@pytest.mark.slow
 def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
     output_dir = tmp_path / "comparison"
     compare_models.main(["--backpack_dir", str(tiny_runs["backpack"]), "--transformer_dir", str(tiny_runs["transformer"]),

@@ -93,7 +93,7 @@ def corpus_files(spec):
 def read_local(specs):
     """English and French lines of all corpora, concatenated, and the source records for meta.json."""
     en, fr, sources = [], [], []
-    for kind, *paths in tqdm([corpus_files(s) for s in specs], desc="reading", unit="corpus", disable=len(specs) < 3):
+    for kind, *paths in tqdm([corpus_files(s) for s in specs], desc="reading", unit="corpus"):
         read = [read_lines(p) for p in paths]
         sources += [{"path": str(p.resolve()), "sha256": sha} for p, (_, sha) in zip(paths, read)]
         if kind == "pair":
@@ -161,7 +161,7 @@ def clean_pairs(en, fr, max_chars):
     """Normalised pairs that pass every rule, in input order, and the number dropped by each rule."""
     dropped = {"empty": 0, "too_long": 0, "length_ratio": 0, "duplicate": 0}
     seen, kept = set(), []
-    for e, f in zip(en, fr):
+    for e, f in tqdm(zip(en, fr), total=len(en), desc="cleaning", unit="pair", leave=False):
         e, f = normalise(e), normalise(f)
         if not e or not f:
             rule = "empty"
@@ -382,6 +382,7 @@ def prepare(args, command):
 
     if args.tokenizer == "bpe":
         t = time.time()
+        print(f"training byte-level BPE (vocabulary {args.vocab_size}) on {n_train:,} train pairs ...", flush=True)
         tok = train_bpe(itertools.chain(texts_en[:n_train], texts_fr[:n_train]), args.vocab_size, 2 * n_train)
         print(f"trained byte-level BPE ({tok.vocab_size} ids) on {n_train:,} train pairs in {time.time() - t:.1f}s")
     else:
@@ -418,11 +419,11 @@ def prepare(args, command):
     tmp_dir = args.out_root / temporary_name(args.name)
     tmp_dir.mkdir()  # not mkdtemp: the dataset directory keeps the usual (umask) permissions
     try:
-        for name, (stream, pair_tokens, pair_index) in arrays.items():
+        for name, (stream, pair_tokens, pair_index) in tqdm(arrays.items(), desc="writing token files", unit="split"):
             stream.tofile(tmp_dir / f"{name}.bin")
             pair_tokens.tofile(tmp_dir / f"pairs_{name}.bin")
             np.save(tmp_dir / f"pairs_{name}_index.npy", pair_index)
-        for name, (lo, hi) in bounds.items():
+        for name, (lo, hi) in tqdm(bounds.items(), desc="writing text files", unit="split"):
             write_jsonl(tmp_dir / f"{name}.jsonl", zip(texts_en[lo:hi], texts_fr[lo:hi]))
         if args.tokenizer == "bpe":
             tok.save(tmp_dir)
