@@ -400,7 +400,7 @@ def task_bli(ctx):
     reps = requested_reps(ctx, args.bli_reps, ["embedding"] + (["mean"] if lexical.has_senses(ctx.model) else [])
                           + [lexical.CONTROL])
     try:
-        counts, dictionary = ctx.word_counts(), ctx.dictionary()  # the dataset first: no download for a task that cannot run
+        counts, dictionary = ctx.word_counts(), ctx.dictionary()  # dataset first: no download for nothing
     except lexical.ResourceError as e:
         raise SkipTask(str(e))
     vocab = {lang: list(counts[lang])[:args.bli_candidates] for lang in ("en", "fr")}

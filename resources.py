@@ -216,7 +216,8 @@ REGISTRY = {r.name: r for r in [
              "no licence named by the publisher (distributed for research)",
              "https://arxiv.org/abs/1608.00869",
              [Download("", "SimVerb-3500.txt")], ["wordsim/simverb3500.txt"], convert_simverb,
-             manual="no direct download URL could be confirmed offline: download SimVerb-3500.txt from the authors' release (linked from the paper), "
+             manual="no direct download URL could be confirmed offline: download SimVerb-3500.txt from the authors' "
+                    "release (linked from the paper), "
                     "put it at CACHE/downloads/SimVerb-3500.txt and run `python -m resources fetch simverb3500` "
                     "(its sha256 is recorded then)"),
     Resource("flores200", "FLORES-200 devtest (NLLB Team 2022), English and French, 1,012 sentences",
