@@ -2,10 +2,13 @@
 Training-step throughput of the Backpack and its matched Transformer on the same backbone.
 
 Times forward + backward + AdamW step after warm-up and prints one JSON line per model
-(tokens/s, achieved FLOP/s from the model's own FLOP count, peak memory), one with the
-device's fp32 1024x1024 matmul rate for scale, and one with the Backpack/Transformer ratios.
+(tokens/s, achieved FLOP/s from the model's own FLOP count, its fraction of the yardstick, peak
+memory), one naming the yardstick (the device's measured 2048x2048 matmul rate in the dtype under
+test: float32 runs are divided by a float32 rate, bfloat16 runs by a bfloat16 rate; on a GPU of
+hardware.CUDA_PEAKS also the datasheet peak), and one with the Backpack/Transformer ratios.
 
-    python bench.py                              # d=384 L=6 H=6 k=16 T=256 V=16384 B=8
+    python bench.py                              # d=384 L=6 H=6 k=16 T=256 V=16384 B=8, float32
+    python bench.py --dtype=bfloat16 --compile
     python bench.py --batch_size=16 --device=cuda --dtype=bfloat16
 """
 import argparse
@@ -17,6 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
+from hardware import cuda_datasheet_peak, matmul_flops, synchronize
 from model import ModelConfig, build_model
 
 
@@ -37,24 +41,6 @@ def parse_args():
     p.add_argument('--compile', action='store_true', help='torch.compile the model first')
     p.add_argument('--seed', type=int, default=0)
     return p.parse_args()
-
-
-def synchronize(device):
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-
-
-def matmul_flops(device, n=1024, repeats=50):
-    """Achieved fp32 FLOP/s of an n x n matmul: the yardstick for the model figures."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(5):
-        a @ b
-    synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    synchronize(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
 def bench_model(model_type, args):
@@ -108,13 +94,20 @@ def run_in_child(model_type, args):
 
 def main():
     args = parse_args()
-    matmul = matmul_flops(args.device)
-    print(json.dumps({'device': args.device, 'threads': torch.get_num_threads(),
-                      'matmul_fp32_GFLOPs': round(matmul / 1e9, 1)}))
+    matmul = matmul_flops(args.device, args.dtype, n=2048, seconds=2.0)
+    yardstick = {'device': args.device, 'threads': torch.get_num_threads(), 'dtype': args.dtype,
+                 f'matmul_2048_{args.dtype}_GFLOPs': round(matmul / 1e9, 1)}
+    datasheet = (cuda_datasheet_peak(torch.cuda.get_device_name(args.device), args.dtype)
+                 if args.device.startswith('cuda') else None)
+    if datasheet:
+        yardstick['datasheet_peak_TFLOPs'] = datasheet / 1e12
+    print(json.dumps(yardstick))
     results = {}
     for model_type in ('transformer', 'backpack'):
         results[model_type] = r = run_in_child(model_type, args)
-        r['fraction_of_matmul'] = round(r['achieved_GFLOPs'] * 1e9 / matmul, 3)
+        r[f'fraction_of_{args.dtype}_matmul'] = round(r['achieved_GFLOPs'] * 1e9 / matmul, 3)
+        if datasheet:
+            r['fraction_of_datasheet_peak'] = round(r['achieved_GFLOPs'] * 1e9 / datasheet, 3)
         print(json.dumps(r))
     b, t = results['backpack'], results['transformer']
     print(json.dumps({'backpack_over_transformer': {

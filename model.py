@@ -272,8 +272,8 @@ class LanguageModel(nn.Module):
         cfg, T = self.config, seq_len or self.config.block_size
         return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
-        """Model FLOPs utilisation of block_size-long sequences against peak_flops (A100 bf16 by default)."""
+    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation of block_size-long sequences against peak_flops (hardware.peak_flops)."""
         flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
         return flops / dt / peak_flops
 
@@ -390,14 +390,26 @@ class BackpackLM(LanguageModel):
         if senses_fn is not None:
             senses = senses_fn(senses)
         if self.fast_mixing and alpha_fn is None:
-            # the k sense heads as attention heads, the senses as values. On CUDA the memory-efficient
-            # kernel accepts values wider than queries and keeps no (B,k,T,T) tensor; flash kernels and
-            # the CPU fall back to the math kernel, which computes what the reference path does.
-            mixed = F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask, is_causal=attn_mask is None)
+            mixed = self._mix(q, k, senses, attn_mask)
         else:
             alpha = self._alpha(q, k, attn_mask)
-            mixed = (alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses
-        return mixed.sum(dim=1) @ self.token_embeddings.t()
+            mixed = ((alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses).sum(dim=1)
+        return mixed @ self.token_embeddings.t()
+
+    def _mix(self, q, k, senses, attn_mask):
+        """o (B,T,d) = sum_l alpha_l C_l, without the per-sense (B,k,T,d) products the reference sums."""
+        if q.is_cuda:
+            # the k sense heads as attention heads, the senses as values: the memory-efficient kernel
+            # accepts values wider than queries and keeps no (B,k,T,T) tensor
+            return F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask,
+                                                  is_causal=attn_mask is None).sum(dim=1)
+        # on the CPU SDPA would fall back to its math kernel for values wider than queries; one product
+        # contracting over (past position, sense) is cheaper than k products and their sum:
+        # (B, T_q, T_k * k) @ (B, T_k * k, d), senses laid out (B, T_k, k, d) as the sense network makes them
+        alpha = self._alpha(q, k, attn_mask)
+        B, n_senses, T_q, T_k = alpha.shape
+        return (alpha.permute(0, 2, 3, 1).reshape(B, T_q, T_k * n_senses)
+                @ senses.transpose(1, 2).reshape(B, T_k * n_senses, -1))
 
     def contextualization(self, idx):
         """alpha (B,k,T,T): how much sense l of token j contributes at position i."""
@@ -408,7 +420,7 @@ class BackpackLM(LanguageModel):
         self._check_length(idx.shape[1])
         positions, _ = _positions_and_mask(idx, 0, None)
         senses, q, k = self._senses_and_weights(idx, positions, None, None)
-        return F.scaled_dot_product_attention(q, k, senses, is_causal=True).sum(dim=1)
+        return self._mix(q, k, senses, None)
 
     def flops_per_token(self, seq_len=None):
         # + sense scores (2 T d) and sense mixing (2 k T d) per token, forward, times 3 for training

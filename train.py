@@ -43,6 +43,7 @@ import configurator
 from configurator import fail
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
+from hardware import DTYPES, peak_flops, resolve_dtype
 from rundir import run_directory
 from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
                    preset_config)
@@ -55,6 +56,7 @@ eval_interval = 500          # iterations between evaluations (one training_log.
 eval_iters = 200             # batches per split and evaluation, per process
 log_interval = 10            # iterations between progress lines
 checkpoint_interval = 500    # iterations between ckpt.pt saves (also saved at the end and on SIGTERM)
+early_stop_evals = 0         # stop once val loss has not improved for this many evaluations; 0 never stops early
 init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt) or 'backpack-small' (pretrained Backpack)
 pretrained_path = ''         # backpack-small: local directory or hub id; '' means stanfordnlp/backpack-gpt2
 # data
@@ -84,7 +86,7 @@ lr_decay_iters = 0           # iteration at which the cosine reaches its floor; 
 min_lr_ratio = 0.1           # the floor, as a fraction of learning_rate
 # system
 device = 'auto'              # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'               # 'auto' (bfloat16 on CUDA if supported, else float32), 'float32', 'bfloat16', 'float16'
+dtype = 'auto'               # 'auto' (bfloat16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else float32), 'float32', 'bfloat16', 'float16'
 compile = False              # torch.compile the model
 seed = 1337
 deterministic = False        # deterministic kernels only: bitwise-reproducible runs (slower on GPU)
@@ -92,7 +94,6 @@ deterministic = False        # deterministic kernels only: bitwise-reproducible 
 DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_defaults and not k.startswith('_')}
 
 INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
-DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 RESUME_KEYS = ('model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
                'optimizer', 'scaler', 'rng', 'sampler', 'training_log')
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')
@@ -116,6 +117,8 @@ def validate(cfg):
                 'block_size', 'gradient_accumulation_steps'):
         if cfg[key] < 1:
             fail(f"{key} must be at least 1, got {cfg[key]}")
+    if cfg['early_stop_evals'] < 0:
+        fail(f"early_stop_evals must be >= 0 (0 disables early stopping), got {cfg['early_stop_evals']}")
     if cfg['max_iters'] < 0 or cfg['warmup_iters'] < 0 or not 0.0 <= cfg['dropout'] < 1.0:
         fail("max_iters and warmup_iters must be >= 0 and dropout in [0, 1)")
     for key in ('learning_rate', 'weight_decay', 'grad_clip', 'lr_decay_iters'):
@@ -162,12 +165,6 @@ def setup_processes(requested_device):
     if ddp:
         dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
     return ddp, rank, world_size, device
-
-
-def resolve_dtype(requested, device_type):
-    if requested == 'auto':
-        return 'bfloat16' if device_type == 'cuda' and torch.cuda.is_bf16_supported() else 'float32'
-    return requested
 
 
 # ----------------------------------------------------------------------------- model
@@ -343,6 +340,13 @@ def diverged(problem, out_path, saved):
     fail(f"{problem}; stopped without saving: {where}. Lower learning_rate or check the data")
 
 
+def evaluations_since_best(training_log):
+    """How many evaluations have passed since the lowest val loss (the first one, if tied). Derived
+    from the checkpointed log, so a resumed run stops early exactly where the straight run does."""
+    losses = [entry['val_loss'] for entry in training_log]
+    return len(losses) - 1 - losses.index(min(losses)) if losses else 0
+
+
 def install_stop_handlers():
     """SIGTERM/SIGINT (preemption, Ctrl-C) only set a flag: the current step ends, ckpt.pt is saved.
     A second Ctrl-C kills at once. Returns the flag and the previous handlers."""
@@ -410,7 +414,7 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
     master = rank == 0
     out_path = Path(cfg['out_dir'])
     device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
-    cfg['dtype'] = resolve_dtype(cfg['dtype'], device_type)
+    cfg['dtype'], dtype_reason = resolve_dtype(cfg['dtype'], device_type)
     if cfg['gradient_accumulation_steps'] % world_size:
         fail(f"gradient_accumulation_steps ({cfg['gradient_accumulation_steps']}) must be a multiple "
              f"of the number of processes ({world_size})")
@@ -423,6 +427,8 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg['seed'] + rank)
+    if master:
+        print(f"dtype {cfg['dtype']}: {dtype_reason}")
 
     if resume is not None:
         model = model_from_checkpoint(resume)
@@ -467,10 +473,12 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         if ddp else fast_model
 
     tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
+    mfu_peak, mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2) if master else (None, None)
     if master:
         print(f"{model.model_type}: {raw_model.num_params() / 1e6:.2f}M parameters (non-embedding), "
               f"vocab {meta['vocab_size']}, block {cfg['block_size']}; {world_size} process(es) on {device}, "
               f"{cfg['dtype']}; {tokens_per_iter:,} tokens per iteration; iterations {iter_num} -> {cfg['max_iters']}")
+        print(f"MFU yardstick: {mfu_yardstick}")
         print(f"data {data_path}: unigram entropy of train.bin {unigram_entropy(data_path, meta):.4f} nats/token "
               f"(the loss of a model that ignores context)")
 
@@ -521,10 +529,10 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                     diverged(f"loss is not finite at iteration {iter_num} (train {losses['train_loss']}, "
                              f"val {losses['val_loss']})", out_path, saved)
                 tokens_per_s = window_iters * tokens_per_iter / window_time if window_iters else None
-                mfu = (raw_model.estimate_mfu(cfg['batch_size'] * micro_steps, window_time / window_iters)
-                       if window_iters else None)
+                mfu = (raw_model.estimate_mfu(cfg['batch_size'] * micro_steps, window_time / window_iters, mfu_peak)
+                       if window_iters and master else None)
                 training_log.append({'iter': iter_num, **losses, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
-                                     'elapsed_s': elapsed_before + time.time() - t_start})
+                                     'mfu_yardstick': mfu_yardstick, 'elapsed_s': elapsed_before + time.time() - t_start})
                 window_iters, window_time = 0, 0.0
                 by_language = ', '.join(f"{lang} {losses[f'val_loss_{lang}']:.4f}" for lang in ('en', 'fr')
                                         if losses[f'val_loss_{lang}'] is not None)
@@ -535,9 +543,13 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                 if losses['val_loss'] < best_val_loss:
                     best_val_loss = losses['val_loss']
                     save(out_path / 'best.pt')
-            if last or (iter_num % cfg['checkpoint_interval'] == 0 and iter_num > start_iter):
+            stalled = cfg['early_stop_evals'] and evaluations_since_best(training_log) >= cfg['early_stop_evals']
+            if last or stalled or (iter_num % cfg['checkpoint_interval'] == 0 and iter_num > start_iter):
                 save(out_path / 'ckpt.pt')
-            if last:
+            if stalled:
+                log(f"early stop at iteration {iter_num}: val loss has not improved for {cfg['early_stop_evals']} "
+                    f"evaluations")
+            if last or stalled:
                 break
 
             t0 = time.time()

@@ -23,8 +23,10 @@ fi
 
 pip install -q -r requirements.txt
 
+sizing=()  # the configs' 800 iterations fit the 450-pair sample; 20,000 pairs teach longer: stop on val loss
 if [[ $source == europarl ]]; then
   data=europarl_tiny
+  sizing=(--max_iters=2400 --early_stop_evals=3)
   python data/europarl/prepare.py --source europarl --name $data --max_pairs 20000 --vocab_size 4096
 else
   data=sample
@@ -34,7 +36,7 @@ fi
 train() {  # config, out_dir: continue an earlier run of the same job instead of starting over
   local resume=()
   [[ -f $2/ckpt.pt ]] && resume=(--init_from=resume)
-  python train.py "$1" --data_dir=$data --out_dir="$2" "${resume[@]}"
+  python train.py "$1" --data_dir=$data --out_dir="$2" "${sizing[@]}" "${resume[@]}"
 }
 train config/train_europarl_tiny.py out/tiny_${data}_backpack
 train config/train_europarl_tiny_transformer.py out/tiny_${data}_transformer

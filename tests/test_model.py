@@ -96,6 +96,25 @@ def test_fast_mixing_matches_reference_path():
     assert (fast - reference).abs().max() < 1e-5
 
 
+def test_cpu_mixing_matches_reference_in_gradients_and_with_padding():
+    model = tiny_model('backpack', n_embd=64, n_senses=8)
+    idx, targets = torch.randint(0, 64, (3, 32)), torch.randint(0, 64, (3, 32))
+    grads = []
+    for fast in (True, False):
+        model.fast_mixing = fast
+        model.zero_grad()
+        model(idx, targets)[1].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert max((a - b).abs().max() for a, b in zip(*grads)) < 1e-5
+    mask = torch.ones(3, 32, dtype=torch.bool)
+    mask[0, :5] = False  # a left-padded row
+    steps = []
+    for fast in (True, False):
+        model.fast_mixing = fast
+        steps.append(model.step(idx, attention_mask=mask)[0])
+    assert (steps[0] - steps[1]).abs().max() < 1e-5
+
+
 def test_loss_ignores_minus_one_targets():
     model = tiny_model('transformer')
     idx = torch.randint(0, 64, (2, 10))

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+import hardware
 import model as model_module
 import train
 from checkpoint import load_checkpoint, load_trained_model
@@ -192,7 +193,7 @@ def test_resume_after_sigkill_is_bitwise_identical(synthetic_dataset, tmp_path, 
     assert all(torch.equal(a['model'][name], b['model'][name]) for name in a['model'])
     assert all(torch.equal(a['optimizer']['state'][i]['exp_avg_sq'], b['optimizer']['state'][i]['exp_avg_sq'])
                for i in a['optimizer']['state'])
-    strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'elapsed_s')} for e in log]
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'mfu_yardstick', 'elapsed_s')} for e in log]
     assert strip(a['training_log']) == strip(b['training_log']) == strip(read_log(tmp_path / 'b'))
     assert [e['iter'] for e in b['training_log']] == [0, 4, 8, 12, 16, 20]
 
@@ -275,6 +276,62 @@ def nan_in_evaluation_after(monkeypatch, n_calls):
         return logits, loss
 
     monkeypatch.setattr(model_module.BackpackLM, 'forward', forward)
+
+
+def test_evaluations_since_best():
+    log = lambda *losses: [{'val_loss': v} for v in losses]
+    assert train.evaluations_since_best([]) == 0
+    assert train.evaluations_since_best(log(5.0, 4.0, 3.0)) == 0
+    assert train.evaluations_since_best(log(5.0, 3.0, 3.5, 3.0)) == 2  # a tie is no improvement
+    assert train.evaluations_since_best(log(5.0, 3.0, 3.5, 3.1, 4.0)) == 3
+
+
+def scripted_val_losses(monkeypatch, losses):
+    """estimate_losses replaced by a script: the n-th evaluation of a run (counted in its on-disk
+    training_log.json, so resumed runs continue the script) reports val loss losses[n]."""
+    def scripted(model, sampler, cfg, autocast, device, ddp):
+        log_path = train.Path(cfg['out_dir']) / 'training_log.json'
+        done = len(read_log(log_path.parent)) if log_path.exists() else 0
+        return {'train_loss': losses[done], 'val_loss': losses[done], 'val_loss_en': None, 'val_loss_fr': None}
+    monkeypatch.setattr(train, 'estimate_losses', scripted)
+
+
+@pytest.mark.slow
+def test_early_stopping_and_its_resume_are_exact(synthetic_dataset, tmp_path, monkeypatch, capsys, one_thread):
+    scripted_val_losses(monkeypatch, [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 2.0, 1.0])
+    common = [*TINY, f'--data_dir={synthetic_dataset}', '--early_stop_evals=3', '--decay_lr=False',
+              '--checkpoint_interval=100']
+    train.main([*common, '--max_iters=100', f'--out_dir={tmp_path / "a"}'])
+    assert 'early stop at iteration 25: val loss has not improved for 3 evaluations' in capsys.readouterr().out
+    a = load_checkpoint(tmp_path / 'a' / 'ckpt.pt')
+    assert a['iter_num'] == 25 and [e['iter'] for e in read_log(tmp_path / 'a')] == [0, 5, 10, 15, 20, 25]
+    assert load_checkpoint(tmp_path / 'a' / 'best.pt')['iter_num'] == 10
+
+    # the same run stopped at iteration 15 and resumed with a larger budget stops at the same place, bitwise
+    train.main([*common, '--max_iters=15', f'--out_dir={tmp_path / "b"}'])
+    train.main(['--init_from=resume', f'--out_dir={tmp_path / "b"}', '--max_iters=100'])
+    b = load_checkpoint(tmp_path / 'b' / 'ckpt.pt')
+    assert b['iter_num'] == 25 and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
+    # resuming a run that stopped early trains no further
+    train.main(['--init_from=resume', f'--out_dir={tmp_path / "b"}', '--max_iters=100'])
+    assert load_checkpoint(tmp_path / 'b' / 'ckpt.pt')['iter_num'] == 25 and len(read_log(tmp_path / 'b')) == 6
+
+
+def test_early_stopping_is_off_by_default(synthetic_dataset, tmp_path, monkeypatch, one_thread):
+    scripted_val_losses(monkeypatch, [5.0, 6.0, 7.0, 8.0])
+    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=15', f'--out_dir={tmp_path}'])
+    assert load_checkpoint(tmp_path / 'ckpt.pt')['iter_num'] == 15
+
+
+def test_auto_dtype_says_what_it_chose(synthetic_dataset, tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(hardware, 'cpu_flags', lambda: {'avx2', 'avx512_bf16'})
+    train.main([*TINY, '--dtype=auto', f'--data_dir={synthetic_dataset}', '--max_iters=2', f'--out_dir={tmp_path}'])
+    first_lines = capsys.readouterr().out.splitlines()[:3]
+    assert 'dtype bfloat16: the CPU has AVX512-BF16' in first_lines
+    ckpt = load_checkpoint(tmp_path / 'ckpt.pt')
+    assert ckpt['config']['dtype'] == 'bfloat16'
+    assert ckpt['training_log'][-1]['mfu'] > 0
+    assert ckpt['training_log'][-1]['mfu_yardstick'].startswith('measured bfloat16 1024x1024 matmul on cpu')
 
 
 @pytest.mark.slow
@@ -397,7 +454,7 @@ def assert_resume_is_bitwise(dataset, tmp_path, dtype):
     assert all(torch.equal(a['optimizer']['state'][i]['exp_avg'], b['optimizer']['state'][i]['exp_avg'])
                for i in a['optimizer']['state'])
     assert a['scaler'] == b['scaler']
-    strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'elapsed_s')} for e in log]
+    strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'mfu_yardstick', 'elapsed_s')} for e in log]
     assert strip(a['training_log']) == strip(b['training_log'])
     return a
 

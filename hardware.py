@@ -1,0 +1,110 @@
+"""
+What the processor offers: which autocast dtype to train in, and the peak FLOP/s that
+model FLOPs utilisation (MFU) is measured against.
+
+    dtype, reason = resolve_dtype('auto', 'cpu')    # ('bfloat16', 'the CPU has AMX-BF16 ...')
+    peak, yardstick = peak_flops('cpu', 'bfloat16') # a measured bf16 matmul rate, and its name
+"""
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+
+# Instruction-set flags that give a CPU native bfloat16 matrix products (oneDNN uses them under autocast):
+# AMX tiles (Sapphire Rapids and later) and AVX512-BF16 (Cooper Lake, Zen 4 and later). Without them
+# bfloat16 is emulated and slower than float32.
+CPU_BF16_FLAGS = {'amx_bf16': 'AMX-BF16', 'avx512_bf16': 'AVX512-BF16'}
+
+# Dense (no sparsity) bfloat16/float16 tensor-core peaks with float32 accumulation, from NVIDIA's
+# datasheets and architecture whitepapers. Matched in order against torch.cuda.get_device_name(), so
+# more specific names come first. A GPU that is not listed is measured instead.
+CUDA_PEAKS = (('GB200', 2500e12), ('B200', 2250e12), ('H200', 989e12), ('H100 PCIe', 756e12),
+              ('H100 NVL', 835e12), ('H100', 989e12), ('GH200', 989e12), ('A100', 312e12),
+              ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12), ('A10G', 70e12), ('A10', 125e12),
+              ('RTX 6000 Ada', 364e12), ('A6000', 155e12), ('RTX 4090', 165e12), ('RTX 3090', 36e12),
+              ('V100', 125e12), ('T4', 65e12))
+FP16_ONLY = ('V100', 'T4')  # no bfloat16 tensor cores
+
+
+def cpu_flags():
+    """Instruction-set flags of this CPU, as a set of lower-case names (empty if unknown)."""
+    try:  # PyTorch's own cpuinfo query (present in 2.x; private, hence the fallback)
+        return {name for name, value in torch._C._cpu._get_cpu_capability().items() if value is True}
+    except (AttributeError, RuntimeError):
+        pass
+    cpuinfo = Path('/proc/cpuinfo')
+    if sys.platform.startswith('linux') and cpuinfo.is_file():
+        match = re.search(r'^flags\s*:(.*)$', cpuinfo.read_text(), re.MULTILINE)
+        return set(match.group(1).split()) if match else set()
+    return set()
+
+
+def cpu_bf16_support(flags=None):
+    """(True/False, why): whether this CPU multiplies bfloat16 matrices natively."""
+    flags = cpu_flags() if flags is None else flags
+    found = [name for flag, name in CPU_BF16_FLAGS.items() if flag in flags]
+    if found:
+        return True, f"the CPU has {' and '.join(found)}"
+    return False, "the CPU has neither AMX-BF16 nor AVX512-BF16 (bfloat16 would be emulated, slower than float32)"
+
+
+def resolve_dtype(requested, device_type, flags=None):
+    """(dtype name, reason): 'auto' picks bfloat16 autocast where the hardware multiplies it natively
+    (CUDA with bf16 support, CPUs with AMX or AVX512-BF16), float32 elsewhere."""
+    if requested != 'auto':
+        return requested, 'requested'
+    if device_type == 'cuda':
+        if torch.cuda.is_bf16_supported():
+            return 'bfloat16', 'the GPU supports bfloat16'
+        return 'float32', 'the GPU does not support bfloat16'
+    if device_type == 'cpu':
+        native, why = cpu_bf16_support(flags)
+        return ('bfloat16' if native else 'float32'), why
+    return 'float32', f'no bfloat16 detection for {device_type}'
+
+
+def synchronize(device):
+    if str(device).startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def matmul_flops(device, dtype='float32', n=2048, seconds=0.3):
+    """Achieved FLOP/s of n x n matmuls in dtype on device, timed for about `seconds` after warm-up."""
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype]) for _ in range(2))
+    for _ in range(2):
+        a @ b
+    synchronize(device)
+    repeats, t0 = 0, time.perf_counter()
+    while repeats < 3 or time.perf_counter() - t0 < seconds:
+        a @ b
+        repeats += 1
+        if str(device).startswith('cuda') and repeats % 10 == 0:
+            synchronize(device)
+    synchronize(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
+
+
+def cuda_datasheet_peak(name, dtype):
+    """Datasheet peak FLOP/s of the GPU called name in dtype (bfloat16/float16), or None if unknown."""
+    if dtype not in ('bfloat16', 'float16'):
+        return None
+    for key, peak in CUDA_PEAKS:
+        if key in name:
+            return None if dtype == 'bfloat16' and key in FP16_ONLY else peak
+    return None
+
+
+def peak_flops(device, dtype, n=2048, seconds=0.3):
+    """(FLOP/s, yardstick): the rate MFU divides by. A known GPU's datasheet peak in bfloat16/float16;
+    otherwise (CPUs, float32, unlisted GPUs) the measured rate of an n x n matmul in the run's dtype."""
+    if str(device).startswith('cuda'):
+        name = torch.cuda.get_device_name(device)
+        peak = cuda_datasheet_peak(name, dtype)
+        if peak is not None:
+            return peak, f"{name} {dtype} datasheet peak, {peak / 1e12:,.0f} TFLOP/s"
+    rate = matmul_flops(device, dtype, n, seconds)
+    return rate, f"measured {dtype} {n}x{n} matmul on {device}, {rate / 1e9:,.0f} GFLOP/s"

@@ -1,0 +1,74 @@
+"""hardware.py: the dtype 'auto' picks, and the yardsticks MFU is measured against."""
+import pytest
+import torch
+
+import hardware
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ({'avx512_f', 'amx_tile', 'amx_bf16', 'avx512_bf16'}, 'bfloat16'),  # Sapphire Rapids
+    ({'avx512_f', 'avx512_bf16'}, 'bfloat16'),                          # Cooper Lake, Zen 4
+    ({'avx512_f', 'avx512_bw', 'avx2'}, 'float32'),                     # Skylake-SP: bf16 only emulated
+    ({'avx2', 'fma3'}, 'float32'),
+    (set(), 'float32'),                                                 # unknown CPU
+])
+def test_auto_dtype_on_cpu_follows_native_bf16(flags, expected):
+    dtype, reason = hardware.resolve_dtype('auto', 'cpu', flags=flags)
+    assert dtype == expected
+    assert ('AMX' in reason or 'AVX512-BF16' in reason)
+
+
+def test_auto_dtype_reads_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(hardware, 'cpu_flags', lambda: {'avx2'})
+    assert hardware.resolve_dtype('auto', 'cpu')[0] == 'float32'
+    monkeypatch.setattr(hardware, 'cpu_flags', lambda: {'avx2', 'amx_bf16'})
+    assert hardware.resolve_dtype('auto', 'cpu') == ('bfloat16', 'the CPU has AMX-BF16')
+
+
+def test_explicit_dtype_and_other_devices(monkeypatch):
+    assert hardware.resolve_dtype('float32', 'cpu', flags={'amx_bf16'}) == ('float32', 'requested')
+    assert hardware.resolve_dtype('auto', 'mps')[0] == 'float32'
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: False)
+    assert hardware.resolve_dtype('auto', 'cuda')[0] == 'float32'
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: True)
+    assert hardware.resolve_dtype('auto', 'cuda')[0] == 'bfloat16'
+
+
+def test_cpu_flags_are_found_here():
+    flags = hardware.cpu_flags()
+    assert isinstance(flags, set)
+    if torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512'):
+        assert 'avx2' in flags
+
+
+@pytest.mark.parametrize('name, dtype, expected', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989e12),
+    ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+    ('NVIDIA A100-SXM4-40GB', 'float16', 312e12),
+    ('NVIDIA L40S', 'bfloat16', 362e12),
+    ('NVIDIA L4', 'bfloat16', 121e12),
+    ('NVIDIA GeForce RTX 4090', 'bfloat16', 165e12),
+    ('Tesla T4', 'float16', 65e12),
+    ('Tesla T4', 'bfloat16', None),         # no bf16 tensor cores: measured instead
+    ('NVIDIA A100-SXM4-40GB', 'float32', None),
+    ('Some Future GPU', 'bfloat16', None),
+])
+def test_cuda_datasheet_peaks(name, dtype, expected):
+    assert hardware.cuda_datasheet_peak(name, dtype) == expected
+
+
+def test_cpu_yardstick_is_a_measured_matmul_in_the_run_dtype(one_thread, monkeypatch):
+    measured = []
+    real = hardware.matmul_flops
+    monkeypatch.setattr(hardware, 'matmul_flops',
+                        lambda device, dtype, n, seconds: measured.append(dtype) or real(device, dtype, n, seconds))
+    peak, yardstick = hardware.peak_flops('cpu', 'bfloat16', n=128, seconds=0.01)
+    assert measured == ['bfloat16'] and peak > 1e8
+    assert yardstick.startswith('measured bfloat16 128x128 matmul on cpu, ')
+
+
+def test_matmul_flops_counts_the_products(one_thread, monkeypatch):
+    clock = iter(range(1000))
+    monkeypatch.setattr(hardware.time, 'perf_counter', lambda: next(clock))  # one second per reading
+    # readings: start (0), the loop's check after the 3 minimum products (1), the end (2)
+    assert hardware.matmul_flops('cpu', 'float32', n=8, seconds=0) == pytest.approx(2 * 8 ** 3 * 3 / 2)
