@@ -77,8 +77,8 @@ def bench_model(model_type, args):
     tokens = args.batch_size * args.block_size
     result = {'model': model_type, 'params_M': round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
               'step_ms': round(1000 * seconds, 1), 'tokens_per_s': round(tokens / seconds),
-              'flops_per_token_G': round(flops_per_token / 1e9, 3),
-              'achieved_GFLOPs': round(flops_per_token * tokens / seconds / 1e9, 1)}
+              'flops_per_token_G': round(flops_per_token / 1e9, 6),
+              'achieved_GFLOPs': round(flops_per_token * tokens / seconds / 1e9, 3)}
     if args.device.startswith('cuda'):
         result['peak_memory_MB'] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
     else:  # whole-process peak resident memory; each model runs in its own process so this is its own

@@ -68,8 +68,11 @@ def resolve_dtype(requested, device_type, flags=None):
 
 
 def synchronize(device):
+    """Wait for queued kernels, so that timings cover them."""
     if str(device).startswith('cuda'):
         torch.cuda.synchronize()
+    elif str(device) == 'mps':
+        torch.mps.synchronize()
 
 
 def matmul_flops(device, dtype='float32', n=2048, seconds=0.3):
@@ -82,7 +85,7 @@ def matmul_flops(device, dtype='float32', n=2048, seconds=0.3):
     while repeats < 3 or time.perf_counter() - t0 < seconds:
         a @ b
         repeats += 1
-        if str(device).startswith('cuda') and repeats % 10 == 0:
+        if repeats % 10 == 0:  # keeps a GPU's queue short, so the clock is read near the work
             synchronize(device)
     synchronize(device)
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)

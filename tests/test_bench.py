@@ -19,6 +19,6 @@ def test_bench_divides_by_the_matmul_rate_of_its_dtype(repo_root):
     assert yardstick['dtype'] == 'bfloat16' and yardstick['matmul_2048_bfloat16_GFLOPs'] > 0
     for r in (transformer, backpack):
         assert r['fraction_of_bfloat16_matmul'] == pytest.approx(
-            r['achieved_GFLOPs'] / yardstick['matmul_2048_bfloat16_GFLOPs'], abs=1e-3)
+            r['achieved_GFLOPs'] / yardstick['matmul_2048_bfloat16_GFLOPs'], abs=6e-4)  # rounded to 3 decimals
     assert ratios['backpack_over_transformer']['achieved_flops'] == pytest.approx(
-        backpack['achieved_GFLOPs'] / transformer['achieved_GFLOPs'], abs=1e-3)
+        backpack['achieved_GFLOPs'] / transformer['achieved_GFLOPs'], abs=6e-4)

@@ -318,6 +318,7 @@ def test_optimizer_decays_only_matrices():
     assert decayed['weight_decay'] == 0.1 and all(p.dim() >= 2 for p in decayed['params'])
     assert plain['weight_decay'] == 0.0 and all(p.dim() < 2 for p in plain['params'])
     assert sum(p.numel() for g in optimizer.param_groups for p in g['params']) == model.num_params(False)
+    assert optimizer.defaults['fused']  # one kernel per step on the CPU too, instead of a loop over tensors
 
 
 def test_unknown_model_type_and_preset():
