@@ -77,7 +77,8 @@ def synchronize(device):
 
 def matmul_flops(device, dtype='float32', n=2048, seconds=0.3):
     """Achieved FLOP/s of n x n matmuls in dtype on device, timed for about `seconds` after warm-up."""
-    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype]) for _ in range(2))
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the run's random streams alone
+    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype], generator=generator) for _ in range(2))
     for _ in range(2):
         a @ b
     synchronize(device)

@@ -72,3 +72,11 @@ def test_matmul_flops_counts_the_products(one_thread, monkeypatch):
     monkeypatch.setattr(hardware.time, 'perf_counter', lambda: next(clock))  # one second per reading
     # readings: start (0), the loop's check after the 3 minimum products (1), the end (2)
     assert hardware.matmul_flops('cpu', 'float32', n=8, seconds=0) == pytest.approx(2 * 8 ** 3 * 3 / 2)
+
+
+def test_measuring_leaves_the_random_streams_alone(one_thread):
+    """train.py measures its yardstick after restoring a resumed run's RNG: drawing from the global
+    generator there would shift dropout and break bitwise resume."""
+    before = torch.get_rng_state()
+    hardware.matmul_flops('cpu', 'float32', n=16, seconds=0)
+    assert torch.equal(before, torch.get_rng_state())
