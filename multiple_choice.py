@@ -8,7 +8,10 @@ interpolation and length exponent as in the SENSIA paper's evaluation):
     LL(A|empty)  the same answer after <eot> [tag] + the template's answer prefix only
     s = LL(A|C) / |A|^alpha - (1 - lambda) LL(A|empty) / |A|^alpha
 lambda = 1 is conditional scoring, lambda = 0 is PMI. The options of an example differ only in
-the option word (" Yes, " / " No, " ...) before the shared second sentence.
+the option word (" Yes, " / " No, " ...) before the shared second sentence. Deliberate
+difference from the SENSIA authors' run_eval.py: their PMI "prior" re-scores the answer inside
+the same full sequence; here the prior is a separate sequence without the first sentence, as in
+Holtzman et al.'s domain-conditional PMI, and lambda weighs the two terms as written above.
 
 Tuning without leakage: each labelled dev set is split by a seeded shuffle of its line numbers
 into a tuning half and a reporting half; (lambda, alpha) is chosen on the tuning half and the
