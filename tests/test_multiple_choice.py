@@ -104,7 +104,7 @@ def test_pmi_and_conditional_pick_different_answers():
 def test_tuning_prefers_the_simplest_scoring_on_ties():
     c = {"conditional": np.array([[-1.0, -5.0]]), "prior": np.array([[-1.0, -5.0]]),
          "length": np.ones((1, 2)), "labels": np.array([0])}
-    tuned = mc.tune(c, np.ones(1, dtype=bool))  # every lambda > 0 is right
+    tuned = mc.tune(c, np.ones(1, dtype=bool))  # every scoring is right
     assert (tuned["lambda"], tuned["alpha"]) == (1.0, 0.0)
 
 
