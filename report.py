@@ -93,9 +93,10 @@ def multiple_choice_section(results):
                 rows.append([line, f"{tuned['lambda']:.1f} / {tuned['alpha']:.1f}", interval_text(acc),
                              interval_text(cond), f"{entry['chance']:.3f}",
                              f"{entry['majority']['accuracy']:.3f} ({entry['majority']['label']})", str(acc["n"]),
-                             str(entry.get("contexts_cut", "")) if line != "en->fr" else ""])
+                             f"{entry['contexts_cut']} / {entry['examples'] * round(1 / entry['chance'])}"
+                             if line != "en->fr" else ""])
         out += [markdown_table(["line", "lambda / alpha", "accuracy [95% CI]", "conditional [95% CI]", "chance",
-                                "majority", "reporting n", "contexts cut"], rows), ""]
+                                "majority", "reporting n", "contexts cut / option sequences"], rows), ""]
         out += [f"- template {lang}: `{section[lang]['template']}` (tag {section[lang]['language_tag']})"
                 for lang in ("en", "fr") if "template" in section.get(lang, {})] + [""]
     return out
