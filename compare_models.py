@@ -24,12 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 import evaluate  # noqa: E402
+import metrics  # noqa: E402
 import report  # noqa: E402
 from atomic import atomic_write, atomic_write_text  # noqa: E402
 
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
 METRIC_GROUPS = {"loss": "val loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
-                 "bli": "BLI", "sentence": "sentence"}
+                 "bli": "BLI", "sentence": "sentence", "multiple_choice": ("xnli", "pawsx")}
 
 
 def parse_args(argv=None):
@@ -66,11 +67,30 @@ def unique_labels(out_dirs, results):
     return labels
 
 
-def comparison_table(labels, headlines):
-    """Markdown table: one row per headline metric, one column per model."""
+def comparison_table(labels, headlines, intervals):
+    """Markdown table: one row per headline metric, one column per model; a metric with 95%
+    intervals shows them, and the last column says whether the models' intervals overlap."""
     metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
-    rows = [[name] + [report.fmt(h.get(name)) for h in headlines] for name in metrics_order]
-    return report.markdown_table(["metric"] + labels, rows), metrics_order
+    rows = []
+    for name in metrics_order:
+        cells = [report.fmt(h.get(name)) + (" [{:.3f}, {:.3f}]".format(*iv[name]) if name in iv else "")
+                 for h, iv in zip(headlines, intervals)]
+        rows.append([name] + cells + [significance([iv.get(name) for iv in intervals])])
+    return report.markdown_table(["metric"] + labels + ["difference"], rows), metrics_order
+
+
+def significance(intervals):
+    """Whether the models' 95% intervals of one metric overlap: overlapping ones are marked not
+    significant; '' when some model has no interval for it."""
+    if len(intervals) < 2 or any(iv is None for iv in intervals):
+        return ""
+    pairs = [(i, j) for i in range(len(intervals)) for j in range(i + 1, len(intervals))]
+    overlapping = [(i, j) for i, j in pairs if metrics.intervals_overlap(intervals[i], intervals[j])]
+    if not overlapping:
+        return "intervals disjoint"
+    if len(overlapping) == len(pairs):
+        return "not significant (intervals overlap)"
+    return "not significant between " + ", ".join(f"columns {i + 1} and {j + 1}" for i, j in overlapping)
 
 
 def save_figure(fig, path):
@@ -143,7 +163,8 @@ def main(argv=None):
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
     headlines = [report.headline_metrics(r) for r in results]
-    table, metric_names = comparison_table(labels, headlines)
+    intervals = [report.headline_intervals(r) for r in results]
+    table, metric_names = comparison_table(labels, headlines, intervals)
 
     plots = {"loss_curves": plot_loss_curves(out_dirs, labels, output_dir / "loss_curves.png")}
     for group, keys in METRIC_GROUPS.items():
@@ -158,8 +179,8 @@ def main(argv=None):
                            "model_type": r["run"]["model_type"], "iter_num": r["run"]["iter_num"],
                            "n_params": r["run"]["n_params"],
                            "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
-                           "headline": h}
-                   for label, d, r, h, src in zip(labels, out_dirs, results, headlines, sources)},
+                           "headline": h, "intervals_95": iv}
+                   for label, d, r, h, iv, src in zip(labels, out_dirs, results, headlines, intervals, sources)},
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
     atomic_write_text(output_dir / "comparison.json",
                           json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))

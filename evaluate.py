@@ -1,6 +1,7 @@
 """
 Evaluate a trained checkpoint: loss, translation, word similarity, lexicon induction,
-sentence retrieval and (Backpack) sense analysis. Every number comes from the model, on
+sentence retrieval, (Backpack) sense analysis and zero-shot multiple choice (XNLI, PAWS-X,
+on request: --tasks xnli,pawsx). Every number comes from the model, on
 named data, by a named method; a task whose resource is missing is skipped with the reason.
 
 $ python evaluate.py --out_dir out/backpack_tiny --device cpu
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 import lexical
 import metrics
+import multiple_choice
 import resources
 from atomic import atomic_write_text
 from checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
@@ -37,7 +39,9 @@ from generation import timed_translate
 from report import headline_metrics, json_safe, markdown_table, render_report
 from tokenizer import load_tokenizer
 
-TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses")
+TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses", "xnli", "pawsx")
+# xnli and pawsx score 4,000-5,000 dev examples per language (minutes on a CPU): on request only
+DEFAULT_TASKS = TASKS[:6]
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_ROOT = os.environ.get("ENFR_DATA", str(REPO_ROOT.parent / "shared" / "data" / "en-fr"))
 # word-similarity sets of the ../shared/data/en-fr layout: name -> path under --data_root
@@ -66,7 +70,8 @@ def add_eval_arguments(p):
     """Every evaluation option (shared with compare_models.py), except --out_dir."""
     p.add_argument("--ckpt", choices=["best", "latest"], default="best", help="best.pt or ckpt.pt")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                   help=f"comma-separated subset of {','.join(TASKS)} (default: all but xnli,pawsx)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--batch_size", type=int, default=16, help="sentences per forward pass")
     p.add_argument("--data_root", default=DEFAULT_DATA_ROOT,
@@ -114,6 +119,10 @@ def add_eval_arguments(p):
                    help="rank only tokens of this side of the training corpus (by per-language token counts)")
     g.add_argument("--sense_sentences", type=int, default=64, help="test sentences for the alpha entropy")
     g.add_argument("--sense_pairs", type=int, default=1000, help="dictionary pairs for per-sense translation cosines")
+    g = p.add_argument_group("multiple choice (xnli, pawsx: --data_root/xling/TASK/dev-{en,fr}.tsv)")
+    g.add_argument("--mc_rows", type=int, default=64, help="option sequences per forward pass")
+    g.add_argument("--mc_examples", type=int, default=None,
+                   help="score only the first N examples of each dev file (default: all)")
 
 
 def parse_args(argv=None):
@@ -132,9 +141,11 @@ def check_args(args):
         raise SystemExit(f"error: unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)}")
     args.task_list = tasks
     for name in ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates", "csls_k",
-                 "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences", "sense_pairs"):
+                 "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences", "sense_pairs", "mc_rows"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if args.mc_examples is not None and args.mc_examples < 2:
+        raise SystemExit(f"error: --mc_examples must be >= 2 (a tuning and a reporting half), got {args.mc_examples}")
     if args.sentence_pairs < 2:
         raise SystemExit("error: --sentence_pairs must be >= 2 (retrieval needs distractors)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -517,8 +528,16 @@ def task_senses(ctx):
     return result
 
 
+def task_multiple_choice(ctx, task):
+    """XNLI / PAWS-X accuracy with tuned conditional/PMI scoring (multiple_choice.py)."""
+    return multiple_choice.evaluate_task(ctx.model, ctx.tok, ctx.ckpt["meta"], task, ctx.data_root, ctx.device,
+                                         ctx.args.mc_rows, ctx.args.mc_examples)
+
+
 TASK_FUNCTIONS = {"loss": task_loss, "translation": task_translation, "wordsim": task_wordsim,
-                  "bli": task_bli, "sentence": task_sentence, "senses": task_senses}
+                  "bli": task_bli, "sentence": task_sentence, "senses": task_senses,
+                  "xnli": lambda ctx: task_multiple_choice(ctx, "xnli"),
+                  "pawsx": lambda ctx: task_multiple_choice(ctx, "pawsx")}
 
 
 def evaluate_out_dir(out_dir, args):

@@ -13,7 +13,7 @@ import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-from scipy.stats import spearmanr
+from scipy.stats import binomtest, spearmanr
 
 _tokenize_13a = Tokenizer13a()
 
@@ -249,3 +249,22 @@ def sentence_retrieval(a, b, seed=0):
     result["recall@1_b_to_a"] = recall_at_1(sims.T)
     result["chance_recall@1"] = 1.0 / len(a)
     return result
+
+
+# -----------------------------------------------------------------------------
+# accuracy with uncertainty
+
+def accuracy_interval(correct, n, confidence=0.95):
+    """Accuracy correct / n with its Wilson score interval (scipy), which stays inside [0, 1]
+    and keeps its coverage for small n or accuracies near 0 or 1."""
+    if n < 1:
+        raise ValueError("accuracy needs at least one example")
+    low, high = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return {"accuracy": correct / n, "ci_low": float(low), "ci_high": float(high), "correct": int(correct),
+            "n": int(n), "interval": f"Wilson {confidence:.0%}"}
+
+
+def intervals_overlap(a, b):
+    """Whether two (low, high) intervals overlap. Two 95% intervals that do not overlap mark a
+    difference significant at well under 5%; overlap is the conservative 'not significant'."""
+    return a[0] <= b[1] and b[0] <= a[1]

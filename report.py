@@ -53,7 +53,57 @@ def headline_metrics(results):
     entropy = results.get("senses", {}).get("alpha_entropy", {})
     if "mean_normalised" in entropy:
         rows["alpha entropy (normalised)"] = entropy["mean_normalised"]
+    rows.update({name: acc["accuracy"] for name, acc in multiple_choice_accuracies(results).items()})
     return rows
+
+
+def multiple_choice_accuracies(results):
+    """{metric name: accuracy dict with its interval} of the XNLI / PAWS-X reporting halves."""
+    accuracies = {}
+    for task in ("xnli", "pawsx"):
+        for line in ("en", "fr", "en->fr"):
+            entry = results.get(task, {}).get(line, {})
+            if "accuracy" in entry:
+                accuracies[f"{task} {line} accuracy (tuned)"] = entry["accuracy"]
+                accuracies[f"{task} {line} accuracy (conditional)"] = entry["conditional"]
+    return accuracies
+
+
+def headline_intervals(results):
+    """{metric name: (low, high)} of the headline metrics that come with a 95% interval."""
+    return {name: (acc["ci_low"], acc["ci_high"]) for name, acc in multiple_choice_accuracies(results).items()}
+
+
+def multiple_choice_section(results):
+    """report.md lines: accuracy on the reporting half next to its controls, per task and line."""
+    out = []
+    for task in ("xnli", "pawsx"):
+        section = results.get(task, {})
+        if "scoring" not in section:
+            continue
+        out += [f"## Multiple choice: {task}", "", f"Scoring `{section['scoring']}`, lambda and alpha tuned on the "
+                f"tuning half, accuracy ({section['interval']} interval) on the reporting half.", ""]
+        rows = []
+        for line in ("en", "fr", "en->fr"):
+            entry = section.get(line, {})
+            if "skipped" in entry:
+                rows.append([line, f"skipped: {entry['skipped']}"] + [""] * 6)
+            elif entry:
+                acc, cond, tuned = entry["accuracy"], entry["conditional"], entry["tuned"]
+                rows.append([line, f"{tuned['lambda']:.1f} / {tuned['alpha']:.1f}", interval_text(acc),
+                             interval_text(cond), f"{entry['chance']:.3f}",
+                             f"{entry['majority']['accuracy']:.3f} ({entry['majority']['label']})", str(acc["n"]),
+                             f"{entry['contexts_cut']} / {entry['examples'] * round(1 / entry['chance'])}"
+                             if line != "en->fr" else ""])
+        out += [markdown_table(["line", "lambda / alpha", "accuracy [95% CI]", "conditional [95% CI]", "chance",
+                                "majority", "reporting n", "contexts cut / option sequences"], rows), ""]
+        out += [f"- template {lang}: `{section[lang]['template']}` (tag {section[lang]['language_tag']})"
+                for lang in ("en", "fr") if "template" in section.get(lang, {})] + [""]
+    return out
+
+
+def interval_text(acc):
+    return f"{acc['accuracy']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"
 
 
 def fmt(value):
@@ -111,6 +161,7 @@ def render_report(results):
         out += [f"- {name} (`{res['path']}`): {res['malformed']} line(s): "
                 + ", ".join(f"{m['line']} ({m['reason']})" for m in res["malformed_lines"]) for name, res in malformed]
         out.append("")
+    out += multiple_choice_section(results)
     senses = results["senses"]
     if isinstance(senses.get("top_tokens"), list):
         out += ["", f"## Sense projections (top {len(senses['top_tokens'][0].get('senses', [[]])[0])} tokens of "

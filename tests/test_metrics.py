@@ -128,3 +128,22 @@ def test_sentence_retrieval_and_derangement():
     assert metrics.recall_at_1(np.array([[0.0, 1.0], [0.0, 1.0]])) == 0.5
     with pytest.raises(ValueError):
         metrics.random_derangement(1, rng)
+
+
+def test_accuracy_interval_is_the_wilson_interval():
+    correct, n, z = 30, 100, stats.norm.ppf(0.975)
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    result = metrics.accuracy_interval(correct, n)
+    assert result["accuracy"] == 0.3 and result["n"] == 100
+    assert result["ci_low"] == pytest.approx(centre - half) and result["ci_high"] == pytest.approx(centre + half)
+    assert metrics.accuracy_interval(0, 5)["ci_low"] == 0.0 and metrics.accuracy_interval(5, 5)["ci_high"] == 1.0
+    with pytest.raises(ValueError):
+        metrics.accuracy_interval(0, 0)
+
+
+def test_intervals_overlap():
+    assert metrics.intervals_overlap((0.1, 0.3), (0.25, 0.5)) and metrics.intervals_overlap((0.25, 0.5), (0.1, 0.3))
+    assert metrics.intervals_overlap((0.1, 0.3), (0.3, 0.4))
+    assert not metrics.intervals_overlap((0.1, 0.2), (0.21, 0.4))
