@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument('--max_new_tokens', type=int, default=30)
     p.add_argument('--top_k', type=int, default=40, help="sampling among the k likeliest tokens")
     p.add_argument('--topics', type=int, default=None, help="use only the first N topics per language")
+    p.add_argument('--professions', type=int, default=None, help="use only the first N professions per language")
     p.add_argument('--gender_sense', type=int, default=None,
                    help="the Backpack's gender sense (default: found on the estimation prompts; backpack-gpt2 uses 10)")
     p.add_argument('--steer_senses', type=int, default=1, help="senses (and random directions) scaled per language")
@@ -148,7 +149,8 @@ def debiasing(model, baseline, tok, gender, args, bar):
     results = {}
     for lang in LANGS:
         he, she = (tok.encode(' ' + w) for w in gender['pronouns'][lang])
-        professions = [(p[lang], p['gendered_form'] if lang == 'fr' else False) for p in gender['professions']]
+        professions = [(p[lang], p['gendered_form'] if lang == 'fr' else False)
+                       for p in gender['professions'][:args.professions]]
         fill = lambda which, word: iv.fill_prompts(tok, tag(tok, lang), gender[which][lang], word)
         ids = {w: set(word_pieces(tok, [w])[0]) for w, _ in professions}
         estimation = {w: (fill('estimation_prompts', w), ids[w]) for w, _ in professions}
@@ -301,6 +303,9 @@ def main(argv=None):
         iv.require_backpack(model, "experiments/interventions.py --out_dir")
     except iv.InterventionError as e:
         raise SystemExit(f"error: {e} (pass the Transformer as --baseline_dir)")
+    if args.gender_sense is not None and not 0 <= args.gender_sense < model.config.n_senses:
+        raise SystemExit(f"error: --gender_sense {args.gender_sense} is not a sense of this model "
+                         f"(it has {model.config.n_senses}: 0-{model.config.n_senses - 1})")
     baseline = None
     if args.baseline_dir is not None:
         baseline, bckpt, _, _ = load_for_eval(args.baseline_dir, args.ckpt, args.device, data_dir)
@@ -312,7 +317,7 @@ def main(argv=None):
         raise SystemExit(f"error: language masks need the dataset's pairs_train.bin: {e}")
     n_topics = sum(len(list(data['topics'][lang])[:args.topics]) for lang in LANGS)
     total = (n_topics * (len(iv.TOPIC_STRENGTHS) + (len(TRANSFORMER_BONUSES) if baseline else 0))
-             + 2 * len(data['gender']['professions']) + len(data['knowledge']['edits'])
+             + 2 * len(data['gender']['professions'][:args.professions]) + len(data['knowledge']['edits'])
              + len(STEERING_SCALES) * len(LANGS) * (3 if baseline else 2))
     start = time.time()
     with torch.no_grad(), tqdm(total=total, desc="interventions") as bar:
