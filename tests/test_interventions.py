@@ -269,3 +269,11 @@ def test_experiment_end_to_end_writes_json_and_markdown(runs, repo_root):
     assert len(results['knowledge']['edits']) == 10 and results['steering']['transformer']
     markdown = (runs['backpack'] / 'interventions' / 'interventions.md').read_text()
     assert '## Topic control' in markdown and '## Language steering' in markdown
+
+
+def test_comparison_report_links_interventions_when_present(tmp_path):
+    from compare_models import interventions_links
+    (tmp_path / 'bp' / 'interventions').mkdir(parents=True)
+    (tmp_path / 'bp' / 'interventions' / 'interventions.md').write_text('# Sense interventions\n')
+    links = interventions_links([tmp_path / 'bp', tmp_path / 'tf'], tmp_path / 'comparison')
+    assert links.count('Sense interventions of') == 1 and '(../bp/interventions/interventions.md)' in links
