@@ -5,7 +5,7 @@ $ python sample.py --out_dir out/backpack_tiny --start "<EN> The committee" --nu
 $ python sample.py --out_dir out/backpack_tiny --translate "The house is red." --direction en-fr --beam 4
 $ python sample.py --out_dir out/backpack_tiny --senses "+roi-homme+femme" --senses_language fr
 $ python sample.py --out_dir out/backpack_tiny --start "<EN> The committee" --explain
-$ python sample.py --out_dir out/backpack_tiny --topic data/interventions/fisheries_en.txt --strength 3
+$ python sample.py --out_dir out/backpack_tiny --topic fish,fishing,sea,boats --strength 3
 
 Tag strings in --start (<EN>, <FR> and the end-of-text token, spelled as the tokenizer's
 token_str shows them) stand for the tag ids, so a prompt can open a segment exactly as training

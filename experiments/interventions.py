@@ -69,14 +69,15 @@ def read_data(directory):
 
 
 def mean_se(values):
-    """{mean, se, n}: the standard error of the mean over the given units."""
+    """{mean, se, median, n}: se is the standard error of the mean over the given units."""
     values = np.asarray(values, dtype=np.float64)
     se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else None
-    return {'mean': float(values.mean()), 'se': se, 'n': int(len(values))}
+    return {'mean': float(values.mean()), 'se': se, 'median': float(np.median(values)), 'n': int(len(values))}
 
 
-def pm(stat):
-    return 'n/a' if stat is None else f"{stat['mean']:.3f} ± {stat['se']:.3f}" if stat['se'] is not None else f"{stat['mean']:.3f}"
+def pm(stat, median=False):
+    text = f"{stat['mean']:.3g} ± {stat['se']:.2g}" if stat['se'] is not None else f"{stat['mean']:.3g}"
+    return text + (f" (median {stat['median']:.3g})" if median else '')
 
 
 def tag(tok, lang):
@@ -180,7 +181,7 @@ def debiasing(model, baseline, tok, gender, args, bar):
         if lang == 'fr':
             groups.update({'gendered_form': [w for w in rows if rows[w]['gendered_form']],
                            'epicene': [w for w in rows if not rows[w]['gendered_form']]})
-        summary = {g: {m: {s: mean_se([rows[w][m][s] for w in words]) for s in ('unmodified', 'removed', 'optimised')}
+        summary = {g: {m: {s: mean_se([rows[w][m][s] for w in words]) for s in ('unmodified', 'removed', 'optimised', 'p')}
                        for m in ('backpack', 'transformer') if m in rows[words[0]]}
                    for g, words in groups.items() if words}
         results[lang] = {'gender_sense': sense, 'sense_share_helped': helped, 'sense_mean_reduction': reduction,
@@ -270,8 +271,8 @@ def render(results):
     for lang, r in results['debias'].items():
         for group, models in r['summary'].items():
             for m, stats in models.items():
-                rows.append([lang, group, m, pm(stats['unmodified']), pm(stats['removed']), pm(stats['optimised'])])
-    lines += [markdown_table(['lang', 'professions', 'model', 'unmodified', 'removed (p=0)', 'optimised p'], rows), ""]
+                rows.append([lang, group, m] + [pm(stats[s], median=True) for s in ('unmodified', 'removed', 'optimised', 'p')])
+    lines += [markdown_table(['lang', 'professions', 'model', 'unmodified', 'removed (p=0)', 'optimised p', 'fitted p'], rows), ""]
     lines.append("Gender sense used: " + ", ".join(f"{lang} {r['gender_sense']}" for lang, r in results['debias'].items()) + ".\n")
     lines.append("## Knowledge editing (unit: edits)\n\nChange of log p(a) - log p(r) after prompts mentioning x; "
                  "collateral: mean KL(unedited || edited) of next-token distributions on prompts without x.\n")
