@@ -159,7 +159,9 @@ def debiasing(model, baseline, tok, gender, args, bar):
             sense, helped, reduction = iv.gender_sense(model, estimation, he, she, tok.eot_id)
         else:
             sense, helped, reduction = args.gender_sense, None, None
-        pronoun_vectors = WordVectors(baseline, tok, gender['pronouns'][lang]) if baseline is not None else None
+        if baseline is not None:  # the he-she direction of the Transformer's input embeddings (pronouns' piece means)
+            pronouns = WordVectors(baseline, tok, gender['pronouns'][lang])
+            direction = torch.from_numpy(pronouns.embedding[1] - pronouns.embedding[0]).to(args.device)
         rows = {}
         for word, gendered in professions:
             evaluation = fill('evaluation_prompts', word)
@@ -169,7 +171,6 @@ def debiasing(model, baseline, tok, gender, args, bar):
             row = {'gendered_form': gendered, 'backpack': {'unmodified': bias(evaluation), 'removed': bias(evaluation, edit(0.0)),
                                                            'optimised': bias(evaluation, edit(p)), 'p': p}}
             if baseline is not None:
-                direction = torch.from_numpy(pronoun_vectors.embedding[1] - pronoun_vectors.embedding[0]).to(args.device)
                 t_edit = iv.transformer_debias_edit(ids[word], direction)
                 t_bias = lambda prompts, e=None: iv.profession_bias(baseline, prompts, he, she, tok.eot_id, e)
                 tp = iv.optimise_scale(lambda q: t_bias(estimation[word][0], t_edit(q)))
