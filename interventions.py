@@ -225,7 +225,8 @@ def logit_bonus_fn(bag, bonus):
 
 
 def topic_rate(texts, bag_words):
-    """Share of the texts' words (13a tokenization, lowercased) that are in the bag, pooled."""
+    """Share of the texts' words that are in the bag, pooled over texts (the authors' count_coverage;
+    words here are sacreBLEU 13a tokens, lowercased, where the authors used stanza)."""
     bag = {w.lower() for w in bag_words}
     tokens = [w.lower() for t in texts for w in split_words(t)]
     return sum(w in bag for w in tokens) / max(len(tokens), 1)

@@ -95,7 +95,9 @@ def sample_from(model, tok, prompt, args, edits_for=None, logits_fn=None):
 # ----------------------------------------------------------------------------- 3. topic control
 
 def topic_control(model, baseline, tok, bags, args, bar):
-    """Per language and topic: Backpack topic rate and sample NLL at strengths 0-3, Transformer at each bonus."""
+    """Per language and topic: Backpack topic rate and sample NLL at strengths 0-3, Transformer at each bonus.
+    Samples start from the language tag (the authors start from <|endoftext|>), and fluency is the NLL under
+    the unedited model that generated them (the authors score with GPT-2 large, which has no French)."""
     per_topic = {}
     for lang in LANGS:
         prompt = [tag(tok, lang)]
