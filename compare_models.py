@@ -14,6 +14,7 @@ comparison.md, loss_curves.png and metrics_<group>.png into --output_dir (defaul
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -156,6 +157,14 @@ def plot_metric_bars(labels, headlines, group, names, path):
     return {"path": str(path)}
 
 
+def interventions_links(out_dirs, output_dir):
+    """Links (relative to the report) to the sense-intervention reports of the runs that have one
+    (written by experiments/interventions.py)."""
+    reports = [Path(d) / "interventions" / "interventions.md" for d in out_dirs]
+    return "".join(f"\nSense interventions of {p.parent.parent}: [interventions.md]({os.path.relpath(p, output_dir)})\n"
+                   for p in reports if p.is_file())
+
+
 def main(argv=None):
     args = parse_args(argv)
     out_dirs = [args.backpack_dir, args.transformer_dir] + list(args.extra_dirs)
@@ -185,7 +194,7 @@ def main(argv=None):
     atomic_write_text(output_dir / "comparison.json",
                           json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))
     markdown = "# Model comparison\n\n" + table + "\n\n" + "\n".join(
-        f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n"
+        f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n" + interventions_links(out_dirs, output_dir)
     atomic_write_text(output_dir / "comparison.md", markdown)
     print(table)
     print(f"wrote {output_dir}/comparison.json, comparison.md and {len(plots)} plot(s)")

@@ -123,8 +123,11 @@ class GPT2Backbone(nn.Module):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
 
-    def forward(self, idx, positions, attn_mask=None, cache=None):
-        x = self.drop(self.wte(idx) + self.wpe(positions))
+    def forward(self, idx, positions, attn_mask=None, cache=None, embeddings_fn=None):
+        """embeddings_fn: optional edit of the token embeddings (B,T,d) before positions are added
+        (the input side only: the tied LM head keeps E)."""
+        tokens = self.wte(idx)
+        x = self.drop((embeddings_fn(tokens) if embeddings_fn is not None else tokens) + self.wpe(positions))
         for i, block in enumerate(self.h):
             past = cache.layers[i] if cache is not None and cache.layers else None
             x, present = block(x, attn_mask, past)
@@ -298,15 +301,18 @@ def _sample(logits, temperature, top_k):
 
 
 class StandardTransformerLM(LanguageModel):
-    """GPT-2: logits = E h with the head tied to the input embedding."""
+    """GPT-2: logits = E h with the head tied to the input embedding.
+
+    Interventions: forward(idx, targets, embeddings_fn=f) passes the input token embeddings (B,T,d)
+    through f before the backbone; the output head is untouched."""
     model_type = 'transformer'
 
     def __init__(self, config):
         super().__init__(config)
         self._init_weights()
 
-    def _logits(self, idx, positions, attn_mask, cache):
-        return self.backbone(idx, positions, attn_mask, cache) @ self.token_embeddings.t()
+    def _logits(self, idx, positions, attn_mask, cache, embeddings_fn=None):
+        return self.backbone(idx, positions, attn_mask, cache, embeddings_fn) @ self.token_embeddings.t()
 
 
 class SenseNetwork(nn.Module):

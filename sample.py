@@ -3,6 +3,9 @@ Sample from a trained model (nanoGPT style), or translate with it.
 
 $ python sample.py --out_dir out/backpack_tiny --start "<EN> The committee" --num_samples 3
 $ python sample.py --out_dir out/backpack_tiny --translate "The house is red." --direction en-fr --beam 4
+$ python sample.py --out_dir out/backpack_tiny --senses "+roi-homme+femme" --senses_language fr
+$ python sample.py --out_dir out/backpack_tiny --start "<EN> The committee" --explain
+$ python sample.py --out_dir out/backpack_tiny --topic fish,fishing,sea,boats --strength 3
 
 Tag strings in --start (<EN>, <FR> and the end-of-text token, spelled as the tokenizer's
 token_str shows them) stand for the tag ids, so a prompt can open a segment exactly as training
@@ -16,6 +19,9 @@ import torch
 
 from evaluate import load_for_eval
 from generation import DIRECTIONS, translate
+from interventions import (TOPIC_STRENGTHS, InterventionError, generate_edited, read_senses, read_topic_words,
+                           require_backpack, sense_contributions, topic_edit)
+from lexical import token_language_counts, token_language_masks
 
 
 def parse_args(argv=None):
@@ -36,12 +42,26 @@ def parse_args(argv=None):
     p.add_argument('--translate', default=None, help="text (or FILE:path, one sentence a line) to translate")
     p.add_argument('--direction', choices=DIRECTIONS, default='en-fr')
     p.add_argument('--beam', type=int, default=1, help="beam size (1: greedy)")
+    p.add_argument('--senses', default=None,
+                   help="Backpack: print each sense's top +/- vocabulary items of a word or of word arithmetic '+a-b+c'")
+    p.add_argument('--senses_language', choices=['en', 'fr'], default=None,
+                   help="with --senses: rank only the tokens of this language (from the training data's pairs)")
+    p.add_argument('--top', type=int, default=8, help="items shown per sense (--senses) or per token (--explain)")
+    p.add_argument('--explain', action='store_true',
+                   help="Backpack: after each sample, the (past token, sense) contributions to each generated token's logit")
+    p.add_argument('--topic', default=None, help="Backpack topic control: words 'a,b,c' or a file of words")
+    p.add_argument('--strength', type=int, default=2, choices=sorted(TOPIC_STRENGTHS), help="topic strength")
     args = p.parse_args(argv)
-    for name in ('num_samples', 'max_new_tokens', 'beam'):
+    for name in ('num_samples', 'max_new_tokens', 'beam', 'top'):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
     if args.temperature < 0 or args.top_k < 0:
         raise SystemExit("error: --temperature and --top_k must be >= 0")
+    if args.topic is not None:
+        try:
+            read_topic_words(args.topic)  # a missing topic file fails before the model loads
+        except InterventionError as e:
+            raise SystemExit(f"error: {e}")
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
     return args
@@ -92,16 +112,52 @@ def decode_with_tags(tok, ids):
 
 
 def sample(model, tok, args):
-    """Free sampling from --start, printed nanoGPT style."""
+    """Free sampling from --start, printed nanoGPT style; with --topic through topic control (no KV
+    cache: the annealing reads the whole sequence), with --explain followed by each token's attribution."""
     text = read_text_arg(args.start, '--start') if args.start is not None else None
     start_ids = encode_with_tags(tok, text) if text is not None else [tok.en_id]
     if not start_ids:
         raise SystemExit("error: --start encodes to no tokens")
     idx = torch.tensor([start_ids], dtype=torch.long, device=args.device)
+    edits_for = None
+    if args.topic is not None:
+        edits_for, ids = topic_edit(model, tok, read_topic_words(args.topic), args.strength)
+        print(f"topic bag: {len(ids)} words, pieces {' '.join(sorted({tok.token_str(i) for i in ids.values()}))}")
     for _ in range(args.num_samples):
-        out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
+        if edits_for is not None:
+            out = generate_edited(model, idx, args.max_new_tokens, edits_for, temperature=args.temperature, top_k=args.top_k or None)
+        else:
+            out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
         print(decode_with_tags(tok, out[0].tolist()))
+        if args.explain:
+            explain(model, tok, out, len(start_ids), args.top)
         print('---------------')
+
+
+def explain(model, tok, out, prompt_length, top):
+    """For each generated token y: its logit and the largest alpha[l,i,j] (E C(x_j)_l)[y] terms."""
+    contributions, logits = sense_contributions(model, out[:, :-1], out[:, 1:])
+    ids = out[0].tolist()
+    for i in range(prompt_length - 1, len(ids) - 1):
+        terms = contributions[0, i].flatten()  # (k * T): sense-major
+        best = terms.abs().topk(min(top, int((terms != 0).sum()) or 1)).indices.tolist()
+        T = contributions.shape[-1]
+        parts = [f"{tok.token_str(ids[b % T])!r}@{b % T}.s{b // T} {terms[b]:+.2f}" for b in best]
+        print(f"  {tok.token_str(ids[i + 1])!r} logit {logits[0, i, ids[i + 1]]:.2f} = sum of: {', '.join(parts)}")
+
+
+def print_senses(model, tok, args, data_dir, meta):
+    """Each sense's top positive and negative vocabulary items of --senses."""
+    mask = None
+    if args.senses_language is not None:
+        try:
+            mask = token_language_masks(token_language_counts(data_dir, meta))[args.senses_language]
+        except Exception as e:
+            raise SystemExit(f"error: --senses_language needs the dataset's pairs_train.bin: {e}")
+    for row in read_senses(model, tok, args.senses, args.top, mask):
+        show = lambda items: ' '.join(f"{t!r}({v:+.1f})" for t, v in items)
+        print(f"sense {row['sense']:2d}  + {show(row['positive'])}")
+        print(f"          - {show(row['negative'])}")
 
 
 def translate_text(model, tok, args):
@@ -116,12 +172,19 @@ def translate_text(model, tok, args):
 def main(argv=None):
     args = parse_args(argv)
     # sampling needs only the tokenizer: another dataset made with the same one is fine
-    model, _, tok, _ = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir, same_data=False)
+    model, ckpt, tok, data_dir = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir, same_data=False)
     torch.manual_seed(args.seed)
-    if args.translate is not None:
-        translate_text(model, tok, args)
-    else:
-        sample(model, tok, args)
+    try:
+        if args.senses is not None or args.explain or args.topic is not None:
+            require_backpack(model, '--senses, --explain and --topic')
+        if args.senses is not None:
+            print_senses(model, tok, args, data_dir, ckpt['meta'])
+        elif args.translate is not None:
+            translate_text(model, tok, args)
+        else:
+            sample(model, tok, args)
+    except InterventionError as e:
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == '__main__':
