@@ -156,7 +156,7 @@ def main(argv=None):
     comparison = {
         "models": {label: {"out_dir": str(d), "results": str(Path(d) / "eval" / "results.json"), "source": src,
                            "model_type": r["run"]["model_type"], "iter_num": r["run"]["iter_num"],
-                           "n_params": r["run"]["n_params"],
+                           "params": r["run"].get("params"),
                            "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
                            "headline": h}
                    for label, d, r, h, src in zip(labels, out_dirs, results, headlines, sources)},

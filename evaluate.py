@@ -544,7 +544,7 @@ def evaluate_out_dir(out_dir, args):
         "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / {"best": "best.pt", "latest": "ckpt.pt"}[args.ckpt]),
         "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
         "model_type": ckpt["model_type"], "model_args": ckpt.get("model_args"),
-        "n_params": model.num_params(non_embedding=False), "data_dir": str(data_dir),
+        "params": model.param_counts(), "data_dir": str(data_dir),
         "tokenizer": ckpt["meta"].get("tokenizer"), "data_root": str(args.data_root), "device": args.device,
         "tasks": args.task_list, "seed": args.seed, "command": " ".join(sys.argv),
         "seconds": time.perf_counter() - t0,

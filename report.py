@@ -20,6 +20,8 @@ def json_safe(obj):
 def headline_metrics(results):
     """{metric name: value} of the figures worth a table row, for summaries and comparisons."""
     rows = {}
+    for kind, count in results.get("run", {}).get("params", {}).items():
+        rows[f"parameters ({kind.replace('_', '-')})"] = count
     loss = results.get("loss", {})
     for lang in ("all", "en", "fr"):
         if lang in loss:
@@ -59,6 +61,8 @@ def headline_metrics(results):
 def fmt(value):
     if value is None:
         return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
@@ -84,7 +88,8 @@ def render_report(results):
     run = results["run"]
     out = [f"# Evaluation of {run['out_dir']}", "",
            f"{run['model_type']} checkpoint `{run['checkpoint']}` (iter {run['iter_num']}, "
-           f"{run['n_params']:,} parameters), dataset `{run['data_dir']}`, evaluated on {run['device']} "
+           f"{run['params']['total']:,} parameters: {run['params']['embedding']:,} embedding, "
+           f"{run['params']['non_embedding']:,} non-embedding), dataset `{run['data_dir']}`, evaluated on {run['device']} "
            f"in {run['seconds']:.1f} s.", "",
            markdown_table(["metric", "value"], list(headline_metrics(results).items())), ""]
     skipped = list(skipped_parts({task: results[task] for task in results if task != "run"}))

@@ -120,6 +120,18 @@ def test_preset_parameter_counts(name, millions):
     assert set(PRESETS) == {f'{k}-{s}' for k in MODELS for s in ('micro', 'mini', 'small')}
 
 
+@pytest.mark.parametrize('model_type', MODELS)
+def test_parameter_counts_separate_embedding(model_type):
+    model = tiny_model(model_type)
+    V, T, d = TINY['vocab_size'], TINY['block_size'], TINY['n_embd']
+    counts = model.param_counts()
+    assert counts['embedding'] == V * d + T * d  # token table (also the tied head) and positions
+    assert counts['total'] == sum(p.numel() for p in model.parameters())
+    assert counts['non_embedding'] == counts['total'] - V * d - T * d == model.num_params()
+    assert counts['non_embedding'] == sum(p.numel() for name, p in model.named_parameters()
+                                          if not name.startswith(('backbone.wte', 'backbone.wpe')))
+
+
 def test_reference_checkpoint_matches(reference_dir):
     model = BackpackLM.from_pretrained(reference_dir).eval()
     idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()

@@ -102,6 +102,23 @@ def test_matched_configs_differ_only_in_the_model(backpack, transformer):
     assert differing <= {'model_type', 'out_dir', 'n_senses'}, differing
 
 
+def test_parameter_matched_transformer_config():
+    """The size-matched baseline differs from the backbone-matched one only in width, and its total
+    parameter count is within 3% of the tiny Backpack's (vocabulary 512: the sample corpus's BPE)."""
+    from model import ModelConfig, build_model
+    b, t, m = (train.parse_args(['--config', name]) for name in
+               ('train_europarl_tiny', 'train_europarl_tiny_transformer', 'train_europarl_tiny_transformer_matched'))
+    assert {k for k in t if t[k] != m[k]} == {'out_dir', 'n_embd'} and m['n_embd'] > t['n_embd']
+
+    def total(cfg):
+        config = ModelConfig(**{k: cfg[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size')}, n_senses=b['n_senses'],
+                             vocab_size=512)
+        with torch.device('meta'):
+            return build_model(cfg['model_type'], config).num_params(non_embedding=False)
+    assert abs(total(m) / total(b) - 1) < 0.03
+    assert total(t) / total(b) < 0.7  # the backbone-matched baseline is much smaller
+
+
 @pytest.mark.parametrize('argv, expected', [
     (['--lerning_rate=1e-3'], '--learning_rate'),
     (['--max_iter', '10'], '--max_iters'),
