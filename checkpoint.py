@@ -61,7 +61,12 @@ def model_from_checkpoint(ckpt):
         model = build_model(ckpt['model_type'], ModelConfig(**ckpt['model_args']))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint does not describe a model: {e}") from None
-    model.load_state_dict(ckpt['model'])
+    try:
+        model.load_state_dict(ckpt['model'])
+    except (KeyError, RuntimeError) as e:  # PyTorch lists every mismatch on lines of their own
+        details = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip()) or str(e)
+        raise CheckpointError(f"the checkpoint's model_args ({ckpt['model_type']}, {ckpt['model_args']}) "
+                              f"disagree with its weights: {details[:300]}") from None
     return model
 
 

@@ -552,8 +552,11 @@ def evaluate_out_dir(out_dir, args):
     }
     results = json_safe(results)
     eval_dir = Path(out_dir) / "eval"
-    atomic_write_text(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
-    atomic_write_text(eval_dir / "report.md", render_report(results))
+    try:
+        atomic_write_text(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
+        atomic_write_text(eval_dir / "report.md", render_report(results))
+    except OSError as e:  # a full disk, a read-only out_dir: atomic writes leave the old files whole
+        raise SystemExit(f"error: cannot write the results into {eval_dir}: {e.strerror or e}") from None
     return results
 
 

@@ -317,3 +317,21 @@ def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, 
         evaluate.load_for_eval(out, "best", "cpu")
     assert str(e.value) == (f"error: {out / 'best.pt'} is not a readable checkpoint (truncated or not a PyTorch file); "
                             f"{out / 'ckpt.pt'} is the fallback")
+
+
+def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeypatch, capsys):
+    """A word-similarity file with a non-UTF-8 line is used without it (the line is reported); a disk
+    that fills up while writing the results is one line."""
+    wordsim = tmp_path / "ws.tsv"
+    wordsim.write_bytes(b"the of 3\nand\xe9 the 2\nof and 1\nthe and 4\n")
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "wordsim", "--wordsim", f"ws={wordsim}"))
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    resource = results["wordsim"]["sets"]["ws"]["resource"]
+    assert resource["rows"] == 3 and resource["malformed_lines"] == [{"line": 2, "reason": "not UTF-8 (byte 0xe9 at column 4)"}]
+    assert "line 2 (not UTF-8" in capsys.readouterr().err
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(evaluate, "atomic_write_text", full_disk)
+    with pytest.raises(SystemExit, match="error: cannot write the results into .*eval: No space left on device"):
+        evaluate.evaluate_out_dir(args.out_dir, args)

@@ -75,6 +75,23 @@ def test_dictionary_reader(tmp_path):
     assert lexical.gold_translations(parsed.rows, reverse=True)["le"] == {"the"}
 
 
+def test_lines_that_are_not_utf8_are_reported_and_the_rest_is_read(tmp_path):
+    pairs = tmp_path / "latin1.tsv"
+    pairs.write_bytes("chat\tchien\t3.5\ncaf\u00e9\tth\u00e9\t4\nmaison\thouse\t1\n".encode("utf-8")
+                      .replace("caf\u00e9".encode(), "caf\u00e9".encode("latin-1")))
+    parsed = lexical.read_word_pairs(pairs)
+    assert parsed.rows == [("chat", "chien", 3.5), ("maison", "house", 1.0)]
+    assert parsed.malformed == [(2, "not UTF-8 (byte 0xe9 at column 4)")] and "line 2" in parsed.warning()
+    dictionary = tmp_path / "dict.txt"
+    dictionary.write_bytes(b"the\tle\n\xff\xfe\tx\nhouse\tmaison\n")
+    parsed = lexical.read_dictionary(dictionary)
+    assert parsed.rows == [("the", "le"), ("house", "maison")] and parsed.malformed[0][0] == 2
+    counts = tmp_path / "word_counts.json"
+    counts.write_bytes(b'{"en": {"caf\xe9": 1}, "fr": {}}')
+    with pytest.raises(lexical.ResourceError, match="not a UTF-8 JSON file"):
+        lexical.read_word_counts(tmp_path)
+
+
 def test_shared_resources_read_cleanly(enfr_data_root):
     msl = lexical.read_word_pairs(enfr_data_root / "wordsim/multisimlex/msl_fr.tsv")
     assert len(msl.rows) == 1888 and not msl.malformed
