@@ -87,9 +87,26 @@ def run_verify(tmp_path, results, capsys):
 def test_good_results_pass(tmp_path, test_jsonl, capsys):
     status, lines = run_verify(tmp_path, good_results(test_jsonl), capsys)
     assert status == 0, "\n".join(lines)
-    assert all(line.startswith("PASS") for line in lines[:-1])
+    assert all(line.startswith(("PASS", "SKIP")) for line in lines[:-1])
     assert "PASS translation samples used 10 == min(asked 10, available 25)" in lines
-    assert "PASS simlex999" not in lines and any("simlex999: skipped" in line for line in lines)
+    assert "SKIP wordsim.sets.simlex999: skipped, reason: 'simlex999.txt: file not found'" in lines
+    assert not any(line.startswith("PASS") and "skipped" in line for line in lines)
+    assert lines[-1].endswith("0 failing, 1 skipped")
+
+
+def test_skipped_tasks_are_skip_and_required_tasks_must_run(tmp_path, test_jsonl, capsys):
+    results = good_results(test_jsonl)
+    results["bli"] = {"skipped": "muse-en-fr.0-5000.tsv: file not found"}
+    status, lines = run_verify(tmp_path, results, capsys)
+    assert status == 0 and "SKIP bli: skipped, reason: 'muse-en-fr.0-5000.tsv: file not found'" in lines
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    for require, expected in (("wordsim,bli", 1), ("loss,wordsim", 0)):
+        with pytest.raises(SystemExit) as exit_info:
+            verify_evaluation.main(["--out_dir", str(tmp_path), "--require", require])
+        assert exit_info.value.code == expected
+    assert "FAIL bli: skipped although required" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="^error: --require names unknown task"):
+        verify_evaluation.main(["--out_dir", str(tmp_path), "--require", "bleu"])
 
 
 def test_fewer_available_pairs_than_asked_pass(tmp_path, test_jsonl, capsys):
@@ -129,6 +146,10 @@ BREAKAGES = {
     "no greedy decoding": ("translation/fr-en/greedy", DELETE, "FAIL translation fr-en greedy present"),
     "coverage inconsistent": ("bli/en-fr/coverage", 0.5, "FAIL bli.en-fr: queries"),
     "perplexity is not exp(loss)": ("loss/all/perplexity", 60.0, "FAIL val perplexity 60"),
+    "missing overall loss": ("loss/all", DELETE, "FAIL val loss"),
+    "string instead of a section": ("translation/en-fr", "oops", "FAIL translation en-fr greedy present"),
+    "string instead of the run section": ("run", "oops", "FAIL run: section missing (found 'oops')"),
+    "string instead of a wordsim set": ("wordsim/sets", "oops", "FAIL"),
     "backpack without its output states": ("sentence/backpack_output", DELETE, "FAIL sentence Backpack output"),
 }
 
