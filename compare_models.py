@@ -8,7 +8,8 @@ $ python compare_models.py --backpack_dir out/backpack_full --transformer_dir ou
 $ python compare_models.py --backpack_dir A --transformer_dir B --extra_dirs C D --reuse
 
 Every evaluate.py option passes through (--tasks, --beam, --data_root, ...). --reuse reads
-DIR/eval/results.json where it exists instead of evaluating again. Writes comparison.json,
+DIR/eval/results.json instead of evaluating again when it was computed from the same checkpoint file
+with the same evaluation settings (else it evaluates again and says why). Writes comparison.json,
 comparison.md, loss_curves.png and metrics_<group>.png into --output_dir (default out/comparison).
 """
 import argparse
@@ -26,6 +27,7 @@ import numpy as np  # noqa: E402
 import evaluate  # noqa: E402
 import report  # noqa: E402
 from atomic import atomic_write, atomic_write_text  # noqa: E402
+from checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
 
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
 METRIC_GROUPS = {"loss": "val loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
@@ -44,14 +46,33 @@ def parse_args(argv=None):
     return evaluate.check_args(p.parse_args(argv))
 
 
+def reuse_mismatch(results, out_dir, args):
+    """Why earlier results may not stand for this comparison (None: they may): computed for another
+    checkpoint file, with other evaluation settings, or without the record of either."""
+    run = results.get("run") if isinstance(results, dict) else None
+    if not isinstance(run, dict) or "checkpoint_sha256" not in run or "settings" not in run:
+        return "it does not record its checkpoint and settings (an older evaluate.py)"
+    checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
+    if not checkpoint.is_file() or file_sha256(checkpoint) != run["checkpoint_sha256"]:
+        return f"it was computed from another {checkpoint.name} (iter {run.get('iter_num')})"
+    settings = json.loads(json.dumps(evaluate.eval_settings(args)))  # as JSON stores them (tuples as lists)
+    differing = sorted(k for k in settings.keys() | run["settings"].keys() if settings.get(k) != run["settings"].get(k))
+    return f"it was computed with other settings: {', '.join(differing)}" if differing else None
+
+
 def model_results(out_dir, args):
-    """Evaluation results of one out_dir: reused from eval/results.json if asked, else computed."""
+    """Evaluation results of one out_dir: reused from eval/results.json if asked and computed from
+    the same checkpoint with the same settings, else computed."""
     path = Path(out_dir) / "eval" / "results.json"
     if args.reuse and path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8")), "reused"
+            results = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
             raise SystemExit(f"error: {path} is not valid JSON ({e}); run without --reuse")
+        mismatch = reuse_mismatch(results, out_dir, args)
+        if mismatch is None:
+            return results, "reused"
+        print(f"not reusing {path}: {mismatch}; evaluating again", file=sys.stderr)
     if not Path(out_dir).is_dir():
         raise SystemExit(f"error: {out_dir} is not a directory")
     return evaluate.evaluate_out_dir(out_dir, args), "evaluated"

@@ -31,7 +31,7 @@ import lexical
 import metrics
 import resources
 from atomic import atomic_write_text
-from checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
+from checkpoint import CHECKPOINT_FILES, CheckpointError, file_sha256, load_trained_model
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta
 from generation import timed_translate
 from report import headline_metrics, json_safe, markdown_table, render_report
@@ -148,6 +148,13 @@ def check_args(args):
         if "=" not in spec:
             raise SystemExit(f"error: --wordsim entries are NAME=PATH, got {spec!r}")
     return args
+
+
+def eval_settings(args):
+    """Every evaluation option as used: compare_models.py --reuse takes results only for equal settings."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_eval_arguments(parser)
+    return {action.dest: getattr(args, action.dest) for action in parser._actions}
 
 
 def split_list(text):
@@ -541,8 +548,11 @@ def evaluate_out_dir(out_dir, args):
             results[task] = {"skipped": str(e)}
             print(f"[{task}] skipped: {e}", file=sys.stderr)
     results["run"] = {
-        "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / {"best": "best.pt", "latest": "ckpt.pt"}[args.ckpt]),
+        "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
         "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
+        "checkpoint_sha256": file_sha256(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
+        "tokenizer_sha256": ckpt["meta"].get("tokenizer_sha256"), "data_sha256": ckpt["meta"].get("data_sha256"),
+        "settings": eval_settings(args),
         "model_type": ckpt["model_type"], "model_args": ckpt.get("model_args"),
         "params": model.param_counts(), "data_dir": str(data_dir),
         "tokenizer": ckpt["meta"].get("tokenizer"), "data_root": str(args.data_root), "device": args.device,

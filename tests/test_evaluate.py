@@ -229,9 +229,34 @@ def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
 
     # --reuse reads the results written above instead of evaluating again
     compare_models.main(["--backpack_dir", str(tiny_runs["backpack"]), "--transformer_dir", str(tiny_runs["transformer"]),
-                         "--output_dir", str(output_dir), "--reuse", "--device", "cpu", "--translation_samples", "500"])
+                         "--output_dir", str(output_dir), "--data_root", str(enfr_data_root), "--reuse",
+                         *FAST_EVAL, "--tasks", "loss,translation,wordsim,bli,sentence"])
     comparison = json.loads((output_dir / "comparison.json").read_text())
     assert all(m["source"] == "reused" for m in comparison["models"].values())
+
+
+def test_reuse_only_results_of_the_same_checkpoint_and_settings(tiny_runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs["transformer"], run_dir, ignore=shutil.ignore_patterns("eval"))
+    argv = ["--backpack_dir", str(run_dir), "--transformer_dir", str(run_dir), "--output_dir", str(tmp_path / "cmp"),
+            "--reuse", *FAST_EVAL, "--tasks", "loss"]
+
+    def sources(*extra):
+        compare_models.main(argv + list(extra))
+        return [m["source"] for m in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["models"].values()]
+    assert sources() == ["evaluated", "reused"]  # the second column reuses what the first wrote
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["run"]["settings"]["loss_batches"] == 2 and len(results["run"]["checkpoint_sha256"]) == 64
+    assert sources("--loss_batches", "3") == ["evaluated", "reused"]
+    assert "other settings: loss_batches" in capsys.readouterr().err
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    ckpt["iter_num"] += 1  # another checkpoint in the same out_dir
+    save_checkpoint(ckpt, run_dir / "best.pt")
+    assert sources("--loss_batches", "3") == ["evaluated", "reused"]
+    assert "computed from another best.pt" in capsys.readouterr().err
+    del results["run"]["checkpoint_sha256"]  # results.json of an older evaluate.py
+    (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+    assert sources()[0] == "evaluated" and "an older evaluate.py" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- bad input
