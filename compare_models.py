@@ -30,7 +30,7 @@ from atomic import atomic_write, atomic_write_text  # noqa: E402
 from checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
 
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
-METRIC_GROUPS = {"loss": "val loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
+METRIC_GROUPS = {"loss": ("test loss", "val loss"), "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
                  "bli": "BLI", "sentence": "sentence"}
 
 

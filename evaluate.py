@@ -12,7 +12,7 @@ OUT_DIR/eval/report.md, and prints a summary table. Resources (word-similarity s
 FLORES) are looked up by their path in the layout under --data_root (env ENFR_DATA, else
 ../shared/data/en-fr beside the repository), then in the resources.py cache, and fetched into the
 cache when missing (unless --no-fetch or an offline variable such as HF_HUB_OFFLINE is set);
-results.json names the file and sha256 each metric used. The dataset (val.bin, test.jsonl,
+results.json names the file and sha256 each metric used. The dataset (test.bin, test.jsonl,
 word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
 """
 import argparse
@@ -78,7 +78,7 @@ def add_eval_arguments(p):
     p.add_argument("--data_dir", default=None,
                    help="the prepared dataset, if it moved since training (default: the checkpoint's data_dir)")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss_batches", type=int, default=20, help="random val windows are drawn in this many batches")
+    g.add_argument("--loss_batches", type=int, default=20, help="random test windows are drawn in this many batches")
     g = p.add_argument_group("translation")
     g.add_argument("--translation_samples", type=int, default=500, help="test pairs translated in each direction")
     g.add_argument("--test_corpus", default=None,
@@ -292,15 +292,19 @@ def load_for_eval(out_dir, which, device, data_dir=None, same_data=True):
 
 @torch.no_grad()
 def task_loss(ctx):
-    """Val loss and perplexity over random windows, overall and per target language."""
+    """Test loss and perplexity over random windows, overall and per target language. Not val: val
+    chose best.pt, so its loss is biased low (it stays in training_log.json)."""
     args = ctx.args
+    if not (ctx.data_dir / "test.bin").is_file():
+        raise SkipTask(f"{ctx.data_dir / 'test.bin'} not found: the dataset was prepared before prepare.py wrote "
+                       "a test stream; prepare it again for a held-out loss (the val loss is in training_log.json)")
     try:
         sampler = BatchSampler(ctx.data_dir, seed=args.seed)
     except DataError as e:
         raise SkipTask(str(e))
     totals = {"all": [0.0, 0], "en": [0.0, 0], "fr": [0.0, 0]}
-    for _ in tqdm(range(args.loss_batches), desc="val loss", leave=False):
-        x, y, lang = sampler.get_batch("val", args.batch_size, ctx.block_size, ctx.device, with_language=True)
+    for _ in tqdm(range(args.loss_batches), desc="test loss", leave=False):
+        x, y, lang = sampler.get_batch("test", args.batch_size, ctx.block_size, ctx.device, with_language=True)
         logits, _ = ctx.model(x)
         losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
                                  reduction="none").view_as(y)
@@ -308,7 +312,7 @@ def task_loss(ctx):
         for name, mask in (("all", scored), ("en", scored & (lang == 0)), ("fr", scored & (lang == 1))):
             totals[name][0] += float(losses[mask].sum())
             totals[name][1] += int(mask.sum())
-    result = {"split": "val", "batches": args.loss_batches, "batch_size": args.batch_size,
+    result = {"split": "test", "batches": args.loss_batches, "batch_size": args.batch_size,
               "block_size": ctx.block_size, "seed": args.seed,
               "note": "random windows; per-language = target token inside an English / French segment"}
     for name, (total, count) in totals.items():

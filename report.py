@@ -23,11 +23,12 @@ def headline_metrics(results):
     for kind, count in results.get("run", {}).get("params", {}).items():
         rows[f"parameters ({kind.replace('_', '-')})"] = count
     loss = results.get("loss", {})
+    split = loss.get("split", "val")  # results of an older evaluate.py hold the val loss
     for lang in ("all", "en", "fr"):
         if lang in loss:
-            rows[f"val loss ({lang})"] = loss[lang]["loss"]
+            rows[f"{split} loss ({lang})"] = loss[lang]["loss"]
     if "all" in loss:
-        rows["val perplexity"] = loss["all"]["perplexity"]
+        rows[f"{split} perplexity"] = loss["all"]["perplexity"]
     translation = results.get("translation", {})
     for direction in ("en-fr", "fr-en"):
         for decoding, entry in translation.get(direction, {}).items():

@@ -30,9 +30,9 @@ TOLERANCE = 1e-6  # float32 cosines and the like may overshoot their bounds by r
 # constant input is undefined, a language with no val token has no loss).
 Rule = namedtuple("Rule", "section each field what low high optional null_ok", defaults=(False, False))
 RULES = [
-    Rule("loss", "all", "loss", "val loss", 0, INF),
-    Rule("loss", "all", "perplexity", "val perplexity", 1, INF),
-    Rule("loss", "*", "loss", "per-language val loss (null: no token of that language)", 0, INF, True, True),
+    Rule("loss", "all", "loss", "held-out loss", 0, INF),
+    Rule("loss", "all", "perplexity", "held-out perplexity", 1, INF),
+    Rule("loss", "*", "loss", "per-language loss (null: no token of that language)", 0, INF, True, True),
     Rule("loss", "*", "perplexity", "per-language perplexity (null: no token of that language)", 1, INF, True, True),
     Rule("translation", "*-*.*", "bleu.score", "corpus BLEU", 0, 100),
     Rule("translation", "*-*.*", "chrf.score", "corpus chrF", 0, 100),
@@ -226,11 +226,13 @@ def check_loss_consistency(results, checker):
     if not has_results(loss) or not isinstance(loss.get("all"), dict):
         return
     entry = loss["all"]
-    checker.check(is_number(entry.get("tokens")) and entry["tokens"] > 0, f"val loss over {entry.get('tokens')} tokens")
+    checker.check(loss.get("split") == "test", f"loss on the test split, not val (which chose the checkpoint): "
+                                               f"{loss.get('split')!r}")
+    checker.check(is_number(entry.get("tokens")) and entry["tokens"] > 0, f"{loss.get('split')} loss over {entry.get('tokens')} tokens")
     if is_number(entry.get("loss")) and is_number(entry.get("perplexity")):
         expected = math.exp(entry["loss"])
         checker.check(math.isclose(entry["perplexity"], expected, rel_tol=1e-6),
-                      f"val perplexity {entry['perplexity']:.4g} == exp(loss) {expected:.4g}")
+                      f"perplexity {entry['perplexity']:.4g} == exp(loss) {expected:.4g}")
 
 
 def check_coverage_counts(results, checker):

@@ -61,6 +61,7 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     assert used["wordsim:simlex999"]["path"].endswith("simlex999.txt") and run_info["fetch"] is False
 
     loss = results["loss"]
+    assert loss["split"] == "test" and "test loss (all)" in result.stdout
     assert loss["all"]["tokens"] > 0 and loss["all"]["perplexity"] > 1
     assert loss["en"]["tokens"] > 0 and loss["fr"]["tokens"] > 0
 
@@ -312,7 +313,7 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare),
                                          "--tasks", "loss,translation,bli,sentence,senses"))
     results = evaluate.evaluate_out_dir(args.out_dir, args)
-    assert "val.bin" in results["loss"]["skipped"]
+    assert "test.bin not found" in results["loss"]["skipped"] and "prepare it again" in results["loss"]["skipped"]
     assert "test.jsonl" in results["translation"]["skipped"] and "test.jsonl" in results["sentence"]["skipped"]
     assert "word_counts.json" in results["bli"]["skipped"]
     senses = results["senses"]

@@ -41,7 +41,7 @@ def good_results(test_jsonl, available=25, asked=10):
     used = min(asked, available)
     loss = math.log(50.0)
     return {
-        "loss": {"split": "val", "all": {"loss": loss, "perplexity": 50.0, "tokens": 2048},
+        "loss": {"split": "test", "all": {"loss": loss, "perplexity": 50.0, "tokens": 2048},
                  "en": {"loss": loss, "perplexity": 50.0, "tokens": 1000},
                  "fr": {"loss": None, "perplexity": None, "tokens": 0}, "seconds": 1.0},
         "translation": {"test_set": str(test_jsonl), "samples_asked": asked, "samples_used": used,
@@ -132,7 +132,7 @@ BREAKAGES = {
     "NaN written as null": ("translation/en-fr/greedy/char_accuracy", None, "FAIL character accuracy"),
     "NaN literal": ("loss/all/loss", float("nan"), "FAIL no NaN or infinity"),
     "infinite perplexity": ("loss/en/perplexity", float("inf"), "FAIL no NaN or infinity"),
-    "perplexity below 1": ("loss/all/perplexity", 0.5, "FAIL val perplexity"),
+    "perplexity below 1": ("loss/all/perplexity", 0.5, "FAIL held-out perplexity"),
     "P@1 above 1": ("bli/fr-en/mean/csls/p@1", 1.5, "FAIL BLI precision"),
     "rho below -1": ("wordsim/sets/multisimlex-en/spearman/embedding/rho", -1.2, "FAIL Spearman rho"),
     "p-value above 1": ("wordsim/sets/multisimlex-en/spearman/embedding/p_value", 2.0, "FAIL Spearman p-value"),
@@ -145,8 +145,9 @@ BREAKAGES = {
     "scored count differs": ("translation/fr-en/greedy/n", 9, "FAIL translation fr-en greedy: 9 sentences"),
     "no greedy decoding": ("translation/fr-en/greedy", DELETE, "FAIL translation fr-en greedy present"),
     "coverage inconsistent": ("bli/en-fr/coverage", 0.5, "FAIL bli.en-fr: queries"),
-    "perplexity is not exp(loss)": ("loss/all/perplexity", 60.0, "FAIL val perplexity 60"),
-    "missing overall loss": ("loss/all", DELETE, "FAIL val loss"),
+    "perplexity is not exp(loss)": ("loss/all/perplexity", 60.0, "FAIL perplexity 60"),
+    "missing overall loss": ("loss/all", DELETE, "FAIL held-out loss"),
+    "loss on val": ("loss/split", "val", "FAIL loss on the test split"),
     "string instead of a section": ("translation/en-fr", "oops", "FAIL translation en-fr greedy present"),
     "string instead of the run section": ("run", "oops", "FAIL run: section missing (found 'oops')"),
     "string instead of a wordsim set": ("wordsim/sets", "oops", "FAIL"),
