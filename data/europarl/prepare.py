@@ -184,7 +184,13 @@ def clean_pairs(en, fr, max_chars):
 
 def fold(text):
     """A side as near-duplicate detection sees it: case, punctuation and whitespace folded."""
-    return " ".join(re.sub(r"[\W_]+", " ", text.casefold()).split())
+    return fold_all([text])[0]
+
+
+def fold_all(texts):
+    """fold() of many single-line texts with one regular-expression pass over all of them."""
+    joined = re.sub(r"[^\w\n]+|_+", " ", "\n".join(texts).casefold())
+    return [" ".join(line.split()) for line in joined.split("\n")]
 
 
 def duplicate_groups(pairs):
@@ -192,9 +198,10 @@ def duplicate_groups(pairs):
     or through a chain of such pairs, form one group. This is a union-find over both sides, computed
     as the connected components of the graph linking each pair to its two folded sides."""
     key_ids, rows, cols = {}, [], []
-    for i, (e, f) in enumerate(pairs):
-        for side, text in (("en", e), ("fr", f)):
-            key = fold(text)
+    folded = {side: fold_all([pair[column] for pair in pairs]) for column, side in enumerate(("en", "fr"))}
+    for i in range(len(pairs)):
+        for side in ("en", "fr"):
+            key = folded[side][i]
             if key:  # a side of punctuation alone links nothing
                 rows.append(i)
                 cols.append(len(pairs) + key_ids.setdefault((side, key), len(key_ids)))
