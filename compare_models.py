@@ -25,10 +25,14 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 import evaluate  # noqa: E402
+import metrics  # noqa: E402
 import report  # noqa: E402
 from atomic import atomic_write, atomic_write_text  # noqa: E402
 from checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
 
+NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). n.s.: the "
+        "intervals overlap, so the difference is not significant at this test size (overlap is a conservative test). "
+        "Backbone-matched: same layers, heads and width; parameter-matched: total parameters within 5%.")
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
 METRIC_GROUPS = {"loss": ("test loss", "val loss"), "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
                  "bli": "BLI", "sentence": "sentence"}
@@ -87,11 +91,38 @@ def unique_labels(out_dirs, results):
     return labels
 
 
-def comparison_table(labels, headlines):
-    """Markdown table: one row per headline metric, one column per model."""
+def significance(name, labels, intervals):
+    """Each later model against the first on one metric: 'n.s.' where the two 95% intervals overlap
+    (the difference is not significant), 'disjoint' where they do not, '' without both intervals."""
+    first = intervals[0].get(name)
+    marks = [f"{label}: {'n.s.' if metrics.intervals_overlap(first, iv[name]) else 'disjoint'}"
+             for label, iv in zip(labels[1:], intervals[1:]) if first and iv.get(name)]
+    return "; ".join(marks)
+
+
+def comparison_table(labels, headlines, intervals):
+    """Markdown table: one row per headline metric, one column per model (value [95% interval]), and
+    whether each model's interval overlaps the first model's."""
     metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
-    rows = [[name] + [report.fmt(h.get(name)) for h in headlines] for name in metrics_order]
-    return report.markdown_table(["metric"] + labels, rows), metrics_order
+    rows = [[name] + [report.fmt_interval(h.get(name), iv.get(name)) for h, iv in zip(headlines, intervals)]
+            + [significance(name, labels, intervals)] for name in metrics_order]
+    header = ["metric"] + labels + [f"vs {labels[0]} (95% intervals)"]
+    return report.markdown_table(header, rows), metrics_order
+
+
+def matching(results):
+    """How each later model relates to the first: the same backbone (n_layer, n_head, n_embd), the
+    same total parameters (within 5%), or neither; this says which comparison a table makes."""
+    first = results[0]["run"]
+    notes = []
+    for r in results[1:]:
+        run = r["run"]
+        same_backbone = all((first.get("model_args") or {}).get(k) == (run.get("model_args") or {}).get(k)
+                            for k in ("n_layer", "n_head", "n_embd"))
+        totals = [x.get("params", {}).get("total") for x in (first, run)]
+        same_size = None not in totals and abs(totals[1] / totals[0] - 1) <= 0.05
+        notes.append("backbone-matched" if same_backbone else "parameter-matched" if same_size else "unmatched")
+    return notes
 
 
 def save_figure(fig, path):
@@ -163,8 +194,14 @@ def main(argv=None):
     output_dir = Path(args.output_dir)  # created by the first write, so a failure leaves none behind
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
-    headlines = [report.headline_metrics(r) for r in results]
-    table, metric_names = comparison_table(labels, headlines)
+    headlines, intervals = zip(*(report.headline_metrics(r, with_intervals=True) for r in results))
+    table, metric_names = comparison_table(labels, headlines, intervals)
+    matches = matching(results)
+    sizes = "\n".join(
+        f"- {label}: {params['total']:,} parameters ({params['embedding']:,} embedding, "
+        f"{params['non_embedding']:,} non-embedding)" + (f"; {match} to {labels[0]}" if match else "")
+        for label, params, match in zip(labels, (r["run"].get("params") or {} for r in results), [None] + matches)
+        if params)
 
     plots = {"loss_curves": plot_loss_curves(out_dirs, labels, output_dir / "loss_curves.png")}
     for group, keys in METRIC_GROUPS.items():
@@ -179,12 +216,13 @@ def main(argv=None):
                            "model_type": r["run"]["model_type"], "iter_num": r["run"]["iter_num"],
                            "params": r["run"].get("params"),
                            "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
-                           "headline": h}
-                   for label, d, r, h, src in zip(labels, out_dirs, results, headlines, sources)},
+                           "headline": h, "intervals95": iv}
+                   for label, d, r, h, iv, src in zip(labels, out_dirs, results, headlines, intervals, sources)},
+        "matching": dict(zip(labels[1:], matches)),
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
     atomic_write_text(output_dir / "comparison.json",
                           json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))
-    markdown = "# Model comparison\n\n" + table + "\n\n" + "\n".join(
+    markdown = "# Model comparison\n\n" + sizes + "\n\n" + table + "\n\n" + NOTE + "\n\n" + "\n".join(
         f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n"
     atomic_write_text(output_dir / "comparison.md", markdown)
     print(table)

@@ -34,7 +34,7 @@ from atomic import atomic_write_text
 from checkpoint import CHECKPOINT_FILES, CheckpointError, file_sha256, load_trained_model
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta
 from generation import timed_translate
-from report import headline_metrics, json_safe, markdown_table, render_report
+from report import headline_table, json_safe, render_report
 from tokenizer import load_tokenizer
 
 TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses")
@@ -417,7 +417,8 @@ def task_bli(ctx):
     vocab = {lang: list(counts[lang])[:args.bli_candidates] for lang in ("en", "fr")}
     needs_senses = any(r.startswith("sense:") for r in reps)
     vectors = lexical.WordVectors(ctx.model, ctx.tok, vocab["en"] + vocab["fr"], full_senses=needs_senses)
-    result = {"dictionary": dictionary.summary(), "candidates_asked": args.bli_candidates, "csls_k": args.csls_k,
+    result = {"dictionary": dictionary.summary(), "dictionary_split": lexical.dictionary_split(dictionary.path),
+              "candidates_asked": args.bli_candidates, "csls_k": args.csls_k,
               "representations": reps, "candidate_source": "most frequent words of word_counts.json (train split)",
               "words": {lang: vectors.piece_stats(vocab[lang]) for lang in ("en", "fr")}}
     for direction, reverse, src, tgt in (("en-fr", False, "en", "fr"), ("fr-en", True, "fr", "en")):
@@ -577,7 +578,7 @@ def evaluate_out_dir(out_dir, args):
 def main(argv=None):
     args = parse_args(argv)
     results = evaluate_out_dir(args.out_dir, args)
-    print(markdown_table(["metric", "value"], list(headline_metrics(results).items())))
+    print(headline_table(results))
     print(f"wrote {Path(args.out_dir) / 'eval' / 'results.json'} and report.md")
 
 

@@ -239,6 +239,17 @@ def read_dictionary(path):
     return parsed.require_rows()
 
 
+def dictionary_split(path):
+    """Which MUSE split a dictionary file is, by MUSE's file names: 0-5000 is its training dictionary,
+    5000-6500 its standard test split; anything else is named as such."""
+    name = Path(path).name
+    if "0-5000" in name and "5000-6500" not in name:
+        return "MUSE 0-5000: MUSE's training dictionary (the standard test split is 5000-6500)"
+    if "5000-6500" in name:
+        return "MUSE 5000-6500: the standard BLI test split"
+    return "not a MUSE split (a dictionary of its own)"
+
+
 def read_word_counts(data_dir):
     """word_counts.json of a dataset: {'en': {word: count}, 'fr': {...}}, most frequent first."""
     path = Path(data_dir) / "word_counts.json"

@@ -14,11 +14,11 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: intra-op thr
 
 
 def spearman(rho):
-    return {"rho": rho, "p_value": 0.2, "n": 40, "in_corpus": {"rho": rho, "p_value": 0.3, "n": 12}}
+    return {"rho": rho, "p_value": 0.2, "n": 40, "rho_ci95": [rho - 0.1, rho + 0.1], "in_corpus": {"rho": rho, "p_value": 0.3, "n": 12}}
 
 
 def translation_entry(n):
-    return {"n": n, "bleu": {"score": 12.5, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
+    return {"n": n, "bleu": {"score": 12.5, "ci95": [10.0, 15.0], "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
             "chrf": {"score": 35.0, "signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"},
             "sentence_bleu_nltk": {"mean": 0.1, "median": 0.08, "std": 0.05, "min": 0.0, "max": 0.4, "n": n},
             "exact_match": 0.0, "word_accuracy": 0.2, "char_accuracy": 0.4, "seconds": 3.0,
@@ -31,7 +31,8 @@ def retrieval_entry(n):
 
 
 def bli_direction(sources, queries):
-    precision = {"cosine": {"p@1": 0.2, "p@5": 0.4}, "csls": {"p@1": 0.25, "p@5": 0.45}}
+    precision = {"cosine": {"p@1": 0.2, "p@5": 0.4, "ci95": {"p@1": [0.1, 0.3], "p@5": [0.3, 0.5]}},
+                 "csls": {"p@1": 0.25, "p@5": 0.45}}
     return {"dictionary_sources": sources, "queries": queries, "coverage": queries / sources, "candidates": 300,
             "embedding": precision, "mean": precision}
 
@@ -134,6 +135,8 @@ BREAKAGES = {
     "infinite perplexity": ("loss/en/perplexity", float("inf"), "FAIL no NaN or infinity"),
     "perplexity below 1": ("loss/all/perplexity", 0.5, "FAIL held-out perplexity"),
     "P@1 above 1": ("bli/fr-en/mean/csls/p@1", 1.5, "FAIL BLI precision"),
+    "BLEU interval above 100": ("translation/en-fr/greedy/bleu/ci95", [90.0, 101.0], "FAIL corpus BLEU 95% interval"),
+    "P@1 interval above 1": ("bli/en-fr/mean/cosine/ci95/p@1", [0.5, 1.2], "FAIL BLI precision at k, 95% interval"),
     "rho below -1": ("wordsim/sets/multisimlex-en/spearman/embedding/rho", -1.2, "FAIL Spearman rho"),
     "p-value above 1": ("wordsim/sets/multisimlex-en/spearman/embedding/p_value", 2.0, "FAIL Spearman p-value"),
     "recall above 1": ("sentence/backbone/last/recall@1_fr_to_en", 3.0, "FAIL sentence retrieval recall@1"),
