@@ -43,11 +43,12 @@ BOOTSTRAP_SAMPLES = 1000
 def sacrebleu_score(metric, hypotheses, references):
     """score, signature and 95% interval of a sacreBLEU metric. The interval is sacreBLEU's bootstrap
     (--confidence: 1000 resamples of the sentences, seed SACREBLEU_SEED, default 12345), which reports
-    the resamples' mean +- half their 2.5-97.5 percentile range; both are kept here."""
+    the resamples' mean +- half their 2.5-97.5 percentile range. That symmetric interval can cross 0
+    for scores near 0; it is clipped to the metric's range 0-100."""
     _check_parallel(hypotheses, references)
     result = metric.corpus_score(list(hypotheses), [list(references)], n_bootstrap=BOOTSTRAP_SAMPLES)
     return result, {"score": result.score, "signature": str(metric.get_signature()),
-                    "ci95": [result._mean - result._ci, result._mean + result._ci]}
+                    "ci95": [max(0.0, result._mean - result._ci), min(100.0, result._mean + result._ci)]}
 
 
 def corpus_bleu(hypotheses, references):

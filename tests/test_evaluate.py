@@ -48,7 +48,7 @@ def eval_args(out_dir, *extra):
 def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     out_dir = tiny_runs["backpack"]
     result = run(["evaluate.py", *eval_args(out_dir, "--data_root", str(enfr_data_root))], repo_root)
-    assert "| metric | value |" in result.stdout and "en-fr greedy BLEU" in result.stdout
+    assert "| metric | value [95% interval] |" in result.stdout and "en-fr greedy BLEU" in result.stdout
     results = json.loads((out_dir / "eval" / "results.json").read_text())
     for task in evaluate.TASKS:
         assert "skipped" not in results[task], (task, results[task])
@@ -226,7 +226,10 @@ def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
         assert name in comparison["plots"]
     for png in ("loss_curves.png", "metrics_translation.png", "metrics_wordsim.png"):
         assert (output_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| metric |" in (output_dir / "comparison.md").read_text()
+    markdown = (output_dir / "comparison.md").read_text()
+    assert "| vs backpack (backpack) (95% intervals) |" in markdown and "backbone-matched to backpack" in markdown
+    assert comparison["matching"] == {"transformer (transformer)": "backbone-matched"}
+    assert "en-fr greedy BLEU" in backpack["intervals95"]
 
     # --reuse reads the results written above instead of evaluating again
     compare_models.main(["--backpack_dir", str(tiny_runs["backpack"]), "--transformer_dir", str(tiny_runs["transformer"]),
@@ -258,6 +261,20 @@ def test_reuse_only_results_of_the_same_checkpoint_and_settings(tiny_runs, tmp_p
     del results["run"]["checkpoint_sha256"]  # results.json of an older evaluate.py
     (run_dir / "eval" / "results.json").write_text(json.dumps(results))
     assert sources()[0] == "evaluated" and "an older evaluate.py" in capsys.readouterr().err
+
+
+def test_comparison_marks_overlapping_intervals_and_says_what_is_matched():
+    labels = ["b", "t", "m"]
+    intervals = [{"BLEU": [1.0, 2.0], "rho": [0.1, 0.2]}, {"BLEU": [1.5, 3.0], "rho": [0.3, 0.4]}, {"BLEU": [2.5, 3.0]}]
+    assert compare_models.significance("BLEU", labels, intervals) == "t: n.s.; m: disjoint"
+    assert compare_models.significance("rho", labels, intervals) == "t: disjoint"
+    assert compare_models.significance("loss", labels, intervals) == ""
+    table, _ = compare_models.comparison_table(labels, [{"BLEU": 1.5}, {"BLEU": 2.0}, {"BLEU": 2.7}], intervals)
+    assert "| BLEU | 1.5000 [1.0000, 2.0000] | 2.0000 [1.5000, 3.0000] | 2.7000 [2.5000, 3.0000] | t: n.s.; m: disjoint |" in table
+    run = lambda layers, width, total: {"run": {"model_args": {"n_layer": layers, "n_head": 4, "n_embd": width},
+                                                "params": {"total": total}}}
+    assert compare_models.matching([run(4, 128, 1000), run(4, 128, 600), run(4, 160, 980), run(6, 128, 700)]) == \
+        ["backbone-matched", "parameter-matched", "unmatched"]
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -146,6 +146,8 @@ def test_bleu_and_chrf_carry_sacrebleu_bootstrap_intervals():
         low, high = result["ci95"]
         assert 0 <= low < result["score"] < high <= 100 and high - low > 1
         assert "bs:1000" in result["signature"]
+    low, high = metrics.corpus_bleu(["x y"] * 5, ["a b c d"] * 5)["ci95"]  # BLEU 0: never below it
+    assert low == 0.0 and high >= 0.0
 
 
 def test_sentence_retrieval_and_derangement():

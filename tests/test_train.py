@@ -158,13 +158,22 @@ def test_learning_rate_schedule():
 
 # ----------------------------------------------------------------------------- training runs
 
+def load_checkpoint_model_counts(out):
+    from checkpoint import load_trained_model
+    return load_trained_model(out, 'latest')[0].param_counts()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('model_type', ['backpack', 'transformer'])
 def test_short_run_loss_decreases(sample_dataset, tmp_path, capsys, model_type):
     out = tmp_path / 'out'
     train.main([*TINY, f'--model_type={model_type}', '--max_iters=30', f'--data_dir={sample_dataset}',
                 f'--out_dir={out}', '--checkpoint_interval=10'])
-    assert 'unigram entropy of train.bin' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'unigram entropy of train.bin' in printed
+    counts = load_checkpoint_model_counts(out)
+    assert (f"{counts['total'] / 1e6:.2f}M parameters ({counts['embedding'] / 1e6:.2f}M embedding, "
+            f"{counts['non_embedding'] / 1e6:.2f}M non-embedding)") in printed
     log = read_log(out)
     assert [e['iter'] for e in log] == [0, 5, 10, 15, 20, 25, 30]
     assert log[-1]['val_loss'] < log[0]['val_loss'] - 0.5 and log[-1]['train_loss'] < log[0]['train_loss'] - 0.5
