@@ -10,6 +10,7 @@ import pytest
 import compare_models
 import evaluate
 from checkpoint import load_checkpoint, save_checkpoint
+from report import fmt
 
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--n_senses", "4", "--block_size", "64"]
 # small counts everywhere so a whole evaluation takes seconds
@@ -90,7 +91,10 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
         assert bli[direction]["queries"] > 0 and 0 < bli[direction]["coverage"] <= 1
         for rep in ("embedding", "mean", "random_pieces"):
             assert set(bli[direction][rep]) <= {"cosine", "csls", "cosine_excluding_identical", "csls_excluding_identical"}
-            assert set(bli[direction][rep]["csls"]) == {"p@1", "p@5"}
+            csls = bli[direction][rep]["csls"]
+            assert set(csls) == {"p@1", "p@5", "ci95"} and csls["ci95"]["p@1"][0] <= csls["p@1"] <= csls["ci95"]["p@1"][1]
+    assert bli["dictionary_split"].startswith("MUSE 0-5000: MUSE's training dictionary")
+    assert bli["candidates_asked"] == 300
 
     sentence = results["sentence"]
     assert sentence["pairs_used"] == 16
@@ -108,6 +112,10 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
 
     report = (out_dir / "eval" / "report.md").read_text()
     assert "Translation examples" in report and "Sense projections" in report
+    assert "| metric | value [95% interval] |" in report and "(MUSE 0-5000: MUSE's training dictionary" in report
+    bleu = translation["en-fr"]["greedy"]["bleu"]
+    assert f"| en-fr greedy BLEU | {fmt(bleu['score'])} [" in report and 0 <= bleu["ci95"][0] <= bleu["ci95"][1] <= 100
+    assert "test loss (all)" in report and "parameters (non-embedding)" in report
     verified = run(["verify_evaluation.py", "--out_dir", str(out_dir)], repo_root, check=False)
     assert verified.returncode == 0, verified.stdout
 
