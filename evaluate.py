@@ -538,6 +538,7 @@ def evaluate_out_dir(out_dir, args):
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     model, ckpt, tokenizer, data_dir = load_for_eval(out_dir, args.ckpt, args.device, args.data_dir)
+    checkpoint_sha256 = file_sha256(Path(out_dir) / CHECKPOINT_FILES[args.ckpt])  # what --reuse matches
     ctx = Context(args, model, ckpt, tokenizer, data_dir)
     results = {}
     for task in TASKS:
@@ -555,7 +556,7 @@ def evaluate_out_dir(out_dir, args):
     results["run"] = {
         "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
         "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
-        "checkpoint_sha256": file_sha256(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
+        "checkpoint_sha256": checkpoint_sha256,
         "tokenizer_sha256": ckpt["meta"].get("tokenizer_sha256"), "data_sha256": ckpt["meta"].get("data_sha256"),
         "settings": eval_settings(args),
         "model_type": ckpt["model_type"], "model_args": ckpt.get("model_args"),
