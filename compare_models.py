@@ -30,8 +30,9 @@ import report  # noqa: E402
 from atomic import atomic_write, atomic_write_text  # noqa: E402
 from checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
 
-NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). n.s.: the "
-        "intervals overlap, so the difference is not significant at this test size (overlap is a conservative test). "
+NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). Last column: "
+        "for BLEU and chrF the p-value of sacreBLEU's paired bootstrap test against the first model (same sentences, "
+        "1000 resamples); for the rest, n.s. where the intervals overlap (a conservative test), disjoint where not. "
         "Backbone-matched: same layers, heads and width; parameter-matched: total parameters within 5%.")
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
 METRIC_GROUPS = {"loss": ("test loss", "val loss"), "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
@@ -91,22 +92,44 @@ def unique_labels(out_dirs, results):
     return labels
 
 
-def significance(name, labels, intervals):
-    """Each later model against the first on one metric: 'n.s.' where the two 95% intervals overlap
-    (the difference is not significant), 'disjoint' where they do not, '' without both intervals."""
+def paired_translation_tests(labels, results):
+    """{headline name of a BLEU / chrF row: {label: p-value of sacreBLEU's paired bootstrap against the
+    first model}} wherever every model translated the same test sentences."""
+    translations = [r.get("translation", {}) for r in results]
+    references = [t.get("references") for t in translations]
+    if not references[0] or any(ref != references[0] for ref in references):
+        return {}
+    p_values = {}
+    for direction, refs in references[0].items():
+        for decoding in translations[0].get(direction, {}):
+            systems = {label: t.get(direction, {}).get(decoding, {}).get("hypotheses")
+                       for label, t in zip(labels, translations)}
+            if all(systems.values()):
+                for label, tests in metrics.paired_bootstrap(systems, refs).items():
+                    for metric, p in tests.items():
+                        p_values.setdefault(f"{direction} {decoding} {metric}", {})[label] = p
+    return p_values
+
+
+def significance(name, labels, intervals, p_values=None):
+    """Each later model against the first on one metric: sacreBLEU's paired bootstrap p-value where
+    there is one (n.s. when p >= 0.05); else 'n.s.' where the two 95% intervals overlap (the
+    difference is not significant), 'disjoint' where they do not; '' without both intervals."""
+    if p_values and name in p_values:
+        return "; ".join(f"{label}: p={p:.3f}{' n.s.' if p >= 0.05 else ''}" for label, p in p_values[name].items())
     first = intervals[0].get(name)
     marks = [f"{label}: {'n.s.' if metrics.intervals_overlap(first, iv[name]) else 'disjoint'}"
              for label, iv in zip(labels[1:], intervals[1:]) if first and iv.get(name)]
     return "; ".join(marks)
 
 
-def comparison_table(labels, headlines, intervals):
+def comparison_table(labels, headlines, intervals, p_values=None):
     """Markdown table: one row per headline metric, one column per model (value [95% interval]), and
-    whether each model's interval overlaps the first model's."""
+    each model against the first (paired bootstrap p-value, else whether the intervals overlap)."""
     metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
     rows = [[name] + [report.fmt_interval(h.get(name), iv.get(name)) for h, iv in zip(headlines, intervals)]
-            + [significance(name, labels, intervals)] for name in metrics_order]
-    header = ["metric"] + labels + [f"vs {labels[0]} (95% intervals)"]
+            + [significance(name, labels, intervals, p_values)] for name in metrics_order]
+    header = ["metric"] + labels + [f"vs {labels[0]}"]
     return report.markdown_table(header, rows), metrics_order
 
 
@@ -195,7 +218,8 @@ def main(argv=None):
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
     headlines, intervals = zip(*(report.headline_metrics(r, with_intervals=True) for r in results))
-    table, metric_names = comparison_table(labels, headlines, intervals)
+    p_values = paired_translation_tests(labels, results)
+    table, metric_names = comparison_table(labels, headlines, intervals, p_values)
     matches = matching(results)
     sizes = "\n".join(
         f"- {label}: {params['total']:,} parameters ({params['embedding']:,} embedding, "
@@ -218,7 +242,7 @@ def main(argv=None):
                            "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
                            "headline": h, "intervals95": iv}
                    for label, d, r, h, iv, src in zip(labels, out_dirs, results, headlines, intervals, sources)},
-        "matching": dict(zip(labels[1:], matches)),
+        "matching": dict(zip(labels[1:], matches)), "paired_bootstrap_p_values": p_values,
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
     atomic_write_text(output_dir / "comparison.json",
                           json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))

@@ -330,8 +330,10 @@ def task_translation(ctx):
               "samples_used": len(pairs),
               "stop": "next language tag or end-of-text", "max_new_tokens": args.max_new_tokens}
     decodings = [("greedy", 1)] + ([(f"beam{args.beam}", args.beam)] if args.beam > 1 else [])
+    result["references"] = {}  # kept with every hypothesis for compare_models.py's paired bootstrap
     for direction in ("en-fr", "fr-en"):
         sources, references = zip(*[(e, f) if direction == "en-fr" else (f, e) for e, f in pairs])
+        result["references"][direction] = list(references)
         entry = {}
         for name, beam in decodings:
             out = timed_translate(ctx.model, ctx.tok, list(sources), direction, beam=beam,
@@ -339,7 +341,7 @@ def task_translation(ctx):
             hypotheses = out["hypotheses"]
             entry[name] = {**metrics.translation_metrics(hypotheses, list(references)),
                            "seconds": out["seconds"], "sentences_per_second": len(pairs) / out["seconds"],
-                           "sources_truncated": out["truncated"],
+                           "sources_truncated": out["truncated"], "hypotheses": hypotheses,
                            "examples": [{"source": s, "reference": r, "hypothesis": h} for s, r, h in
                                         list(zip(sources, references, hypotheses))[:args.examples]]}
         result[direction] = entry

@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.significance import PairedTest
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
 from scipy.stats import rankdata, spearmanr
 
@@ -56,6 +57,18 @@ def corpus_bleu(hypotheses, references):
     result, entry = sacrebleu_score(BLEU(), hypotheses, references)
     return {**entry, "precisions": list(result.precisions), "bp": result.bp,
             "sys_len": result.sys_len, "ref_len": result.ref_len}
+
+
+def paired_bootstrap(systems, references):
+    """sacreBLEU's paired bootstrap test (1000 resamples) of each system against the first on the same
+    sentences: {system name: {'BLEU': p-value, 'chrF': p-value}} for all but the first."""
+    names = list(systems)
+    test = PairedTest([(name, list(systems[name])) for name in names],
+                      {"BLEU": BLEU(references=[list(references)]), "chrF": CHRF(references=[list(references)])},
+                      None, test_type="bs", n_samples=BOOTSTRAP_SAMPLES)
+    results = test()[1]
+    return {name: {metric: results[key][i].p_value for metric, key in (("BLEU", "BLEU"), ("chrF", "chrF2"))}
+            for i, name in enumerate(names) if i > 0}
 
 
 def corpus_chrf(hypotheses, references):

@@ -235,7 +235,9 @@ def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
     for png in ("loss_curves.png", "metrics_translation.png", "metrics_wordsim.png"):
         assert (output_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = (output_dir / "comparison.md").read_text()
-    assert "| vs backpack (backpack) (95% intervals) |" in markdown and "backbone-matched to backpack" in markdown
+    assert "| vs backpack (backpack) |" in markdown and "backbone-matched to backpack" in markdown
+    p = comparison["paired_bootstrap_p_values"]["en-fr greedy BLEU"]["transformer (transformer)"]
+    assert 0 < p <= 1 and f"transformer (transformer): p={p:.3f}" in markdown
     assert comparison["matching"] == {"transformer (transformer)": "backbone-matched"}
     assert "en-fr greedy BLEU" in backpack["intervals95"]
 
@@ -277,6 +279,8 @@ def test_comparison_marks_overlapping_intervals_and_says_what_is_matched():
     assert compare_models.significance("BLEU", labels, intervals) == "t: n.s.; m: disjoint"
     assert compare_models.significance("rho", labels, intervals) == "t: disjoint"
     assert compare_models.significance("loss", labels, intervals) == ""
+    assert compare_models.significance("BLEU", labels, intervals, {"BLEU": {"t": 0.2, "m": 0.001}}) == \
+        "t: p=0.200 n.s.; m: p=0.001"
     table, _ = compare_models.comparison_table(labels, [{"BLEU": 1.5}, {"BLEU": 2.0}, {"BLEU": 2.7}], intervals)
     assert "| BLEU | 1.5000 [1.0000, 2.0000] | 2.0000 [1.5000, 3.0000] | 2.7000 [2.5000, 3.0000] | t: n.s.; m: disjoint |" in table
     run = lambda layers, width, total: {"run": {"model_args": {"n_layer": layers, "n_head": 4, "n_embd": width},

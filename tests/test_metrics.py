@@ -161,3 +161,13 @@ def test_sentence_retrieval_and_derangement():
     assert metrics.recall_at_1(np.array([[0.0, 1.0], [0.0, 1.0]])) == 0.5
     with pytest.raises(ValueError):
         metrics.random_derangement(1, rng)
+
+
+def test_paired_bootstrap_against_the_first_system():
+    refs = [f"the cat number {i} sat on a mat" for i in range(60)]
+    good = [f"the cat number {i} sat on the mat" for i in range(60)]
+    bad = [f"a dog {i} sat" for i in range(60)]
+    close = [refs[0]] + good[1:]  # one sentence better than `good`
+    p = metrics.paired_bootstrap({"good": good, "bad": bad, "close": close}, refs)
+    assert set(p) == {"bad", "close"} and p["bad"]["BLEU"] < 0.01 and p["bad"]["chrF"] < 0.01
+    assert p["close"]["BLEU"] > 0.05 and p["close"]["chrF"] > 0.05
