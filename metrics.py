@@ -47,7 +47,12 @@ def sacrebleu_score(metric, hypotheses, references):
     the resamples' mean +- half their 2.5-97.5 percentile range. That symmetric interval can cross 0
     for scores near 0; it is clipped to the metric's range 0-100."""
     _check_parallel(hypotheses, references)
-    result = metric.corpus_score(list(hypotheses), [list(references)], n_bootstrap=BOOTSTRAP_SAMPLES)
+    try:
+        result = metric.corpus_score(list(hypotheses), [list(references)], n_bootstrap=BOOTSTRAP_SAMPLES)
+    except TypeError as e:  # sacreBLEU 2.6's chrF bootstrap can fail mixing float and float32 statistics
+        result = metric.corpus_score(list(hypotheses), [list(references)])
+        return result, {"score": result.score, "signature": str(metric.get_signature()), "ci95": None,
+                        "ci95_note": f"sacreBLEU's bootstrap failed on this output ({e})"}
     return result, {"score": result.score, "signature": str(metric.get_signature()),
                     "ci95": [max(0.0, result._mean - result._ci), min(100.0, result._mean + result._ci)]}
 
