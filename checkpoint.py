@@ -4,6 +4,7 @@ A checkpoint is a dict of plain types and tensors written by train.py:
   model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss,
   optimizer, scaler, rng, sampler, training_log
 """
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -22,6 +23,15 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(obj, path):
     """Write obj to path so that a crash at any moment leaves the previous file intact."""
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes (which checkpoint a result was computed from)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path, map_location='cpu'):
@@ -61,7 +71,12 @@ def model_from_checkpoint(ckpt):
         model = build_model(ckpt['model_type'], ModelConfig(**ckpt['model_args']))
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint does not describe a model: {e}") from None
-    model.load_state_dict(ckpt['model'])
+    try:
+        model.load_state_dict(ckpt['model'])
+    except (KeyError, RuntimeError) as e:  # PyTorch lists every mismatch on lines of their own
+        details = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip()) or str(e)
+        raise CheckpointError(f"the checkpoint's model_args ({ckpt['model_type']}, {ckpt['model_args']}) "
+                              f"disagree with its weights: {details[:300]}") from None
     return model
 
 

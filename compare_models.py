@@ -8,7 +8,8 @@ $ python compare_models.py --backpack_dir out/backpack_full --transformer_dir ou
 $ python compare_models.py --backpack_dir A --transformer_dir B --extra_dirs C D --reuse
 
 Every evaluate.py option passes through (--tasks, --beam, --data_root, ...). --reuse reads
-DIR/eval/results.json where it exists instead of evaluating again. Writes comparison.json,
+DIR/eval/results.json instead of evaluating again when it was computed from the same checkpoint file
+with the same evaluation settings (else it evaluates again and says why). Writes comparison.json,
 comparison.md, loss_curves.png and metrics_<group>.png into --output_dir (default out/comparison).
 """
 import argparse
@@ -28,9 +29,14 @@ import evaluate  # noqa: E402
 import metrics  # noqa: E402
 import report  # noqa: E402
 from atomic import atomic_write, atomic_write_text  # noqa: E402
+from checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
 
+NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). Last column: "
+        "for BLEU and chrF the p-value of sacreBLEU's paired bootstrap test against the first model (same sentences, "
+        "1000 resamples); for the rest, n.s. where the intervals overlap (a conservative test), disjoint where not. "
+        "Backbone-matched: same layers, heads and width; parameter-matched: total parameters within 5%.")
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
-METRIC_GROUPS = {"loss": "val loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
+METRIC_GROUPS = {"loss": ("test loss", "val loss"), "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
                  "bli": "BLI", "sentence": "sentence", "multiple_choice": ("xnli", "pawsx")}
 
 
@@ -46,14 +52,33 @@ def parse_args(argv=None):
     return evaluate.check_args(p.parse_args(argv))
 
 
+def reuse_mismatch(results, out_dir, args):
+    """Why earlier results may not stand for this comparison (None: they may): computed for another
+    checkpoint file, with other evaluation settings, or without the record of either."""
+    run = results.get("run") if isinstance(results, dict) else None
+    if not isinstance(run, dict) or "checkpoint_sha256" not in run or "settings" not in run:
+        return "it does not record its checkpoint and settings (an older evaluate.py)"
+    checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
+    if not checkpoint.is_file() or file_sha256(checkpoint) != run["checkpoint_sha256"]:
+        return f"it was computed from another {checkpoint.name} (iter {run.get('iter_num')})"
+    settings = json.loads(json.dumps(evaluate.eval_settings(args)))  # as JSON stores them (tuples as lists)
+    differing = sorted(k for k in settings.keys() | run["settings"].keys() if settings.get(k) != run["settings"].get(k))
+    return f"it was computed with other settings: {', '.join(differing)}" if differing else None
+
+
 def model_results(out_dir, args):
-    """Evaluation results of one out_dir: reused from eval/results.json if asked, else computed."""
+    """Evaluation results of one out_dir: reused from eval/results.json if asked and computed from
+    the same checkpoint with the same settings, else computed."""
     path = Path(out_dir) / "eval" / "results.json"
     if args.reuse and path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8")), "reused"
+            results = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
             raise SystemExit(f"error: {path} is not valid JSON ({e}); run without --reuse")
+        mismatch = reuse_mismatch(results, out_dir, args)
+        if mismatch is None:
+            return results, "reused"
+        print(f"not reusing {path}: {mismatch}; evaluating again", file=sys.stderr)
     if not Path(out_dir).is_dir():
         raise SystemExit(f"error: {out_dir} is not a directory")
     return evaluate.evaluate_out_dir(out_dir, args), "evaluated"
@@ -68,30 +93,60 @@ def unique_labels(out_dirs, results):
     return labels
 
 
-def comparison_table(labels, headlines, intervals):
-    """Markdown table: one row per headline metric, one column per model; a metric with 95%
-    intervals shows them, and the last column says whether the models' intervals overlap."""
+def paired_translation_tests(labels, results):
+    """{headline name of a BLEU / chrF row: {label: p-value of sacreBLEU's paired bootstrap against the
+    first model}} wherever every model translated the same test sentences."""
+    translations = [r.get("translation", {}) for r in results]
+    references = [t.get("references") for t in translations]
+    if not references[0] or any(ref != references[0] for ref in references):
+        return {}
+    p_values = {}
+    for direction, refs in references[0].items():
+        for decoding in translations[0].get(direction, {}):
+            systems = {label: t.get(direction, {}).get(decoding, {}).get("hypotheses")
+                       for label, t in zip(labels, translations)}
+            if all(systems.values()):
+                for label, tests in metrics.paired_bootstrap(systems, refs).items():
+                    for metric, p in tests.items():
+                        p_values.setdefault(f"{direction} {decoding} {metric}", {})[label] = p
+    return p_values
+
+
+def significance(name, labels, intervals, p_values=None):
+    """Each later model against the first on one metric: sacreBLEU's paired bootstrap p-value where
+    there is one (n.s. when p >= 0.05); else 'n.s.' where the two 95% intervals overlap (the
+    difference is not significant), 'disjoint' where they do not; '' without both intervals."""
+    if p_values and name in p_values:
+        return "; ".join(f"{label}: p={p:.3f}{' n.s.' if p >= 0.05 else ''}" for label, p in p_values[name].items())
+    first = intervals[0].get(name)
+    marks = [f"{label}: {'n.s.' if metrics.intervals_overlap(first, iv[name]) else 'disjoint'}"
+             for label, iv in zip(labels[1:], intervals[1:]) if first and iv.get(name)]
+    return "; ".join(marks)
+
+
+def comparison_table(labels, headlines, intervals, p_values=None):
+    """Markdown table: one row per headline metric, one column per model (value [95% interval]), and
+    each model against the first (paired bootstrap p-value, else whether the intervals overlap)."""
     metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
-    rows = []
-    for name in metrics_order:
-        cells = [report.fmt(h.get(name)) + (" [{:.3f}, {:.3f}]".format(*iv[name]) if name in iv else "")
-                 for h, iv in zip(headlines, intervals)]
-        rows.append([name] + cells + [significance([iv.get(name) for iv in intervals])])
-    return report.markdown_table(["metric"] + labels + ["difference"], rows), metrics_order
+    rows = [[name] + [report.fmt_interval(h.get(name), iv.get(name)) for h, iv in zip(headlines, intervals)]
+            + [significance(name, labels, intervals, p_values)] for name in metrics_order]
+    header = ["metric"] + labels + [f"vs {labels[0]}"]
+    return report.markdown_table(header, rows), metrics_order
 
 
-def significance(intervals):
-    """Whether the models' 95% intervals of one metric overlap: overlapping ones are marked not
-    significant; '' when some model has no interval for it."""
-    if len(intervals) < 2 or any(iv is None for iv in intervals):
-        return ""
-    pairs = [(i, j) for i in range(len(intervals)) for j in range(i + 1, len(intervals))]
-    overlapping = [(i, j) for i, j in pairs if metrics.intervals_overlap(intervals[i], intervals[j])]
-    if not overlapping:
-        return "intervals disjoint"
-    if len(overlapping) == len(pairs):
-        return "not significant (intervals overlap)"
-    return "not significant between " + ", ".join(f"columns {i + 1} and {j + 1}" for i, j in overlapping)
+def matching(results):
+    """How each later model relates to the first: the same backbone (n_layer, n_head, n_embd), the
+    same total parameters (within 5%), or neither; this says which comparison a table makes."""
+    first = results[0]["run"]
+    notes = []
+    for r in results[1:]:
+        run = r["run"]
+        same_backbone = all((first.get("model_args") or {}).get(k) == (run.get("model_args") or {}).get(k)
+                            for k in ("n_layer", "n_head", "n_embd"))
+        totals = [x.get("params", {}).get("total") for x in (first, run)]
+        same_size = None not in totals and abs(totals[1] / totals[0] - 1) <= 0.05
+        notes.append("backbone-matched" if same_backbone else "parameter-matched" if same_size else "unmatched")
+    return notes
 
 
 def save_figure(fig, path):
@@ -171,9 +226,15 @@ def main(argv=None):
     output_dir = Path(args.output_dir)  # created by the first write, so a failure leaves none behind
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
-    headlines = [report.headline_metrics(r) for r in results]
-    intervals = [report.headline_intervals(r) for r in results]
-    table, metric_names = comparison_table(labels, headlines, intervals)
+    headlines, intervals = zip(*(report.headline_metrics(r, with_intervals=True) for r in results))
+    p_values = paired_translation_tests(labels, results)
+    table, metric_names = comparison_table(labels, headlines, intervals, p_values)
+    matches = matching(results)
+    sizes = "\n".join(
+        f"- {label}: {params['total']:,} parameters ({params['embedding']:,} embedding, "
+        f"{params['non_embedding']:,} non-embedding)" + (f"; {match} to {labels[0]}" if match else "")
+        for label, params, match in zip(labels, (r["run"].get("params") or {} for r in results), [None] + matches)
+        if params)
 
     plots = {"loss_curves": plot_loss_curves(out_dirs, labels, output_dir / "loss_curves.png")}
     for group, keys in METRIC_GROUPS.items():
@@ -186,14 +247,15 @@ def main(argv=None):
     comparison = {
         "models": {label: {"out_dir": str(d), "results": str(Path(d) / "eval" / "results.json"), "source": src,
                            "model_type": r["run"]["model_type"], "iter_num": r["run"]["iter_num"],
-                           "n_params": r["run"]["n_params"],
+                           "params": r["run"].get("params"),
                            "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
-                           "headline": h, "intervals_95": iv}
+                           "headline": h, "intervals95": iv}
                    for label, d, r, h, iv, src in zip(labels, out_dirs, results, headlines, intervals, sources)},
+        "matching": dict(zip(labels[1:], matches)), "paired_bootstrap_p_values": p_values,
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
     atomic_write_text(output_dir / "comparison.json",
                           json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))
-    markdown = "# Model comparison\n\n" + table + "\n\n" + "\n".join(
+    markdown = "# Model comparison\n\n" + sizes + "\n\n" + table + "\n\n" + NOTE + "\n\n" + "\n".join(
         f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n" + interventions_links(out_dirs, output_dir)
     atomic_write_text(output_dir / "comparison.md", markdown)
     print(table)

@@ -13,7 +13,7 @@ OUT_DIR/eval/report.md, and prints a summary table. Resources (word-similarity s
 FLORES) are looked up by their path in the layout under --data_root (env ENFR_DATA, else
 ../shared/data/en-fr beside the repository), then in the resources.py cache, and fetched into the
 cache when missing (unless --no-fetch or an offline variable such as HF_HUB_OFFLINE is set);
-results.json names the file and sha256 each metric used. The dataset (val.bin, test.jsonl,
+results.json names the file and sha256 each metric used. The dataset (test.bin, test.jsonl,
 word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
 """
 import argparse
@@ -33,10 +33,10 @@ import metrics
 import multiple_choice
 import resources
 from atomic import atomic_write_text
-from checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
+from checkpoint import CHECKPOINT_FILES, CheckpointError, file_sha256, load_trained_model
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta
 from generation import timed_translate
-from report import headline_metrics, json_safe, markdown_table, render_report
+from report import headline_table, json_safe, render_report
 from tokenizer import load_tokenizer
 
 TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses", "xnli", "pawsx")
@@ -83,7 +83,7 @@ def add_eval_arguments(p):
     p.add_argument("--data_dir", default=None,
                    help="the prepared dataset, if it moved since training (default: the checkpoint's data_dir)")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss_batches", type=int, default=20, help="random val windows are drawn in this many batches")
+    g.add_argument("--loss_batches", type=int, default=20, help="random test windows are drawn in this many batches")
     g = p.add_argument_group("translation")
     g.add_argument("--translation_samples", type=int, default=500, help="test pairs translated in each direction")
     g.add_argument("--test_corpus", default=None,
@@ -159,6 +159,13 @@ def check_args(args):
         if "=" not in spec:
             raise SystemExit(f"error: --wordsim entries are NAME=PATH, got {spec!r}")
     return args
+
+
+def eval_settings(args):
+    """Every evaluation option as used: compare_models.py --reuse takes results only for equal settings."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_eval_arguments(parser)
+    return {action.dest: getattr(args, action.dest) for action in parser._actions}
 
 
 def split_list(text):
@@ -296,15 +303,19 @@ def load_for_eval(out_dir, which, device, data_dir=None, same_data=True):
 
 @torch.no_grad()
 def task_loss(ctx):
-    """Val loss and perplexity over random windows, overall and per target language."""
+    """Test loss and perplexity over random windows, overall and per target language. Not val: val
+    chose best.pt, so its loss is biased low (it stays in training_log.json)."""
     args = ctx.args
+    if not (ctx.data_dir / "test.bin").is_file():
+        raise SkipTask(f"{ctx.data_dir / 'test.bin'} not found: the dataset was prepared before prepare.py wrote "
+                       "a test stream; prepare it again for a held-out loss (the val loss is in training_log.json)")
     try:
         sampler = BatchSampler(ctx.data_dir, seed=args.seed)
     except DataError as e:
         raise SkipTask(str(e))
     totals = {"all": [0.0, 0], "en": [0.0, 0], "fr": [0.0, 0]}
-    for _ in tqdm(range(args.loss_batches), desc="val loss", leave=False):
-        x, y, lang = sampler.get_batch("val", args.batch_size, ctx.block_size, ctx.device, with_language=True)
+    for _ in tqdm(range(args.loss_batches), desc="test loss", leave=False):
+        x, y, lang = sampler.get_batch("test", args.batch_size, ctx.block_size, ctx.device, with_language=True)
         logits, _ = ctx.model(x)
         losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
                                  reduction="none").view_as(y)
@@ -312,7 +323,7 @@ def task_loss(ctx):
         for name, mask in (("all", scored), ("en", scored & (lang == 0)), ("fr", scored & (lang == 1))):
             totals[name][0] += float(losses[mask].sum())
             totals[name][1] += int(mask.sum())
-    result = {"split": "val", "batches": args.loss_batches, "batch_size": args.batch_size,
+    result = {"split": "test", "batches": args.loss_batches, "batch_size": args.batch_size,
               "block_size": ctx.block_size, "seed": args.seed,
               "note": "random windows; per-language = target token inside an English / French segment"}
     for name, (total, count) in totals.items():
@@ -330,8 +341,10 @@ def task_translation(ctx):
               "samples_used": len(pairs),
               "stop": "next language tag or end-of-text", "max_new_tokens": args.max_new_tokens}
     decodings = [("greedy", 1)] + ([(f"beam{args.beam}", args.beam)] if args.beam > 1 else [])
+    result["references"] = {}  # kept with every hypothesis for compare_models.py's paired bootstrap
     for direction in ("en-fr", "fr-en"):
         sources, references = zip(*[(e, f) if direction == "en-fr" else (f, e) for e, f in pairs])
+        result["references"][direction] = list(references)
         entry = {}
         for name, beam in decodings:
             out = timed_translate(ctx.model, ctx.tok, list(sources), direction, beam=beam,
@@ -339,7 +352,7 @@ def task_translation(ctx):
             hypotheses = out["hypotheses"]
             entry[name] = {**metrics.translation_metrics(hypotheses, list(references)),
                            "seconds": out["seconds"], "sentences_per_second": len(pairs) / out["seconds"],
-                           "sources_truncated": out["truncated"],
+                           "sources_truncated": out["truncated"], "hypotheses": hypotheses,
                            "examples": [{"source": s, "reference": r, "hypothesis": h} for s, r, h in
                                         list(zip(sources, references, hypotheses))[:args.examples]]}
         result[direction] = entry
@@ -417,7 +430,8 @@ def task_bli(ctx):
     vocab = {lang: list(counts[lang])[:args.bli_candidates] for lang in ("en", "fr")}
     needs_senses = any(r.startswith("sense:") for r in reps)
     vectors = lexical.WordVectors(ctx.model, ctx.tok, vocab["en"] + vocab["fr"], full_senses=needs_senses)
-    result = {"dictionary": dictionary.summary(), "candidates_asked": args.bli_candidates, "csls_k": args.csls_k,
+    result = {"dictionary": dictionary.summary(), "dictionary_split": lexical.dictionary_split(dictionary.path),
+              "candidates_asked": args.bli_candidates, "csls_k": args.csls_k,
               "representations": reps, "candidate_source": "most frequent words of word_counts.json (train split)",
               "words": {lang: vectors.piece_stats(vocab[lang]) for lang in ("en", "fr")}}
     for direction, reverse, src, tgt in (("en-fr", False, "en", "fr"), ("fr-en", True, "fr", "en")):
@@ -545,6 +559,7 @@ def evaluate_out_dir(out_dir, args):
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     model, ckpt, tokenizer, data_dir = load_for_eval(out_dir, args.ckpt, args.device, args.data_dir)
+    checkpoint_sha256 = file_sha256(Path(out_dir) / CHECKPOINT_FILES[args.ckpt])  # what --reuse matches
     ctx = Context(args, model, ckpt, tokenizer, data_dir)
     results = {}
     for task in TASKS:
@@ -560,10 +575,13 @@ def evaluate_out_dir(out_dir, args):
             results[task] = {"skipped": str(e)}
             print(f"[{task}] skipped: {e}", file=sys.stderr)
     results["run"] = {
-        "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / {"best": "best.pt", "latest": "ckpt.pt"}[args.ckpt]),
+        "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
         "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
+        "checkpoint_sha256": checkpoint_sha256,
+        "tokenizer_sha256": ckpt["meta"].get("tokenizer_sha256"), "data_sha256": ckpt["meta"].get("data_sha256"),
+        "settings": eval_settings(args),
         "model_type": ckpt["model_type"], "model_args": ckpt.get("model_args"),
-        "n_params": model.num_params(non_embedding=False), "data_dir": str(data_dir),
+        "params": model.param_counts(), "data_dir": str(data_dir),
         "tokenizer": ckpt["meta"].get("tokenizer"), "data_root": str(args.data_root), "device": args.device,
         "tasks": args.task_list, "seed": args.seed, "command": " ".join(sys.argv),
         "seconds": time.perf_counter() - t0,
@@ -571,15 +589,18 @@ def evaluate_out_dir(out_dir, args):
     }
     results = json_safe(results)
     eval_dir = Path(out_dir) / "eval"
-    atomic_write_text(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
-    atomic_write_text(eval_dir / "report.md", render_report(results))
+    try:
+        atomic_write_text(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
+        atomic_write_text(eval_dir / "report.md", render_report(results))
+    except OSError as e:  # a full disk, a read-only out_dir: atomic writes leave the old files whole
+        raise SystemExit(f"error: cannot write the results into {eval_dir}: {e.strerror or e}") from None
     return results
 
 
 def main(argv=None):
     args = parse_args(argv)
     results = evaluate_out_dir(args.out_dir, args)
-    print(markdown_table(["metric", "value"], list(headline_metrics(results).items())))
+    print(headline_table(results))
     print(f"wrote {Path(args.out_dir) / 'eval' / 'results.json'} and report.md")
 
 

@@ -18,6 +18,7 @@ the Backpack). Representations:
               'parlement') get similar vectors with no training at all; this shows how much of a
               score the shared tokenization alone explains.
 """
+import codecs
 import csv
 import json
 import re
@@ -69,12 +70,25 @@ class ParsedFile:
         return self
 
 
-def _open_lines(path):
+def _open_lines(path, parsed):
+    """Lines of a UTF-8 text file. A line that is not UTF-8 is recorded in `parsed` as malformed
+    (with its number and the offending byte) and read as an empty line, so the rest is used."""
     path = Path(path)
     if not path.is_file():
         raise ResourceError(f"{path}: file not found")
-    with open(path, encoding="utf-8-sig") as f:
-        return f.read().splitlines()
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        pass
+    lines = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        try:
+            lines.append(line.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            parsed.bad(number, f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})")
+            lines.append("")
+    return lines
 
 
 def _is_number(text):
@@ -115,7 +129,7 @@ def read_word_pairs(path):
     """
     parsed = ParsedFile(str(path))
     columns = None
-    for number, line in enumerate(_open_lines(path), start=1):
+    for number, line in enumerate(_open_lines(path, parsed), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         fields = _split_fields(line)
@@ -149,9 +163,9 @@ def _language_column(names, lang, suffix=""):
     return None
 
 
-def _read_csv_table(path):
-    lines = _open_lines(path)
-    rows = list(csv.reader(lines))
+def _read_csv_table(path, parsed):
+    """(header, rows) of a CSV file; an empty row stands for a blank (or undecodable) line."""
+    rows = list(csv.reader(_open_lines(path, parsed)))
     if not rows:
         raise ResourceError(f"{path}: empty file")
     return rows[0], rows[1:]
@@ -168,8 +182,9 @@ def read_multisimlex_official(translation_csv, scores_csv, lang1, lang2=None):
     that drops pairs whose two scores differ by more than 1.2 (an approximation).
     """
     lang2 = lang2 or lang1
-    header, table = _read_csv_table(translation_csv)
-    score_header, score_table = _read_csv_table(scores_csv)
+    parsed = ParsedFile(f"{translation_csv}+{scores_csv}")
+    header, table = _read_csv_table(translation_csv, parsed)
+    score_header, score_table = _read_csv_table(scores_csv, parsed)
     names, score_names = [h.strip() for h in header], [h.strip() for h in score_header]
     id_col = next((i for i, n in enumerate(names) if n.lower() == "id"), 0)
     score_id_col = next((i for i, n in enumerate(score_names) if n.lower() == "id"), 0)
@@ -180,14 +195,17 @@ def read_multisimlex_official(translation_csv, scores_csv, lang1, lang2=None):
     if missing:
         raise ResourceError(f"{translation_csv} / {scores_csv}: no column for {', '.join(missing)}")
 
-    parsed = ParsedFile(f"{translation_csv}+{scores_csv}")
     scores = {}
     for number, row in enumerate(score_table, start=2):
+        if not row:
+            continue
         try:
             scores[row[score_id_col].strip()] = {lang: float(row[c]) for lang, c in score_cols.items()}
         except (IndexError, ValueError):
             parsed.bad(number, f"scores.csv: unreadable score row {row}")
     for number, row in enumerate(table, start=2):
+        if not row:
+            continue
         if len(row) <= max(c for c in word_cols.values()):
             parsed.bad(number, f"translation.csv: expected more fields, got {len(row)}")
             continue
@@ -210,7 +228,7 @@ def read_dictionary(path):
     """A MUSE-format bilingual dictionary: `source target` per line (tab or space separated),
     several lines per source word for several gold translations. Rows: (source, target)."""
     parsed = ParsedFile(str(path))
-    for number, line in enumerate(_open_lines(path), start=1):
+    for number, line in enumerate(_open_lines(path, parsed), start=1):
         if not line.strip():
             continue
         fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
@@ -221,15 +239,28 @@ def read_dictionary(path):
     return parsed.require_rows()
 
 
+def dictionary_split(path):
+    """Which MUSE split a dictionary file is, by MUSE's file names: 0-5000 is its training dictionary,
+    5000-6500 its standard test split; anything else is named as such."""
+    name = Path(path).name
+    if "0-5000" in name and "5000-6500" not in name:
+        return "MUSE 0-5000: MUSE's training dictionary (the standard test split is 5000-6500)"
+    if "5000-6500" in name:
+        return "MUSE 5000-6500: the standard BLI test split"
+    return "not a MUSE split (a dictionary of its own)"
+
+
 def read_word_counts(data_dir):
     """word_counts.json of a dataset: {'en': {word: count}, 'fr': {...}}, most frequent first."""
     path = Path(data_dir) / "word_counts.json"
     if not path.is_file():
         raise ResourceError(f"{path}: file not found (made by data/europarl/prepare.py)")
-    with open(path, encoding="utf-8") as f:
-        counts = json.load(f)
+    try:
+        counts = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # also UnicodeDecodeError
+        raise ResourceError(f"{path}: not a UTF-8 JSON file ({e})") from None
     for lang in ("en", "fr"):
-        if lang not in counts:
+        if not isinstance(counts, dict) or lang not in counts:
             raise ResourceError(f"{path}: no {lang!r} counts")
         counts[lang] = dict(sorted(counts[lang].items(), key=lambda kv: -kv[1]))
     return counts

@@ -2,6 +2,10 @@
 Pure metric functions for evaluation: translation quality, rank correlation, word retrieval
 (cosine / CSLS) and sentence retrieval. No I/O, no model code.
 
+Uncertainty: every headline metric carries a 95% bootstrap interval over its test items ("ci95"):
+sacreBLEU's own bootstrap (its --confidence) for BLEU and chrF, a seeded percentile bootstrap for
+Spearman rho and P@k.
+
 Scales: sacreBLEU BLEU and chrF are 0-100 (sacreBLEU's convention); every other score here is
 a fraction in [0, 1] (NLTK sentence BLEU, exact match, word / character accuracy, P@k, recall).
 Word-level translation metrics split words with sacreBLEU's 13a tokenizer, so punctuation is
@@ -12,8 +16,9 @@ import warnings
 import numpy as np
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.significance import PairedTest
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-from scipy.stats import binomtest, spearmanr
+from scipy.stats import binomtest, rankdata, spearmanr
 
 _tokenize_13a = Tokenizer13a()
 
@@ -33,22 +38,47 @@ def _check_parallel(hypotheses, references):
 # -----------------------------------------------------------------------------
 # translation metrics
 
-def corpus_bleu(hypotheses, references):
-    """sacreBLEU corpus BLEU (0-100, one reference per sentence) and its signature."""
+BOOTSTRAP_SAMPLES = 1000
+
+
+def sacrebleu_score(metric, hypotheses, references):
+    """score, signature and 95% interval of a sacreBLEU metric. The interval is sacreBLEU's bootstrap
+    (--confidence: 1000 resamples of the sentences, seed SACREBLEU_SEED, default 12345), which reports
+    the resamples' mean +- half their 2.5-97.5 percentile range. That symmetric interval can cross 0
+    for scores near 0; it is clipped to the metric's range 0-100."""
     _check_parallel(hypotheses, references)
-    bleu = BLEU()
-    result = bleu.corpus_score(list(hypotheses), [list(references)])
-    return {"score": result.score, "signature": str(bleu.get_signature()),
-            "precisions": list(result.precisions), "bp": result.bp,
+    try:
+        result = metric.corpus_score(list(hypotheses), [list(references)], n_bootstrap=BOOTSTRAP_SAMPLES)
+    except TypeError as e:  # sacreBLEU 2.6's chrF bootstrap can fail mixing float and float32 statistics
+        result = metric.corpus_score(list(hypotheses), [list(references)])
+        return result, {"score": result.score, "signature": str(metric.get_signature()), "ci95": None,
+                        "ci95_note": f"sacreBLEU's bootstrap failed on this output ({e})"}
+    return result, {"score": result.score, "signature": str(metric.get_signature()),
+                    "ci95": [max(0.0, result._mean - result._ci), min(100.0, result._mean + result._ci)]}
+
+
+def corpus_bleu(hypotheses, references):
+    """sacreBLEU corpus BLEU (0-100, one reference per sentence), its signature and 95% interval."""
+    result, entry = sacrebleu_score(BLEU(), hypotheses, references)
+    return {**entry, "precisions": list(result.precisions), "bp": result.bp,
             "sys_len": result.sys_len, "ref_len": result.ref_len}
 
 
+def paired_bootstrap(systems, references):
+    """sacreBLEU's paired bootstrap test (1000 resamples) of each system against the first on the same
+    sentences: {system name: {'BLEU': p-value, 'chrF': p-value}} for all but the first."""
+    names = list(systems)
+    test = PairedTest([(name, list(systems[name])) for name in names],
+                      {"BLEU": BLEU(references=[list(references)]), "chrF": CHRF(references=[list(references)])},
+                      None, test_type="bs", n_samples=BOOTSTRAP_SAMPLES)
+    results = test()[1]
+    return {name: {metric: results[key][i].p_value for metric, key in (("BLEU", "BLEU"), ("chrF", "chrF2"))}
+            for i, name in enumerate(names) if i > 0}
+
+
 def corpus_chrf(hypotheses, references):
-    """sacreBLEU corpus chrF (0-100, character 6-grams, beta 2) and its signature."""
-    _check_parallel(hypotheses, references)
-    chrf = CHRF()
-    result = chrf.corpus_score(list(hypotheses), [list(references)])
-    return {"score": result.score, "signature": str(chrf.get_signature())}
+    """sacreBLEU corpus chrF (0-100, character 6-grams, beta 2), its signature and 95% interval."""
+    return sacrebleu_score(CHRF(), hypotheses, references)[1]
 
 
 def sentence_bleu_scores(hypotheses, references):
@@ -131,10 +161,49 @@ def translation_metrics(hypotheses, references):
 
 
 # -----------------------------------------------------------------------------
+# bootstrap intervals
+
+def bootstrap_indices(n, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """(samples, n) item indices drawn with replacement: one resample of the test items per row."""
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
+def percentile_interval(statistics):
+    """95% percentile interval of bootstrap statistics (NaN resamples, e.g. constant ones, left out)."""
+    statistics = np.asarray(statistics, dtype=np.float64)
+    statistics = statistics[np.isfinite(statistics)]
+    if statistics.size == 0:
+        return None
+    low, high = np.percentile(statistics, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+def bootstrap_mean_interval(values, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """95% bootstrap interval of the mean of per-item values (e.g. the 0/1 hits behind P@1)."""
+    values = np.asarray(values, dtype=np.float64)
+    return percentile_interval(values[bootstrap_indices(len(values), samples, seed)].mean(axis=1))
+
+
+def bootstrap_spearman_interval(predicted, gold, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """95% bootstrap interval of Spearman rho: all resamples ranked and correlated at once."""
+    idx = bootstrap_indices(len(predicted), samples, seed)
+    ranks = [rankdata(np.asarray(x, dtype=np.float64)[idx], axis=1) for x in (predicted, gold)]
+    a, b = (r - r.mean(axis=1, keepdims=True) for r in ranks)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant resample has no rho (NaN, left out)
+        rho = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    return percentile_interval(rho)
+
+
+def intervals_overlap(a, b):
+    """Whether two [low, high] intervals share a point (then the difference is not significant)."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+# -----------------------------------------------------------------------------
 # correlation
 
-def spearman(predicted, gold):
-    """Spearman rank correlation (scipy) with its two-sided p-value.
+def spearman(predicted, gold, seed=0):
+    """Spearman rank correlation (scipy) with its two-sided p-value and 95% bootstrap interval.
 
     rho is None (not a number) when it is undefined: one of the inputs is constant.
     """
@@ -146,7 +215,8 @@ def spearman(predicted, gold):
     if np.ptp(predicted) == 0 or np.ptp(gold) == 0:
         return {"rho": None, "p_value": None, "n": int(predicted.size), "note": "constant input: rho undefined"}
     result = spearmanr(predicted, gold)
-    return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": int(predicted.size)}
+    return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": int(predicted.size),
+            "rho_ci95": bootstrap_spearman_interval(predicted, gold, seed=seed)}
 
 
 # -----------------------------------------------------------------------------
@@ -198,8 +268,9 @@ def top_k_indices(scores, k):
     return np.take_along_axis(part, order, axis=1)
 
 
-def precision_at_k(scores, gold, ks=(1, 5)):
-    """P@k: fraction of queries (rows) with at least one gold candidate among their top k.
+def precision_at_k(scores, gold, ks=(1, 5), seed=0):
+    """P@k: fraction of queries (rows) with at least one gold candidate among their top k, and its
+    95% bootstrap interval over the queries ('ci95': {'p@k': [low, high]}).
 
     gold: one collection of gold candidate column indices per row.
     """
@@ -209,7 +280,9 @@ def precision_at_k(scores, gold, ks=(1, 5)):
         raise ValueError("no queries to score")
     ranked = top_k_indices(scores, max(ks))
     hits = np.array([[c in g for c in row] for row, g in zip(ranked.tolist(), map(set, gold))])
-    return {f"p@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
+    found = {k: hits[:, :k].any(axis=1) for k in ks}
+    return {**{f"p@{k}": float(found[k].mean()) for k in ks},
+            "ci95": {f"p@{k}": bootstrap_mean_interval(found[k], seed=seed) for k in ks}}
 
 
 # -----------------------------------------------------------------------------
@@ -262,9 +335,3 @@ def accuracy_interval(correct, n, confidence=0.95):
     low, high = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return {"accuracy": correct / n, "ci_low": float(low), "ci_high": float(high), "correct": int(correct),
             "n": int(n), "interval": f"Wilson {confidence:.0%}"}
-
-
-def intervals_overlap(a, b):
-    """Whether two (low, high) intervals overlap. Two 95% intervals that do not overlap mark a
-    difference significant at well under 5%; overlap is the conservative 'not significant'."""
-    return a[0] <= b[1] and b[0] <= a[1]

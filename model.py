@@ -264,16 +264,26 @@ class LanguageModel(nn.Module):
                 logits, cache = self.step(idx[:, -self.config.block_size:])
         return idx
 
+    def param_counts(self):
+        """{'embedding': token + position tables, 'non_embedding': all the rest, 'total'}, each parameter
+        counted once (the tied LM head is the token table). nanoGPT's "non-embedding" count drops only
+        the positions; here both tables are embedding."""
+        total = sum(p.numel() for p in self.parameters())
+        embedding = self.backbone.wte.weight.numel() + self.backbone.wpe.weight.numel()
+        return {'embedding': embedding, 'non_embedding': total - embedding, 'total': total}
+
     def num_params(self, non_embedding=True):
-        """Parameters counted once (the tied head is the embedding); non_embedding drops positions, as in nanoGPT."""
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.backbone.wpe.weight.numel() if non_embedding else n
+        return self.param_counts()['non_embedding' if non_embedding else 'total']
+
+    def _matmul_params(self):
+        """Weights used in a matmul per token: all but the position table (the token table is the LM head)."""
+        return self.num_params(non_embedding=False) - self.backbone.wpe.weight.numel()
 
     def flops_per_token(self, seq_len=None):
         """Training (forward + backward = 3 x forward) FLOPs per token, PaLM/nanoGPT convention:
         6 per matmul weight, plus the attention products counted over the full sequence."""
         cfg, T = self.config, seq_len or self.config.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * self._matmul_params() + 12 * cfg.n_layer * cfg.n_embd * T
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
         """Model FLOPs utilisation of block_size-long sequences against peak_flops (hardware.peak_flops)."""
@@ -434,7 +444,7 @@ class BackpackLM(LanguageModel):
         cfg, T = self.config, seq_len or self.config.block_size
         attention = 12 * cfg.n_layer * cfg.n_embd * T
         mixing = 3 * (2 * T * cfg.n_embd + 2 * cfg.n_senses * T * cfg.n_embd)
-        return 6 * self.num_params() + attention + mixing
+        return 6 * self._matmul_params() + attention + mixing
 
     # ------------------------------------------------------------------ Hugging Face backpack-gpt2 format
 

@@ -17,25 +17,31 @@ def json_safe(obj):
     return obj
 
 
-def headline_metrics(results):
-    """{metric name: value} of the figures worth a table row, for summaries and comparisons."""
-    rows = {}
+def headline_metrics(results, with_intervals=False):
+    """{metric name: value} of the figures worth a table row, for summaries and comparisons; with
+    with_intervals, also {metric name: its 95% bootstrap interval [low, high]} where it has one."""
+    rows, intervals = {}, {}
+    for kind, count in results.get("run", {}).get("params", {}).items():
+        rows[f"parameters ({kind.replace('_', '-')})"] = count
     loss = results.get("loss", {})
+    split = loss.get("split", "val")  # results of an older evaluate.py hold the val loss
     for lang in ("all", "en", "fr"):
         if lang in loss:
-            rows[f"val loss ({lang})"] = loss[lang]["loss"]
+            rows[f"{split} loss ({lang})"] = loss[lang]["loss"]
     if "all" in loss:
-        rows["val perplexity"] = loss["all"]["perplexity"]
+        rows[f"{split} perplexity"] = loss["all"]["perplexity"]
     translation = results.get("translation", {})
     for direction in ("en-fr", "fr-en"):
         for decoding, entry in translation.get(direction, {}).items():
-            rows[f"{direction} {decoding} BLEU"] = entry["bleu"]["score"]
-            rows[f"{direction} {decoding} chrF"] = entry["chrf"]["score"]
+            for metric, key in (("BLEU", "bleu"), ("chrF", "chrf")):
+                rows[f"{direction} {decoding} {metric}"] = entry[key]["score"]
+                intervals[f"{direction} {decoding} {metric}"] = entry[key].get("ci95")
             rows[f"{direction} {decoding} char acc"] = entry["char_accuracy"]
     for name, entry in results.get("wordsim", {}).get("sets", {}).items():
         for rep, sp in entry.get("spearman", {}).items():
             if not rep.startswith("sense:"):
                 rows[f"wordsim {name} rho ({rep})"] = sp["rho"]
+                intervals[f"wordsim {name} rho ({rep})"] = sp.get("rho_ci95")
     bli = results.get("bli", {})
     for direction in ("en-fr", "fr-en"):
         for rep in bli.get("representations", []):
@@ -43,6 +49,8 @@ def headline_metrics(results):
                 for method in ("cosine", "csls"):
                     subset = bli[direction][rep].get(f"{method}_excluding_identical", {})
                     rows[f"BLI {direction} P@1 {method} ({rep}, non-identical)"] = subset.get("p@1")
+                    intervals[f"BLI {direction} P@1 {method} ({rep}, non-identical)"] = \
+                        subset.get("ci95", {}).get("p@1")
     sentence = results.get("sentence", {})
     for states in ("backbone", "backpack_output"):
         if states in sentence:
@@ -53,7 +61,10 @@ def headline_metrics(results):
     entropy = results.get("senses", {}).get("alpha_entropy", {})
     if "mean_normalised" in entropy:
         rows["alpha entropy (normalised)"] = entropy["mean_normalised"]
-    rows.update({name: acc["accuracy"] for name, acc in multiple_choice_accuracies(results).items()})
+    for name, acc in multiple_choice_accuracies(results).items():
+        rows[name], intervals[name] = acc["accuracy"], (acc["ci_low"], acc["ci_high"])
+    if with_intervals:
+        return rows, {name: interval for name, interval in intervals.items() if interval}
     return rows
 
 
@@ -67,11 +78,6 @@ def multiple_choice_accuracies(results):
                 accuracies[f"{task} {line} accuracy (tuned)"] = entry["accuracy"]
                 accuracies[f"{task} {line} accuracy (conditional)"] = entry["conditional"]
     return accuracies
-
-
-def headline_intervals(results):
-    """{metric name: (low, high)} of the headline metrics that come with a 95% interval."""
-    return {name: (acc["ci_low"], acc["ci_high"]) for name, acc in multiple_choice_accuracies(results).items()}
 
 
 def multiple_choice_section(results):
@@ -106,9 +112,23 @@ def interval_text(acc):
     return f"{acc['accuracy']:.3f} [{acc['ci_low']:.3f}, {acc['ci_high']:.3f}]"
 
 
+def fmt_interval(value, interval):
+    """A value and, if known, its 95% interval: '12.3 [10.1, 14.6]'."""
+    return fmt(value) + (f" [{fmt(interval[0])}, {fmt(interval[1])}]" if interval and value is not None else "")
+
+
+def headline_table(results):
+    """The headline metrics as a markdown table, with 95% bootstrap intervals in brackets."""
+    rows, intervals = headline_metrics(results, with_intervals=True)
+    return markdown_table(["metric", "value [95% interval]"],
+                          [[name, fmt_interval(value, intervals.get(name))] for name, value in rows.items()])
+
+
 def fmt(value):
     if value is None:
         return "n/a"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
     return str(value)
@@ -134,9 +154,16 @@ def render_report(results):
     run = results["run"]
     out = [f"# Evaluation of {run['out_dir']}", "",
            f"{run['model_type']} checkpoint `{run['checkpoint']}` (iter {run['iter_num']}, "
-           f"{run['n_params']:,} parameters), dataset `{run['data_dir']}`, evaluated on {run['device']} "
+           f"{run['params']['total']:,} parameters: {run['params']['embedding']:,} embedding, "
+           f"{run['params']['non_embedding']:,} non-embedding), dataset `{run['data_dir']}`, evaluated on {run['device']} "
            f"in {run['seconds']:.1f} s.", "",
-           markdown_table(["metric", "value"], list(headline_metrics(results).items())), ""]
+           headline_table(results), "",
+           "Intervals: 95% bootstrap over the test items (sacreBLEU's own for BLEU and chrF; sentences, word "
+           "pairs or dictionary queries resampled for the rest).", ""]
+    bli = results.get("bli", {})
+    if "dictionary" in bli:
+        out += [f"Lexicon induction: dictionary `{bli['dictionary']['path']}` ({bli.get('dictionary_split')}), "
+                f"{bli['candidates_asked']} candidate words per language.", ""]
     skipped = list(skipped_parts({task: results[task] for task in results if task != "run"}))
     if skipped:
         out += ["## Skipped", ""] + [f"- {name}: {reason}" for name, reason in skipped] + [""]

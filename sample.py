@@ -14,11 +14,12 @@ translates each non-empty line.
 """
 import argparse
 import re
+import sys
 
 import torch
 
 from evaluate import load_for_eval
-from generation import DIRECTIONS, translate
+from generation import DIRECTIONS, timed_translate
 from interventions import (TOPIC_STRENGTHS, InterventionError, generate_edited, read_senses, read_topic_words,
                            require_backpack, sense_contributions, topic_edit)
 from lexical import token_language_counts, token_language_masks
@@ -34,7 +35,9 @@ def parse_args(argv=None):
     p.add_argument('--start', default=None,
                    help="prompt text or FILE:path (default: the English tag, i.e. a fresh English segment)")
     p.add_argument('--num_samples', type=int, default=3)
-    p.add_argument('--max_new_tokens', type=int, default=100)
+    p.add_argument('--max_new_tokens', type=int, default=None,
+                   help="tokens to generate (default: 100 when sampling; 2 x source + 10 when translating, "
+                        "at most half the context)")
     p.add_argument('--temperature', type=float, default=0.8, help="0 means greedy")
     p.add_argument('--top_k', type=int, default=200, help="sample among the k likeliest tokens (0: all)")
     p.add_argument('--seed', type=int, default=1337)
@@ -53,7 +56,7 @@ def parse_args(argv=None):
     p.add_argument('--strength', type=int, default=2, choices=sorted(TOPIC_STRENGTHS), help="topic strength")
     args = p.parse_args(argv)
     for name in ('num_samples', 'max_new_tokens', 'beam', 'top'):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
     if args.temperature < 0 or args.top_k < 0:
         raise SystemExit("error: --temperature and --top_k must be >= 0")
@@ -125,9 +128,9 @@ def sample(model, tok, args):
         print(f"topic bag: {len(ids)} words, pieces {' '.join(sorted({tok.token_str(i) for i in ids.values()}))}")
     for _ in range(args.num_samples):
         if edits_for is not None:
-            out = generate_edited(model, idx, args.max_new_tokens, edits_for, temperature=args.temperature, top_k=args.top_k or None)
+            out = generate_edited(model, idx, args.max_new_tokens or 100, edits_for, temperature=args.temperature, top_k=args.top_k or None)
         else:
-            out = model.generate(idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None)
+            out = model.generate(idx, args.max_new_tokens or 100, temperature=args.temperature, top_k=args.top_k or None)
         print(decode_with_tags(tok, out[0].tolist()))
         if args.explain:
             explain(model, tok, out, len(start_ids), args.top)
@@ -165,7 +168,12 @@ def translate_text(model, tok, args):
     sources = [line.strip() for line in read_text_arg(args.translate, '--translate').splitlines() if line.strip()]
     if not sources:
         raise SystemExit("error: --translate has no text")
-    for hypothesis in translate(model, tok, sources, args.direction, beam=args.beam, progress=False):
+    out = timed_translate(model, tok, sources, args.direction, beam=args.beam,
+                          max_new_tokens=args.max_new_tokens, progress=False)
+    if out['truncated']:
+        print(f"note: {out['truncated']} of {len(sources)} source(s) lost their first tokens to fit the "
+              f"{model.config.block_size}-token context", file=sys.stderr)
+    for hypothesis in out['hypotheses']:
         print(hypothesis)
 
 

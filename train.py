@@ -475,7 +475,9 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
     tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
     mfu_peak, mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2) if master else (None, None)
     if master:
-        print(f"{model.model_type}: {raw_model.num_params() / 1e6:.2f}M parameters (non-embedding), "
+        counts = raw_model.param_counts()
+        print(f"{model.model_type}: {counts['total'] / 1e6:.2f}M parameters ({counts['embedding'] / 1e6:.2f}M embedding, "
+              f"{counts['non_embedding'] / 1e6:.2f}M non-embedding), "
               f"vocab {meta['vocab_size']}, block {cfg['block_size']}; {world_size} process(es) on {device}, "
               f"{cfg['dtype']}; {tokens_per_iter:,} tokens per iteration; iterations {iter_num} -> {cfg['max_iters']}")
         print(f"MFU yardstick: {mfu_yardstick}")

@@ -2,10 +2,12 @@
 Check an evaluation's results.json (written by evaluate.py) for completeness and sanity:
 every task section present, or skipped with a reason; metrics within their ranges; no NaN or
 infinity (evaluate.py writes non-finite numbers as null, so a null metric fails too, except
-where null has a documented meaning); sample counts as asked. One line per check, PASS or FAIL;
-the exit status is 1 when any check fails.
+where null has a documented meaning); sample counts as asked. One line per check: PASS, FAIL, or
+SKIP for a task or part that was skipped with a reason (a FAIL with --require TASKS, for tasks
+that must have run). The exit status is 1 when any check fails.
 
 $ python verify_evaluation.py --out_dir out/backpack_tiny
+$ python verify_evaluation.py --out_dir out/backpack_tiny --require loss,translation,wordsim,bli
 """
 import argparse
 import json
@@ -28,12 +30,14 @@ TOLERANCE = 1e-6  # float32 cosines and the like may overshoot their bounds by r
 # constant input is undefined, a language with no val token has no loss).
 Rule = namedtuple("Rule", "section each field what low high optional null_ok", defaults=(False, False))
 RULES = [
-    Rule("loss", "all", "loss", "val loss", 0, INF),
-    Rule("loss", "all", "perplexity", "val perplexity", 1, INF),
-    Rule("loss", "*", "loss", "per-language val loss (null: no token of that language)", 0, INF, True, True),
+    Rule("loss", "all", "loss", "held-out loss", 0, INF),
+    Rule("loss", "all", "perplexity", "held-out perplexity", 1, INF),
+    Rule("loss", "*", "loss", "per-language loss (null: no token of that language)", 0, INF, True, True),
     Rule("loss", "*", "perplexity", "per-language perplexity (null: no token of that language)", 1, INF, True, True),
     Rule("translation", "*-*.*", "bleu.score", "corpus BLEU", 0, 100),
     Rule("translation", "*-*.*", "chrf.score", "corpus chrF", 0, 100),
+    Rule("translation", "*-*.*", "bleu.ci95.*", "corpus BLEU 95% interval", 0, 100, True),
+    Rule("translation", "*-*.*", "chrf.ci95.*", "corpus chrF 95% interval", 0, 100, True),
     Rule("translation", "*-*.*", "sentence_bleu_nltk.*", "NLTK sentence BLEU statistics", 0, INF),
     Rule("translation", "*-*.*", "sentence_bleu_nltk.mean", "NLTK sentence BLEU mean", 0, 1),
     Rule("translation", "*-*.*", "sentence_bleu_nltk.max", "NLTK sentence BLEU max", 0, 1),
@@ -46,7 +50,9 @@ RULES = [
     Rule("wordsim", "sets.*", "spearman.*.p_value", "Spearman p-value (null: constant input)", 0, 1, False, True),
     Rule("wordsim", "sets.*", "spearman.*.in_corpus.rho", "Spearman rho, in-corpus pairs", -1, 1, True, True),
     Rule("wordsim", "sets.*", "spearman.*.in_corpus.p_value", "Spearman p-value, in-corpus pairs", 0, 1, True, True),
+    Rule("wordsim", "sets.*", "spearman.*.rho_ci95.*", "Spearman rho 95% interval", -1, 1, True, True),
     Rule("bli", "*-*", "coverage", "BLI coverage", 0, 1),
+    Rule("bli", "*-*.*", "*.ci95.p@*.*", "BLI precision at k, 95% interval", 0, 1, True),
     Rule("bli", "*-*.*", "cosine.p@*", "BLI precision at k, cosine", 0, 1),
     Rule("bli", "*-*.*", "csls.p@*", "BLI precision at k, CSLS", 0, 1),
     Rule("sentence", "*.*", "recall@1_*", "sentence retrieval recall@1", 0, 1),
@@ -66,10 +72,14 @@ SUBENTRIES = [("wordsim", "sets.*", "spearman"), ("bli", "en-fr", "queries"), ("
 
 
 def expand(node, path, prefix=""):
-    """[(full dotted path, value)] of every match of a dotted path with '*' wildcards."""
+    """[(full dotted path, value)] of every match of a dotted path with '*' wildcards; a named part
+    that holds a plain value where the path goes on is a TypeError (results of the wrong shape)."""
     if not path:
         return [(prefix, node)]
     part, _, rest = path.partition(".")
+    named = not any(c in part for c in "*?[")
+    if named and rest and isinstance(node, dict) and part in node and not isinstance(node[part], (dict, list)):
+        raise TypeError(f"{prefix + '.' if prefix else ''}{part} is {node[part]!r:.40}, not an object")
     if isinstance(node, dict):
         keys = [k for k in node if fnmatchcase(k, part)]
         return [m for k in keys for m in expand(node[k], rest, f"{prefix}.{k}" if prefix else k)]
@@ -87,28 +97,38 @@ def has_results(section):
 
 
 class Checker:
-    """Collects PASS/FAIL lines."""
+    """Collects PASS/FAIL/SKIP lines."""
 
     def __init__(self):
         self.failed = 0
         self.total = 0
+        self.skipped = 0
 
     def check(self, ok, what):
         self.total += 1
         self.failed += not ok
         print(f"{'PASS' if ok else 'FAIL'} {what}")
 
+    def skip(self, reason, where):
+        """A part skipped with a reason is a SKIP; without a non-empty reason, a FAIL."""
+        if isinstance(reason, str) and reason.strip():
+            self.skipped += 1
+            print(f"SKIP {where}: skipped, reason: {reason!r}")
+        else:
+            self.check(False, f"{where}: skipped, reason: {reason!r} (a skip needs a reason)")
 
-def check_sections(results, checker):
-    """Every task section is an object with results, or skipped with a non-empty reason."""
+
+def check_sections(results, checker, required=()):
+    """Every task section is an object with results, or skipped with a non-empty reason; a required
+    task must have results."""
     for task in TASKS + ("run",):
         section = results.get(task)
         if not isinstance(section, dict):
-            checker.check(False, f"{task}: section missing")
+            checker.check(False, f"{task}: section missing" + (f" (found {section!r:.40})" if task in results else ""))
+        elif "skipped" in section and (task in required or task == "run"):
+            checker.check(False, f"{task}: skipped although required, reason: {section['skipped']!r}")
         elif "skipped" in section:
-            reason = section["skipped"]
-            ok = isinstance(reason, str) and reason.strip() != "" and task != "run"
-            checker.check(ok, f"{task}: skipped, reason: {reason!r}")
+            checker.skip(section["skipped"], task)
         else:
             checker.check(len(section) > 0, f"{task}: present")
 
@@ -119,8 +139,7 @@ def check_subentries(results, checker):
             continue
         for where, entry in expand(results[section], path, section):
             if isinstance(entry, dict) and "skipped" in entry:
-                reason = entry["skipped"]
-                checker.check(isinstance(reason, str) and reason.strip() != "", f"{where}: skipped, reason: {reason!r}")
+                checker.skip(entry["skipped"], where)
             else:
                 ok = isinstance(entry, list) if key is None else isinstance(entry, dict) and key in entry
                 checker.check(ok and len(entry) > 0, f"{where}: has results" + (f" ({key})" if key else ""))
@@ -159,6 +178,8 @@ def check_rule(results, rule, checker):
     if not has_results(section):
         return
     values = rule_values(section, rule)
+    if not values and not any(c in rule.each for c in "*?["):
+        values = [(f"{rule.section}.{rule.each}", MISSING)]  # a named entry (loss.all) must be there
     if not values:
         return  # no entry with results: the section and sub-entry checks report why
     bad = [f"{path}={'missing' if value is MISSING else repr(value)}" for path, value in values
@@ -209,11 +230,13 @@ def check_loss_consistency(results, checker):
     if not has_results(loss) or not isinstance(loss.get("all"), dict):
         return
     entry = loss["all"]
-    checker.check(is_number(entry.get("tokens")) and entry["tokens"] > 0, f"val loss over {entry.get('tokens')} tokens")
+    checker.check(loss.get("split") == "test", f"loss on the test split, not val (which chose the checkpoint): "
+                                               f"{loss.get('split')!r}")
+    checker.check(is_number(entry.get("tokens")) and entry["tokens"] > 0, f"{loss.get('split')} loss over {entry.get('tokens')} tokens")
     if is_number(entry.get("loss")) and is_number(entry.get("perplexity")):
         expected = math.exp(entry["loss"])
         checker.check(math.isclose(entry["perplexity"], expected, rel_tol=1e-6),
-                      f"val perplexity {entry['perplexity']:.4g} == exp(loss) {expected:.4g}")
+                      f"perplexity {entry['perplexity']:.4g} == exp(loss) {expected:.4g}")
 
 
 def check_coverage_counts(results, checker):
@@ -246,19 +269,21 @@ def check_sentence_counts(results, checker):
                   f"sentence: every pooling scored {used} pairs ({len(counts)} entries)")
 
 
-def verify(results):
-    """Run every check, printing one line each; returns the number of failures."""
+def verify(results, required=()):
+    """Run every check, printing one line each; returns the number of failures. A check that meets
+    a value of the wrong kind (a string where a section should be) fails instead of crashing."""
     checker = Checker()
-    check_sections(results, checker)
-    check_subentries(results, checker)
-    check_finite(results, checker)
-    for rule in RULES:
-        check_rule(results, rule, checker)
-    check_loss_consistency(results, checker)
-    check_translation_counts(results, checker)
-    check_coverage_counts(results, checker)
-    check_sentence_counts(results, checker)
-    print(f"verify_evaluation: {checker.total} checks, {checker.failed} failing")
+    checks = [lambda: check_sections(results, checker, required), lambda: check_subentries(results, checker),
+              lambda: check_finite(results, checker)]
+    checks += [lambda rule=rule: check_rule(results, rule, checker) for rule in RULES]
+    checks += [lambda check=check: check(results, checker) for check in
+               (check_loss_consistency, check_translation_counts, check_coverage_counts, check_sentence_counts)]
+    for check in checks:
+        try:
+            check()
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+            checker.check(False, f"results.json has an unexpected structure ({type(e).__name__}: {e})")
+    print(f"verify_evaluation: {checker.total} checks, {checker.failed} failing, {checker.skipped} skipped")
     return checker.failed
 
 
@@ -279,8 +304,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--out_dir", required=True, help="directory whose eval/results.json is checked")
+    p.add_argument("--require", default="", metavar="TASKS",
+                   help=f"comma-separated tasks that must have run (a skip fails): a subset of {','.join(TASKS)}")
     args = p.parse_args(argv)
-    sys.exit(1 if verify(load_results(args.out_dir)) else 0)
+    required = [t.strip() for t in args.require.split(",") if t.strip()]
+    unknown = [t for t in required if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"error: --require names unknown task(s) {unknown}; choose from {','.join(TASKS)}")
+    sys.exit(1 if verify(load_results(args.out_dir), required) else 0)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ train config/train_europarl_tiny_transformer.py out/tiny_${data}_transformer
 
 python compare_models.py --backpack_dir out/tiny_${data}_backpack --transformer_dir out/tiny_${data}_transformer \
   --device cpu --output_dir out/tiny_${data}_comparison
-for model in backpack transformer; do
-  python verify_evaluation.py --out_dir out/tiny_${data}_$model
-done
+# tasks that must have run: word similarity and lexicon induction wherever their resources exist
+require=loss,translation,sentence
+[[ -n ${ENFR_DATA:-} && -d $ENFR_DATA/wordsim ]] && require+=,wordsim
+[[ -n ${ENFR_DATA:-} && -f $ENFR_DATA/lexicon/muse-en-fr.0-5000.tsv ]] && require+=,bli
+python verify_evaluation.py --out_dir out/tiny_${data}_backpack --require $require,senses
+python verify_evaluation.py --out_dir out/tiny_${data}_transformer --require $require
 echo "comparison report: out/tiny_${data}_comparison/comparison.md"

@@ -86,3 +86,12 @@ def test_unreadable_checkpoints_are_one_line_naming_the_fallback(tmp_path, capfd
     save_checkpoint(tiny_checkpoint()[1], tmp_path / 'best.pt')
     with pytest.raises(CheckpointError, match=f"; {re.escape(str(tmp_path / 'best.pt'))} is the fallback$"):
         load_checkpoint(tmp_path / 'ckpt.pt')
+
+
+def test_model_args_that_disagree_with_the_weights_are_one_line(tmp_path):
+    _, ckpt = tiny_checkpoint()
+    ckpt['model_args']['n_embd'] = 32  # the weights are 16 wide
+    save_checkpoint(ckpt, tmp_path / 'best.pt')
+    with pytest.raises(CheckpointError, match="model_args .* disagree with its weights: size mismatch") as e:
+        load_trained_model(tmp_path, 'best')
+    assert '\n' not in str(e.value)

@@ -116,8 +116,8 @@ def test_block_size_too_large_for_the_split(sample_dataset):
     tokens = load_meta(sample_dataset)["splits"]["val"]["tokens"]
     with pytest.raises(DataError, match="too few for block_size"):
         BatchSampler(sample_dataset).get_batch("val", 2, tokens, "cpu")
-    with pytest.raises(DataError, match="test.bin .*missing"):
-        BatchSampler(sample_dataset).get_batch("test", 2, 8, "cpu")
+    with pytest.raises(DataError, match="heldout.bin .*missing"):
+        BatchSampler(sample_dataset).get_batch("heldout", 2, 8, "cpu")
 
 
 def test_language_labels_follow_the_latest_tag_strictly_before():

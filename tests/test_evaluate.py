@@ -10,6 +10,7 @@ import pytest
 import compare_models
 import evaluate
 from checkpoint import load_checkpoint, save_checkpoint
+from report import fmt
 
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--n_senses", "4", "--block_size", "64"]
 # small counts everywhere so a whole evaluation takes seconds
@@ -48,7 +49,7 @@ def eval_args(out_dir, *extra):
 def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     out_dir = tiny_runs["backpack"]
     result = run(["evaluate.py", *eval_args(out_dir, "--data_root", str(enfr_data_root))], repo_root)
-    assert "| metric | value |" in result.stdout and "en-fr greedy BLEU" in result.stdout
+    assert "| metric | value [95% interval] |" in result.stdout and "en-fr greedy BLEU" in result.stdout
     results = json.loads((out_dir / "eval" / "results.json").read_text())
     for task in evaluate.DEFAULT_TASKS:
         assert "skipped" not in results[task], (task, results[task])
@@ -61,6 +62,7 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     assert used["wordsim:simlex999"]["path"].endswith("simlex999.txt") and run_info["fetch"] is False
 
     loss = results["loss"]
+    assert loss["split"] == "test" and "test loss (all)" in result.stdout
     assert loss["all"]["tokens"] > 0 and loss["all"]["perplexity"] > 1
     assert loss["en"]["tokens"] > 0 and loss["fr"]["tokens"] > 0
 
@@ -89,7 +91,10 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
         assert bli[direction]["queries"] > 0 and 0 < bli[direction]["coverage"] <= 1
         for rep in ("embedding", "mean", "random_pieces"):
             assert set(bli[direction][rep]) <= {"cosine", "csls", "cosine_excluding_identical", "csls_excluding_identical"}
-            assert set(bli[direction][rep]["csls"]) == {"p@1", "p@5"}
+            csls = bli[direction][rep]["csls"]
+            assert set(csls) == {"p@1", "p@5", "ci95"} and csls["ci95"]["p@1"][0] <= csls["p@1"] <= csls["ci95"]["p@1"][1]
+    assert bli["dictionary_split"].startswith("MUSE 0-5000: MUSE's training dictionary")
+    assert bli["candidates_asked"] == 300
 
     sentence = results["sentence"]
     assert sentence["pairs_used"] == 16
@@ -107,6 +112,10 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
 
     report = (out_dir / "eval" / "report.md").read_text()
     assert "Translation examples" in report and "Sense projections" in report
+    assert "| metric | value [95% interval] |" in report and "(MUSE 0-5000: MUSE's training dictionary" in report
+    bleu = translation["en-fr"]["greedy"]["bleu"]
+    assert f"| en-fr greedy BLEU | {fmt(bleu['score'])} [" in report and 0 <= bleu["ci95"][0] <= bleu["ci95"][1] <= 100
+    assert "test loss (all)" in report and "parameters (non-embedding)" in report
     verified = run(["verify_evaluation.py", "--out_dir", str(out_dir)], repo_root, check=False)
     assert verified.returncode == 0, verified.stdout
 
@@ -225,13 +234,59 @@ def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
         assert name in comparison["plots"]
     for png in ("loss_curves.png", "metrics_translation.png", "metrics_wordsim.png"):
         assert (output_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "| metric |" in (output_dir / "comparison.md").read_text()
+    markdown = (output_dir / "comparison.md").read_text()
+    assert "| vs backpack (backpack) |" in markdown and "backbone-matched to backpack" in markdown
+    p = comparison["paired_bootstrap_p_values"]["en-fr greedy BLEU"]["transformer (transformer)"]
+    assert 0 < p <= 1 and f"transformer (transformer): p={p:.3f}" in markdown
+    assert comparison["matching"] == {"transformer (transformer)": "backbone-matched"}
+    assert "en-fr greedy BLEU" in backpack["intervals95"]
 
     # --reuse reads the results written above instead of evaluating again
     compare_models.main(["--backpack_dir", str(tiny_runs["backpack"]), "--transformer_dir", str(tiny_runs["transformer"]),
-                         "--output_dir", str(output_dir), "--reuse", "--device", "cpu", "--translation_samples", "500"])
+                         "--output_dir", str(output_dir), "--data_root", str(enfr_data_root), "--reuse",
+                         *FAST_EVAL, "--tasks", "loss,translation,wordsim,bli,sentence"])
     comparison = json.loads((output_dir / "comparison.json").read_text())
     assert all(m["source"] == "reused" for m in comparison["models"].values())
+
+
+def test_reuse_only_results_of_the_same_checkpoint_and_settings(tiny_runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_runs["transformer"], run_dir, ignore=shutil.ignore_patterns("eval"))
+    argv = ["--backpack_dir", str(run_dir), "--transformer_dir", str(run_dir), "--output_dir", str(tmp_path / "cmp"),
+            "--reuse", *FAST_EVAL, "--tasks", "loss"]
+
+    def sources(*extra):
+        compare_models.main(argv + list(extra))
+        return [m["source"] for m in json.loads((tmp_path / "cmp" / "comparison.json").read_text())["models"].values()]
+    assert sources() == ["evaluated", "reused"]  # the second column reuses what the first wrote
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["run"]["settings"]["loss_batches"] == 2 and len(results["run"]["checkpoint_sha256"]) == 64
+    assert sources("--loss_batches", "3") == ["evaluated", "reused"]
+    assert "other settings: loss_batches" in capsys.readouterr().err
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    ckpt["iter_num"] += 1  # another checkpoint in the same out_dir
+    save_checkpoint(ckpt, run_dir / "best.pt")
+    assert sources("--loss_batches", "3") == ["evaluated", "reused"]
+    assert "computed from another best.pt" in capsys.readouterr().err
+    del results["run"]["checkpoint_sha256"]  # results.json of an older evaluate.py
+    (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+    assert sources()[0] == "evaluated" and "an older evaluate.py" in capsys.readouterr().err
+
+
+def test_comparison_marks_overlapping_intervals_and_says_what_is_matched():
+    labels = ["b", "t", "m"]
+    intervals = [{"BLEU": [1.0, 2.0], "rho": [0.1, 0.2]}, {"BLEU": [1.5, 3.0], "rho": [0.3, 0.4]}, {"BLEU": [2.5, 3.0]}]
+    assert compare_models.significance("BLEU", labels, intervals) == "t: n.s.; m: disjoint"
+    assert compare_models.significance("rho", labels, intervals) == "t: disjoint"
+    assert compare_models.significance("loss", labels, intervals) == ""
+    assert compare_models.significance("BLEU", labels, intervals, {"BLEU": {"t": 0.2, "m": 0.001}}) == \
+        "t: p=0.200 n.s.; m: p=0.001"
+    table, _ = compare_models.comparison_table(labels, [{"BLEU": 1.5}, {"BLEU": 2.0}, {"BLEU": 2.7}], intervals)
+    assert "| BLEU | 1.5000 [1.0000, 2.0000] | 2.0000 [1.5000, 3.0000] | 2.7000 [2.5000, 3.0000] | t: n.s.; m: disjoint |" in table
+    run = lambda layers, width, total: {"run": {"model_args": {"n_layer": layers, "n_head": 4, "n_embd": width},
+                                                "params": {"total": total}}}
+    assert compare_models.matching([run(4, 128, 1000), run(4, 128, 600), run(4, 160, 980), run(6, 128, 700)]) == \
+        ["backbone-matched", "parameter-matched", "unmatched"]
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -287,7 +342,7 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare),
                                          "--tasks", "loss,translation,bli,sentence,senses"))
     results = evaluate.evaluate_out_dir(args.out_dir, args)
-    assert "val.bin" in results["loss"]["skipped"]
+    assert "test.bin not found" in results["loss"]["skipped"] and "prepare it again" in results["loss"]["skipped"]
     assert "test.jsonl" in results["translation"]["skipped"] and "test.jsonl" in results["sentence"]["skipped"]
     assert "word_counts.json" in results["bli"]["skipped"]
     senses = results["senses"]
@@ -317,3 +372,21 @@ def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, 
         evaluate.load_for_eval(out, "best", "cpu")
     assert str(e.value) == (f"error: {out / 'best.pt'} is not a readable checkpoint (truncated or not a PyTorch file); "
                             f"{out / 'ckpt.pt'} is the fallback")
+
+
+def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeypatch, capsys):
+    """A word-similarity file with a non-UTF-8 line is used without it (the line is reported); a disk
+    that fills up while writing the results is one line."""
+    wordsim = tmp_path / "ws.tsv"
+    wordsim.write_bytes(b"the of 3\nand\xe9 the 2\nof and 1\nthe and 4\n")
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "wordsim", "--wordsim", f"ws={wordsim}"))
+    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    resource = results["wordsim"]["sets"]["ws"]["resource"]
+    assert resource["rows"] == 3 and resource["malformed_lines"] == [{"line": 2, "reason": "not UTF-8 (byte 0xe9 at column 4)"}]
+    assert "line 2 (not UTF-8" in capsys.readouterr().err
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(evaluate, "atomic_write_text", full_disk)
+    with pytest.raises(SystemExit, match="error: cannot write the results into .*eval: No space left on device"):
+        evaluate.evaluate_out_dir(args.out_dir, args)

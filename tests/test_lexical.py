@@ -1,5 +1,7 @@
 """lexical.py: resource readers (malformed lines), word vectors, similarity, BLI, sense analysis."""
 import json
+import math
+import types
 
 import numpy as np
 import pytest
@@ -75,6 +77,23 @@ def test_dictionary_reader(tmp_path):
     assert lexical.gold_translations(parsed.rows, reverse=True)["le"] == {"the"}
 
 
+def test_lines_that_are_not_utf8_are_reported_and_the_rest_is_read(tmp_path):
+    pairs = tmp_path / "latin1.tsv"
+    pairs.write_bytes("chat\tchien\t3.5\ncaf\u00e9\tth\u00e9\t4\nmaison\thouse\t1\n".encode("utf-8")
+                      .replace("caf\u00e9".encode(), "caf\u00e9".encode("latin-1")))
+    parsed = lexical.read_word_pairs(pairs)
+    assert parsed.rows == [("chat", "chien", 3.5), ("maison", "house", 1.0)]
+    assert parsed.malformed == [(2, "not UTF-8 (byte 0xe9 at column 4)")] and "line 2" in parsed.warning()
+    dictionary = tmp_path / "dict.txt"
+    dictionary.write_bytes(b"the\tle\n\xff\xfe\tx\nhouse\tmaison\n")
+    parsed = lexical.read_dictionary(dictionary)
+    assert parsed.rows == [("the", "le"), ("house", "maison")] and parsed.malformed[0][0] == 2
+    counts = tmp_path / "word_counts.json"
+    counts.write_bytes(b'{"en": {"caf\xe9": 1}, "fr": {}}')
+    with pytest.raises(lexical.ResourceError, match="not a UTF-8 JSON file"):
+        lexical.read_word_counts(tmp_path)
+
+
 def test_shared_resources_read_cleanly(enfr_data_root):
     msl = lexical.read_word_pairs(enfr_data_root / "wordsim/multisimlex/msl_fr.tsv")
     assert len(msl.rows) == 1888 and not msl.malformed
@@ -146,6 +165,43 @@ def test_word_similarity_counts_and_identity(backpack, tokenizer):
     assert lexical.word_similarity(vectors, pairs[:2], ["embedding"])["skipped"].startswith("only 2")
 
 
+def with_embeddings(vectors, table):
+    """vectors with its 'embedding' rows replaced by constructed ones (row order: vectors.row)."""
+    vectors.embedding = np.asarray([table[w] for w in sorted(vectors.row, key=vectors.row.get)], dtype=np.float32)
+    return vectors
+
+
+def test_word_similarity_rho_on_constructed_vectors(backpack, tokenizer):
+    """Unit vectors at angles 0, 20, 40, 60, 80 degrees from 'red': cosines fall in that order, and
+    human scores that swap the last two give Spearman rho = 1 - 6 * 2 / (5 * 24) = 0.9."""
+    words = ["red", "blue", "house", "car", "report", "maison"]
+    angles = dict(zip(words, np.radians([0, 0, 20, 40, 60, 80])))
+    vectors = with_embeddings(lexical.WordVectors(backpack, tokenizer, words),
+                              {w: [np.cos(a), np.sin(a)] for w, a in angles.items()})
+    pairs = [("red", w, score) for w, score in zip(words[1:], [5.0, 4.0, 3.0, 1.0, 2.0])]
+    result = lexical.word_similarity(vectors, pairs, ["embedding"])
+    assert result["spearman"]["embedding"]["rho"] == pytest.approx(0.9)
+    low, high = result["spearman"]["embedding"]["rho_ci95"]
+    assert -1 <= low <= 0.9 <= high <= 1
+
+
+def test_lexicon_induction_known_precision(backpack, tokenizer):
+    """English words on the unit circle, French candidates at the same angles except 'voiture',
+    which is nearest to 'rouge': cosine P@1 is 2/3 and only 'car' misses."""
+    vectors = with_embeddings(
+        lexical.WordVectors(backpack, tokenizer, ["red", "house", "car", "rouge", "maison", "voiture"]),
+        {"red": [1, 0], "house": [0, 1], "car": [-1, 0.1],
+         "rouge": [1, 0.05], "maison": [0.05, 1], "voiture": [0.9, -0.3]})
+    gold = {"red": {"rouge"}, "house": {"maison"}, "car": {"voiture"}}
+    result = lexical.lexicon_induction(vectors, gold, ["red", "house", "car"], ["rouge", "maison", "voiture"],
+                                       ["embedding"], k=1)
+    assert result["queries"] == 3 and result["identical_queries"] == 0
+    assert result["embedding"]["cosine"]["p@1"] == pytest.approx(2 / 3)
+    assert result["embedding"]["cosine_excluding_identical"]["p@1"] == pytest.approx(2 / 3)
+    low, high = result["embedding"]["cosine"]["ci95"]["p@1"]
+    assert 0 <= low < 2 / 3 < high <= 1
+
+
 def test_lexicon_induction_identity_dictionary(backpack, tokenizer):
     """Each word's own vector is its nearest neighbour: an identity dictionary gives P@1 = 1."""
     words = ["red", "blue", "house", "car", "report", "maison", "voiture", "rouge"]
@@ -196,6 +252,31 @@ def test_alpha_entropy_bounds(backpack, tokenizer):
     assert result["positions"] == sum(len(s) - 1 for s in sequences)
     assert len(result["per_sense"]) == 4
     assert all(0 <= h <= 1 + 1e-5 for h in result["per_sense_normalised"])
+
+
+class FixedAlpha:
+    """A stand-in model whose contextualization is a given function of the sequence length."""
+
+    def __init__(self, alpha_fn, n_senses=2):
+        self.config = types.SimpleNamespace(n_senses=n_senses)
+        self.alpha_fn = alpha_fn
+
+    def contextualization(self, idx):
+        B, T = idx.shape
+        return self.alpha_fn(T).expand(B, self.config.n_senses, T, T)
+
+
+def test_alpha_entropy_is_one_for_uniform_and_zero_for_one_hot_weights():
+    sequences = [[1, 2, 3, 4, 5], [1, 2, 3]]
+    uniform = FixedAlpha(lambda T: torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None])
+    result = lexical.alpha_entropy(uniform, sequences)
+    assert result["mean_normalised"] == pytest.approx(1.0, abs=1e-6)
+    assert result["positions"] == 4 + 2
+    expected = (sum(math.log(i + 1) for i in range(1, 5)) + sum(math.log(i + 1) for i in range(1, 3))) / 6
+    assert result["mean"] == pytest.approx(expected, abs=1e-6)
+    one_hot = FixedAlpha(lambda T: torch.eye(T))  # each position keeps only its own senses
+    result = lexical.alpha_entropy(one_hot, sequences)
+    assert result["mean"] == pytest.approx(0.0, abs=1e-6) and result["mean_normalised"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_translation_pair_cosines_and_frequent_pairs(backpack, tokenizer):

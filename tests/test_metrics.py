@@ -13,7 +13,7 @@ def test_corpus_bleu_matches_hand_computation():
     result = metrics.corpus_bleu(["the cat sat on a mat"], ["the cat sat on the mat"])
     assert result["score"] == pytest.approx(100 * (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25, abs=1e-6)
     assert result["score"] == pytest.approx(53.7285, abs=1e-4)
-    assert result["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert result["signature"].startswith("nrefs:1|bs:1000|seed:12345|case:mixed|eff:no|tok:13a")
     assert metrics.corpus_bleu(["a b c d"], ["a b c d"])["score"] == pytest.approx(100.0)
 
 
@@ -103,7 +103,8 @@ def test_csls_on_toy_embedding_with_a_hub():
     gold = [[0], [1], [2]]
     assert metrics.precision_at_k(metrics.cosine_matrix(queries, targets), gold, ks=(1,))["p@1"] == 0.0
     csls = metrics.csls_matrix(queries, targets, k=2)
-    assert metrics.precision_at_k(csls, gold, ks=(1, 2)) == {"p@1": 1.0, "p@2": 1.0}
+    assert metrics.precision_at_k(csls, gold, ks=(1, 2)) == {"p@1": 1.0, "p@2": 1.0,
+                                                             "ci95": {"p@1": [1.0, 1.0], "p@2": [1.0, 1.0]}}
     # the formula by hand: r_T(q) = (0.577 + 0.5) / 2, r_S(t_i) = (0.5 + 0) / 2, r_S(hub) = 0.577
     c = 1 / math.sqrt(3)
     assert csls[0, 0] == pytest.approx(2 * 0.5 - (c + 0.5) / 2 - 0.25, abs=1e-6)
@@ -113,8 +114,40 @@ def test_csls_on_toy_embedding_with_a_hub():
 def test_precision_at_k_and_top_k():
     scores = np.array([[0.1, 0.9, 0.5], [0.3, 0.2, 0.1]])
     assert metrics.top_k_indices(scores, 2).tolist() == [[1, 2], [0, 1]]
-    assert metrics.precision_at_k(scores, [[2], [0]], ks=(1, 2)) == {"p@1": 0.5, "p@2": 1.0}
-    assert metrics.precision_at_k(scores, [[0, 1], []], ks=(1,)) == {"p@1": 0.5}
+    assert metrics.precision_at_k(scores, [[2], [0]], ks=(1, 2))["p@2"] == 1.0
+    assert metrics.precision_at_k(scores, [[0, 1], []], ks=(1,))["p@1"] == 0.5
+    # three of four queries right: P@1 = 0.75 whatever the distractors
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.5, 0.4, 0.1]])
+    assert metrics.precision_at_k(scores, [[0], [1], [2], [1]], ks=(1,))["p@1"] == 0.75
+
+
+def test_bootstrap_intervals():
+    rng = np.random.default_rng(0)
+    hits = rng.random(400) < 0.3
+    low, high = metrics.bootstrap_mean_interval(hits, seed=1)
+    half_width = 1.96 * math.sqrt(hits.mean() * (1 - hits.mean()) / hits.size)  # normal approximation
+    assert low < hits.mean() < high and (high - low) / 2 == pytest.approx(half_width, rel=0.15)
+    assert metrics.bootstrap_mean_interval(hits, seed=1) == [low, high]  # seeded
+    # the vectorised Spearman bootstrap equals scipy on each resample
+    x, y = rng.normal(size=60), rng.normal(size=60)
+    y = x + y
+    idx = metrics.bootstrap_indices(60, 200, seed=3)
+    expected = np.percentile([stats.spearmanr(x[i], y[i]).statistic for i in idx], [2.5, 97.5])
+    np.testing.assert_allclose(metrics.bootstrap_spearman_interval(x, y, samples=200, seed=3), expected, atol=1e-12)
+    result = metrics.spearman(x, y)
+    assert result["rho_ci95"][0] < result["rho"] < result["rho_ci95"][1]
+    assert metrics.intervals_overlap([0, 1], [1, 2]) and not metrics.intervals_overlap([0, 1], [1.5, 2])
+
+
+def test_bleu_and_chrf_carry_sacrebleu_bootstrap_intervals():
+    hyps = [f"the cat number {i} sat on the mat" if i % 3 else f"a dog {i} ran" for i in range(60)]
+    refs = [f"the cat number {i} sat on a mat" for i in range(60)]
+    for result in (metrics.corpus_bleu(hyps, refs), metrics.corpus_chrf(hyps, refs)):
+        low, high = result["ci95"]
+        assert 0 <= low < result["score"] < high <= 100 and high - low > 1
+        assert "bs:1000" in result["signature"]
+    low, high = metrics.corpus_bleu(["x y"] * 5, ["a b c d"] * 5)["ci95"]  # BLEU 0: never below it
+    assert low == 0.0 and high >= 0.0
 
 
 def test_sentence_retrieval_and_derangement():
@@ -147,3 +180,13 @@ def test_intervals_overlap():
     assert metrics.intervals_overlap((0.1, 0.3), (0.25, 0.5)) and metrics.intervals_overlap((0.25, 0.5), (0.1, 0.3))
     assert metrics.intervals_overlap((0.1, 0.3), (0.3, 0.4))
     assert not metrics.intervals_overlap((0.1, 0.2), (0.21, 0.4))
+
+
+def test_paired_bootstrap_against_the_first_system():
+    refs = [f"the cat number {i} sat on a mat" for i in range(60)]
+    good = [f"the cat number {i} sat on the mat" for i in range(60)]
+    bad = [f"a dog {i} sat" for i in range(60)]
+    close = [refs[0]] + good[1:]  # one sentence better than `good`
+    p = metrics.paired_bootstrap({"good": good, "bad": bad, "close": close}, refs)
+    assert set(p) == {"bad", "close"} and p["bad"]["BLEU"] < 0.01 and p["bad"]["chrF"] < 0.01
+    assert p["close"]["BLEU"] > 0.05 and p["close"]["chrF"] > 0.05

@@ -139,6 +139,18 @@ def test_preset_parameter_counts(name, millions):
     assert set(PRESETS) == {f'{k}-{s}' for k in MODELS for s in ('micro', 'mini', 'small')}
 
 
+@pytest.mark.parametrize('model_type', MODELS)
+def test_parameter_counts_separate_embedding(model_type):
+    model = tiny_model(model_type)
+    V, T, d = TINY['vocab_size'], TINY['block_size'], TINY['n_embd']
+    counts = model.param_counts()
+    assert counts['embedding'] == V * d + T * d  # token table (also the tied head) and positions
+    assert counts['total'] == sum(p.numel() for p in model.parameters())
+    assert counts['non_embedding'] == counts['total'] - V * d - T * d == model.num_params()
+    assert counts['non_embedding'] == sum(p.numel() for name, p in model.named_parameters()
+                                          if not name.startswith(('backbone.wte', 'backbone.wpe')))
+
+
 def test_reference_checkpoint_matches(reference_dir):
     model = BackpackLM.from_pretrained(reference_dir).eval()
     idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()
@@ -297,7 +309,8 @@ def test_flops_per_token_against_torch_flop_counter(model_type):
         loss.backward()
     matmul_params = model.token_embeddings.numel() + sum(
         m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    elementwise = 6 * (model.num_params() - matmul_params)
+    charged = model.num_params(non_embedding=False) - model.backbone.wpe.weight.numel()  # all but positions
+    elementwise = 6 * (charged - matmul_params)
     assert model.flops_per_token(T) - elementwise == counter.get_total_flops() / (B * T)
     assert 0 < elementwise < 0.04 * model.flops_per_token(T)
 

@@ -251,3 +251,25 @@ def test_field_and_file_names_match_the_scripts(nb):
     assert "comparison.md" in source and ".png" in source
     compare_out = {option(argv, "output_dir") for script, argv in python_commands(nb) if script == "compare_models.py"}
     assert all(f"Path('{d}')" in source for d in compare_out)
+
+
+# the notebook's prose names these settings; each number it gives must be the configs' value
+PROSE_SETTINGS = {"n_layer": r"(\d+) layers", "n_head": r"(\d+) heads", "n_embd": r"(\d+) dimensions",
+                  "block_size": r"(\d+)-token context", "max_iters": r"([\d,]+) iterations",
+                  "eval_interval": r"evaluation every\s+(\d+)", "n_senses": r"(\d+) senses"}
+
+
+def test_prose_numbers_come_from_the_configs(nb):
+    """Every setting the markdown mentions is the value both tiny configs set (n_senses: the Backpack's)."""
+    import train
+    configs = [train.parse_args(["--config", name]) for name in ("train_europarl_tiny", "train_europarl_tiny_transformer")]
+    prose = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    checked = set()
+    for key, pattern in PROSE_SETTINGS.items():
+        for match in re.finditer(pattern, prose):
+            value = int(match.group(1).replace(",", ""))
+            expected = {c[key] for c in configs if key != "n_senses" or c["model_type"] == "backpack"}
+            assert expected == {value}, f"the notebook says {match.group(0)!r}; the configs have {key}={expected}"
+            checked.add(key)
+    assert checked == set(PROSE_SETTINGS)  # the training step states every one of them
+    assert any("runpy.run_path(path)" in source and "config/train_europarl_tiny.py" in source for source in code_cells(nb))

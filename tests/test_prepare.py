@@ -69,7 +69,7 @@ def parallel_lines(n):
 
 def test_outputs_and_meta(dataset_dir, repo_root):
     meta = load_meta(dataset_dir)
-    for name in ["train.bin", "val.bin", "meta.json", "tokenizer.json", "train.jsonl", "val.jsonl", "test.jsonl",
+    for name in ["train.bin", "val.bin", "test.bin", "meta.json", "tokenizer.json", "train.jsonl", "val.jsonl", "test.jsonl",
                  "pairs_train.bin", "pairs_val.bin", "pairs_train_index.npy", "pairs_val_index.npy", "word_counts.json"]:
         assert (dataset_dir / name).is_file(), name
     assert not any(p.name.startswith(".") for p in dataset_dir.parent.iterdir()), "temporary directory left over"
@@ -86,14 +86,43 @@ def test_outputs_and_meta(dataset_dir, repo_root):
         assert stats["pairs"] == len(read_jsonl(dataset_dir / f"{split}.jsonl"))
         assert stats["sequences"] == 2 * stats["pairs"]
         assert stats["tokens"] == stats["tokens_en"] + stats["tokens_fr"] + 3 * stats["sequences"]
-        if split != "test":
-            assert (dataset_dir / f"{split}.bin").stat().st_size == stats["tokens"] * itemsize
-            index = np.load(dataset_dir / f"pairs_{split}_index.npy")
-            assert index.shape == (stats["pairs"], 4) and index.dtype == np.int64
-            assert 2 * (index[:, 1] - index[:, 0]).sum() == stats["tokens_en"]
+        assert (dataset_dir / f"{split}.bin").stat().st_size == stats["tokens"] * itemsize  # test.bin too
+        index = np.load(dataset_dir / f"pairs_{split}_index.npy")
+        assert index.shape == (stats["pairs"], 4) and index.dtype == np.int64
+        assert 2 * (index[:, 1] - index[:, 0]).sum() == stats["tokens_en"]
 
 
-def test_splits_are_disjoint_by_pair(dataset_dir):
+def folded_sides(dataset_dir, prep):
+    return {split: {(lang, prep.fold(p[lang])) for p in read_jsonl(dataset_dir / f"{split}.jsonl") for lang in ("en", "fr")}
+            for split in ("train", "val", "test")}
+
+
+def assert_no_folded_side_in_two_splits(dataset_dir, prep):
+    sides = folded_sides(dataset_dir, prep)
+    assert not sides["train"] & sides["val"] and not sides["train"] & sides["test"] and not sides["val"] & sides["test"]
+
+
+def test_near_duplicates_stay_in_one_split(prep, tmp_path):
+    """Pairs sharing an English or a French side up to case, punctuation and spaces (directly or through
+    a chain of pairs) are one group; no folded side of any pair is in two splits."""
+    en, fr = [], []
+    for i in range(150):  # 150 chains of 3 pairs: (e, f1), (E!, f2), (e2, F2.) ...
+        en += [f"Sentence number {i} is here.", f"SENTENCE number {i}  is here!", f"Another sentence {i}."]
+        fr += [f"Phrase {i} ici.", f"Phrase numéro {i}.", f"phrase  numéro {i}"]
+    write_pair(tmp_path / "dups", en, fr)
+    prep.main(["--source", "local", "--corpus", str(tmp_path / "dups"), "--out_root", str(tmp_path / "out"),
+               "--vocab_size", "300", "--val_frac", "0.1", "--test_frac", "0.1"])
+    dataset = tmp_path / "out" / "dups"
+    assert_no_folded_side_in_two_splits(dataset, prep)
+    meta = load_meta(dataset)
+    assert meta["near_duplicates"]["groups"] == 150 and meta["near_duplicates"]["pairs_in_groups_of_several"] == 450
+    assert {s: meta["splits"][s]["pairs"] for s in ("train", "val", "test")} == {"train": 360, "val": 45, "test": 45}
+    groups = prep.duplicate_groups([("A b", "x"), ("a, B!", "y"), ("c", "Y"), ("d", "z"), ("...", "w"), ("!", "v")])
+    assert groups[0] == groups[1] == groups[2] and len({groups[0], groups[3], groups[4], groups[5]}) == 4
+
+
+def test_splits_are_disjoint_by_pair(dataset_dir, prep):
+    assert_no_folded_side_in_two_splits(dataset_dir, prep)
     pairs = {split: [(p["en"], p["fr"]) for p in read_jsonl(dataset_dir / f"{split}.jsonl")]
              for split in ("train", "val", "test")}
     sets = {split: set(p) for split, p in pairs.items()}
@@ -381,7 +410,7 @@ def test_unwritable_out_root_is_one_line_before_reading(prep, tmp_path):
 def test_meta_fingerprints_the_tokenizer_and_the_data(sample_dataset):
     meta = load_meta(sample_dataset)
     assert meta["tokenizer_sha256"] == hashlib.sha256((sample_dataset / "tokenizer.json").read_bytes()).hexdigest()
-    tokens = (sample_dataset / "train.bin").read_bytes() + (sample_dataset / "val.bin").read_bytes()
+    tokens = b"".join((sample_dataset / f"{split}.bin").read_bytes() for split in ("train", "val", "test"))
     assert meta["data_sha256"] == hashlib.sha256(tokens).hexdigest()
     assert load_tokenizer(meta, sample_dataset).fingerprint() == meta["tokenizer_sha256"]
 

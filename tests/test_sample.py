@@ -62,6 +62,19 @@ def test_translate_prints_what_generation_translates(tiny_run, capsys):
     assert out.split('\n')[:-1] == translate(model, tok, sources, 'en-fr', beam=2, progress=False)  # not splitlines: random models emit control characters
 
 
+def test_translate_honours_max_new_tokens_and_says_when_a_source_is_cut(tiny_run, capsys):
+    model, ckpt = load_trained_model(tiny_run)
+    tok = load_tokenizer(ckpt['meta'], ckpt['data_dir'])
+    source = 'The committee adopted the report.'
+    short = translate(model, tok, [source], 'en-fr', max_new_tokens=2, progress=False)
+    assert short != translate(model, tok, [source], 'en-fr', progress=False)  # the option changes the output
+    sample.main(['--out_dir', str(tiny_run), '--translate', source, '--max_new_tokens', '2'])
+    out, err = capsys.readouterr()
+    assert out.split('\n')[:-1] == short and 'lost their first tokens' not in err
+    sample.main(['--out_dir', str(tiny_run), '--translate', ' '.join([source] * 20)])  # beyond the 64-token context
+    assert '1 of 1 source(s) lost their first tokens to fit the 64-token context' in capsys.readouterr().err
+
+
 def test_tags_round_trip(sample_dataset):
     tok = load_tokenizer(json.loads((sample_dataset / 'meta.json').read_text()), sample_dataset)
     ids = sample.encode_with_tags(tok, '<EN> The vote <FR> Le vote')

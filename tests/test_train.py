@@ -103,6 +103,23 @@ def test_matched_configs_differ_only_in_the_model(backpack, transformer):
     assert differing <= {'model_type', 'out_dir', 'n_senses'}, differing
 
 
+def test_parameter_matched_transformer_config():
+    """The size-matched baseline differs from the backbone-matched one only in width, and its total
+    parameter count is within 3% of the tiny Backpack's (vocabulary 512: the sample corpus's BPE)."""
+    from model import ModelConfig, build_model
+    b, t, m = (train.parse_args(['--config', name]) for name in
+               ('train_europarl_tiny', 'train_europarl_tiny_transformer', 'train_europarl_tiny_transformer_matched'))
+    assert {k for k in t if t[k] != m[k]} == {'out_dir', 'n_embd'} and m['n_embd'] > t['n_embd']
+
+    def total(cfg):
+        config = ModelConfig(**{k: cfg[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size')}, n_senses=b['n_senses'],
+                             vocab_size=512)
+        with torch.device('meta'):
+            return build_model(cfg['model_type'], config).num_params(non_embedding=False)
+    assert abs(total(m) / total(b) - 1) < 0.03
+    assert total(t) / total(b) < 0.7  # the backbone-matched baseline is much smaller
+
+
 @pytest.mark.parametrize('argv, expected', [
     (['--lerning_rate=1e-3'], '--learning_rate'),
     (['--max_iter', '10'], '--max_iters'),
@@ -142,13 +159,22 @@ def test_learning_rate_schedule():
 
 # ----------------------------------------------------------------------------- training runs
 
+def load_checkpoint_model_counts(out):
+    from checkpoint import load_trained_model
+    return load_trained_model(out, 'latest')[0].param_counts()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('model_type', ['backpack', 'transformer'])
 def test_short_run_loss_decreases(sample_dataset, tmp_path, capsys, model_type):
     out = tmp_path / 'out'
     train.main([*TINY, f'--model_type={model_type}', '--max_iters=30', f'--data_dir={sample_dataset}',
                 f'--out_dir={out}', '--checkpoint_interval=10'])
-    assert 'unigram entropy of train.bin' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'unigram entropy of train.bin' in printed
+    counts = load_checkpoint_model_counts(out)
+    assert (f"{counts['total'] / 1e6:.2f}M parameters ({counts['embedding'] / 1e6:.2f}M embedding, "
+            f"{counts['non_embedding'] / 1e6:.2f}M non-embedding)") in printed
     log = read_log(out)
     assert [e['iter'] for e in log] == [0, 5, 10, 15, 20, 25, 30]
     assert log[-1]['val_loss'] < log[0]['val_loss'] - 0.5 and log[-1]['train_loss'] < log[0]['train_loss'] - 0.5

@@ -14,11 +14,11 @@ ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # tiny models: intra-op thr
 
 
 def spearman(rho):
-    return {"rho": rho, "p_value": 0.2, "n": 40, "in_corpus": {"rho": rho, "p_value": 0.3, "n": 12}}
+    return {"rho": rho, "p_value": 0.2, "n": 40, "rho_ci95": [rho - 0.1, rho + 0.1], "in_corpus": {"rho": rho, "p_value": 0.3, "n": 12}}
 
 
 def translation_entry(n):
-    return {"n": n, "bleu": {"score": 12.5, "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
+    return {"n": n, "bleu": {"score": 12.5, "ci95": [10.0, 15.0], "signature": "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"},
             "chrf": {"score": 35.0, "signature": "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"},
             "sentence_bleu_nltk": {"mean": 0.1, "median": 0.08, "std": 0.05, "min": 0.0, "max": 0.4, "n": n},
             "exact_match": 0.0, "word_accuracy": 0.2, "char_accuracy": 0.4, "seconds": 3.0,
@@ -31,7 +31,8 @@ def retrieval_entry(n):
 
 
 def bli_direction(sources, queries):
-    precision = {"cosine": {"p@1": 0.2, "p@5": 0.4}, "csls": {"p@1": 0.25, "p@5": 0.45}}
+    precision = {"cosine": {"p@1": 0.2, "p@5": 0.4, "ci95": {"p@1": [0.1, 0.3], "p@5": [0.3, 0.5]}},
+                 "csls": {"p@1": 0.25, "p@5": 0.45}}
     return {"dictionary_sources": sources, "queries": queries, "coverage": queries / sources, "candidates": 300,
             "embedding": precision, "mean": precision}
 
@@ -41,7 +42,7 @@ def good_results(test_jsonl, available=25, asked=10):
     used = min(asked, available)
     loss = math.log(50.0)
     return {
-        "loss": {"split": "val", "all": {"loss": loss, "perplexity": 50.0, "tokens": 2048},
+        "loss": {"split": "test", "all": {"loss": loss, "perplexity": 50.0, "tokens": 2048},
                  "en": {"loss": loss, "perplexity": 50.0, "tokens": 1000},
                  "fr": {"loss": None, "perplexity": None, "tokens": 0}, "seconds": 1.0},
         "translation": {"test_set": str(test_jsonl), "samples_asked": asked, "samples_used": used,
@@ -88,9 +89,26 @@ def run_verify(tmp_path, results, capsys):
 def test_good_results_pass(tmp_path, test_jsonl, capsys):
     status, lines = run_verify(tmp_path, good_results(test_jsonl), capsys)
     assert status == 0, "\n".join(lines)
-    assert all(line.startswith("PASS") for line in lines[:-1])
+    assert all(line.startswith(("PASS", "SKIP")) for line in lines[:-1])
     assert "PASS translation samples used 10 == min(asked 10, available 25)" in lines
-    assert "PASS simlex999" not in lines and any("simlex999: skipped" in line for line in lines)
+    assert "SKIP wordsim.sets.simlex999: skipped, reason: 'simlex999.txt: file not found'" in lines
+    assert not any(line.startswith("PASS") and "skipped" in line for line in lines)
+    assert lines[-1].endswith("0 failing, 1 skipped")
+
+
+def test_skipped_tasks_are_skip_and_required_tasks_must_run(tmp_path, test_jsonl, capsys):
+    results = good_results(test_jsonl)
+    results["bli"] = {"skipped": "muse-en-fr.0-5000.tsv: file not found"}
+    status, lines = run_verify(tmp_path, results, capsys)
+    assert status == 0 and "SKIP bli: skipped, reason: 'muse-en-fr.0-5000.tsv: file not found'" in lines
+    (tmp_path / "eval" / "results.json").write_text(json.dumps(results))
+    for require, expected in (("wordsim,bli", 1), ("loss,wordsim", 0)):
+        with pytest.raises(SystemExit) as exit_info:
+            verify_evaluation.main(["--out_dir", str(tmp_path), "--require", require])
+        assert exit_info.value.code == expected
+    assert "FAIL bli: skipped although required" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="^error: --require names unknown task"):
+        verify_evaluation.main(["--out_dir", str(tmp_path), "--require", "bleu"])
 
 
 def test_fewer_available_pairs_than_asked_pass(tmp_path, test_jsonl, capsys):
@@ -116,8 +134,10 @@ BREAKAGES = {
     "NaN written as null": ("translation/en-fr/greedy/char_accuracy", None, "FAIL character accuracy"),
     "NaN literal": ("loss/all/loss", float("nan"), "FAIL no NaN or infinity"),
     "infinite perplexity": ("loss/en/perplexity", float("inf"), "FAIL no NaN or infinity"),
-    "perplexity below 1": ("loss/all/perplexity", 0.5, "FAIL val perplexity"),
+    "perplexity below 1": ("loss/all/perplexity", 0.5, "FAIL held-out perplexity"),
     "P@1 above 1": ("bli/fr-en/mean/csls/p@1", 1.5, "FAIL BLI precision"),
+    "BLEU interval above 100": ("translation/en-fr/greedy/bleu/ci95", [90.0, 101.0], "FAIL corpus BLEU 95% interval"),
+    "P@1 interval above 1": ("bli/en-fr/mean/cosine/ci95/p@1", [0.5, 1.2], "FAIL BLI precision at k, 95% interval"),
     "rho below -1": ("wordsim/sets/multisimlex-en/spearman/embedding/rho", -1.2, "FAIL Spearman rho"),
     "p-value above 1": ("wordsim/sets/multisimlex-en/spearman/embedding/p_value", 2.0, "FAIL Spearman p-value"),
     "recall above 1": ("sentence/backbone/last/recall@1_fr_to_en", 3.0, "FAIL sentence retrieval recall@1"),
@@ -129,7 +149,12 @@ BREAKAGES = {
     "scored count differs": ("translation/fr-en/greedy/n", 9, "FAIL translation fr-en greedy: 9 sentences"),
     "no greedy decoding": ("translation/fr-en/greedy", DELETE, "FAIL translation fr-en greedy present"),
     "coverage inconsistent": ("bli/en-fr/coverage", 0.5, "FAIL bli.en-fr: queries"),
-    "perplexity is not exp(loss)": ("loss/all/perplexity", 60.0, "FAIL val perplexity 60"),
+    "perplexity is not exp(loss)": ("loss/all/perplexity", 60.0, "FAIL perplexity 60"),
+    "missing overall loss": ("loss/all", DELETE, "FAIL held-out loss"),
+    "loss on val": ("loss/split", "val", "FAIL loss on the test split"),
+    "string instead of a section": ("translation/en-fr", "oops", "FAIL translation en-fr greedy present"),
+    "string instead of the run section": ("run", "oops", "FAIL run: section missing (found 'oops')"),
+    "string instead of a wordsim set": ("wordsim/sets", "oops", "FAIL"),
     "backpack without its output states": ("sentence/backpack_output", DELETE, "FAIL sentence Backpack output"),
 }
 

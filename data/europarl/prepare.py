@@ -3,16 +3,17 @@
 Sources: the Hugging Face hub (--source europarl, the default, or opus100) or local files
 (--source local --corpus PATH ...; PATH is a NAME.en/NAME.fr pair prefix, optionally gzipped, or a
 TSV file english<TAB>french). Pairs are cleaned, shuffled with --seed and split BY PAIR into
-train/val/test, so no pair (or either of its directions) is in two splits. Each pair becomes the
+train/val/test, so no pair (or either of its directions) is in two splits; pairs that share an English
+or a French side up to case, punctuation and whitespace (near-duplicates) are kept in one split. Each pair becomes the
 sequence <EN> english <FR> french <eot> (and, with --bidirectional, <FR> french <EN> english <eot>).
 
     python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament --vocab_size 512
 
 Outputs in OUT_ROOT/NAME/ (written to a temporary directory, renamed into place at the end):
-train.bin, val.bin, pairs_{train,val}.bin + pairs_{train,val}_index.npy, {train,val,test}.jsonl,
+{train,val,test}.bin, pairs_{train,val,test}.bin + pairs_{train,val,test}_index.npy, {train,val,test}.jsonl,
 word_counts.json, tokenizer.json (bpe), meta.json. meta.json fingerprints the dataset for the runs
-that use it: tokenizer_sha256 (see tokenizer.py) and data_sha256, the sha256 of the bytes of train.bin
-followed by val.bin. Temporary directories of a killed preparation are removed by the next one.
+that use it: tokenizer_sha256 (see tokenizer.py) and data_sha256, the sha256 of the bytes of train.bin,
+val.bin and test.bin in that order. Temporary directories of a killed preparation are removed by the next one.
 """
 import argparse
 import errno
@@ -31,6 +32,8 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -179,17 +182,63 @@ def clean_pairs(en, fr, max_chars):
     return kept, dropped
 
 
-def split_indices(n, seed, val_frac, test_frac, max_pairs=None):
-    """Shuffled pair indices cut into train/val/test (after an optional subsample)."""
-    order = np.random.default_rng(seed).permutation(n)
+def fold(text):
+    """A side as near-duplicate detection sees it: case, punctuation and whitespace folded."""
+    return fold_all([text])[0]
+
+
+def fold_all(texts):
+    """fold() of many single-line texts with one regular-expression pass over all of them."""
+    joined = re.sub(r"[^\w\n]+|_+", " ", "\n".join(texts).casefold())
+    return [" ".join(line.split()) for line in joined.split("\n")]
+
+
+def duplicate_groups(pairs):
+    """Group id of each pair: pairs that share a folded English side or a folded French side, directly
+    or through a chain of such pairs, form one group. This is a union-find over both sides, computed
+    as the connected components of the graph linking each pair to its two folded sides."""
+    key_ids, rows, cols = {}, [], []
+    folded = {side: fold_all([pair[column] for pair in pairs]) for column, side in enumerate(("en", "fr"))}
+    for i in range(len(pairs)):
+        for side in ("en", "fr"):
+            key = folded[side][i]
+            if key:  # a side of punctuation alone links nothing
+                rows.append(i)
+                cols.append(len(pairs) + key_ids.setdefault((side, key), len(key_ids)))
+    size = len(pairs) + len(key_ids)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(size, size))
+    return connected_components(graph, directed=False)[1][:len(pairs)]
+
+
+def split_indices(groups, seed, val_frac, test_frac, max_pairs=None):
+    """Pair indices cut into train/val/test by group (see duplicate_groups), so that no folded side
+    is in two splits: the groups in a random order, then cut at the group boundaries nearest to the
+    fractions (val and test get at least their share). An optional subsample keeps the first
+    max_pairs pairs of that order."""
+    rank = np.random.default_rng(seed).permutation(int(groups.max()) + 1)
+    order = np.argsort(rank[groups], kind="stable")  # the pairs group by group
     if max_pairs:
-        order = order[:max_pairs]
-    n_val, n_test = round(len(order) * val_frac), round(len(order) * test_frac)
-    n_train = len(order) - n_val - n_test
-    if n_train < 1 or n_val < 1:
-        raise PrepareError(f"{len(order)} pairs after cleaning are too few for a train and a val split "
-                           f"(val {val_frac}, test {test_frac})")
-    return {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+        order = order[:max_pairs]  # a group cut here loses its tail to no split
+    group_of = groups[order]
+    starts = np.flatnonzero(np.r_[True, group_of[1:] != group_of[:-1]])  # where each group begins
+
+    n = len(order)
+
+    def boundary_at_or_before(position):
+        return n if position >= n else int(starts[max(0, np.searchsorted(starts, position, side="right") - 1)])
+    test_start = boundary_at_or_before(n - round(n * test_frac))
+    val_start = boundary_at_or_before(test_start - round(n * val_frac))
+    if val_start < 1 or val_start == test_start:
+        raise PrepareError(f"{n} pairs after cleaning ({len(starts)} groups of near-duplicates) are too few for "
+                           f"a train and a val split (val {val_frac}, test {test_frac})")
+    return {"train": order[:val_start], "val": order[val_start:test_start], "test": order[test_start:]}
+
+
+def group_stats(groups):
+    """How many pairs share a folded side with another pair (they stay in one split)."""
+    sizes = np.bincount(groups)
+    return {"groups": int((sizes > 0).sum()), "groups_of_several_pairs": int((sizes > 1).sum()),
+            "pairs_in_groups_of_several": int(sizes[sizes > 1].sum())}
 
 
 # ----------------------------------------------------------------------------- token arrays
@@ -374,7 +423,8 @@ def prepare(args, command):
     print(f"read {len(en):,} pairs; dropped {dropped}; kept {len(pairs):,}")
     if not pairs:
         raise PrepareError(f"corpus is empty after cleaning ({len(en)} pairs read, dropped {dropped})")
-    split = split_indices(len(pairs), args.seed, args.val_frac, args.test_frac, args.max_pairs)
+    groups = duplicate_groups(pairs)
+    split = split_indices(groups, args.seed, args.val_frac, args.test_frac, args.max_pairs)
     order = np.concatenate([split["train"], split["val"], split["test"]])
     texts_en = [pairs[i][0] for i in order]
     texts_fr = [pairs[i][1] for i in order]
@@ -406,13 +456,16 @@ def prepare(args, command):
         stats[name] = {"pairs": hi - lo, "sequences": (hi - lo) * directions,
                        "tokens": tokens_en + tokens_fr + 3 * (hi - lo) * directions,
                        "tokens_en": tokens_en, "tokens_fr": tokens_fr}
-        if name != "test":  # the test split stays text only (test.jsonl)
-            arrays[name] = (split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng),
-                            *pair_arrays(flat, offsets, en_pieces, fr_pieces))
+        # test.bin: the held-out loss (evaluate.py), on a split that selected no checkpoint
+        arrays[name] = (split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng),
+                        *pair_arrays(flat, offsets, en_pieces, fr_pieces))
     data_sha256 = hashlib.sha256()
-    for stream, _, _ in arrays.values():  # the token streams training reads, as written: train.bin, val.bin
+    for stream, _, _ in arrays.values():  # the token streams as written: train.bin, val.bin, test.bin
         data_sha256.update(stream)
-    meta.update(data_sha256=data_sha256.hexdigest(), dtype=dtype, bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
+    meta.update(data_sha256=data_sha256.hexdigest(), dtype=dtype, bidirectional=args.bidirectional, seed=args.seed,
+                splits=stats, cleaning=dropped,
+                near_duplicates={"rule": "pairs sharing an English or French side (case, punctuation and "
+                                         "whitespace folded) are in one split", **group_stats(groups)},
                 sources=sources, command=command, source=args.source, max_chars=args.max_chars,
                 val_frac=args.val_frac, test_frac=args.test_frac, max_pairs=args.max_pairs)
 
