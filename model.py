@@ -344,6 +344,8 @@ class BackpackLM(LanguageModel):
         def f(C): C = C.clone(); C[:, 3, 5] = 0; return C
     or to double the weight every position puts on sense 0:  g = lambda a: a * scale  with
     scale = torch.ones(1, k, 1, 1); scale[0, 0] = 2. Replace rather than scale by assigning.
+    contributions_fn=h sees (and may replace) the per-sense contributions P (B,k,T,d),
+    P[:, l, i] = sum_j alpha[l,i,j] C_j[l], before they are summed into o (sensia.py reads them there).
     """
     model_type = 'backpack'
     fast_mixing = True  # False: materialise alpha and multiply (the reference computation)
@@ -385,7 +387,7 @@ class BackpackLM(LanguageModel):
             attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return scores.masked_fill(~attn_mask, float('-inf')).softmax(dim=-1)
 
-    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None):
+    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None, contributions_fn=None):
         senses, q, k = self._senses_and_weights(idx, positions, attn_mask, cache)
         if senses_fn is not None:
             senses = senses_fn(senses)
@@ -397,6 +399,8 @@ class BackpackLM(LanguageModel):
         else:
             alpha = self._alpha(q, k, attn_mask)
             mixed = (alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses
+        if contributions_fn is not None:
+            mixed = contributions_fn(mixed)
         return mixed.sum(dim=1) @ self.token_embeddings.t()
 
     def contextualization(self, idx):
