@@ -104,6 +104,77 @@ def masked_mean(states, mask):
     return (states * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
+def next_token_losses(logits, idx, lengths, smoothing=0.0):
+    """(sum of per-token losses with label smoothing, unsmoothed sum, tokens) of next-token prediction
+    inside each right-padded sentence (its first token has no context and is not predicted)."""
+    targets = idx[:, 1:].masked_fill(torch.arange(1, idx.shape[1], device=idx.device)[None] >= lengths[:, None], -1)
+    flat_logits, flat_targets = logits[:, :-1].float().flatten(0, 1), targets.flatten()
+    smoothed = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, label_smoothing=smoothing, reduction='sum')
+    plain = smoothed.detach() if smoothing == 0 else \
+        F.cross_entropy(flat_logits.detach(), flat_targets, ignore_index=-1, reduction='sum')
+    return smoothed, plain, (flat_targets != -1).sum()
+
+
+def pad_batch(seqs, pad, device):
+    """(idx (N,T) right-padded with pad, lengths (N,)) of token sequences."""
+    lengths = torch.tensor([len(s) for s in seqs])
+    idx = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        idx[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return idx.to(device), lengths.to(device)
+
+
+@torch.no_grad()
+def pair_metrics(model, batches, tau_pool):
+    """Recall@1 both ways of z_sns and z_ctx (o at the last token), the French-side mean entropy of pi
+    and the French perplexity over batches of (idx, lengths), English rows then French rows."""
+    z = {'sns': ([], []), 'ctx': ([], [])}
+    entropy_sum, entropy_count, nll, tokens = 0.0, 0, 0.0, 0
+    for idx, lengths in batches:
+        n = len(idx) // 2
+        logits, z_sns, z_ctx, entropy, mask = sentence_vectors(model, idx, lengths, tau_pool)
+        for name, vectors in (('sns', z_sns), ('ctx', z_ctx)):
+            z[name][0].append(vectors[:n].cpu())
+            z[name][1].append(vectors[n:].cpu())
+        entropy_sum += float(entropy[n:][mask[n:]].sum())
+        entropy_count += int(mask[n:].sum())
+        _, plain, count = next_token_losses(logits[n:], idx[n:], lengths[n:])
+        nll, tokens = nll + float(plain), tokens + int(count)
+    n_pairs = sum(len(e) for e in z['sns'][0])
+    result = {'pairs': n_pairs, 'recall@1_chance': 1 / n_pairs}
+    for name, (en, fr) in z.items():
+        sims = (torch.cat(en) @ torch.cat(fr).t()).numpy()
+        forward, backward = metrics.recall_at_1(sims), metrics.recall_at_1(sims.T)
+        result.update({f'recall@1_{name}_en_fr': forward, f'recall@1_{name}_fr_en': backward,
+                       f'recall@1_{name}': (forward + backward) / 2})
+    result['sense_entropy_fr'] = entropy_sum / max(1, entropy_count)
+    result['sense_entropy_max'] = math.log(model.config.n_senses)
+    result['loss_fr'] = nll / max(1, tokens)
+    result['ppl_fr'] = math.exp(result['loss_fr'])
+    return result
+
+
+def sentence_vectors(model, idx, lengths, tau_pool, context='output', hidden=None):
+    """(logits, z_sns, z_ctx, entropy of pi (B,T), mask of real tokens (B,T)) of right-padded sentences
+    in one forward pass. hidden() returns the backbone's final states of that pass (context != 'output')."""
+    captured = {}
+
+    def keep(P):
+        captured['P'] = P
+        return P
+
+    logits, _ = model(idx, contributions_fn=keep)
+    mask = torch.arange(idx.shape[1], device=idx.device)[None] < lengths[:, None]
+    z_sns, entropy = sense_pool(captured['P'], mask, tau_pool)
+    if context == 'output':  # the authors' backpack_hidden_states: o before the LM head
+        z_ctx = last_token(captured['P'].float().sum(dim=1), lengths)
+    elif context == 'hidden':
+        z_ctx = last_token(hidden().float(), lengths)
+    else:
+        z_ctx = masked_mean(hidden().float(), mask)
+    return logits, z_sns, F.normalize(z_ctx, dim=-1), entropy, mask
+
+
 # ----------------------------------------------------------------------------- data
 
 class PairSampler:
@@ -142,12 +213,7 @@ class PairSampler:
         seqs = [self.tokens[s:e].astype(np.int64) for s, e in sides]
         if self.tags:
             seqs = [np.concatenate([[tag], seq]) for tag, seq in zip([self.tags[0]] * len(rows) + [self.tags[1]] * len(rows), seqs)]
-        seqs = [seq[:self.max_len] for seq in seqs]
-        lengths = torch.tensor([len(s) for s in seqs])
-        idx = torch.full((len(seqs), int(lengths.max())), self.pad, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            idx[row, :len(seq)] = torch.from_numpy(seq)
-        return idx.to(device), lengths.to(device)
+        return pad_batch([seq[:self.max_len] for seq in seqs], self.pad, device)
 
     def state_dict(self):
         return {'generator': self.generator.get_state()}
@@ -198,33 +264,7 @@ class SensiaObjective:
         return self.sampler.batch(self.sampler.draw(self.cfg['batch_size']), self.device)
 
     def embed(self, model, idx, lengths):
-        """(logits, z_sns, z_ctx, entropy (B,T), mask (B,T)) of a batch of sentences in one forward pass."""
-        captured = {}
-
-        def keep(P):
-            captured['P'] = P
-            return P
-
-        logits, _ = model(idx, contributions_fn=keep)
-        mask = torch.arange(idx.shape[1], device=idx.device)[None] < lengths[:, None]
-        z_sns, entropy = sense_pool(captured['P'], mask, self.cfg['tau_pool'])
-        state = self.cfg['sensia_context']
-        if state == 'output':  # the authors' backpack_hidden_states: o before the LM head
-            z_ctx = last_token(captured['P'].float().sum(dim=1), lengths)
-        elif state == 'hidden':
-            z_ctx = last_token(self.hidden.float(), lengths)
-        else:
-            z_ctx = masked_mean(self.hidden.float(), mask)
-        return logits, z_sns, F.normalize(z_ctx, dim=-1), entropy, mask
-
-    def lm_losses(self, logits, idx, lengths, smoothing):
-        """(sum of per-token losses with label smoothing, unsmoothed sum, tokens) of next-token prediction
-        inside each sentence (the first token has no context and is not predicted)."""
-        targets = idx[:, 1:].masked_fill(torch.arange(1, idx.shape[1], device=idx.device)[None] >= lengths[:, None], -1)
-        flat_logits, flat_targets = logits[:, :-1].float().flatten(0, 1), targets.flatten()
-        smoothed = F.cross_entropy(flat_logits, flat_targets, ignore_index=-1, label_smoothing=smoothing, reduction='sum')
-        plain = F.cross_entropy(flat_logits.detach(), flat_targets, ignore_index=-1, reduction='sum')
-        return smoothed, plain, (flat_targets != -1).sum()
+        return sentence_vectors(model, idx, lengths, self.cfg['tau_pool'], self.cfg['sensia_context'], lambda: self.hidden)
 
     def loss(self, model, batch, iter_num):
         cfg, p = self.cfg, self.progress(iter_num)
@@ -245,7 +285,7 @@ class SensiaObjective:
                 total = total + weight * term
                 scalars[f'loss_{name}'] = term.item()
         if w_lm > 0:
-            smoothed, plain, count = self.lm_losses(logits[n:], idx[n:], lengths[n:], cfg['label_smoothing'])
+            smoothed, plain, count = next_token_losses(logits[n:], idx[n:], lengths[n:], cfg['label_smoothing'])
             global_count, world = count.detach().clone(), 1
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(global_count)
@@ -257,42 +297,21 @@ class SensiaObjective:
         scalars['entropy_fr'] = (entropy[n:][mask[n:]]).mean().item()
         return total, scalars
 
-    @torch.no_grad()
     def evaluate(self, model, iter_num):
-        """Recall@1 both ways of z_sns and z_ctx over the first sensia_eval_pairs val pairs, the mean
-        French-side entropy of pi (max ln k), the French perplexity (unsmoothed)."""
+        """pair_metrics over the first sensia_eval_pairs val pairs (z_ctx from o, whatever trains), and the phase."""
         was_training = model.training
         model.eval()
         rows = np.arange(min(len(self.val), self.cfg['sensia_eval_pairs']))
-        batch_size = self.cfg['batch_size']
-        z = {'sns': ([], []), 'ctx': ([], [])}
-        entropy_sum, entropy_count, nll, tokens = 0.0, 0, 0.0, 0
-        for start in range(0, len(rows), batch_size):
-            idx, lengths = self.val.batch(rows[start:start + batch_size], self.device)
-            n = len(idx) // 2
-            logits, z_sns, z_ctx, entropy, mask = self.embed(model, idx, lengths)
-            for name, vectors in (('sns', z_sns), ('ctx', z_ctx)):
-                z[name][0].append(vectors[:n].cpu())
-                z[name][1].append(vectors[n:].cpu())
-            entropy_sum += float(entropy[n:][mask[n:]].sum())
-            entropy_count += int(mask[n:].sum())
-            _, plain, count = self.lm_losses(logits[n:], idx[n:], lengths[n:], 0.0)
-            nll, tokens = nll + float(plain), tokens + int(count)
-        result = {'sensia_val_pairs': len(rows), 'recall@1_chance': 1 / len(rows)}
-        for name, (en, fr) in z.items():
-            sims = (torch.cat(en) @ torch.cat(fr).t()).numpy()
-            forward, backward = metrics.recall_at_1(sims), metrics.recall_at_1(sims.T)
-            result.update({f'recall@1_{name}_en_fr': forward, f'recall@1_{name}_fr_en': backward,
-                           f'recall@1_{name}': (forward + backward) / 2})
-        result['sense_entropy_fr'] = entropy_sum / max(1, entropy_count)
-        result['sense_entropy_max'] = math.log(self.raw_model.config.n_senses)
-        result['val_loss_fr_pairs'] = nll / max(1, tokens)
-        result['val_ppl_fr_pairs'] = math.exp(result['val_loss_fr_pairs'])
-        result['phase'] = phase(self.progress(iter_num), self.cfg['sensia_align_end'], self.cfg['sensia_polish_start'])
-        result['frozen'] = self.frozen
+        bs = self.cfg['batch_size']
+        result = pair_metrics(model, (self.val.batch(rows[i:i + bs], self.device) for i in range(0, len(rows), bs)),
+                              self.cfg['tau_pool'])
         if was_training:
             model.train()
-        return result
+        result = {f'val_pairs_{k}': v for k, v in result.items()}
+        result['val_loss_fr_pairs'] = result.pop('val_pairs_loss_fr')
+        p = self.progress(iter_num)
+        return {**result, 'phase': phase(p, self.cfg['sensia_align_end'], self.cfg['sensia_polish_start']),
+                'frozen': self.frozen}
 
     def state_dict(self):
         return {**self.sampler.state_dict(), 'frozen': self.frozen}
