@@ -124,6 +124,13 @@ def pad_batch(seqs, pad, device):
     return idx.to(device), lengths.to(device)
 
 
+def bidirectional_recall(en, fr):
+    """Recall@1 English -> French, French -> English and their mean, for aligned rows of unit vectors."""
+    sims = (en @ fr.t()).numpy()
+    forward, backward = metrics.recall_at_1(sims), metrics.recall_at_1(sims.T)
+    return {'en_fr': forward, 'fr_en': backward, 'mean': (forward + backward) / 2}
+
+
 @torch.no_grad()
 def pair_metrics(model, batches, tau_pool):
     """Recall@1 both ways of z_sns and z_ctx (o at the last token), the French-side mean entropy of pi
@@ -143,10 +150,8 @@ def pair_metrics(model, batches, tau_pool):
     n_pairs = sum(len(e) for e in z['sns'][0])
     result = {'pairs': n_pairs, 'recall@1_chance': 1 / n_pairs}
     for name, (en, fr) in z.items():
-        sims = (torch.cat(en) @ torch.cat(fr).t()).numpy()
-        forward, backward = metrics.recall_at_1(sims), metrics.recall_at_1(sims.T)
-        result.update({f'recall@1_{name}_en_fr': forward, f'recall@1_{name}_fr_en': backward,
-                       f'recall@1_{name}': (forward + backward) / 2})
+        r = bidirectional_recall(torch.cat(en), torch.cat(fr))
+        result.update({f'recall@1_{name}_en_fr': r['en_fr'], f'recall@1_{name}_fr_en': r['fr_en'], f'recall@1_{name}': r['mean']})
     result['sense_entropy_fr'] = entropy_sum / max(1, entropy_count)
     result['sense_entropy_max'] = math.log(model.config.n_senses)
     result['loss_fr'] = nll / max(1, tokens)
