@@ -1,7 +1,5 @@
 # The MCL baseline of config/adapt_sensia_tiny.py: contrastive over mean-pooled backbone states + LM, same schedule.
-# paper's three phases (alignment 0-20%, joint 20-50%, polish 50-100% with the senses frozen).
-#   python train.py config/adapt_sensia_tiny.py
-# The controls (config/adapt_lm_only_tiny.py, config/adapt_mcl_tiny.py) differ only in the loss terms.
+#   python train.py config/adapt_mcl_tiny.py
 out_dir = 'out-mcl-tiny'
 data_dir = 'sample_en'
 init_from = 'out-english-tiny'
