@@ -16,7 +16,7 @@ warmup_iters = 30
 weight_decay = 0.1
 beta2 = 0.99
 
-eval_interval = 100
+eval_interval = 50
 eval_iters = 5
 sensia_eval_pairs = 500
 log_interval = 50

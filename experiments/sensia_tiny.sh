@@ -16,8 +16,8 @@ if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
   export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
 fi
 OUT=${OUT:-experiments/out/sensia_tiny}
-PRETRAIN_ITERS=${PRETRAIN_ITERS:-600}
-ADAPT_ITERS=${ADAPT_ITERS:-300}
+PRETRAIN_ITERS=${PRETRAIN_ITERS:-400}
+ADAPT_ITERS=${ADAPT_ITERS:-200}
 COMMON=(--device=cpu --dtype=bfloat16)
 corpus=${ENFR_DATA:-/nonexistent}/parallel/europarl-v7-head
 [[ -f $corpus.en && -f $corpus.fr ]] || corpus=data/europarl/sample/parliament
