@@ -32,6 +32,7 @@ import lexical
 import metrics
 import multiple_choice
 import resources
+import sense_geometry
 from atomic import atomic_write_text
 from checkpoint import CHECKPOINT_FILES, CheckpointError, file_sha256, load_trained_model
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta
@@ -39,9 +40,9 @@ from generation import timed_translate
 from report import headline_table, json_safe, render_report
 from tokenizer import load_tokenizer
 
-TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses", "xnli", "pawsx")
+TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses", "sensia", "xnli", "pawsx")
 # xnli and pawsx score 4,000-5,000 dev examples per language (minutes on a CPU): on request only
-DEFAULT_TASKS = TASKS[:6]
+DEFAULT_TASKS = TASKS[:7]
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_DATA_ROOT = os.environ.get("ENFR_DATA", str(REPO_ROOT.parent / "shared" / "data" / "en-fr"))
 # word-similarity sets of the ../shared/data/en-fr layout: name -> path under --data_root
@@ -123,6 +124,10 @@ def add_eval_arguments(p):
     g.add_argument("--mc_rows", type=int, default=64, help="option sequences per forward pass")
     g.add_argument("--mc_examples", type=int, default=None,
                    help="score only the first N examples of each dev file (default: all)")
+    g = p.add_argument_group("SENSIA sense geometry (Backpack; see sense_geometry.py)")
+    g.add_argument("--geometry_pairs", type=int, default=1000,
+                   help="most frequent dictionary pairs of the training text for topology and Procrustes")
+    g.add_argument("--geometry_sentences", type=int, default=500, help="test pairs for recall@1 and the mixture ablation")
 
 
 def parse_args(argv=None):
@@ -141,7 +146,8 @@ def check_args(args):
         raise SystemExit(f"error: unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)}")
     args.task_list = tasks
     for name in ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates", "csls_k",
-                 "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences", "sense_pairs", "mc_rows"):
+                 "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences", "sense_pairs", "mc_rows",
+                 "geometry_pairs", "geometry_sentences"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
     if args.mc_examples is not None and args.mc_examples < 2:
@@ -548,8 +554,30 @@ def task_multiple_choice(ctx, task):
                                          ctx.args.mc_rows, ctx.args.mc_examples)
 
 
+def task_sensia(ctx):
+    """SENSIA's analyses: sense topology, Procrustes, sense-mixture ablation, test-pair recall@1 (untagged)."""
+    if not lexical.has_senses(ctx.model):
+        raise SkipTask(f"a {ctx.model.model_type} has no sense vectors")
+    args = ctx.args
+    word_pairs = lexical.frequent_dictionary_pairs(ctx.dictionary().rows, ctx.word_counts(), n=args.geometry_pairs)
+    pairs, source = ctx.test_pairs()
+    encoded = [(ctx.tok.encode(e)[:ctx.block_size], ctx.tok.encode(f)[:ctx.block_size]) for e, f in pairs]
+    encoded = [(e, f) for e, f in encoded if e and f][:args.geometry_sentences]
+    if len(encoded) < 2:
+        raise SkipTask(f"only {len(encoded)} usable test pairs in {source}")
+    tau_pool = ctx.ckpt.get("config", {}).get("tau_pool", 0.7)
+    try:
+        result = sense_geometry.analyse(ctx.model, ctx.tok, word_pairs, encoded, args.batch_size, ctx.device,
+                                        tau_pool, args.seed)
+    except ValueError as e:
+        raise SkipTask(str(e))
+    return {"test_set": source, "word_pair_selection": "most frequent dictionary pairs of the training text",
+            "input": "sentences without language tags", **result}
+
+
 TASK_FUNCTIONS = {"loss": task_loss, "translation": task_translation, "wordsim": task_wordsim,
                   "bli": task_bli, "sentence": task_sentence, "senses": task_senses,
+                  "sensia": task_sensia,
                   "xnli": lambda ctx: task_multiple_choice(ctx, "xnli"),
                   "pawsx": lambda ctx: task_multiple_choice(ctx, "pawsx")}
 

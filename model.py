@@ -361,6 +361,8 @@ class BackpackLM(LanguageModel):
         def f(C): C = C.clone(); C[:, 3, 5] = 0; return C
     or to double the weight every position puts on sense 0:  g = lambda a: a * scale  with
     scale = torch.ones(1, k, 1, 1); scale[0, 0] = 2. Replace rather than scale by assigning.
+    contributions_fn=h sees (and may replace) the per-sense contributions P (B,k,T,d),
+    P[:, l, i] = sum_j alpha[l,i,j] C_j[l], before they are summed into o (sensia.py reads them there).
     """
     model_type = 'backpack'
     fast_mixing = True  # False: materialise alpha and multiply (the reference computation)
@@ -402,15 +404,18 @@ class BackpackLM(LanguageModel):
             attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return scores.masked_fill(~attn_mask, float('-inf')).softmax(dim=-1)
 
-    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None):
+    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None, contributions_fn=None):
         senses, q, k = self._senses_and_weights(idx, positions, attn_mask, cache)
         if senses_fn is not None:
             senses = senses_fn(senses)
-        if self.fast_mixing and alpha_fn is None:
+        if self.fast_mixing and alpha_fn is None and contributions_fn is None:
             mixed = self._mix(q, k, senses, attn_mask)
         else:
             alpha = self._alpha(q, k, attn_mask)
-            mixed = ((alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses).sum(dim=1)
+            contributions = (alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses  # P (B,k,T,d)
+            if contributions_fn is not None:
+                contributions = contributions_fn(contributions)
+            mixed = contributions.sum(dim=1)
         return mixed @ self.token_embeddings.t()
 
     def _mix(self, q, k, senses, attn_mask):

@@ -45,6 +45,7 @@ from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, 
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
 from hardware import DTYPES, peak_flops, resolve_dtype
 from rundir import run_directory
+import sensia
 from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
                    preset_config)
 
@@ -57,7 +58,8 @@ eval_iters = 200             # batches per split and evaluation, per process
 log_interval = 10            # iterations between progress lines
 checkpoint_interval = 500    # iterations between ckpt.pt saves (also saved at the end and on SIGTERM)
 early_stop_evals = 0         # stop once val loss has not improved for this many evaluations; 0 never stops early
-init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt) or 'backpack-small' (pretrained Backpack)
+init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt), 'backpack-small' (pretrained Backpack)
+                             # or a run directory of this repository (its best.pt, else ckpt.pt)
 pretrained_path = ''         # backpack-small: local directory or hub id; '' means stanfordnlp/backpack-gpt2
 # data
 data_dir = 'europarl_en_fr'  # a dataset name under data/ (as written by data/europarl/prepare.py) or a path
@@ -84,6 +86,22 @@ decay_lr = True              # cosine decay after the linear warmup; False keeps
 warmup_iters = 2000
 lr_decay_iters = 0           # iteration at which the cosine reaches its floor; 0 means max_iters
 min_lr_ratio = 0.1           # the floor, as a fraction of learning_rate
+# objective: 'lm' (next-token loss on train.bin) or 'sensia' (sense adaptation on the pairs, see sensia.py)
+objective = 'lm'
+sensia_losses = 'sense,context,lm'  # terms kept; the others get weight 0 (ablations; 'lm' is the LM-only control)
+sensia_align_end = 0.2       # a: end of the alignment phase, as a fraction of max_iters (0: no alignment phase)
+sensia_polish_start = 0.5    # z: start of the polish phase (= a: no joint phase; 1: no polish phase)
+sensia_freeze = True         # freeze the sense and sense-weight networks from the polish phase on
+sensia_context = 'output'    # z_ctx: 'output' o or 'hidden' backbone state at the last token; 'hidden_mean' (MCL)
+sensia_symmetric = True      # symmetric InfoNCE; False: English -> French only
+sensia_tags = False          # put the language tag before each sentence (the paper uses none)
+sensia_eval_pairs = 500      # val pairs for recall@1, entropy and French perplexity at each eval
+tau_pool = 0.7               # softmax temperature of the sense pooling
+tau_sense = 0.05             # InfoNCE temperatures (start values when the *_end values are > 0)
+tau_context = 0.07
+tau_sense_end = 0.0          # > 0: ramped to over the alignment phase, as the authors do
+tau_context_end = 0.0
+label_smoothing = 0.05       # of the French LM loss (the logged loss is unsmoothed)
 # system
 device = 'auto'              # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'auto'               # 'auto' (bfloat16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else float32), 'float32', 'bfloat16', 'float16'
@@ -107,10 +125,14 @@ def parse_args(argv):
 
 
 def validate(cfg):
-    choices = {'model_type': tuple(MODEL_CLASSES), 'init_from': INIT_CHOICES, 'dtype': ('auto', *DTYPES)}
+    choices = {'model_type': tuple(MODEL_CLASSES), 'dtype': ('auto', *DTYPES), 'objective': ('lm', 'sensia'),
+               'sensia_context': sensia.CONTEXT_STATES}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             fail(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
+    if cfg['init_from'] not in INIT_CHOICES and not Path(cfg['init_from']).is_dir():
+        fail(f"init_from must be one of {', '.join(INIT_CHOICES)} or a run directory, got {cfg['init_from']!r}")
+    sensia.validate_settings(cfg)
     if cfg['preset'] and cfg['preset'] not in PRESETS:
         fail(f"unknown preset {cfg['preset']!r}; choose from {', '.join(PRESETS)}")
     for key in ('eval_interval', 'eval_iters', 'log_interval', 'checkpoint_interval', 'batch_size',
@@ -221,6 +243,68 @@ def pretrained_backpack(cfg, explicit, meta, data_path):
     state[emb] = grown
     model.load_state_dict(state)
     return model
+
+
+def same_tokenizer(meta_a, meta_b):
+    """The tokenizers' sha256 when both metas record it, else their kind and vocabulary size."""
+    if meta_a.get('tokenizer_sha256') and meta_b.get('tokenizer_sha256'):
+        return meta_a['tokenizer_sha256'] == meta_b['tokenizer_sha256']
+    return (meta_a['tokenizer']['kind'], meta_a['vocab_size']) == (meta_b['tokenizer']['kind'], meta_b['vocab_size'])
+
+
+def model_from_run(run_dir, cfg, meta, data_path):
+    """The model of a run of this repository (best.pt, else ckpt.pt), on the dataset's tokenizer."""
+    path = next((Path(run_dir) / name for name in ('best.pt', 'ckpt.pt') if (Path(run_dir) / name).is_file()), None)
+    if path is None:
+        fail(f"init_from={run_dir!r} has no best.pt or ckpt.pt to start from")
+    try:
+        ckpt = load_checkpoint(path)
+        model = model_from_checkpoint(ckpt)
+    except CheckpointError as e:
+        fail(str(e))
+    if cfg['objective'] == 'sensia' and model.model_type != 'backpack':
+        fail(f"{path} is a {model.model_type}; objective 'sensia' adapts a Backpack's senses")
+    if not same_tokenizer(ckpt['meta'], meta):
+        fail(f"{path} was trained with another tokenizer ({ckpt['meta']['tokenizer']['kind']}, vocab "
+             f"{ckpt['meta']['vocab_size']}) than {data_path} ({meta['tokenizer']['kind']}, vocab {meta['vocab_size']}); "
+             "prepare the adaptation data with the starting model's tokenizer")
+    return model
+
+
+class LMObjective:
+    """The default objective: next-token cross-entropy on random windows of train.bin. The interface
+    train()'s loop calls (sensia.SensiaObjective is the other): prepare(model, iter_num) -> whether the
+    trainable parameters changed, batch(), loss(model, batch, iter_num) -> (loss, scalars to log),
+    evaluate(model, iter_num) -> entries for training_log.json, state_dict() for resuming."""
+    selection_key = 'val_loss'  # the training_log entry whose lowest value picks best.pt
+
+    def __init__(self, cfg, data_path, device, seed):
+        self.cfg, self.device = cfg, device
+        self.sampler = BatchSampler(data_path, seed=seed)
+
+    def prepare(self, model, iter_num):
+        return False
+
+    def batch(self):
+        return self.sampler.get_batch('train', self.cfg['batch_size'], self.cfg['block_size'], self.device)
+
+    def loss(self, model, batch, iter_num):
+        return model(*batch)[1], {}
+
+    def evaluate(self, model, iter_num):
+        return {}
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state):
+        self.sampler.load_state_dict(state)
+
+
+def make_objective(cfg, raw_model, data_path, meta, device, seed):
+    if cfg['objective'] == 'sensia':
+        return sensia.SensiaObjective(cfg, raw_model, data_path, meta, device, seed)
+    return LMObjective(cfg, data_path, device, seed)
 
 
 def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
@@ -340,10 +424,11 @@ def diverged(problem, out_path, saved):
     fail(f"{problem}; stopped without saving: {where}. Lower learning_rate or check the data")
 
 
-def evaluations_since_best(training_log):
-    """How many evaluations have passed since the lowest val loss (the first one, if tied). Derived
-    from the checkpointed log, so a resumed run stops early exactly where the straight run does."""
-    losses = [entry['val_loss'] for entry in training_log]
+def evaluations_since_best(training_log, key='val_loss'):
+    """How many evaluations have passed since the lowest value of key, the loss that selects best.pt
+    (the first one, if tied). Derived from the checkpointed log, so a resumed run stops early exactly
+    where the straight run does."""
+    losses = [entry[key] for entry in training_log]
     return len(losses) - 1 - losses.index(min(losses)) if losses else 0
 
 
@@ -436,6 +521,8 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         if cfg['model_type'] != 'backpack':
             fail("--init_from=backpack-small trains a backpack; remove --model_type=transformer")
         model = pretrained_backpack(cfg, explicit, meta, data_path)
+    elif cfg['init_from'] != 'scratch':
+        model = model_from_run(cfg['init_from'], cfg, meta, data_path)
     else:
         model = model_from_settings(cfg, explicit, meta['vocab_size'])
     cfg.update(model_type=model.model_type, **{k: getattr(model.config, k) for k in ARCH_KEYS})
@@ -445,7 +532,7 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
     scaler = torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16')
     autocast = (contextlib.nullcontext() if cfg['dtype'] == 'float32'
                 else torch.autocast(device_type=device_type, dtype=DTYPES[cfg['dtype']]))
-    sampler = BatchSampler(data_path, seed=cfg['seed'] + rank)
+    objective = make_objective(cfg, raw_model, data_path, meta, device, cfg['seed'] + rank)
     eval_sampler = BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank)
     eval_start = eval_sampler.state_dict()  # every eval sees the same batches: comparable losses
 
@@ -459,18 +546,22 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         training_log, elapsed_before = resume['training_log'], resume.get('elapsed_s', 0.0)
         if len(resume['rng']) == world_size:
             set_rng_state(resume['rng'][rank])
-            sampler.load_state_dict(resume['sampler'][rank])
+            objective.load_state_dict(resume['sampler'][rank])
         else:  # another number of processes: fresh streams, the run continues but not bitwise
             if master:
                 print(f"warning: {len(resume['rng'])} processes saved this run, {world_size} resume it: "
                       "data order and dropout streams are reseeded")
             torch.manual_seed(cfg['seed'] + rank + 1000 * iter_num)
-            sampler = BatchSampler(data_path, seed=cfg['seed'] + rank + 1000 * iter_num)
+            objective = make_objective(cfg, raw_model, data_path, meta, device, cfg['seed'] + rank + 1000 * iter_num)
         resume.clear()  # frees the loaded tensors now that they are copied into the model
 
     fast_model = torch.compile(raw_model) if cfg['compile'] else raw_model
-    train_model = DDP(fast_model, device_ids=[torch.device(device).index] if device_type == 'cuda' else None) \
-        if ddp else fast_model
+    objective.prepare(raw_model, iter_num)  # DDP is built for the parameters that train from here on
+
+    def wrap():
+        return DDP(fast_model, device_ids=[torch.device(device).index] if device_type == 'cuda' else None) \
+            if ddp else fast_model
+    train_model = wrap()
 
     tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
     mfu_peak, mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2) if master else (None, None)
@@ -494,7 +585,7 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         if not weights_finite:
             diverged(f"weights are not finite at iteration {iter_num}", out_path, saved)
         rngs = gathered(rng_state(), ddp, world_size)
-        samplers = gathered(sampler.state_dict(), ddp, world_size)
+        samplers = gathered(objective.state_dict(), ddp, world_size)
         if not master:
             return
         try:
@@ -533,8 +624,9 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                 tokens_per_s = window_iters * tokens_per_iter / window_time if window_iters else None
                 mfu = (raw_model.estimate_mfu(cfg['batch_size'] * micro_steps, window_time / window_iters, mfu_peak)
                        if window_iters and master else None)
-                training_log.append({'iter': iter_num, **losses, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
-                                     'mfu_yardstick': mfu_yardstick, 'elapsed_s': elapsed_before + time.time() - t_start})
+                training_log.append({'iter': iter_num, **losses, **objective.evaluate(fast_model, iter_num), 'lr': lr,
+                                     'tokens_per_s': tokens_per_s, 'mfu': mfu, 'mfu_yardstick': mfu_yardstick,
+                                     'elapsed_s': elapsed_before + time.time() - t_start})
                 window_iters, window_time = 0, 0.0
                 by_language = ', '.join(f"{lang} {losses[f'val_loss_{lang}']:.4f}" for lang in ('en', 'fr')
                                         if losses[f'val_loss_{lang}'] is not None)
@@ -542,10 +634,10 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                     f"({by_language}), lr {lr:.2e}" + (f", {tokens_per_s:,.0f} tokens/s" if tokens_per_s else ""))
                 if master:
                     write_json(out_path / 'training_log.json', training_log)
-                if losses['val_loss'] < best_val_loss:
-                    best_val_loss = losses['val_loss']
+                if training_log[-1][objective.selection_key] < best_val_loss:
+                    best_val_loss = training_log[-1][objective.selection_key]
                     save(out_path / 'best.pt')
-            stalled = cfg['early_stop_evals'] and evaluations_since_best(training_log) >= cfg['early_stop_evals']
+            stalled = cfg['early_stop_evals'] and evaluations_since_best(training_log, objective.selection_key) >= cfg['early_stop_evals']
             if last or stalled or (iter_num % cfg['checkpoint_interval'] == 0 and iter_num > start_iter):
                 save(out_path / 'ckpt.pt')
             if stalled:
@@ -555,14 +647,16 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                 break
 
             t0 = time.time()
+            if objective.prepare(raw_model, iter_num):  # e.g. SENSIA's polish phase froze the senses
+                train_model = wrap()
             loss_sum = torch.zeros((), device=device)
             for micro_step in range(micro_steps):
-                x, y = sampler.get_batch('train', cfg['batch_size'], cfg['block_size'], device)
+                batch = objective.batch()
                 # gradients are all-reduced once per iteration, on the last micro-step
                 sync = train_model.no_sync() if ddp and micro_step < micro_steps - 1 else contextlib.nullcontext()
                 with sync:
                     with autocast:
-                        _, loss = train_model(x, y)
+                        loss, scalars = objective.loss(train_model, batch, iter_num)
                     scaler.scale(loss / micro_steps).backward()
                 loss_sum += loss.detach().float()
             flags = torch.stack([torch.tensor(float(stop['signal'] is not None), device=device),
@@ -588,7 +682,8 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
                 if iter_num % cfg['log_interval'] == 0:
                     bar.set_postfix(loss=f"{loss_sum.item() / micro_steps:.4f}", lr=f"{lr:.2e}")
             elif iter_num % cfg['log_interval'] == 0:
-                log(f"iter {iter_num}: loss {loss_sum.item() / micro_steps:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms")
+                log(f"iter {iter_num}: loss {loss_sum.item() / micro_steps:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms"
+                    + ''.join(f", {k} {v:.4f}" for k, v in scalars.items()))
             if stop_requested:
                 save(out_path / 'ckpt.pt')
                 log(f"stopped by {stop['signal'] or 'another process'} at iteration {iter_num}: saved "

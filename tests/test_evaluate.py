@@ -229,7 +229,7 @@ def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
     backpack, transformer = models.values()
     assert "wordsim multisimlex-en rho (mean)" in backpack["headline"]
     assert "wordsim multisimlex-en rho (mean)" not in transformer["headline"]
-    assert transformer["skipped_tasks"] == {task: "not requested (--tasks)" for task in ("senses", "xnli", "pawsx")}
+    assert transformer["skipped_tasks"] == {task: "not requested (--tasks)" for task in ("senses", "sensia", "xnli", "pawsx")}
     for name in ("loss_curves", "metrics_translation", "metrics_wordsim", "metrics_bli", "metrics_sentence"):
         assert name in comparison["plots"]
     for png in ("loss_curves.png", "metrics_translation.png", "metrics_wordsim.png"):

@@ -229,6 +229,26 @@ def test_unidirectional_and_max_pairs(prep, tmp_path):
     assert (stream == meta["special_tokens"]["fr"]).sum() == 80
 
 
+def test_english_only_lm_stream_keeps_bilingual_tokenizer_and_pairs(prep, sample_dataset, tmp_path):
+    """--lm_languages en: train/val streams are the English sentences (untagged, each ended by eot), while the
+    tokenizer and the pairs files are those of the bilingual dataset."""
+    prep.main(["--source", "local", "--corpus", SAMPLE, "--out_root", str(tmp_path), "--vocab_size", "512",
+               "--lm_languages", "en"])
+    english, both = tmp_path / "parliament", sample_dataset
+    meta = load_meta(english)
+    assert meta["lm_languages"] == ["en"]
+    assert (english / "tokenizer.json").read_bytes() == (both / "tokenizer.json").read_bytes()
+    for split in ("train", "val"):
+        for name in (f"pairs_{split}.bin", f"pairs_{split}_index.npy"):
+            assert (english / name).read_bytes() == (both / name).read_bytes()
+        stream = np.fromfile(english / f"{split}.bin", dtype=meta["dtype"])
+        special = meta["special_tokens"]
+        assert not np.isin(stream, [special["en"], special["fr"]]).any()
+        tok = load_tokenizer(meta, english)
+        texts = sorted(tok.decode(s[:-1].tolist()) for s in sequences(stream, special["eot"]))
+        assert texts == sorted(p["en"] for p in read_jsonl(english / f"{split}.jsonl"))
+
+
 def test_gzipped_pairs_tsv_and_several_corpora(prep, tmp_path):
     en, fr = parallel_lines(30)
     for lang, lines in (("en", en[:20]), ("fr", fr[:20])):

@@ -64,6 +64,7 @@ def good_results(test_jsonl, available=25, asked=10):
                    "alpha_entropy": {"mean": 2.1, "mean_normalised": 0.7, "per_sense_normalised": [0.6, 0.8]},
                    "translation_pair_cosines": {"pairs": 30, "per_sense_pair_cosine": [0.3, 0.5],
                                                 "per_sense_derangement_cosine": [0.0, 0.1]}},
+        "sensia": {"skipped": "not requested (--tasks)"},
         "xnli": {"skipped": "not requested (--tasks)"}, "pawsx": {"skipped": "not requested (--tasks)"},
         "run": {"model_type": "backpack", "checkpoint": "out/best.pt"},
     }

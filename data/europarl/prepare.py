@@ -291,6 +291,18 @@ def split_stream(flat, offsets, en_pieces, fr_pieces, special, bidirectional, rn
     return build_stream(flat, offsets, first, second, tag_a, tag_b, special["eot"])
 
 
+def monolingual_stream(flat, offsets, pieces, eot):
+    """Sequences piece eot, untagged (an English-only stream to pretrain the starting model of SENSIA,
+    which feeds sentences without tags)."""
+    lengths = offsets[pieces + 1] - offsets[pieces]
+    seq_len = lengths + 1
+    start = np.cumsum(seq_len) - seq_len
+    stream = np.empty(int(seq_len.sum()), flat.dtype)
+    stream[start + lengths] = eot
+    stream[ranges(start, lengths)] = flat[ranges(offsets[pieces], lengths)]
+    return stream
+
+
 def pair_arrays(flat, offsets, en_pieces, fr_pieces):
     """Both sides of each pair tokenized separately: tokens and an int64 (n, 4) index
     en_start, en_end, fr_start, fr_end into them."""
@@ -364,6 +376,9 @@ def parse_args(argv):
     p.add_argument("--vocab_size", type=int, default=16384, help="bpe vocabulary size, special tokens included")
     p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
                    help="also add the French-to-English sequence of every pair")
+    p.add_argument("--lm_languages", choices=["en,fr", "en", "fr"], default="en,fr",
+                   help="train/val streams of both sides as pairs (default), or of one language only, untagged "
+                        "(the tokenizer and the pairs files still cover both languages)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--val_frac", type=float, default=0.05)
     p.add_argument("--test_frac", type=float, default=0.05)
@@ -457,13 +472,18 @@ def prepare(args, command):
                        "tokens": tokens_en + tokens_fr + 3 * (hi - lo) * directions,
                        "tokens_en": tokens_en, "tokens_fr": tokens_fr}
         # test.bin: the held-out loss (evaluate.py), on a split that selected no checkpoint
-        arrays[name] = (split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng),
-                        *pair_arrays(flat, offsets, en_pieces, fr_pieces))
+        if args.lm_languages == "en,fr":
+            stream = split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng)
+        else:
+            side = en_pieces if args.lm_languages == "en" else fr_pieces
+            stream = monolingual_stream(flat, offsets, rng.permutation(side), meta["special_tokens"]["eot"])
+            stats[name].update(lm_stream_tokens=len(stream))
+        arrays[name] = (stream, *pair_arrays(flat, offsets, en_pieces, fr_pieces))
     data_sha256 = hashlib.sha256()
     for stream, _, _ in arrays.values():  # the token streams as written: train.bin, val.bin, test.bin
         data_sha256.update(stream)
-    meta.update(data_sha256=data_sha256.hexdigest(), dtype=dtype, bidirectional=args.bidirectional, seed=args.seed,
-                splits=stats, cleaning=dropped,
+    meta.update(data_sha256=data_sha256.hexdigest(), dtype=dtype, lm_languages=args.lm_languages.split(","),
+                bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
                 near_duplicates={"rule": "pairs sharing an English or French side (case, punctuation and "
                                          "whitespace folded) are in one split", **group_stats(groups)},
                 sources=sources, command=command, source=args.source, max_chars=args.max_chars,

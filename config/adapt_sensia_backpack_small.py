@@ -1,0 +1,25 @@
+# SENSIA on a GPU from the published English Backpack (stanfordnlp/backpack-gpt2, 124M), on Europarl pairs
+# prepared with its tokenizer:
+#   python data/europarl/prepare.py --tokenizer gpt2 --name europarl_en_fr_gpt2
+#   python train.py config/adapt_sensia_backpack_small.py        (torchrun for several GPUs: negatives span them)
+# Optimisation follows the authors' defaults (utils/args.py: lr 5e-5, 32 pairs, 10% warmup, 40k steps).
+# Their code defaults differ from the issue's settings used here: sense_pool_temp 1.0 (here tau_pool 0.7),
+# polish_pct 0.15 (here z = 0.5), freeze_sense_during_polish off (here on), label_smoothing 0 (here 0.05).
+out_dir = 'out-sensia-backpack-small'
+data_dir = 'europarl_en_fr_gpt2'
+init_from = 'backpack-small'
+objective = 'sensia'
+sensia_losses = 'sense,context,lm'
+
+block_size = 512
+dropout = 0.1
+batch_size = 32
+learning_rate = 5e-5
+max_iters = 40000
+warmup_iters = 4000
+weight_decay = 0.01
+
+eval_interval = 2000
+eval_iters = 50
+sensia_eval_pairs = 2000
+checkpoint_interval = 1000

@@ -1,0 +1,193 @@
+"""sensia.py: InfoNCE, sense pooling, the three-phase schedule, recall@1, freezing in the polish phase
+(also across a kill and resume), and a two-process gloo DDP step against the single-process one."""
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import sensia
+import train
+from checkpoint import load_checkpoint
+from model import BackpackLM, ModelConfig
+from test_train import write_synthetic_dataset
+
+TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
+        '--eval_iters=1', '--log_interval=100', '--warmup_iters=2', '--learning_rate=3e-3', '--device=cpu',
+        '--dtype=float32', '--objective=sensia', '--sensia_eval_pairs=16', '--deterministic']
+SENSE_PARTS = ('sense_network.', 'sense_weight_net.')
+
+
+def test_info_nce_matches_direct_computation():
+    torch.manual_seed(0)
+    u, v = F.normalize(torch.randn(6, 5), dim=-1), F.normalize(torch.randn(6, 5), dim=-1)
+    tau, B = 0.07, 6
+    direct = 0.0
+    for i in range(B):
+        direct -= math.log(math.exp(u[i] @ v[i] / tau) / sum(math.exp(u[i] @ v[j] / tau) for j in range(B)))
+        direct -= math.log(math.exp(v[i] @ u[i] / tau) / sum(math.exp(v[i] @ u[j] / tau) for j in range(B)))
+    assert sensia.info_nce(u, v, tau).item() == pytest.approx(direct / (2 * B), rel=1e-5)
+    one_way = -sum(math.log(math.exp(u[i] @ v[i] / tau) / sum(math.exp(u[i] @ v[j] / tau) for j in range(B)))
+                   for i in range(B)) / B
+    assert sensia.info_nce(u, v, tau, symmetric=False).item() == pytest.approx(one_way, rel=1e-5)
+
+
+def test_info_nce_is_minimal_on_aligned_pairs():
+    z = torch.eye(8)  # orthogonal sentence vectors, each paired with itself
+    aligned = sensia.info_nce(z, z, 0.05).item()
+    assert aligned < 1e-6
+    assert sensia.info_nce(z, z.roll(1, dims=0), 0.05).item() > 10
+
+
+def tiny_backpack(seed=0):
+    torch.manual_seed(seed)
+    return BackpackLM(ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)).eval()
+
+
+@pytest.mark.parametrize('context', sensia.CONTEXT_STATES)
+def test_pooling_unchanged_by_extra_right_padding(context, one_thread):
+    model = tiny_backpack()
+    hidden = {}
+    model.backbone.register_forward_hook(lambda m, i, out: hidden.update(h=out))
+    idx, lengths = sensia.pad_batch([[1, 2, 3], [4, 5, 6, 7, 8]], pad=0, device='cpu')
+    padded = torch.cat([idx, torch.full((2, 6), 9)], dim=1)  # another pad id, six more columns
+    a = sensia.sentence_vectors(model, idx, lengths, 0.7, context, lambda: hidden['h'])
+    b = sensia.sentence_vectors(model, padded, lengths, 0.7, context, lambda: hidden['h'])
+    for x, y in zip(a[1:3], b[1:3]):  # z_sns and z_ctx
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a[3][a[4]], b[3][b[4]], atol=1e-6, rtol=1e-5)  # entropy on real tokens
+
+
+def test_schedule_anchors():
+    assert sensia.loss_weights(0.1) == pytest.approx((0.4703, 0.4208, 0.1089), abs=1e-3)
+    assert sensia.loss_weights(0.35) == pytest.approx((0.275, 0.275, 0.45), abs=1e-9)
+    assert sensia.loss_weights(0.0) == pytest.approx((0.55 / 1.02, 0.45 / 1.02, 0.02 / 1.02))  # renormalised
+    assert sensia.loss_weights(0.2) == pytest.approx((0.40, 0.40, 0.20))
+    assert sensia.loss_weights(0.7) == pytest.approx((0.15, 0.15, 0.70))
+    assert sensia.loss_weights(0.3, enabled=(False, False, True)) == (0.0, 0.0, 1.0)  # LM-only control
+    w = sensia.loss_weights(0.1, enabled=(True, False, True))  # no-context ablation: renormalised
+    assert w[1] == 0 and sum(w) == pytest.approx(1) and w[0] / w[2] == pytest.approx(0.475 / 0.11)
+    assert sensia.loss_weights(0.0, a=0.0) == pytest.approx((0.40, 0.40, 0.20))  # no alignment phase
+    assert sensia.phase(0.9, 0.2, 1.0) == 'joint' and sensia.phase(0.3, 0.2, 0.2) == 'polish'
+    assert sensia.temperature(0.1, 0.2, 0.05, 0.0) == 0.05  # fixed by default
+    assert sensia.temperature(0.1, 0.2, 0.05, 0.03) == pytest.approx(0.04)
+    assert sensia.temperature(0.5, 0.2, 0.05, 0.03) == 0.03
+
+
+def test_recall_at_1_constructed_case():
+    en = torch.eye(4)
+    fr = torch.eye(4)[[0, 1, 3, 2]]  # pairs 0, 1 right; 2 and 3 swapped
+    fr[3] = torch.tensor([0.0, 0.0, 0.9, 0.1])  # fr of pair 3 now closest to en 2, and en 3 closest to fr 2
+    r = sensia.bidirectional_recall(en, fr)
+    assert r['en_fr'] == 0.5 and r['fr_en'] == 0.5 and r['mean'] == 0.5
+    fr[2] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # pair 2 fixed: en 3 now finds fr 3, but fr 3 still finds en 2
+    r = sensia.bidirectional_recall(en, fr)
+    assert (r['en_fr'], r['fr_en']) == (1.0, 0.75)
+
+
+def sensia_run(out, data, *extra):
+    return [sys.executable, 'train.py', *TINY, f'--data_dir={data}', f'--out_dir={out}', *extra]
+
+
+@pytest.mark.slow
+def test_polish_freezes_senses_across_kill_and_resume(sample_dataset, tmp_path, repo_root):
+    """The sense network and sense-weight network stay bit-identical from the first polish step on,
+    while the rest trains, and a run killed after freezing resumes into the same bits."""
+    common = ['--max_iters=12', '--sensia_align_end=0.1', '--sensia_polish_start=0.25', '--eval_interval=4',
+              '--checkpoint_interval=4', '--dropout=0.1']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    straight = subprocess.run(sensia_run(tmp_path / 'a', sample_dataset, *common, '--checkpoint_interval=3'),
+                              cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    killed = subprocess.Popen(sensia_run(tmp_path / 'b', sample_dataset, *common), cwd=repo_root, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / 'b' / 'ckpt.pt').exists() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    at_kill = load_checkpoint(tmp_path / 'b' / 'ckpt.pt')
+    assert at_kill['iter_num'] == 4 and at_kill['sampler'][0]['frozen']  # froze at iteration 3
+    resumed = subprocess.run([sys.executable, 'train.py', '--init_from=resume', f'--out_dir={tmp_path / "b"}'],
+                             cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (load_checkpoint(tmp_path / name / 'ckpt.pt') for name in ('a', 'b'))
+    assert a['iter_num'] == b['iter_num'] == 12
+    assert all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])  # bitwise resume
+    sense = [k for k in a['model'] if k.startswith(SENSE_PARTS)]
+    rest = [k for k in a['model'] if not k.startswith(SENSE_PARTS)]
+    assert sense and all(torch.equal(a['model'][k], at_kill['model'][k]) for k in sense)
+    assert any(not torch.equal(a['model'][k], at_kill['model'][k]) for k in rest)
+    log = a['training_log']
+    assert [e['phase'] for e in log] == ['align', 'polish', 'polish', 'polish'] and log[-1]['frozen']
+    assert 0 <= log[-1]['val_pairs_recall@1_sns'] <= 1 and log[-1]['val_pairs_sense_entropy_fr'] <= math.log(4) + 1e-6
+
+
+DDP_WORKER = '''
+import json, os, sys
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+sys.path.insert(0, os.getcwd())
+import sensia, train
+from dataset import load_meta
+from model import BackpackLM, ModelConfig
+from pathlib import Path
+data, out = Path(sys.argv[1]), sys.argv[2]
+ddp = 'RANK' in os.environ
+if ddp:
+    torch.distributed.init_process_group('gloo')
+rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if ddp else (0, 1)
+torch.manual_seed(0)
+meta = load_meta(data)
+model = BackpackLM(ModelConfig(vocab_size=meta['vocab_size'], block_size=32, n_layer=1, n_head=2, n_embd=16, n_senses=4))
+cfg = {**train.DEFAULTS, 'objective': 'sensia', 'batch_size': 4, 'block_size': 32, 'max_iters': 100}
+objective = sensia.SensiaObjective(cfg, model, data, meta, 'cpu', 0)
+rows = list(range(8))[rank * 8 // world:(rank + 1) * 8 // world]  # the global batch, split over processes
+batch = objective.val.batch(rows, 'cpu')
+wrapped = DDP(model) if ddp else model
+loss, _ = objective.loss(wrapped, batch, iter_num=30)  # joint phase: all three terms
+loss.backward()
+if rank == 0:
+    torch.save({k: p.grad for k, p in model.named_parameters()}, out)
+if ddp:
+    torch.distributed.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_ddp_step_equals_single_process_step(sample_dataset, tmp_path, repo_root):
+    worker = tmp_path / 'worker.py'
+    worker.write_text(DDP_WORKER)
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    single = subprocess.run([sys.executable, str(worker), str(sample_dataset), str(tmp_path / 'single.pt')],
+                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
+    double = subprocess.run([*torchrun, str(worker), str(sample_dataset), str(tmp_path / 'ddp.pt')],
+                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    a, b = torch.load(tmp_path / 'single.pt'), torch.load(tmp_path / 'ddp.pt')
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpoint):
+    with pytest.raises(SystemExit, match='sensia_losses must be'):
+        train.main(['--objective=sensia', '--sensia_losses=sense,typo'])
+    with pytest.raises(SystemExit, match='sensia_align_end <= sensia_polish_start'):
+        train.main(['--objective=sensia', '--sensia_align_end=0.6'])
+    transformer = make_checkpoint(tmp_path / 'tf', sample_dataset, model_type='transformer')
+    with pytest.raises(SystemExit, match='is a transformer; objective .sensia. adapts'):
+        train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={transformer}', f'--out_dir={tmp_path / "o"}'])
+    no_pairs = write_synthetic_dataset(tmp_path / 'no_pairs')
+    with pytest.raises(SystemExit, match='has no pairs_train.bin'):
+        train.main([*TINY, f'--data_dir={no_pairs}', f'--out_dir={tmp_path / "o"}'])
+    other = make_checkpoint(tmp_path / 'other', no_pairs)  # vocabulary of 98 (gpt2 kind), not 512 (bpe)
+    with pytest.raises(SystemExit, match='was trained with another tokenizer'):
+        train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={other}', f'--out_dir={tmp_path / "o"}'])
