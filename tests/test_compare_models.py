@@ -1,4 +1,4 @@
-"""compare_models.py's table: values with their intervals and the overlap (significance) column."""
+"""compare_models.py's table: values with their intervals and each model against the first."""
 import compare_models
 
 
@@ -9,13 +9,15 @@ def test_table_marks_overlapping_intervals_as_not_significant():
                  {"xnli en accuracy (tuned)": (0.32, 0.40), "pawsx en accuracy (tuned)": (0.56, 0.64)}]
     table, names = compare_models.comparison_table(["A", "B"], headlines, intervals)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
-    assert rows["xnli en accuracy (tuned)"].endswith("| 0.4000 [0.360, 0.440] | 0.3600 [0.320, 0.400] | "
-                                                     "not significant (intervals overlap) |")
-    assert rows["pawsx en accuracy (tuned)"].endswith("| intervals disjoint |")
+    assert rows["xnli en accuracy (tuned)"].endswith("| 0.4000 [0.3600, 0.4400] | 0.3600 [0.3200, 0.4000] | B: n.s. |")
+    assert rows["pawsx en accuracy (tuned)"].endswith("| B: disjoint |")
     assert rows["val loss (all)"].endswith("| 3.8000 | 3.5000 |  |")  # no interval: no claim
 
 
-def test_significance_with_three_models():
-    assert compare_models.significance([(0.1, 0.2), (0.15, 0.3), (0.5, 0.6)]) == \
-        "not significant between columns 1 and 2"
-    assert compare_models.significance([(0.1, 0.2), None]) == ""
+def test_significance_with_three_models_is_against_the_first():
+    labels = ["A", "B", "C"]
+    intervals = [{"m": (0.1, 0.2)}, {"m": (0.15, 0.3)}, {"m": (0.5, 0.6)}]
+    assert compare_models.significance("m", labels, intervals) == "B: n.s.; C: disjoint"
+    assert compare_models.significance("m", labels, [{"m": (0.1, 0.2)}, {}, {}]) == ""
+    p_values = {"m": {"B": 0.2, "C": 0.001}}
+    assert compare_models.significance("m", labels, intervals, p_values) == "B: p=0.200 n.s.; C: p=0.001"
