@@ -6,8 +6,10 @@ A checkpoint is a dict of plain types and tensors written by train.py:
 """
 import hashlib
 import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from atomic import atomic_write
@@ -87,3 +89,24 @@ def load_trained_model(out_dir, which='best', device='cpu'):
     ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_FILES[which], map_location=device)
     model = model_from_checkpoint(ckpt).to(device).eval()
     return model, ckpt
+
+
+def rng_state():
+    """python, numpy, torch and cuda generator states as tensors and plain types (weights_only loadable)."""
+    version, internal, gauss_next = random.getstate()
+    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    return {'python': {'version': version, 'state': list(internal), 'gauss_next': gauss_next},
+            'numpy': {'key': key, 'state': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
+                      'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)},
+            'torch': torch.get_rng_state(),
+            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state):
+    py, npy = state['python'], state['numpy']
+    random.setstate((py['version'], tuple(py['state']), py['gauss_next']))
+    np.random.set_state((npy['key'], npy['state'].numpy().astype(np.uint32), npy['pos'],
+                         npy['has_gauss'], npy['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])

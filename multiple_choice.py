@@ -85,7 +85,7 @@ def read_examples(path, spec):
     """(ParsedFile of Examples, number of lines in the file); malformed lines are recorded by line
     number and skipped. ResourceError when the file is missing or has no usable line."""
     parsed = ParsedFile(str(path))
-    lines = _open_lines(path)
+    lines = _open_lines(path, parsed)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

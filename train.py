@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import re
 import signal
 import sys
@@ -41,7 +40,8 @@ from tqdm import tqdm
 from atomic import atomic_write_text
 import configurator
 from configurator import fail
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+                        set_rng_state)
 from dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
 from hardware import DTYPES, peak_flops, resolve_dtype
 from rundir import run_directory
@@ -325,27 +325,6 @@ def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
 
 
 # ----------------------------------------------------------------------------- state of the run
-
-def rng_state():
-    """python, numpy, torch and cuda generator states as tensors and plain types (weights_only loadable)."""
-    version, internal, gauss_next = random.getstate()
-    key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {'python': {'version': version, 'state': list(internal), 'gauss_next': gauss_next},
-            'numpy': {'key': key, 'state': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
-                      'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)},
-            'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state):
-    py, npy = state['python'], state['numpy']
-    random.setstate((py['version'], tuple(py['state']), py['gauss_next']))
-    np.random.set_state((npy['key'], npy['state'].numpy().astype(np.uint32), npy['pos'],
-                         npy['has_gauss'], npy['cached_gaussian']))
-    torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
-
 
 def gathered(obj, ddp, world_size):
     """obj of every process, in rank order (each process draws its own batches and dropout)."""

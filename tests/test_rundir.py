@@ -1,7 +1,6 @@
 """rundir.py: one run per out_dir (flock), no overwriting of an earlier run, no leftovers."""
 import subprocess
 import sys
-import time
 
 import pytest
 
