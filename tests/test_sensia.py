@@ -173,8 +173,9 @@ def test_ddp_step_equals_single_process_step(sample_dataset, tmp_path, repo_root
     assert double.returncode == 0, double.stderr[-2000:]
     a, b = torch.load(tmp_path / 'single.pt'), torch.load(tmp_path / 'ddp.pt')
     assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=1e-4, msg=name)
+    for name in a:  # float32 summation order differs between one and two processes: atol scales with the gradient
+        scale = max(1.0, a[name].abs().max().item())
+        torch.testing.assert_close(b[name], a[name], atol=2e-6 * scale, rtol=1e-4, msg=name)
 
 
 def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpoint):
