@@ -24,9 +24,8 @@ from hardware import cuda_datasheet_peak, matmul_flops, synchronize
 from model import ModelConfig, build_model
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+def add_shape_arguments(p):
+    """The model and batch shape both bench.py and experiments/profile_step.py use."""
     p.add_argument('--n_layer', type=int, default=6)
     p.add_argument('--n_head', type=int, default=6)
     p.add_argument('--n_embd', type=int, default=384)
@@ -34,6 +33,35 @@ def parse_args():
     p.add_argument('--block_size', type=int, default=256)
     p.add_argument('--vocab_size', type=int, default=16384)
     p.add_argument('--batch_size', type=int, default=8)
+
+
+def training_step(model_type, args, device='cpu'):
+    """(model, step): a fresh model of args' shape and a function running one forward + backward +
+    AdamW step on a fixed random batch under args.dtype's autocast."""
+    config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses)
+    model = build_model(model_type, config).to(device)
+    device_type = device.split(':')[0]
+    optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type)
+    fast_model = torch.compile(model) if getattr(args, 'compile', False) else model
+    autocast = (nullcontext() if args.dtype == 'float32' else
+                torch.autocast(device_type, dtype=getattr(torch, args.dtype)))
+    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=device)
+    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=device)
+
+    def step():
+        with autocast:
+            _, loss = fast_model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model, step
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    add_shape_arguments(p)
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     p.add_argument('--steps', type=int, default=10, help='timed steps')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -45,24 +73,8 @@ def parse_args():
 
 def bench_model(model_type, args):
     torch.manual_seed(args.seed)
-    config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses)
-    model = build_model(model_type, config).to(args.device)
-    optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), args.device.split(':')[0])
+    model, train_step = training_step(model_type, args, args.device)
     flops_per_token = model.flops_per_token()
-    if args.compile:
-        model = torch.compile(model)
-    autocast = (nullcontext() if args.dtype == 'float32' else
-                torch.autocast(args.device.split(':')[0], dtype=getattr(torch, args.dtype)))
-    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
-    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=args.device)
-
-    def train_step():
-        with autocast:
-            _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
     for _ in range(args.warmup):
         train_step()

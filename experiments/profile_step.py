@@ -7,28 +7,21 @@ at bench.py's shape, printing the operators with the largest share of self CPU t
 """
 import argparse
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import add_shape_arguments, training_step  # noqa: E402
 from hardware import DTYPES  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model_type', choices=['backpack', 'transformer'], default='backpack')
     p.add_argument('--dtype', choices=list(DTYPES), default='bfloat16')
-    p.add_argument('--n_layer', type=int, default=6)
-    p.add_argument('--n_head', type=int, default=6)
-    p.add_argument('--n_embd', type=int, default=384)
-    p.add_argument('--n_senses', type=int, default=16)
-    p.add_argument('--block_size', type=int, default=256)
-    p.add_argument('--vocab_size', type=int, default=16384)
-    p.add_argument('--batch_size', type=int, default=8)
+    add_shape_arguments(p)
     p.add_argument('--steps', type=int, default=3, help='profiled steps (after 2 untimed ones)')
     p.add_argument('--top', type=int, default=15, help='operators to list')
     return p.parse_args()
@@ -37,19 +30,7 @@ def parse_args():
 def main():
     args = parse_args()
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses)
-    model = build_model(args.model_type, config)
-    optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), 'cpu')
-    x, y = (torch.randint(0, args.vocab_size, (args.batch_size, args.block_size)) for _ in range(2))
-    autocast = nullcontext() if args.dtype == 'float32' else torch.autocast('cpu', dtype=DTYPES[args.dtype])
-
-    def train_step():
-        with autocast:
-            _, loss = model(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    _, train_step = training_step(args.model_type, args)
 
     for _ in range(2):
         train_step()
