@@ -550,7 +550,8 @@ def task_senses(ctx):
 
 def task_multiple_choice(ctx, task):
     """XNLI / PAWS-X accuracy with tuned conditional/PMI scoring (multiple_choice.py)."""
-    return multiple_choice.evaluate_task(ctx.model, ctx.tok, ctx.ckpt["meta"], task, ctx.data_root, ctx.device,
+    return multiple_choice.evaluate_task(ctx.model, ctx.tok, ctx.ckpt["meta"], task,
+                                         lambda relpath: ctx.locate(f"{task}:{relpath}", relpath), ctx.device,
                                          ctx.args.mc_rows, ctx.args.mc_examples)
 
 

@@ -20,7 +20,7 @@ French dev sets are line-parallel, so both languages get the same halves by line
 cross-lingual line (tuned on the English tuning half, reported on the French reporting half)
 never reports a translation of a tuning example.
 
-    results = evaluate_task(model, tokenizer, meta, "xnli", data_root, device="cpu")
+    results = evaluate_task(model, tokenizer, meta, "xnli", lambda rel: Path(data_root) / rel, device="cpu")
 """
 import sys
 import time
@@ -76,9 +76,13 @@ class Example:
 # -----------------------------------------------------------------------------
 # data
 
+def dev_relpath(task, lang):
+    """The labelled dev set's path in the XTREME layout (under a data root or the resource cache)."""
+    return f"xling/{task}/dev-{lang}.tsv"
+
+
 def dev_path(data_root, task, lang):
-    """The labelled dev set of the XTREME layout under data_root."""
-    return Path(data_root) / "xling" / task / f"dev-{lang}.tsv"
+    return Path(data_root) / dev_relpath(task, lang)
 
 
 def read_examples(path, spec):
@@ -244,8 +248,10 @@ def report_half(c, mask, tuned, spec):
 # -----------------------------------------------------------------------------
 # the task
 
-def evaluate_task(model, tok, meta, task, data_root, device="cpu", rows_per_pass=64, limit=None):
+def evaluate_task(model, tok, meta, task, find, device="cpu", rows_per_pass=64, limit=None):
     """Results of one task in both languages and the cross-lingual line (dict for results.json).
+    find(relpath) gives a dev file's path (evaluate.py: data root, then cache, then download) or
+    raises ResourceError.
     limit: score only the first examples of each file (the halves stay those of the whole file).
     A language whose dev file is missing is skipped with the reason; ResourceError if both are."""
     spec = TASK_SPECS[task]
@@ -255,9 +261,8 @@ def evaluate_task(model, tok, meta, task, data_root, device="cpu", rows_per_pass
               "interval": "95% Wilson", "dtype": "float32"}
     components, halves = {}, {}
     for lang in LANGUAGES:
-        path = dev_path(data_root, task, lang)
         try:
-            parsed, total_lines = read_examples(path, spec)
+            parsed, total_lines = read_examples(find(dev_relpath(task, lang)), spec)
         except ResourceError as e:
             result[lang] = {"skipped": str(e)}
             continue

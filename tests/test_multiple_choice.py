@@ -183,5 +183,6 @@ def test_missing_files_skip_the_task_with_the_reason(make_checkpoint, sample_dat
     evaluate.main(["--out_dir", str(out_dir), "--device", "cpu", "--tasks", "xnli", "--data_root", str(tmp_path)])
     results = json.loads((out_dir / "eval" / "results.json").read_text())
     reason = results["xnli"]["skipped"]
-    assert "xling/xnli/dev-en.tsv: file not found" in reason and "dev-fr.tsv: file not found" in reason
+    assert "xling/xnli/dev-en.tsv: not found in" in reason and "xling/xnli/dev-fr.tsv: not found in" in reason
+    assert "python -m resources fetch xnli" in reason  # looked in the data root and the cache; says how to fetch
     assert results["pawsx"] == {"skipped": "not requested (--tasks)"}
