@@ -18,7 +18,7 @@ from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-from scipy.stats import binomtest, rankdata, spearmanr
+from scipy.stats import binomtest, spearmanr
 
 _tokenize_13a = Tokenizer13a()
 
@@ -184,10 +184,24 @@ def bootstrap_mean_interval(values, samples=BOOTSTRAP_SAMPLES, seed=0):
     return percentile_interval(values[bootstrap_indices(len(values), samples, seed)].mean(axis=1))
 
 
+def resample_ranks(values, idx):
+    """Average ranks (ties share their mean rank, as scipy's rankdata) of values[idx] row by row,
+    without sorting each resample: a resample's rank of an item is the number of drawn items below
+    its value plus half of those equal to it, counted over the distinct values of the original."""
+    distinct, group = np.unique(values, return_inverse=True)  # group: distinct-value index, ascending
+    samples, n = idx.shape
+    drawn = group[idx]
+    counts = np.bincount((drawn + np.arange(samples)[:, None] * len(distinct)).ravel(),
+                         minlength=samples * len(distinct)).reshape(samples, len(distinct))
+    below = np.cumsum(counts, axis=1) - counts
+    rows = np.arange(samples)[:, None]
+    return below[rows, drawn] + (counts[rows, drawn] + 1) / 2
+
+
 def bootstrap_spearman_interval(predicted, gold, samples=BOOTSTRAP_SAMPLES, seed=0):
     """95% bootstrap interval of Spearman rho: all resamples ranked and correlated at once."""
     idx = bootstrap_indices(len(predicted), samples, seed)
-    ranks = [rankdata(np.asarray(x, dtype=np.float64)[idx], axis=1) for x in (predicted, gold)]
+    ranks = [resample_ranks(np.asarray(x, dtype=np.float64), idx) for x in (predicted, gold)]
     a, b = (r - r.mean(axis=1, keepdims=True) for r in ranks)
     with np.errstate(invalid="ignore", divide="ignore"):  # a constant resample has no rho (NaN, left out)
         rho = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))

@@ -190,3 +190,11 @@ def test_paired_bootstrap_against_the_first_system():
     p = metrics.paired_bootstrap({"good": good, "bad": bad, "close": close}, refs)
     assert set(p) == {"bad", "close"} and p["bad"]["BLEU"] < 0.01 and p["bad"]["chrF"] < 0.01
     assert p["close"]["BLEU"] > 0.05 and p["close"]["chrF"] > 0.05
+
+
+def test_resample_ranks_equal_scipys_average_ranks():
+    from scipy.stats import rankdata
+    rng = np.random.default_rng(1)
+    for values in (rng.random(300), rng.random(300).round(1), rng.integers(0, 5, 40).astype(float)):
+        idx = metrics.bootstrap_indices(len(values), samples=50)
+        assert np.array_equal(metrics.resample_ranks(values, idx), rankdata(values[idx], axis=1))
