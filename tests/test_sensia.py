@@ -171,7 +171,7 @@ def test_ddp_step_equals_single_process_step(sample_dataset, tmp_path, repo_root
     double = subprocess.run([*torchrun, str(worker), str(sample_dataset), str(tmp_path / 'ddp.pt')],
                             cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-2000:]
-    a, b = torch.load(tmp_path / 'single.pt'), torch.load(tmp_path / 'ddp.pt')
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ('single.pt', 'ddp.pt'))
     assert a.keys() == b.keys()
     for name in a:  # float32 summation order differs between one and two processes: atol scales with the gradient
         scale = max(1.0, a[name].abs().max().item())
