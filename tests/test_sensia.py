@@ -192,3 +192,16 @@ def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpo
     other = make_checkpoint(tmp_path / 'other', no_pairs)  # vocabulary of 98 (gpt2 kind), not 512 (bpe)
     with pytest.raises(SystemExit, match='was trained with another tokenizer'):
         train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={other}', f'--out_dir={tmp_path / "o"}'])
+
+
+@pytest.mark.parametrize('size', ['tiny', 'backpack_small'])
+def test_controls_differ_from_sensia_only_in_their_objective(size):
+    """The configs are standalone (nanoGPT style), so this keeps the controls from drifting: same data,
+    steps, schedule and optimiser as SENSIA; only the loss terms (and, for MCL, what is pooled) differ."""
+    sensia_cfg = train.parse_args(['--config', f'adapt_sensia_{size}'])
+    allowed = {'lm_only': {'out_dir', 'sensia_losses'},
+               'mcl': {'out_dir', 'sensia_losses', 'sensia_context', 'sensia_freeze'}}
+    for control, keys in allowed.items():
+        other = train.parse_args(['--config', f'adapt_{control}_{size}'])
+        differing = {k for k in set(sensia_cfg) | set(other) if sensia_cfg.get(k) != other.get(k)}
+        assert differing == keys, (control, differing)
