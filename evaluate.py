@@ -240,6 +240,13 @@ class Context:
             return parsed
         return self.cached("dictionary", read)
 
+    def frequent_dictionary_pairs(self, n, single_tokens=False):
+        """lexical.frequent_dictionary_pairs of the dataset's word counts and the dictionary, read in
+        that order: a dataset without word counts skips before any dictionary is located or fetched."""
+        counts = self.word_counts()
+        return lexical.frequent_dictionary_pairs(self.dictionary().rows, counts,
+                                                 self.tok if single_tokens else None, n=n)
+
 
 def warn(parsed):
     """Print a parsed resource's malformed-line warning (to stderr) and return it."""
@@ -504,8 +511,7 @@ def task_sentence(ctx):
 def default_sense_words(ctx):
     """The most frequent English dictionary words of the training text that are single tokens,
     each followed by its most frequent single-token translation."""
-    pairs = lexical.frequent_dictionary_pairs(ctx.dictionary().rows, ctx.word_counts(), ctx.tok,
-                                              n=ctx.args.sense_num_pairs)
+    pairs = ctx.frequent_dictionary_pairs(ctx.args.sense_num_pairs, single_tokens=True)
     if not pairs:
         raise SkipTask("no dictionary pair of single-token words occurs in the training text (use --sense_words)")
     return [w for pair in pairs for w in pair]
@@ -538,7 +544,7 @@ def task_senses(ctx):
     except SkipTask as e:
         result["alpha_entropy"] = {"skipped": str(e)}
     try:
-        pairs = lexical.frequent_dictionary_pairs(ctx.dictionary().rows, ctx.word_counts(), n=args.sense_pairs)
+        pairs = ctx.frequent_dictionary_pairs(args.sense_pairs)
         vectors = lexical.WordVectors(ctx.model, ctx.tok, [w for pair in pairs for w in pair])
         result["translation_pair_cosines"] = {
             "pairs_asked": args.sense_pairs, "selection": "most frequent dictionary pairs of the training text",
@@ -560,7 +566,7 @@ def task_sensia(ctx):
     if not lexical.has_senses(ctx.model):
         raise SkipTask(f"a {ctx.model.model_type} has no sense vectors")
     args = ctx.args
-    word_pairs = lexical.frequent_dictionary_pairs(ctx.dictionary().rows, ctx.word_counts(), n=args.geometry_pairs)
+    word_pairs = ctx.frequent_dictionary_pairs(args.geometry_pairs)
     pairs, source = ctx.test_pairs()
     encoded = [(ctx.tok.encode(e)[:ctx.block_size], ctx.tok.encode(f)[:ctx.block_size]) for e, f in pairs]
     encoded = [(e, f) for e, f in encoded if e and f][:args.geometry_sentences]
