@@ -178,11 +178,11 @@ def test_word_arithmetic_parsing():
         iv.parse_word_arithmetic('+-')
 
 
-def test_debiasing_on_a_loaded_backpack_gpt2_format_model(repo_root):
+def test_debiasing_on_a_loaded_backpack_gpt2_format_model(reference_tiny_dir):
     """Mechanics on the reference backpack-gpt2-format checkpoint (vocab 96): the gender sense can be
     found or named (backpack-gpt2's is 10; this one has 4 senses, so 3), p = 0 removes it, and
     Nelder-Mead never ends worse than p = 1 on its own objective."""
-    model = BackpackLM.from_pretrained(repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny').eval().requires_grad_(False)
+    model = BackpackLM.from_pretrained(reference_tiny_dir).eval().requires_grad_(False)
     he, she, profession = [20], [21], {40, 41}
     prompts = [[5, 40, 41, 7], [8, 9, 40, 41, 3], [40, 41, 12], [6, 40, 41], [2, 3, 4, 40, 41, 5]]
     found, helped, reduction = iv.gender_sense(model, {'job': (prompts, profession)}, he, she, pad_id=95)
