@@ -20,7 +20,6 @@ max_iters = 600
 warmup_iters = 60
 weight_decay = 0.1
 beta2 = 0.99
-dtype = 'float32'  # at d=128, T=128 float32 steps are faster than bfloat16 on a CPU (bench.py; README, Results)
 
 eval_interval = 100
 eval_iters = 10

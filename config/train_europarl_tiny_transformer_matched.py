@@ -20,7 +20,6 @@ max_iters = 800  # as train_europarl_tiny.py: the 450-pair sample teaches no mor
 warmup_iters = 200
 weight_decay = 0.1
 beta2 = 0.99  # small batches: a shorter second-moment memory
-dtype = 'float32'  # at d=128, T=128 float32 steps are faster than bfloat16 on a CPU (bench.py; README, Results)
 
 eval_interval = 200
 eval_iters = 20
