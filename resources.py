@@ -58,6 +58,7 @@ class Download:
     filename: str  # name under CACHE/downloads
     sha256: str = None  # None: not known in advance, recorded on first download
     size: int = None
+    sha1: str = None  # a SHA-1 others published for this file (checked as well; some publish no SHA-256)
 
 
 @dataclass
@@ -70,7 +71,6 @@ class Resource:
     outputs: list  # paths in the layout, relative to a data root
     convert: object = None  # convert(downloaded {filename: Path}, data_root Path); None: copy the single file
     note: str = ""
-    manual: str = ""  # set when no download URL could be confirmed: how to place the file by hand
 
 
 # -----------------------------------------------------------------------------
@@ -124,8 +124,8 @@ def convert_wordsim353(files, root):
 
 
 def convert_simverb(files, root):
-    """SimVerb-3500.txt: `word1 word2 POS score relation` -> `word1 word2 score`."""
-    rows = [l.split("\t") for l in files["SimVerb-3500.txt"].read_text(encoding="utf-8").splitlines() if l.strip()]
+    """SimVerb-3500.txt of the authors' archive: `word1 word2 POS score relation` -> `word1 word2 score`."""
+    rows = [l.split("\t") for l in _member(files["simverb-3500-data.zip"], "/SimVerb-3500.txt").splitlines() if l.strip()]
     _write_rows(root / "wordsim/simverb3500.txt", [(r[0], r[1], r[3]) for r in rows if len(r) >= 4])
 
 
@@ -209,17 +209,17 @@ REGISTRY = {r.name: r for r in [
              ["wordsim/multisimlex/translation.csv", "wordsim/multisimlex/scores.csv", "wordsim/multisimlex/msl_en.tsv",
               "wordsim/multisimlex/msl_fr.tsv", "wordsim/multisimlex/msl_en-fr_crossling_reconstructed.tsv"],
              convert_multisimlex,
-             note="the two URLs follow the site's file names and could not be opened from this project's offline "
-                  "machines; the official cross-lingual en-fr set is not fetched (its file could not be checked), "
+             note="the URLs other projects' download scripts use; they could not be opened from this project's "
+                  "offline machines; the official cross-lingual en-fr set is not fetched (its file could not be checked), "
                   "the reconstruction from the two files stands in for it"),
     Resource("simverb3500", "SimVerb-3500 English verb similarity (Gerz et al. 2016)",
              "no licence named by the publisher (distributed for research)",
              "https://arxiv.org/abs/1608.00869",
-             [Download("", "SimVerb-3500.txt")], ["wordsim/simverb3500.txt"], convert_simverb,
-             manual="no direct download URL could be confirmed offline: download SimVerb-3500.txt from the authors' "
-                    "release (linked from the paper), "
-                    "put it at CACHE/downloads/SimVerb-3500.txt and run `python -m resources fetch simverb3500` "
-                    "(its sha256 is recorded then)"),
+             [Download("http://people.ds.cam.ac.uk/dsg40/paper/simverb/simverb-3500-data.zip", "simverb-3500-data.zip",
+                       sha1="8c43b0a34823def29ad4c4f4d7e9d3b91acf8b8d")],
+             ["wordsim/simverb3500.txt"], convert_simverb,
+             note="the authors' archive at the URL gluon-nlp downloads it from, checked against the SHA-1 gluon-nlp "
+                  "publishes for it (its sha256 is recorded at first download)"),
     Resource("flores200", "FLORES-200 devtest (NLLB Team 2022), English and French, 1,012 sentences",
              "CC-BY-SA 4.0", "https://github.com/facebookresearch/flores/tree/main/flores200",
              [Download("https://dl.fbaipublicfiles.com/nllb/flores200_dataset.tar.gz", "flores200_dataset.tar.gz")],
@@ -284,11 +284,11 @@ def locate(relpath, data_root=None, fetch=False):
 def file_record(path):
     """{'path', 'bytes', 'sha256'} of a file a metric used, for results.json."""
     path = Path(path)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_of(path)}
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest_of(path)}
 
 
-def sha256_of(path):
-    digest = hashlib.sha256()
+def digest_of(path, algorithm="sha256"):
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             digest.update(block)
@@ -370,6 +370,18 @@ def download_hf(url, dest):
     return local.parent.name if local.parent.parent.name == "snapshots" else revision
 
 
+def check_download(download, path, sha256, expected_sha256):
+    """Why the downloaded file at path (of that sha256) is not the one expected, or None."""
+    if expected_sha256 and sha256 != expected_sha256:
+        return (f"sha256 {sha256} does not match the expected {expected_sha256} "
+                f"({'registry' if download.sha256 else 'first download'})")
+    if download.size and path.stat().st_size != download.size:
+        return f"size {path.stat().st_size} is not the expected {download.size}"
+    if download.sha1 and digest_of(path, "sha1") != download.sha1:
+        return f"SHA-1 {digest_of(path, 'sha1')} is not the published {download.sha1}"
+    return None
+
+
 def ensure_download(download):
     """Path of a verified copy of one published file in CACHE/downloads (downloading it if needed)."""
     dest = cache_dir() / "downloads" / download.filename
@@ -385,13 +397,12 @@ def ensure_download(download):
             revision = download_hf(download.url, dest)
         else:
             download_url(download.url, dest, download.size)
-    actual = sha256_of(dest)
-    if (expected and actual != expected) or (download.size and dest.stat().st_size != download.size):
+    actual = digest_of(dest)
+    mismatch = check_download(download, dest, actual, expected)
+    if mismatch:
         rejected = dest.with_name(f"{dest.name}.rejected-{actual[:12]}")
         os.replace(dest, rejected)
-        raise ResourceMissing(f"{download.filename}: sha256 {actual} (size {rejected.stat().st_size}) does not match "
-                              f"the expected {expected} ({'registry' if download.sha256 else 'first download'}); "
-                              f"moved aside to {rejected}, not used")
+        raise ResourceMissing(f"{download.filename}: {mismatch}; moved aside to {rejected}, not used")
     if recorded is None:
         _record(download.filename, {"sha256": actual, "bytes": dest.stat().st_size, "url": download.url,
                                     "source": "registry" if download.sha256 else "first download",
@@ -415,8 +426,6 @@ def fetch_resource(resource):
 
 
 def _fetch(resource):
-    if resource.manual and not all((cache_dir() / "downloads" / d.filename).is_file() for d in resource.downloads):
-        raise ResourceMissing(f"{resource.name}: {resource.manual.replace('CACHE', str(cache_dir()))}")
     files = {d.filename: ensure_download(d) for d in resource.downloads}
     root = cache_dir() / "data"
     try:
@@ -486,13 +495,13 @@ def print_list(data_root):
         print(f"\n{r.name} [{state(r, data_root)}]: {r.description}\n  licence: {r.licence}\n  homepage: {r.homepage}")
         for d in r.downloads:
             check = (f"sha256 {d.sha256[:16]}... (registry)" if d.sha256 else
+                     f"SHA-1 {d.sha1[:16]}... (published), sha256 recorded at first download" if d.sha1 else
                      f"sha256 {recorded[d.filename]['sha256'][:16]}... (recorded at first download)"
                      if d.filename in recorded else "sha256 not known yet (recorded at first download)")
-            print(f"  {d.url or '(no URL: place by hand)'} -> {d.filename}; {check}")
+            print(f"  {d.url} -> {d.filename}; {check}")
         print(f"  layout: {', '.join(r.outputs)}")
-        for text in (r.note, r.manual):
-            if text:
-                print(f"  note: {text}")
+        if r.note:
+            print(f"  note: {r.note}")
 
 
 def main(argv=None):

@@ -179,7 +179,7 @@ def fetch_served(server, name, served):
     downloads = [resources.Download(f"{server.url}/{d.filename}", d.filename) for d in entry.downloads]
     for filename, body in served.items():
         server.files[f"/{filename}"] = body
-    return resources.fetch_resource(resources.Resource(**{**entry.__dict__, "downloads": downloads, "manual": ""}))
+    return resources.fetch_resource(resources.Resource(**{**entry.__dict__, "downloads": downloads}))
 
 
 def test_flores_and_xnli_conversions(server, cache):
@@ -211,29 +211,42 @@ def test_multisimlex_conversion_reads_back(server, cache):
     assert ("cat", "chien", 2.5) in cross and ("chat", "dog", 2.5) in cross and len(cross) == 4
 
 
-def test_manual_resource_says_where_to_put_the_file(cache):
-    with pytest.raises(resources.ResourceMissing, match="SimVerb-3500.txt"):
-        resources.fetch_resource(resources.REGISTRY["simverb3500"])
-    (cache / "downloads").mkdir(parents=True)
-    (cache / "downloads" / "SimVerb-3500.txt").write_text("take\tremove\tV\t6.81\tSYNONYMS\n")
+def test_simverb_from_its_archive_checked_by_published_sha1(server, cache):
+    zipped = archive("zip", {"data/SimVerb-3500.txt": "take\tremove\tV\t6.81\tSYNONYMS\n",
+                             "data/SimVerb-3500-ratings.txt": "not this one\n"})
+    good = resources.Download(f"{server.url}/simverb-3500-data.zip", "simverb-3500-data.zip",
+                              sha1=hashlib.sha1(zipped).hexdigest())
+    entry = resources.REGISTRY["simverb3500"]
+    server.files["/simverb-3500-data.zip"] = zipped + b"tampered"
+    with pytest.raises(resources.ResourceMissing, match="SHA-1 .* is not the published .*moved aside"):
+        resources.fetch_resource(resources.Resource(**{**entry.__dict__, "downloads": [good]}))
+    assert not (cache / "checksums.json").exists()  # nothing recorded from a refused file
+
+    server.files["/simverb-3500-data.zip"] = zipped
     resources._failures.clear()  # a new command
-    [out] = resources.fetch_resource(resources.REGISTRY["simverb3500"])
+    [out] = resources.fetch_resource(resources.Resource(**{**entry.__dict__, "downloads": [good]}))
     assert out.read_text() == "take\tremove\t6.81\n"
 
 
 def test_registry_is_complete():
     for r in resources.REGISTRY.values():
         assert r.licence and r.homepage and r.outputs and r.downloads and r.convert, r.name
-        assert all(d.url or r.manual for d in r.downloads), r.name
+        assert all(d.url for d in r.downloads), r.name
         assert all(d.sha256 is None or len(d.sha256) == 64 for d in r.downloads), r.name
+        assert all(d.sha1 is None or len(d.sha1) == 40 for d in r.downloads), r.name
     assert resources.resource_for("xling/pawsx/dev-fr.tsv").name == "pawsx"
 
 
-def test_cli(cache, capsys):
+def test_cli(server, cache, capsys, monkeypatch):
     resources.main(["list"])
     out = capsys.readouterr().out
     assert "flores200 [missing]" in out and "CC-BY-SA 4.0" in out and "(recorded at first download)" in out
+    assert "SHA-1 8c43b0a34823def2... (published)" in out
     with pytest.raises(SystemExit, match="unknown resource"):
         resources.main(["fetch", "nonsense"])
+    entry = resources.REGISTRY["simverb3500"]
+    gone = resources.Download(f"{server.url}/gone.zip", "simverb-3500-data.zip")
+    monkeypatch.setitem(resources.REGISTRY, "simverb3500", resources.Resource(**{**entry.__dict__, "downloads": [gone]}))
     with pytest.raises(SystemExit, match="1 of 1"):
         resources.main(["fetch", "simverb3500"])
+    assert "HTTP 404" in capsys.readouterr().err
