@@ -14,11 +14,9 @@ a word of its own and the same tokenization is used everywhere.
 import warnings
 
 import numpy as np
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
-from scipy.stats import binomtest, spearmanr
 
 _tokenize_13a = Tokenizer13a()
 
@@ -83,6 +81,7 @@ def corpus_chrf(hypotheses, references):
 
 def sentence_bleu_scores(hypotheses, references):
     """NLTK sentence BLEU (4-gram, SmoothingFunction().method1) of each pair, in [0, 1]."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu  # here: nltk adds 1.5 s to every start-up
     _check_parallel(hypotheses, references)
     smooth = SmoothingFunction().method1
     scores = []
@@ -228,6 +227,7 @@ def spearman(predicted, gold, seed=0):
         raise ValueError(f"spearman needs at least 3 pairs, got {predicted.size}")
     if np.ptp(predicted) == 0 or np.ptp(gold) == 0:
         return {"rho": None, "p_value": None, "n": int(predicted.size), "note": "constant input: rho undefined"}
+    from scipy.stats import spearmanr  # here: scipy.stats adds a second to the start-up of train.py and others
     result = spearmanr(predicted, gold)
     return {"rho": float(result.statistic), "p_value": float(result.pvalue), "n": int(predicted.size),
             "rho_ci95": bootstrap_spearman_interval(predicted, gold, seed=seed)}
@@ -346,6 +346,7 @@ def accuracy_interval(correct, n, confidence=0.95):
     and keeps its coverage for small n or accuracies near 0 or 1."""
     if n < 1:
         raise ValueError("accuracy needs at least one example")
+    from scipy.stats import binomtest
     low, high = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return {"accuracy": correct / n, "ci_low": float(low), "ci_high": float(high), "correct": int(correct),
             "n": int(n), "interval": f"Wilson {confidence:.0%}"}
