@@ -16,8 +16,8 @@ dropout = 0.2
 
 batch_size = 16
 learning_rate = 2e-3
-max_iters = 800  # the 450-pair sample teaches no more: with 2,400 iterations val loss was lowest at 800, then rose
-warmup_iters = 200
+max_iters = 600  # as the Backpack's: best val loss 3.479 against 3.423 with 800 iterations (+1.6%)
+warmup_iters = 150
 weight_decay = 0.1
 beta2 = 0.99  # small batches: a shorter second-moment memory
 

@@ -16,8 +16,8 @@ dropout = 0.2
 
 batch_size = 16
 learning_rate = 2e-3
-max_iters = 800  # as train_europarl_tiny.py: the 450-pair sample teaches no more
-warmup_iters = 200
+max_iters = 600  # as train_europarl_tiny.py
+warmup_iters = 150
 weight_decay = 0.1
 beta2 = 0.99  # small batches: a shorter second-moment memory
 

@@ -23,7 +23,7 @@ fi
 
 pip install -q -r requirements.txt
 
-sizing=()  # the configs' 800 iterations fit the 450-pair sample; 20,000 pairs teach longer: stop on val loss
+sizing=()  # the configs' 600 iterations fit the 450-pair sample; 20,000 pairs teach longer: stop on val loss
 if [[ $source == europarl ]]; then
   data=europarl_tiny
   sizing=(--max_iters=2400 --early_stop_evals=3)
