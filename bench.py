@@ -10,6 +10,8 @@ hardware.CUDA_PEAKS also the datasheet peak), and one with the Backpack/Transfor
     python bench.py                              # d=384 L=6 H=6 k=16 T=256 V=16384 B=8, float32
     python bench.py --dtype=bfloat16 --compile
     python bench.py --batch_size=16 --device=cuda --dtype=bfloat16
+    python bench.py --n_layer=4 --n_head=4 --n_embd=128 --n_senses=4 --block_size=128 --vocab_size=512 \
+        --batch_size=16 --dropout=0.2 --dtype=bfloat16    # the main job's tiny configs
 """
 import argparse
 import json
@@ -33,13 +35,14 @@ def add_shape_arguments(p):
     p.add_argument('--block_size', type=int, default=256)
     p.add_argument('--vocab_size', type=int, default=16384)
     p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--dropout', type=float, default=0.0, help='as the configs set it (random masks cost time on a CPU)')
 
 
 def training_step(model_type, args, device='cpu'):
     """(model, step): a fresh model of args' shape and a function running one forward + backward +
     AdamW step on a fixed random batch under args.dtype's autocast."""
     config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses)
+                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses, dropout=args.dropout)
     model = build_model(model_type, config).to(device)
     device_type = device.split(':')[0]
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type)
