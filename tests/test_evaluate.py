@@ -339,7 +339,8 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     bare.mkdir()
     for name in ("meta.json", "tokenizer.json"):
         shutil.copy(sample_dataset / name, bare / name)
-    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare),
+    # no resources either (an empty --data_root): the dataset's own missing files must be what is named
+    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare), "--data_root", str(tmp_path),
                                          "--tasks", "loss,translation,bli,sentence,senses"))
     results = evaluate.evaluate_out_dir(args.out_dir, args)
     assert "test.bin not found" in results["loss"]["skipped"] and "prepare it again" in results["loss"]["skipped"]
