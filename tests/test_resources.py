@@ -97,6 +97,18 @@ def test_interrupted_download_resumes_with_range(server, cache):
     assert (cache / "downloads" / "toy.txt").read_bytes() == MUSE_TEXT and not part.exists()
 
 
+def test_a_file_placed_by_hand_is_checked_and_converted_without_downloading(server, cache):
+    """A publisher's server down: the file fetched some other way and put in CACHE/downloads is used."""
+    (cache / "downloads").mkdir(parents=True)
+    (cache / "downloads" / "toy.txt").write_bytes(MUSE_TEXT)
+    [out] = resources.fetch_resource(muse_resource(server.url + "/gone.txt", hashlib.sha256(MUSE_TEXT).hexdigest()))
+    assert out.read_text().startswith("word0\tmot0\n") and server.requests == []
+    (cache / "downloads" / "toy.txt").write_bytes(b"a wrong copy\n")
+    resources._failures.clear()
+    with pytest.raises(resources.ResourceMissing, match="does not match the expected"):
+        resources.fetch_resource(muse_resource(server.url + "/gone.txt", hashlib.sha256(MUSE_TEXT).hexdigest()))
+
+
 def test_checksum_mismatch_moves_the_file_aside(server, cache):
     server.files["/toy.txt"] = MUSE_TEXT
     with pytest.raises(resources.ResourceMissing, match="does not match the expected 0000.*moved aside.*not used"):
