@@ -377,8 +377,9 @@ def check_download(download, path, sha256, expected_sha256):
                 f"({'registry' if download.sha256 else 'first download'})")
     if download.size and path.stat().st_size != download.size:
         return f"size {path.stat().st_size} is not the expected {download.size}"
-    if download.sha1 and digest_of(path, "sha1") != download.sha1:
-        return f"SHA-1 {digest_of(path, 'sha1')} is not the published {download.sha1}"
+    sha1 = digest_of(path, "sha1") if download.sha1 else None
+    if sha1 != download.sha1:
+        return f"SHA-1 {sha1} is not the published {download.sha1}"
     return None
 
 
