@@ -12,6 +12,10 @@ hardware.CUDA_PEAKS also the datasheet peak), and one with the Backpack/Transfor
     python bench.py --batch_size=16 --device=cuda --dtype=bfloat16
     python bench.py --n_layer=4 --n_head=4 --n_embd=128 --n_senses=4 --block_size=128 --vocab_size=512 \
         --batch_size=16 --dropout=0.2 --dtype=bfloat16    # the main job's tiny configs
+    python bench.py --profile --top=25           # where a step's time goes, operator by operator
+
+With --profile, torch.profiler records --steps steps of each model (after the warm-up) and prints
+the operators with the largest share of self CPU time instead of the throughput lines.
 """
 import argparse
 import json
@@ -21,13 +25,14 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
-from hardware import cuda_datasheet_peak, matmul_flops, synchronize
+from backpacks.hardware import cuda_datasheet_peak, matmul_flops, synchronize
 from model import ModelConfig, build_model
 
 
 def add_shape_arguments(p):
-    """The model and batch shape both bench.py and experiments/profile_step.py use."""
+    """The model and batch shape of the benchmark (defaults: the preset backpack-micro's backbone)."""
     p.add_argument('--n_layer', type=int, default=6)
     p.add_argument('--n_head', type=int, default=6)
     p.add_argument('--n_embd', type=int, default=384)
@@ -71,6 +76,8 @@ def parse_args():
     p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
     p.add_argument('--compile', action='store_true', help='torch.compile the model first')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--profile', action='store_true', help='list the operators that take the time instead')
+    p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
     return p.parse_args()
 
 
@@ -101,6 +108,24 @@ def bench_model(model_type, args):
     return result
 
 
+def profile_model(model_type, args):
+    """Print the operators with the largest share of a training step's self CPU time."""
+    torch.manual_seed(args.seed)
+    _, train_step = training_step(model_type, args, args.device)
+    for _ in range(args.warmup):
+        train_step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            train_step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"{model_type} {args.dtype}: {total / args.steps / 1e3:,.1f} ms self CPU time per step "
+          f"(summed over threads, profiler overhead included)")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+        print(f"{e.key[:60]:60s} {100 * e.self_cpu_time_total / total:5.1f}%  "
+              f"{e.self_cpu_time_total / args.steps / 1e3:9.1f} ms/step  {e.count // args.steps:5d} calls/step")
+
+
 def run_in_child(model_type, args):
     """A fresh process per model so that peak memory and allocator state are not shared."""
     with multiprocessing.get_context('spawn').Pool(1) as pool:
@@ -109,6 +134,10 @@ def run_in_child(model_type, args):
 
 def main():
     args = parse_args()
+    if args.profile:
+        for model_type in ('transformer', 'backpack'):
+            profile_model(model_type, args)
+        return
     matmul = matmul_flops(args.device, args.dtype, n=2048, seconds=2.0)
     yardstick = {'device': args.device, 'threads': torch.get_num_threads(), 'dtype': args.dtype,
                  f'matmul_2048_{args.dtype}_GFLOPs': round(matmul / 1e9, 1)}

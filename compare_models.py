@@ -25,11 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
-import evaluate  # noqa: E402
-import metrics  # noqa: E402
-import report  # noqa: E402
-from atomic import atomic_write, atomic_write_text  # noqa: E402
-from checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
+from backpacks import metrics, report, tasks  # noqa: E402
+from backpacks.atomic import atomic_write, atomic_write_text  # noqa: E402
+from backpacks.checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
 
 NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). Last column: "
         "for BLEU and chrF the p-value of sacreBLEU's paired bootstrap test against the first model (same sentences, "
@@ -48,8 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--extra_dirs", nargs="*", default=[], help="more out_dirs to compare")
     p.add_argument("--output_dir", default="out/comparison", help="where comparison.json/.md and the plots go")
     p.add_argument("--reuse", action="store_true", help="use DIR/eval/results.json when it exists")
-    evaluate.add_eval_arguments(p)
-    return evaluate.check_args(p.parse_args(argv))
+    tasks.add_eval_arguments(p)
+    return tasks.check_args(p.parse_args(argv))
 
 
 def reuse_mismatch(results, out_dir, args):
@@ -61,7 +59,7 @@ def reuse_mismatch(results, out_dir, args):
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
     if not checkpoint.is_file() or file_sha256(checkpoint) != run["checkpoint_sha256"]:
         return f"it was computed from another {checkpoint.name} (iter {run.get('iter_num')})"
-    settings = json.loads(json.dumps(evaluate.eval_settings(args)))  # as JSON stores them (tuples as lists)
+    settings = json.loads(json.dumps(tasks.eval_settings(args)))  # as JSON stores them (tuples as lists)
     differing = sorted(k for k in settings.keys() | run["settings"].keys() if settings.get(k) != run["settings"].get(k))
     return f"it was computed with other settings: {', '.join(differing)}" if differing else None
 
@@ -81,7 +79,7 @@ def model_results(out_dir, args):
         print(f"not reusing {path}: {mismatch}; evaluating again", file=sys.stderr)
     if not Path(out_dir).is_dir():
         raise SystemExit(f"error: {out_dir} is not a directory")
-    return evaluate.evaluate_out_dir(out_dir, args), "evaluated"
+    return tasks.evaluate_out_dir(out_dir, args), "evaluated"
 
 
 def unique_labels(out_dirs, results):
@@ -214,7 +212,7 @@ def plot_metric_bars(labels, headlines, group, names, path):
 
 def interventions_links(out_dirs, output_dir):
     """Links (relative to the report) to the sense-intervention reports of the runs that have one
-    (written by experiments/interventions.py)."""
+    (written by experiments/run_interventions.py)."""
     reports = [Path(d) / "interventions" / "interventions.md" for d in out_dirs]
     return "".join(f"\nSense interventions of {p.parent.parent}: [interventions.md]({os.path.relpath(p, output_dir)})\n"
                    for p in reports if p.is_file())
@@ -248,7 +246,7 @@ def main(argv=None):
         "models": {label: {"out_dir": str(d), "results": str(Path(d) / "eval" / "results.json"), "source": src,
                            "model_type": r["run"]["model_type"], "iter_num": r["run"]["iter_num"],
                            "params": r["run"].get("params"),
-                           "skipped_tasks": {t: r[t]["skipped"] for t in evaluate.TASKS if "skipped" in r.get(t, {})},
+                           "skipped_tasks": {t: r[t]["skipped"] for t in tasks.TASKS if "skipped" in r.get(t, {})},
                            "headline": h, "intervals95": iv}
                    for label, d, r, h, iv, src in zip(labels, out_dirs, results, headlines, intervals, sources)},
         "matching": dict(zip(labels[1:], matches)), "paired_bootstrap_p_values": p_values,

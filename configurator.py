@@ -7,11 +7,9 @@ import traceback
 import types
 from pathlib import Path
 
+from backpacks.errors import fail
+
 REPO_ROOT = Path(__file__).resolve().parent
-
-
-def fail(message):
-    raise SystemExit(f"error: {message}")
 
 
 def unknown_key(key, source, defaults):

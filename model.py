@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from atomic import atomic_write, atomic_write_text
+from backpacks.atomic import atomic_write, atomic_write_text
 
 
 @dataclass

@@ -18,11 +18,11 @@ import sys
 
 import torch
 
-from evaluate import load_for_eval
-from generation import DIRECTIONS, timed_translate
-from interventions import (TOPIC_STRENGTHS, InterventionError, generate_edited, read_senses, read_topic_words,
+from backpacks.evaluation import load_for_eval
+from backpacks.generation import DIRECTIONS, timed_translate
+from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, generate_edited, read_senses, read_topic_words,
                            require_backpack, sense_contributions, topic_edit)
-from lexical import token_language_counts, token_language_masks
+from backpacks.lexical import token_language_counts, token_language_masks
 
 
 def parse_args(argv=None):

@@ -33,21 +33,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from atomic import atomic_write_text
 import configurator
-from configurator import fail
-from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
-                        set_rng_state)
-from dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
-from hardware import DTYPES, peak_flops, resolve_dtype
-from rundir import run_directory
-import sensia
-from model import (MODEL_CLASSES, PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, build_model,
-                   preset_config)
+from backpacks import metrics, sensia
+from backpacks.atomic import atomic_write_text
+from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
+                                  set_rng_state)
+from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
+from backpacks.errors import fail
+from backpacks.hardware import DTYPES, peak_flops, resolve_dtype
+from backpacks.rundir import run_directory
+from backpacks.starting_points import model_from_run, pretrained_backpack
+from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, preset_config
 
 _names_before_defaults = set(globals())
 # ----------------------------------------------------------------------------- defaults
@@ -115,7 +114,6 @@ INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
 RESUME_KEYS = ('model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
                'optimizer', 'scaler', 'rng', 'sampler', 'training_log')
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')
-DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'
 EVAL_SEED_OFFSET = 1_000_003  # eval batches come from their own stream, so evaluating never shifts training's
 
 
@@ -206,71 +204,6 @@ def model_from_settings(cfg, explicit, vocab_size):
         fail(f"invalid model size: {e}")
 
 
-def embedding_name(model):
-    return next(name for name, p in model.named_parameters() if p is model.token_embeddings)
-
-
-def pretrained_backpack(cfg, explicit, meta, data_path):
-    """backpack-gpt2 weights resized to the dataset: embedding rows for ids beyond the pretrained
-    vocabulary and for the tags set to the mean pretrained embedding, positions cropped to block_size."""
-    kind = meta['tokenizer']['kind']
-    if kind != 'gpt2':
-        fail(f"--init_from=backpack-small needs a dataset made with the gpt2 tokenizer, but {data_path} "
-             f"uses {kind!r}: prepare one with data/europarl/prepare.py --tokenizer gpt2")
-    source = cfg['pretrained_path'] or DEFAULT_PRETRAINED
-    try:
-        pretrained = BackpackLM.from_pretrained(source)
-    except (PretrainedFormatError, OSError) as e:
-        fail(f"cannot load pretrained Backpack {source}: {e}")
-    base = pretrained.config
-    for key in ('n_layer', 'n_head', 'n_embd', 'n_senses', 'bias'):
-        if key in explicit and explicit[key] != getattr(base, key):
-            fail(f"{key}={explicit[key]!r} was given but {source} has {key}={getattr(base, key)!r}; "
-                 "a finetuned model keeps the pretrained size")
-    if cfg['block_size'] > base.block_size:
-        fail(f"block_size {cfg['block_size']} exceeds the {base.block_size} positions of {source}")
-    config = dataclasses.replace(base, vocab_size=max(base.vocab_size, meta['vocab_size']),
-                                 block_size=cfg['block_size'], dropout=cfg['dropout'])
-    model = BackpackLM(config)
-    target, emb = model.state_dict(), embedding_name(pretrained)
-    state = {name: tensor[tuple(slice(0, n) for n in target[name].shape)]  # crops the position table
-             for name, tensor in pretrained.state_dict().items()}
-    old = pretrained.token_embeddings.detach()
-    mean = old[:min(meta['tokenizer']['base_vocab_size'], len(old))].mean(dim=0)
-    grown = mean.repeat(config.vocab_size, 1)
-    grown[:len(old)] = old
-    grown[[meta['special_tokens']['en'], meta['special_tokens']['fr']]] = mean
-    state[emb] = grown
-    model.load_state_dict(state)
-    return model
-
-
-def same_tokenizer(meta_a, meta_b):
-    """The tokenizers' sha256 when both metas record it, else their kind and vocabulary size."""
-    if meta_a.get('tokenizer_sha256') and meta_b.get('tokenizer_sha256'):
-        return meta_a['tokenizer_sha256'] == meta_b['tokenizer_sha256']
-    return (meta_a['tokenizer']['kind'], meta_a['vocab_size']) == (meta_b['tokenizer']['kind'], meta_b['vocab_size'])
-
-
-def model_from_run(run_dir, cfg, meta, data_path):
-    """The model of a run of this repository (best.pt, else ckpt.pt), on the dataset's tokenizer."""
-    path = next((Path(run_dir) / name for name in ('best.pt', 'ckpt.pt') if (Path(run_dir) / name).is_file()), None)
-    if path is None:
-        fail(f"init_from={run_dir!r} has no best.pt or ckpt.pt to start from")
-    try:
-        ckpt = load_checkpoint(path)
-        model = model_from_checkpoint(ckpt)
-    except CheckpointError as e:
-        fail(str(e))
-    if cfg['objective'] == 'sensia' and model.model_type != 'backpack':
-        fail(f"{path} is a {model.model_type}; objective 'sensia' adapts a Backpack's senses")
-    if not same_tokenizer(ckpt['meta'], meta):
-        fail(f"{path} was trained with another tokenizer ({ckpt['meta']['tokenizer']['kind']}, vocab "
-             f"{ckpt['meta']['vocab_size']}) than {data_path} ({meta['tokenizer']['kind']}, vocab {meta['vocab_size']}); "
-             "prepare the adaptation data with the starting model's tokenizer")
-    return model
-
-
 class LMObjective:
     """The default objective: next-token cross-entropy on random windows of train.bin. The interface
     train()'s loop calls (sensia.SensiaObjective is the other): prepare(model, iter_num) -> whether the
@@ -324,7 +257,60 @@ def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
                  "a resumed run keeps its architecture")
 
 
-# ----------------------------------------------------------------------------- state of the run
+# ----------------------------------------------------------------------------- the run
+
+@dataclasses.dataclass
+class Run:
+    """A training run's state: what the loop reads and changes, and what save() writes."""
+    cfg: dict
+    meta: dict
+    data_path: Path
+    device: str
+    ddp: bool
+    rank: int
+    world_size: int
+    raw_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: object
+    objective: object
+    eval_sampler: BatchSampler
+    eval_start: dict = None              # eval_sampler's state at the start: every evaluation sees the same batches
+    fast_model: torch.nn.Module = None   # raw_model, compiled with --compile
+    train_model: torch.nn.Module = None  # fast_model, wrapped in DDP under torchrun
+    iter_num: int = 0
+    best_val_loss: float = math.inf      # the lowest objective.selection_key so far (best.pt's)
+    training_log: list = dataclasses.field(default_factory=list)
+    saved: dict = dataclasses.field(default_factory=dict)  # {file name: iteration} of the checkpoints holding a good state
+    elapsed_before: float = 0.0          # seconds spent before a resume
+    t_start: float = 0.0
+    window_iters: int = 0                # iterations and seconds since the last evaluation (tokens/s, MFU)
+    window_time: float = 0.0
+    mfu_peak: float = None
+    mfu_yardstick: str = None
+    log: object = print
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def out_path(self):
+        return Path(self.cfg['out_dir'])
+
+    @property
+    def micro_steps(self):
+        return self.cfg['gradient_accumulation_steps'] // self.world_size
+
+    @property
+    def tokens_per_iter(self):
+        return self.cfg['gradient_accumulation_steps'] * self.cfg['batch_size'] * self.cfg['block_size']
+
+    def wrap(self):
+        """train_model for the parameters that train from here on (DDP must be rebuilt when they change)."""
+        self.train_model = (DDP(self.fast_model, device_ids=[torch.device(self.device).index]
+                                if self.device.startswith('cuda') else None) if self.ddp else self.fast_model)
+
 
 def gathered(obj, ddp, world_size):
     """obj of every process, in rank order (each process draws its own batches and dropout)."""
@@ -369,29 +355,25 @@ def estimate_losses(model, sampler, cfg, autocast, device, ddp):
     """Mean per-token loss on eval_iters batches of train and of val, and the val loss on English-target
     and French-target tokens (None when there are none), averaged over all processes."""
     model.eval()
-    sums = {name: [0.0, 0] for name in ('train_loss', 'val_loss', 'val_loss_en', 'val_loss_fr')}
+    sums = {'train': {'all': [0.0, 0]}, 'val': {'all': [0.0, 0], 'en': [0.0, 0], 'fr': [0.0, 0]}}
     for split in ('train', 'val'):
         for _ in range(cfg['eval_iters']):
             if split == 'val':
                 x, y, lang = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device, with_language=True)
             else:
-                x, y = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device)
+                (x, y), lang = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device), None
             with autocast:
                 logits, _ = model(x)
-            losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                     reduction='none').view_as(y)
-            masks = {f'{split}_loss': y != -1}
-            if split == 'val':
-                masks.update(val_loss_en=(y != -1) & (lang == 0), val_loss_fr=(y != -1) & (lang == 1))
-            for name, mask in masks.items():
-                sums[name][0] += losses[mask].sum().item()
-                sums[name][1] += int(mask.sum().item())
+            metrics.add_language_losses(sums[split], logits, y, lang)
+    names = {('train', 'all'): 'train_loss', ('val', 'all'): 'val_loss', ('val', 'en'): 'val_loss_en',
+             ('val', 'fr'): 'val_loss_fr'}
+    pairs = [sums[split][part] for split, part in names]
     if ddp:
-        totals = torch.tensor([v for pair in sums.values() for v in pair], dtype=torch.float64, device=device)
+        totals = torch.tensor([v for pair in pairs for v in pair], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
-        sums = {name: totals[2 * i:2 * i + 2].tolist() for i, name in enumerate(sums)}
+        pairs = totals.view(-1, 2).tolist()
     model.train()
-    return {name: total / count if count else None for name, (total, count) in sums.items()}
+    return {name: total / count if count else None for name, (total, count) in zip(names.values(), pairs)}
 
 
 def diverged(problem, out_path, saved):
@@ -425,7 +407,7 @@ def install_stop_handlers():
     return stop, previous
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- setting up
 
 def main(argv=None):
     explicit = parse_args(sys.argv[1:] if argv is None else argv)
@@ -466,7 +448,7 @@ def start(cfg, explicit, ckpt_path):
 
     ddp, rank, world_size, device = setup_processes(cfg['device'])
     try:
-        train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
+        train(setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device))
     except DataError as e:  # e.g. a split shorter than block_size
         fail(str(e))
     finally:
@@ -474,15 +456,12 @@ def start(cfg, explicit, ckpt_path):
             dist.destroy_process_group()
 
 
-def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
-    master = rank == 0
-    out_path = Path(cfg['out_dir'])
-    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+def configure_torch(cfg, device_type, rank, world_size):
+    """Seed, precision and determinism settings; prints the dtype chosen and why."""
     cfg['dtype'], dtype_reason = resolve_dtype(cfg['dtype'], device_type)
     if cfg['gradient_accumulation_steps'] % world_size:
         fail(f"gradient_accumulation_steps ({cfg['gradient_accumulation_steps']}) must be a multiple "
              f"of the number of processes ({world_size})")
-    micro_steps = cfg['gradient_accumulation_steps'] // world_size
     if cfg['deterministic']:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True)
@@ -491,189 +470,223 @@ def train(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg['seed'] + rank)
-    if master:
+    if rank == 0:
         print(f"dtype {cfg['dtype']}: {dtype_reason}")
 
+
+def starting_model(cfg, explicit, meta, data_path, resume):
+    """The model the run starts from: the checkpoint it resumes, backpack-gpt2, another run, or a fresh one."""
     if resume is not None:
-        model = model_from_checkpoint(resume)
-    elif cfg['init_from'] == 'backpack-small':
+        return model_from_checkpoint(resume)
+    if cfg['init_from'] == 'backpack-small':
         if cfg['model_type'] != 'backpack':
             fail("--init_from=backpack-small trains a backpack; remove --model_type=transformer")
-        model = pretrained_backpack(cfg, explicit, meta, data_path)
-    elif cfg['init_from'] != 'scratch':
-        model = model_from_run(cfg['init_from'], cfg, meta, data_path)
-    else:
-        model = model_from_settings(cfg, explicit, meta['vocab_size'])
+        return pretrained_backpack(cfg, explicit, meta, data_path)
+    if cfg['init_from'] != 'scratch':
+        return model_from_run(cfg['init_from'], cfg, meta, data_path)
+    return model_from_settings(cfg, explicit, meta['vocab_size'])
+
+
+def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
+    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+    configure_torch(cfg, device_type, rank, world_size)
+    model = starting_model(cfg, explicit, meta, data_path, resume)
     cfg.update(model_type=model.model_type, **{k: getattr(model.config, k) for k in ARCH_KEYS})
     raw_model = model.to(device)
     optimizer = raw_model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'],
                                                (cfg['beta1'], cfg['beta2']), device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16')
-    autocast = (contextlib.nullcontext() if cfg['dtype'] == 'float32'
-                else torch.autocast(device_type=device_type, dtype=DTYPES[cfg['dtype']]))
-    objective = make_objective(cfg, raw_model, data_path, meta, device, cfg['seed'] + rank)
-    eval_sampler = BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank)
-    eval_start = eval_sampler.state_dict()  # every eval sees the same batches: comparable losses
-
-    iter_num, best_val_loss, training_log, elapsed_before, resume_iter = 0, float('inf'), [], 0.0, None
+    stream_seed = cfg['seed'] + rank
+    if resume is not None and len(resume['rng']) != world_size:  # another number of processes: fresh streams
+        stream_seed += 1000 * resume['iter_num']
+    run = Run(cfg=cfg, meta=meta, data_path=data_path, device=device, ddp=ddp, rank=rank, world_size=world_size,
+              raw_model=raw_model, optimizer=optimizer,
+              scaler=torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16'),
+              autocast=(contextlib.nullcontext() if cfg['dtype'] == 'float32'
+                        else torch.autocast(device_type=device_type, dtype=DTYPES[cfg['dtype']])),
+              objective=make_objective(cfg, raw_model, data_path, meta, device, stream_seed),
+              eval_sampler=BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank))
+    run.eval_start = run.eval_sampler.state_dict()
     if resume is not None:
-        optimizer.load_state_dict(resume['optimizer'])
-        if resume['scaler']:
-            scaler.load_state_dict(resume['scaler'])
-        iter_num, best_val_loss = resume['iter_num'], resume['best_val_loss']
-        resume_iter = iter_num
-        training_log, elapsed_before = resume['training_log'], resume.get('elapsed_s', 0.0)
-        if len(resume['rng']) == world_size:
-            set_rng_state(resume['rng'][rank])
-            objective.load_state_dict(resume['sampler'][rank])
-        else:  # another number of processes: fresh streams, the run continues but not bitwise
-            if master:
-                print(f"warning: {len(resume['rng'])} processes saved this run, {world_size} resume it: "
-                      "data order and dropout streams are reseeded")
-            torch.manual_seed(cfg['seed'] + rank + 1000 * iter_num)
-            objective = make_objective(cfg, raw_model, data_path, meta, device, cfg['seed'] + rank + 1000 * iter_num)
-        resume.clear()  # frees the loaded tensors now that they are copied into the model
+        restore(run, resume, stream_seed)
+    run.fast_model = torch.compile(raw_model) if cfg['compile'] else raw_model
+    run.objective.prepare(raw_model, run.iter_num)  # DDP is built for the parameters that train from here on
+    run.wrap()
+    if run.master:
+        run.mfu_peak, run.mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2)
+        describe(run)
+    return run
 
-    fast_model = torch.compile(raw_model) if cfg['compile'] else raw_model
-    objective.prepare(raw_model, iter_num)  # DDP is built for the parameters that train from here on
 
-    def wrap():
-        return DDP(fast_model, device_ids=[torch.device(device).index] if device_type == 'cuda' else None) \
-            if ddp else fast_model
-    train_model = wrap()
+def restore(run, resume, stream_seed):
+    """Continue where the checkpoint left off: optimizer, scaler, counters, log and random streams."""
+    run.optimizer.load_state_dict(resume['optimizer'])
+    if resume['scaler']:
+        run.scaler.load_state_dict(resume['scaler'])
+    run.iter_num, run.best_val_loss = resume['iter_num'], resume['best_val_loss']
+    run.training_log, run.elapsed_before = resume['training_log'], resume.get('elapsed_s', 0.0)
+    run.saved = {'ckpt.pt': run.iter_num}
+    if (run.out_path / 'best.pt').exists():  # its iteration is in the log, under the key that selected it
+        key = run.objective.selection_key
+        run.saved['best.pt'] = next((e['iter'] for e in run.training_log if e[key] == run.best_val_loss), '?')
+    if len(resume['rng']) == run.world_size:
+        set_rng_state(resume['rng'][run.rank])
+        run.objective.load_state_dict(resume['sampler'][run.rank])
+    else:  # the run continues, but not bitwise
+        if run.master:
+            print(f"warning: {len(resume['rng'])} processes saved this run, {run.world_size} resume it: "
+                  "data order and dropout streams are reseeded")
+        torch.manual_seed(stream_seed)
+    resume.clear()  # frees the loaded tensors now that they are copied into the model
 
-    tokens_per_iter = cfg['gradient_accumulation_steps'] * cfg['batch_size'] * cfg['block_size']
-    mfu_peak, mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2) if master else (None, None)
-    if master:
-        counts = raw_model.param_counts()
-        print(f"{model.model_type}: {counts['total'] / 1e6:.2f}M parameters ({counts['embedding'] / 1e6:.2f}M embedding, "
-              f"{counts['non_embedding'] / 1e6:.2f}M non-embedding), "
-              f"vocab {meta['vocab_size']}, block {cfg['block_size']}; {world_size} process(es) on {device}, "
-              f"{cfg['dtype']}; {tokens_per_iter:,} tokens per iteration; iterations {iter_num} -> {cfg['max_iters']}")
-        print(f"MFU yardstick: {mfu_yardstick}")
-        print(f"data {data_path}: unigram entropy of train.bin {unigram_entropy(data_path, meta):.4f} nats/token "
-              f"(the loss of a model that ignores context)")
 
-    # checkpoints that hold a good state: {file name: iteration}; a resumed run's best.pt is in its log
-    saved = {} if resume_iter is None else {'ckpt.pt': resume_iter}
-    if resume_iter is not None and (out_path / 'best.pt').exists():
-        saved['best.pt'] = next((e['iter'] for e in training_log if e['val_loss'] == best_val_loss), '?')
+def describe(run):
+    """The run's first lines: model size, data, batch, yardstick and the unigram baseline."""
+    cfg, counts = run.cfg, run.raw_model.param_counts()
+    print(f"{run.raw_model.model_type}: {counts['total'] / 1e6:.2f}M parameters ({counts['embedding'] / 1e6:.2f}M "
+          f"embedding, {counts['non_embedding'] / 1e6:.2f}M non-embedding), vocab {run.meta['vocab_size']}, "
+          f"block {cfg['block_size']}; {run.world_size} process(es) on {run.device}, {cfg['dtype']}; "
+          f"{run.tokens_per_iter:,} tokens per iteration; iterations {run.iter_num} -> {cfg['max_iters']}")
+    print(f"MFU yardstick: {run.mfu_yardstick}")
+    print(f"data {run.data_path}: unigram entropy of train.bin {unigram_entropy(run.data_path, run.meta):.4f} "
+          f"nats/token (the loss of a model that ignores context)")
 
-    def save(path):
-        weights_finite = torch.stack([torch.isfinite(p).all() for p in raw_model.parameters()]).all()
-        if not weights_finite:
-            diverged(f"weights are not finite at iteration {iter_num}", out_path, saved)
-        rngs = gathered(rng_state(), ddp, world_size)
-        samplers = gathered(objective.state_dict(), ddp, world_size)
-        if not master:
-            return
-        try:
-            save_checkpoint({
-                'model': raw_model.state_dict(), 'model_type': raw_model.model_type,
-                'model_args': dataclasses.asdict(raw_model.config), 'config': cfg, 'meta': meta,
-                'data_dir': str(data_path), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-                'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(), 'rng': rngs,
-                'sampler': samplers, 'training_log': training_log,
-                'elapsed_s': elapsed_before + time.time() - t_start}, path)
-        except OSError as e:
-            fail(f"could not write {path}: {e}; the previous checkpoint is untouched")
-        saved[path.name] = iter_num
 
+# ----------------------------------------------------------------------------- training
+
+def save(run, name):
+    """Write out_dir/name (ckpt.pt or best.pt) atomically, if the weights are finite."""
+    if not torch.stack([torch.isfinite(p).all() for p in run.raw_model.parameters()]).all():
+        diverged(f"weights are not finite at iteration {run.iter_num}", run.out_path, run.saved)
+    rngs = gathered(rng_state(), run.ddp, run.world_size)
+    samplers = gathered(run.objective.state_dict(), run.ddp, run.world_size)
+    if not run.master:
+        return
+    path = run.out_path / name
+    try:
+        save_checkpoint({
+            'model': run.raw_model.state_dict(), 'model_type': run.raw_model.model_type,
+            'model_args': dataclasses.asdict(run.raw_model.config), 'config': run.cfg, 'meta': run.meta,
+            'data_dir': str(run.data_path), 'iter_num': run.iter_num, 'best_val_loss': run.best_val_loss,
+            'selection_key': run.objective.selection_key,
+            'optimizer': run.optimizer.state_dict(), 'scaler': run.scaler.state_dict(), 'rng': rngs,
+            'sampler': samplers, 'training_log': run.training_log,
+            'elapsed_s': run.elapsed_before + time.time() - run.t_start}, path)
+    except OSError as e:
+        fail(f"could not write {path}: {e}; the previous checkpoint is untouched")
+    run.saved[name] = run.iter_num
+
+
+def evaluate_and_log(run, lr, first):
+    """Losses on the fixed evaluation batches, one training_log.json entry, best.pt if it improved."""
+    cfg = run.cfg
+    if first:  # the first evaluation can take a while: say so
+        run.log(f"evaluating at iter {run.iter_num}: {2 * cfg['eval_iters']} batches of {cfg['batch_size']} "
+                f"(eval_iters={cfg['eval_iters']} on train and on val) ...")
+    run.eval_sampler.load_state_dict(run.eval_start)
+    losses = estimate_losses(run.fast_model, run.eval_sampler, cfg, run.autocast, run.device, run.ddp)
+    if not all(math.isfinite(losses[k]) for k in ('train_loss', 'val_loss')):
+        diverged(f"loss is not finite at iteration {run.iter_num} (train {losses['train_loss']}, "
+                 f"val {losses['val_loss']})", run.out_path, run.saved)
+    tokens_per_s = run.window_iters * run.tokens_per_iter / run.window_time if run.window_iters else None
+    mfu = (run.raw_model.estimate_mfu(cfg['batch_size'] * run.micro_steps, run.window_time / run.window_iters,
+                                      run.mfu_peak) if run.window_iters and run.master else None)
+    run.training_log.append({'iter': run.iter_num, **losses, **run.objective.evaluate(run.fast_model, run.iter_num),
+                             'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu, 'mfu_yardstick': run.mfu_yardstick,
+                             'elapsed_s': run.elapsed_before + time.time() - run.t_start})
+    run.window_iters, run.window_time = 0, 0.0
+    by_language = ', '.join(f"{lang} {losses[f'val_loss_{lang}']:.4f}" for lang in ('en', 'fr')
+                            if losses[f'val_loss_{lang}'] is not None)
+    key = run.objective.selection_key
+    selection = '' if key == 'val_loss' else f", {key} {run.training_log[-1][key]:.4f}"
+    run.log(f"iter {run.iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f} "
+            f"({by_language}){selection}, lr {lr:.2e}" + (f", {tokens_per_s:,.0f} tokens/s" if tokens_per_s else ""))
+    if run.master:
+        write_json(run.out_path / 'training_log.json', run.training_log)
+    if run.training_log[-1][key] < run.best_val_loss:
+        run.best_val_loss = run.training_log[-1][key]
+        save(run, 'best.pt')
+
+
+def training_step(run, stop):
+    """One optimizer step over gradient_accumulation_steps micro-batches; (mean loss, scalars to log,
+    whether a process was asked to stop)."""
+    if run.objective.prepare(run.raw_model, run.iter_num):  # e.g. SENSIA's polish phase froze the senses
+        run.wrap()
+    loss_sum = torch.zeros((), device=run.device)
+    for micro_step in range(run.micro_steps):
+        batch = run.objective.batch()
+        # gradients are all-reduced once per iteration, on the last micro-step
+        last_micro_step = micro_step == run.micro_steps - 1
+        with run.train_model.no_sync() if run.ddp and not last_micro_step else contextlib.nullcontext():
+            with run.autocast:
+                loss, scalars = run.objective.loss(run.train_model, batch, run.iter_num)
+            run.scaler.scale(loss / run.micro_steps).backward()
+        loss_sum += loss.detach().float()
+    flags = torch.stack([torch.tensor(float(stop['signal'] is not None), device=run.device),
+                         (~torch.isfinite(loss_sum)).float()])
+    if run.ddp:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    stop_requested, non_finite = flags.tolist()
+    if non_finite:
+        diverged(f"loss is not finite at iteration {run.iter_num} (local loss {loss_sum.item() / run.micro_steps})",
+                 run.out_path, run.saved)
+    if run.cfg['grad_clip'] > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), run.cfg['grad_clip'])
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss_sum.item() / run.micro_steps, scalars, bool(stop_requested)
+
+
+def train(run):
+    cfg, key = run.cfg, run.objective.selection_key
     stop, previous_handlers = install_stop_handlers()
-    bar = tqdm(total=cfg['max_iters'], initial=iter_num, dynamic_ncols=True) if master and sys.stderr.isatty() else None
-    log = (bar.write if bar else lambda msg: print(msg, flush=True)) if master else (lambda msg: None)
-    t_start = time.time()
-    start_iter, window_iters, window_time = iter_num, 0, 0.0
+    bar = tqdm(total=cfg['max_iters'], initial=run.iter_num, dynamic_ncols=True) \
+        if run.master and sys.stderr.isatty() else None
+    run.log = (bar.write if bar else lambda msg: print(msg, flush=True)) if run.master else (lambda msg: None)
+    run.t_start, start_iter = time.time(), run.iter_num
     try:
         while True:
-            lr = learning_rate_at(iter_num, cfg)
-            for group in optimizer.param_groups:
+            lr = learning_rate_at(run.iter_num, cfg)
+            for group in run.optimizer.param_groups:
                 group['lr'] = lr
-            last = iter_num >= cfg['max_iters']
-            logged = bool(training_log) and training_log[-1]['iter'] == iter_num
-            if (iter_num % cfg['eval_interval'] == 0 or last) and not logged:
-                if not training_log or iter_num == start_iter:  # the first evaluation can take a while: say so
-                    log(f"evaluating at iter {iter_num}: {2 * cfg['eval_iters']} batches of {cfg['batch_size']} "
-                        f"(eval_iters={cfg['eval_iters']} on train and on val) ...")
-                eval_sampler.load_state_dict(eval_start)
-                losses = estimate_losses(fast_model, eval_sampler, cfg, autocast, device, ddp)
-                if not all(math.isfinite(losses[k]) for k in ('train_loss', 'val_loss')):
-                    diverged(f"loss is not finite at iteration {iter_num} (train {losses['train_loss']}, "
-                             f"val {losses['val_loss']})", out_path, saved)
-                tokens_per_s = window_iters * tokens_per_iter / window_time if window_iters else None
-                mfu = (raw_model.estimate_mfu(cfg['batch_size'] * micro_steps, window_time / window_iters, mfu_peak)
-                       if window_iters and master else None)
-                training_log.append({'iter': iter_num, **losses, **objective.evaluate(fast_model, iter_num), 'lr': lr,
-                                     'tokens_per_s': tokens_per_s, 'mfu': mfu, 'mfu_yardstick': mfu_yardstick,
-                                     'elapsed_s': elapsed_before + time.time() - t_start})
-                window_iters, window_time = 0, 0.0
-                by_language = ', '.join(f"{lang} {losses[f'val_loss_{lang}']:.4f}" for lang in ('en', 'fr')
-                                        if losses[f'val_loss_{lang}'] is not None)
-                log(f"iter {iter_num}: train loss {losses['train_loss']:.4f}, val loss {losses['val_loss']:.4f} "
-                    f"({by_language}), lr {lr:.2e}" + (f", {tokens_per_s:,.0f} tokens/s" if tokens_per_s else ""))
-                if master:
-                    write_json(out_path / 'training_log.json', training_log)
-                if training_log[-1][objective.selection_key] < best_val_loss:
-                    best_val_loss = training_log[-1][objective.selection_key]
-                    save(out_path / 'best.pt')
-            stalled = cfg['early_stop_evals'] and evaluations_since_best(training_log, objective.selection_key) >= cfg['early_stop_evals']
-            if last or stalled or (iter_num % cfg['checkpoint_interval'] == 0 and iter_num > start_iter):
-                save(out_path / 'ckpt.pt')
+            last = run.iter_num >= cfg['max_iters']
+            logged = bool(run.training_log) and run.training_log[-1]['iter'] == run.iter_num
+            if (run.iter_num % cfg['eval_interval'] == 0 or last) and not logged:
+                evaluate_and_log(run, lr, first=not run.training_log or run.iter_num == start_iter)
+            stalled = cfg['early_stop_evals'] and evaluations_since_best(run.training_log, key) >= cfg['early_stop_evals']
+            if last or stalled or (run.iter_num % cfg['checkpoint_interval'] == 0 and run.iter_num > start_iter):
+                save(run, 'ckpt.pt')
             if stalled:
-                log(f"early stop at iteration {iter_num}: val loss has not improved for {cfg['early_stop_evals']} "
-                    f"evaluations")
+                run.log(f"early stop at iteration {run.iter_num}: {key} has not improved for "
+                        f"{cfg['early_stop_evals']} evaluations")
             if last or stalled:
                 break
-
             t0 = time.time()
-            if objective.prepare(raw_model, iter_num):  # e.g. SENSIA's polish phase froze the senses
-                train_model = wrap()
-            loss_sum = torch.zeros((), device=device)
-            for micro_step in range(micro_steps):
-                batch = objective.batch()
-                # gradients are all-reduced once per iteration, on the last micro-step
-                sync = train_model.no_sync() if ddp and micro_step < micro_steps - 1 else contextlib.nullcontext()
-                with sync:
-                    with autocast:
-                        loss, scalars = objective.loss(train_model, batch, iter_num)
-                    scaler.scale(loss / micro_steps).backward()
-                loss_sum += loss.detach().float()
-            flags = torch.stack([torch.tensor(float(stop['signal'] is not None), device=device),
-                                 (~torch.isfinite(loss_sum)).float()])
-            if ddp:
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            stop_requested, non_finite = flags.tolist()
-            if non_finite:
-                diverged(f"loss is not finite at iteration {iter_num} (local loss {loss_sum.item() / micro_steps})",
-                         out_path, saved)
-            if cfg['grad_clip'] > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg['grad_clip'])
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            iter_num += 1
+            loss, scalars, stop_requested = training_step(run, stop)
+            run.iter_num += 1
             dt = time.time() - t0
-            window_iters += 1
-            window_time += dt
+            run.window_iters, run.window_time = run.window_iters + 1, run.window_time + dt
             if bar:
                 bar.update(1)
-                if iter_num % cfg['log_interval'] == 0:
-                    bar.set_postfix(loss=f"{loss_sum.item() / micro_steps:.4f}", lr=f"{lr:.2e}")
-            elif iter_num % cfg['log_interval'] == 0:
-                log(f"iter {iter_num}: loss {loss_sum.item() / micro_steps:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms"
-                    + ''.join(f", {k} {v:.4f}" for k, v in scalars.items()))
+            if run.iter_num % cfg['log_interval'] == 0:
+                if bar:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                else:
+                    run.log(f"iter {run.iter_num}: loss {loss:.4f}, lr {lr:.2e}, {dt * 1000:.0f} ms"
+                            + ''.join(f", {k} {v:.4f}" for k, v in scalars.items()))
             if stop_requested:
-                save(out_path / 'ckpt.pt')
-                log(f"stopped by {stop['signal'] or 'another process'} at iteration {iter_num}: saved "
-                    f"{out_path / 'ckpt.pt'}; continue with --init_from=resume --out_dir={cfg['out_dir']}")
+                save(run, 'ckpt.pt')
+                run.log(f"stopped by {stop['signal'] or 'another process'} at iteration {run.iter_num}: saved "
+                        f"{run.out_path / 'ckpt.pt'}; continue with --init_from=resume --out_dir={cfg['out_dir']}")
                 return
     finally:
         if bar:
             bar.close()
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
-    log(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}; checkpoints in {out_path}")
+    run.log(f"done: {run.iter_num} iterations, best {key} {run.best_val_loss:.4f}; checkpoints in {run.out_path}")
 
 
 if __name__ == '__main__':

@@ -17,7 +17,8 @@ from collections import namedtuple
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from evaluate import TASKS, SkipTask, read_test_pairs
+from backpacks.evaluation import SkipTask, read_test_pairs
+from backpacks.tasks import TASKS
 
 INF = math.inf
 MISSING = object()
@@ -121,7 +122,7 @@ class Checker:
 def check_sections(results, checker, required=()):
     """Every task section is an object with results, or skipped with a non-empty reason; a required
     task must have results."""
-    for task in TASKS + ("run",):
+    for task in (*TASKS, "run"):
         section = results.get(task)
         if not isinstance(section, dict):
             checker.check(False, f"{task}: section missing" + (f" (found {section!r:.40})" if task in results else ""))

@@ -1,6 +1,6 @@
 # SENSIA on a GPU from the published English Backpack (stanfordnlp/backpack-gpt2, 124M), on Europarl pairs
 # prepared with its tokenizer:
-#   python data/europarl/prepare.py --tokenizer gpt2 --name europarl_en_fr_gpt2
+#   python -m data.europarl.prepare --tokenizer gpt2 --name europarl_en_fr_gpt2
 #   python train.py config/adapt_sensia_backpack_small.py        (torchrun for several GPUs: negatives span them)
 # Optimisation follows the authors' defaults (utils/args.py: lr 5e-5, 32 pairs, 10% warmup, 40k steps).
 # Their code defaults differ from the issue's settings used here: sense_pool_temp 1.0 (here tau_pool 0.7),

@@ -1,6 +1,6 @@
 # The English starting point of SENSIA on a CPU: a tiny Backpack trained on the English side only
 # (the dataset's tokenizer covers both languages; its pairs files serve the adaptation afterwards).
-#   python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament --name sample_en \
+#   python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --name sample_en \
 #       --vocab_size 512 --lm_languages en
 #   python train.py config/pretrain_english_tiny.py
 out_dir = 'out-english-tiny'

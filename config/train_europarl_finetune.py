@@ -1,6 +1,6 @@
 # Finetune the published Backpack (stanfordnlp/backpack-gpt2, 124M) on Europarl English-French.
 # It reads GPT-2 token ids, so the data must be prepared with the gpt2 tokenizer first:
-#   python data/europarl/prepare.py --tokenizer gpt2 --name europarl_en_fr_gpt2
+#   python -m data.europarl.prepare --tokenizer gpt2 --name europarl_en_fr_gpt2
 # Without hub access, download the model elsewhere and add --pretrained_path=DIR.
 out_dir = 'out-europarl-finetune'
 data_dir = 'europarl_en_fr_gpt2'

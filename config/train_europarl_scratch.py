@@ -1,7 +1,7 @@
 # Backpack LM from scratch on Europarl English-French (a GPU run):
 # python train.py config/train_europarl_scratch.py   (or --config train_europarl_scratch)
 out_dir = 'out-europarl-scratch'
-data_dir = 'europarl_en_fr'  # python data/europarl/prepare.py (default name)
+data_dir = 'europarl_en_fr'  # python -m data.europarl.prepare (default name)
 model_type = 'backpack'
 
 n_layer = 6

@@ -1,7 +1,7 @@
 # A tiny Backpack on the project's sample corpus: trains on a 2-core CPU in a few minutes
 # and ends with a val loss well below the unigram entropy of the data (printed at start).
 # Prepare the data once (a 512-token BPE: the default vocabulary is too large for 450 pairs):
-#   python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament --name sample --vocab_size 512
+#   python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --name sample --vocab_size 512
 # then: python train.py config/train_europarl_tiny.py
 out_dir = 'out-europarl-tiny'
 data_dir = 'sample'

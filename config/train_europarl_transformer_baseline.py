@@ -1,7 +1,7 @@
 # The Transformer baseline of train_europarl_scratch.py: the same backbone, data and schedule,
 # logits read directly from the final hidden states instead of from sense vectors.
 out_dir = 'out-europarl-transformer'
-data_dir = 'europarl_en_fr'  # python data/europarl/prepare.py (default name)
+data_dir = 'europarl_en_fr'  # python -m data.europarl.prepare (default name)
 model_type = 'transformer'
 
 n_layer = 6

@@ -1,7 +1,7 @@
 """
 Time batched greedy translation of a trained checkpoint with and without the KV cache.
 
-    python experiments/bench_translation.py --out_dir out/tiny_sample_backpack \
+    python -m experiments.bench_translation --out_dir out/tiny_sample_backpack \
         --test_corpus ../shared/data/en-fr/parallel/europarl-v7-head --samples 500
 
 Prints one JSON line per setting (seconds, sentences/s, tokens generated) and the speed-up.
@@ -9,14 +9,12 @@ The two settings must produce the same translations; the script checks that they
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evaluate import load_for_eval  # noqa: E402
-from generation import DIRECTIONS, timed_translate  # noqa: E402
+from backpacks.evaluation import load_for_eval
+from backpacks.generation import DIRECTIONS, timed_translate
 
 
 def parse_args():

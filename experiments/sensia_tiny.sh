@@ -23,7 +23,7 @@ corpus=${ENFR_DATA:-/nonexistent}/parallel/europarl-v7-head
 [[ -f $corpus.en && -f $corpus.fr ]] || corpus=data/europarl/sample/parliament
 data=$OUT/data/sensia_en
 
-[[ -f $data/meta.json ]] || python data/europarl/prepare.py --source local --corpus "$corpus" --name sensia_en \
+[[ -f $data/meta.json ]] || python -m data.europarl.prepare --source local --corpus "$corpus" --name sensia_en \
   --out_root "$OUT/data" --vocab_size 2048 --lm_languages en
 
 train() {  # out_dir, then train.py arguments: a finished run is kept, an interrupted one resumed

@@ -4,7 +4,7 @@ logits, ranked within each language's tokens), and for a translation pair, alpha
 showing which tokens' senses each French position draws on. Writes PNGs and one self-contained
 HTML page (images embedded) to RUN/senses/ (or --output_dir).
 
-    python experiments/visualize_senses.py --out_dir out/backpack_full --words vote commission \\
+    python -m experiments.visualize_senses --out_dir out/backpack_full --words vote commission \\
         --sentence "The committee adopted the report." --translation "La commission a adopté le rapport."
 
 Without --translation the model's own greedy translation is shown.
@@ -14,20 +14,18 @@ import base64
 import html
 import io
 import math
-import sys
 from pathlib import Path
 
 import matplotlib
 matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from atomic import atomic_write, atomic_write_text  # noqa: E402
-from evaluate import load_for_eval  # noqa: E402
-from generation import translate  # noqa: E402
-from interventions import InterventionError, read_senses, require_backpack  # noqa: E402
-from lexical import token_language_counts, token_language_masks  # noqa: E402
+from backpacks.atomic import atomic_write, atomic_write_text
+from backpacks.evaluation import load_for_eval
+from backpacks.generation import translate
+from backpacks.interventions import InterventionError, read_senses, require_backpack
+from backpacks.lexical import token_language_counts, token_language_masks
 
 
 def parse_args(argv=None):

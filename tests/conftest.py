@@ -50,7 +50,7 @@ def sample_dataset(tmp_path_factory):
     """The project's sample corpus prepared with a small BPE vocabulary (built once per session)."""
     out_root = tmp_path_factory.mktemp("data")
     subprocess.run(
-        [sys.executable, "data/europarl/prepare.py", "--source", "local",
+        [sys.executable, "-m", "data.europarl.prepare", "--source", "local",
          "--corpus", "data/europarl/sample/parliament", "--name", "sample",
          "--out_root", str(out_root), "--vocab_size", "512"],
         cwd=REPO_ROOT, check=True, capture_output=True, text=True)
@@ -63,7 +63,7 @@ def other_sample_dataset(tmp_path_factory):
     BPE of the same size (512) and other token streams. A run of one must refuse the other."""
     out_root = tmp_path_factory.mktemp("other_data")
     subprocess.run(
-        [sys.executable, "data/europarl/prepare.py", "--source", "local",
+        [sys.executable, "-m", "data.europarl.prepare", "--source", "local",
          "--corpus", "data/europarl/sample/parliament", "--name", "sample", "--seed", "2",
          "--out_root", str(out_root), "--vocab_size", "512"],
         cwd=REPO_ROOT, check=True, capture_output=True, text=True)
@@ -83,8 +83,8 @@ def one_thread():
 def make_checkpoint():
     """make_checkpoint(out_dir, data_dir, model_type='backpack', block_size=64): a tiny untrained
     model saved as train.py saves its checkpoints (best.pt), for tests of the scripts that read them."""
-    from checkpoint import save_checkpoint
-    from dataset import BatchSampler
+    from backpacks.checkpoint import save_checkpoint
+    from backpacks.dataset import BatchSampler
     from model import ModelConfig, build_model
 
     def make(out_dir, data_dir, model_type="backpack", block_size=64):

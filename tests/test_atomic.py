@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from atomic import atomic_write, atomic_write_text, temporary_name
+from backpacks.atomic import atomic_write, atomic_write_text, temporary_name
 
 
 def test_writes_and_creates_parent(tmp_path):

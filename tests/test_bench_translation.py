@@ -6,7 +6,7 @@ import sys
 
 def test_bench_translation_reports_speedup(sample_dataset, tmp_path, repo_root, make_checkpoint):
     run = make_checkpoint(tmp_path / "run", sample_dataset, model_type="backpack")
-    result = subprocess.run([sys.executable, "experiments/bench_translation.py", "--out_dir", str(run),
+    result = subprocess.run([sys.executable, "-m", "experiments.bench_translation", "--out_dir", str(run),
                              "--samples", "4"], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]

@@ -5,8 +5,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import checkpoint
-from checkpoint import CheckpointError, load_checkpoint, load_trained_model, save_checkpoint
+from backpacks import checkpoint
+from backpacks.checkpoint import CheckpointError, load_checkpoint, load_trained_model, save_checkpoint
 from model import ModelConfig, build_model
 
 

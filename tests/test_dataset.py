@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import dataset
-from dataset import BatchSampler, DataError, check_same_dataset, language_labels, load_meta, resolve_data_dir
+from backpacks import dataset
+from backpacks.dataset import BatchSampler, DataError, check_same_dataset, language_labels, load_meta, resolve_data_dir
 
 
 def test_resolve_data_dir_by_path_and_by_name(sample_dataset, monkeypatch):

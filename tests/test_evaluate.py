@@ -9,8 +9,10 @@ import pytest
 
 import compare_models
 import evaluate
-from checkpoint import load_checkpoint, save_checkpoint
-from report import fmt
+from backpacks import tasks
+from backpacks.evaluation import load_for_eval
+from backpacks.checkpoint import load_checkpoint, save_checkpoint
+from backpacks.report import fmt
 
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--n_senses", "4", "--block_size", "64"]
 # small counts everywhere so a whole evaluation takes seconds
@@ -51,7 +53,7 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     result = run(["evaluate.py", *eval_args(out_dir, "--data_root", str(enfr_data_root))], repo_root)
     assert "| metric | value [95% interval] |" in result.stdout and "en-fr greedy BLEU" in result.stdout
     results = json.loads((out_dir / "eval" / "results.json").read_text())
-    for task in evaluate.DEFAULT_TASKS:
+    for task in tasks.DEFAULT_TASKS:
         assert "skipped" not in results[task], (task, results[task])
         assert results[task]["seconds"] >= 0
     run_info = results["run"]
@@ -148,12 +150,12 @@ def test_evaluate_external_test_corpus(tiny_runs, tmp_path):
     (tmp_path / "corpus.fr").write_text("La maison est rouge.\nNous votons aujourd'hui.\nMerci.\n", encoding="utf-8")
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "translation", "--test_corpus", str(prefix),
                                          "--beam", "1"))
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     translation = results["translation"]
     assert translation["samples_used"] == 3 and translation["test_set"].startswith(str(prefix))
     assert list(translation["en-fr"]) == ["greedy"]
     (tmp_path / "corpus.fr").write_text("Une seule ligne.\n", encoding="utf-8")
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     assert "has 3 lines" in results["translation"]["skipped"]
 
 
@@ -164,7 +166,7 @@ def test_evaluate_without_offline_data(tiny_runs, tmp_path):
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "loss,wordsim,bli",
                                          "--data_root", str(tmp_path / "nowhere")))
     assert args.fetch is False  # BACKPACK_OFFLINE=1 (conftest)
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     assert results["loss"]["all"]["loss"] > 0
     assert "fetching is off" in results["bli"]["skipped"] and "resources fetch muse-en-fr" in results["bli"]["skipped"]
     assert "resources fetch simlex999" in results["wordsim"]["skipped"]
@@ -181,7 +183,7 @@ def test_standard_test_sets(repo_root, tiny_runs, tmp_path, resource_cache, monk
     (flores / "flores200-devtest.fr").write_text("La maison est rouge.\nMerci.\n", encoding="utf-8")
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "translation", "--test_set", "flores200",
                                          "--beam", "1", "--data_root", str(tmp_path / "nowhere")))
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     assert results["translation"]["samples_used"] == 2
     assert results["translation"]["test_set"] == str(flores / "flores200-devtest") + ".{en,fr}"
     assert results["run"]["resources"]["test_set_fr"]["path"] == str(flores / "flores200-devtest.fr")
@@ -210,7 +212,7 @@ def test_standard_test_sets(repo_root, tiny_runs, tmp_path, resource_cache, monk
     from sacrebleu.dataset import DATASETS
     monkeypatch.setattr(DATASETS["wmt15"], "_outdir", str(tmp_path / "empty_sacrebleu"))  # nothing cached
     args = evaluate.parse_args(eval_args(out, "--tasks", "translation", "--test_set", "wmt15"))
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     assert "fetching is off" in results["translation"]["skipped"]
 
 
@@ -342,7 +344,7 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     # no resources either (an empty --data_root): the dataset's own missing files must be what is named
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare), "--data_root", str(tmp_path),
                                          "--tasks", "loss,translation,bli,sentence,senses"))
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     assert "test.bin not found" in results["loss"]["skipped"] and "prepare it again" in results["loss"]["skipped"]
     assert "test.jsonl" in results["translation"]["skipped"] and "test.jsonl" in results["sentence"]["skipped"]
     assert "word_counts.json" in results["bli"]["skipped"]
@@ -354,15 +356,15 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
 def test_load_for_eval_refuses_another_dataset(sample_dataset, other_sample_dataset, make_checkpoint, tmp_path):
     out = make_checkpoint(tmp_path / "run", sample_dataset)
     with pytest.raises(SystemExit) as e:
-        evaluate.load_for_eval(out, "best", "cpu", other_sample_dataset)
+        load_for_eval(out, "best", "cpu", other_sample_dataset)
     assert str(e.value).startswith(f"error: {other_sample_dataset} is not the dataset {out / 'best.pt'} was trained on")
     same_tokenizer = tmp_path / "same_tokenizer"  # re-prepared with the same tokenizer but other data
     shutil.copytree(sample_dataset, same_tokenizer)
     meta = json.loads((same_tokenizer / "meta.json").read_text())
     (same_tokenizer / "meta.json").write_text(json.dumps(dict(meta, data_sha256="0" * 64)))
     with pytest.raises(SystemExit, match="its token data differs"):
-        evaluate.load_for_eval(out, "best", "cpu", same_tokenizer)
-    assert evaluate.load_for_eval(out, "best", "cpu", sample_dataset)[3] == sample_dataset
+        load_for_eval(out, "best", "cpu", same_tokenizer)
+    assert load_for_eval(out, "best", "cpu", sample_dataset)[3] == sample_dataset
 
 
 def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, make_checkpoint, tmp_path):
@@ -370,7 +372,7 @@ def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, 
     shutil.copy(out / "best.pt", out / "ckpt.pt")
     (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:100])
     with pytest.raises(SystemExit) as e:
-        evaluate.load_for_eval(out, "best", "cpu")
+        load_for_eval(out, "best", "cpu")
     assert str(e.value) == (f"error: {out / 'best.pt'} is not a readable checkpoint (truncated or not a PyTorch file); "
                             f"{out / 'ckpt.pt'} is the fallback")
 
@@ -381,13 +383,13 @@ def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeyp
     wordsim = tmp_path / "ws.tsv"
     wordsim.write_bytes(b"the of 3\nand\xe9 the 2\nof and 1\nthe and 4\n")
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "wordsim", "--wordsim", f"ws={wordsim}"))
-    results = evaluate.evaluate_out_dir(args.out_dir, args)
+    results = tasks.evaluate_out_dir(args.out_dir, args)
     resource = results["wordsim"]["sets"]["ws"]["resource"]
     assert resource["rows"] == 3 and resource["malformed_lines"] == [{"line": 2, "reason": "not UTF-8 (byte 0xe9 at column 4)"}]
     assert "line 2 (not UTF-8" in capsys.readouterr().err
 
     def full_disk(path, text):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(evaluate, "atomic_write_text", full_disk)
+    monkeypatch.setattr(tasks, "atomic_write_text", full_disk)
     with pytest.raises(SystemExit, match="error: cannot write the results into .*eval: No space left on device"):
-        evaluate.evaluate_out_dir(args.out_dir, args)
+        tasks.evaluate_out_dir(args.out_dir, args)

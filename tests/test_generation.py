@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from generation import (beam_batch, build_prompt, greedy_batch, new_token_budget, prepare_prompts,
+from backpacks.generation import (beam_batch, build_prompt, greedy_batch, new_token_budget, prepare_prompts,
                         timed_translate, translate)
 from model import ModelConfig, build_model
 

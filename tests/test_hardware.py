@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-import hardware
+from backpacks import hardware
 
 
 @pytest.mark.parametrize('flags, expected', [

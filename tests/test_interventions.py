@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import interventions as iv
+from backpacks import interventions as iv
 import sample
 from model import BackpackLM, ModelConfig, build_model
 
@@ -250,7 +250,7 @@ def test_bad_input_gives_one_clear_line(runs, tmp_path, argv, message):
 
 
 def test_experiment_refuses_a_transformer_in_one_line(runs, repo_root):
-    result = subprocess.run([sys.executable, 'experiments/interventions.py', '--out_dir', str(runs['transformer'])],
+    result = subprocess.run([sys.executable, '-m', 'experiments.run_interventions', '--out_dir', str(runs['transformer'])],
                             cwd=repo_root, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and 'needs a Backpack checkpoint' in result.stderr
     assert result.stderr.strip().count('\n') == 0
@@ -258,7 +258,7 @@ def test_experiment_refuses_a_transformer_in_one_line(runs, repo_root):
 
 @pytest.mark.slow
 def test_experiment_end_to_end_writes_json_and_markdown(runs, repo_root):
-    result = subprocess.run([sys.executable, 'experiments/interventions.py', '--out_dir', str(runs['backpack']),
+    result = subprocess.run([sys.executable, '-m', 'experiments.run_interventions', '--out_dir', str(runs['backpack']),
                              '--baseline_dir', str(runs['transformer']), '--topics', '1', '--samples', '2',
                              '--max_new_tokens', '3', '--professions', '2'],
                             cwd=repo_root, capture_output=True, text=True, timeout=300)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-import lexical
+from backpacks import lexical
 from model import build_model, preset_config
-from tokenizer import train_bpe
+from backpacks.tokenizer import train_bpe
 
 TEXTS = ["the house is red and the car is blue", "la maison est rouge et la voiture est bleue",
          "the parliament votes on the report today", "le parlement vote sur le rapport aujourd'hui",

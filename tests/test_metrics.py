@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import metrics
+from backpacks import metrics
 
 
 def test_corpus_bleu_matches_hand_computation():

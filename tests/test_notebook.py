@@ -3,25 +3,22 @@ runs matches the real CLIs (scripts exist, flags and values are accepted by the 
 the out_dirs line up from training to comparison). No notebook cell is executed."""
 import ast
 import contextlib
-import importlib.util
+import importlib
 import io
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOK = REPO_ROOT / "train_tiny_gpu.ipynb"
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+NOTEBOOK = REPO_ROOT / "experiments" / "train_tiny_gpu.ipynb"
 
 # values the checks substitute for the notebook's {NAME} placeholders in shell commands
 PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DTYPE": "bfloat16", "DATA_DIR": "sample"}
 CHECKED_SCRIPTS = ("train.py", "evaluate.py", "compare_models.py", "data/europarl/prepare.py")
-PYTHON_COMMAND = re.compile(r"(?:^|&&|;|\|)\s*python3?\s+(\S+\.py)((?:(?!&&|;|\|).)*)")
+PYTHON_COMMAND = re.compile(r"(?:^|&&|;|\|)\s*python3?\s+(-m\s+[\w.]+|\S+\.py)((?:(?!&&|;|\|).)*)")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +49,10 @@ def python_commands(nb):
     commands = []
     for line in shell_lines(nb):
         for match in PYTHON_COMMAND.finditer(line):
-            commands.append((match.group(1), shlex.split(match.group(2))))
+            script = match.group(1)
+            if script.startswith("-m"):  # python -m data.europarl.prepare is data/europarl/prepare.py
+                script = script[2:].strip().replace(".", "/") + ".py"
+            commands.append((script, shlex.split(match.group(2))))
     return commands
 
 
@@ -73,15 +73,7 @@ def flag_names(argv):
 
 def load_script(script):
     """The module of a repository script (data/europarl/prepare.py included)."""
-    if "/" not in script:
-        return importlib.import_module(Path(script).stem)
-    name = "notebook_check_" + Path(script).stem
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO_ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return importlib.import_module(script[:-len(".py")].replace("/", "."))
 
 
 def argparse_help(script):
@@ -143,9 +135,9 @@ def test_every_code_cell_compiles(nb):
     ("clone", "git clone {REPO_URL} multilingual-backpack"),
     ("install", "grep -v '^torch' requirements.txt > /tmp/req.txt && pip install -q -r /tmp/req.txt"),
     ("install", "pip install -q -r requirements.txt"),
-    ("prepare", "python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament "
+    ("prepare", "python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament "
                 "--name sample --vocab_size 512"),
-    ("prepare from the hub", "python data/europarl/prepare.py --source europarl"),
+    ("prepare from the hub", "python -m data.europarl.prepare --source europarl"),
     ("train Backpack", "python train.py config/train_europarl_tiny.py"),
     ("train Transformer", "python train.py config/train_europarl_tiny_transformer.py"),
     ("plot", "training_log.json"),

@@ -13,8 +13,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dataset import DataError, load_meta, resolve_data_dir
-from tokenizer import load_tokenizer
+from backpacks.dataset import DataError, load_meta, resolve_data_dir
+from backpacks.tokenizer import load_tokenizer
 
 SAMPLE = "data/europarl/sample/parliament"
 
@@ -309,7 +309,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(prep, tmp_path, kind):
 
 
 def test_cli_error_is_one_line_without_traceback(repo_root, tmp_path):
-    run = subprocess.run([sys.executable, "data/europarl/prepare.py", "--source", "local", "--corpus",
+    run = subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--source", "local", "--corpus",
                           str(tmp_path / "nothing"), "--out_root", str(tmp_path)],
                          cwd=repo_root, capture_output=True, text=True)
     assert run.returncode != 0
@@ -318,7 +318,7 @@ def test_cli_error_is_one_line_without_traceback(repo_root, tmp_path):
 
 def test_hub_source_unreachable_fails_fast_naming_local(repo_root, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
-    run = subprocess.run([sys.executable, "data/europarl/prepare.py", "--out_root", str(tmp_path)],
+    run = subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--out_root", str(tmp_path)],
                          cwd=repo_root, capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
@@ -393,7 +393,7 @@ def test_killed_run_leaves_nothing_that_looks_complete(repo_root, tmp_path):
     with pytest.raises(DataError):
         resolve_data_dir(tmp_path / "k")
     # the next preparation into the same place removes the dead run's temporary directory
-    subprocess.run([sys.executable, "data/europarl/prepare.py", "--source", "local", "--corpus", SAMPLE, "--name", "k",
+    subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--source", "local", "--corpus", SAMPLE, "--name", "k",
                     "--out_root", str(tmp_path), "--vocab_size", "300"], cwd=repo_root, check=True, capture_output=True)
     assert [p.name for p in tmp_path.iterdir()] == ["k"]
 
@@ -413,7 +413,7 @@ def test_a_killed_publish_is_undone_by_the_next_run(prep, tmp_path):
     ("--name", ".hidden", "plain directory name"), ("--vocab_size", str(10 ** 12), "--vocab_size must be between"),
     ("--vocab_size", "-5", "--vocab_size must be between")])
 def test_bad_options_are_one_error_before_any_work(repo_root, tmp_path, option, value, expected):
-    run = subprocess.run([sys.executable, "data/europarl/prepare.py", "--source", "local", "--corpus", SAMPLE,
+    run = subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--source", "local", "--corpus", SAMPLE,
                           "--out_root", str(tmp_path / "out"), option, value], cwd=repo_root, capture_output=True, text=True)
     assert run.returncode == 2 and expected in run.stderr.splitlines()[-1] and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()

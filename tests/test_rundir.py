@@ -4,13 +4,13 @@ import sys
 
 import pytest
 
-from atomic import temporary_name
-from rundir import run_directory
+from backpacks.atomic import temporary_name
+from backpacks.rundir import run_directory
 
 HOLD_LOCK = """
 import sys, time
 sys.path.insert(0, {root!r})
-from rundir import run_directory
+from backpacks.rundir import run_directory
 with run_directory({out!r}, new_run=True):
     print('locked', flush=True)
     time.sleep(600)

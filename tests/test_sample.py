@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import sample
-from checkpoint import load_trained_model
-from generation import translate
-from tokenizer import load_tokenizer
+from backpacks.checkpoint import load_trained_model
+from backpacks.generation import translate
+from backpacks.tokenizer import load_tokenizer
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

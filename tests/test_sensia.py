@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sensia
+from backpacks import sensia
 import train
-from checkpoint import load_checkpoint
+from backpacks.checkpoint import load_checkpoint
 from model import BackpackLM, ModelConfig
 from test_train import write_synthetic_dataset
 
@@ -133,8 +133,9 @@ import json, os, sys
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.getcwd())
-import sensia, train
-from dataset import load_meta
+import train
+from backpacks import sensia
+from backpacks.dataset import load_meta
 from model import BackpackLM, ModelConfig
 from pathlib import Path
 data, out = Path(sys.argv[1]), sys.argv[2]

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from dataset import BatchSampler, DataError, load_meta
-from tokenizer import EN_TAG, FR_TAG, TIKTOKEN_GPT2, load_tokenizer, open_tokenizer
+from backpacks.dataset import BatchSampler, DataError, load_meta
+from backpacks.tokenizer import EN_TAG, FR_TAG, TIKTOKEN_GPT2, load_tokenizer, open_tokenizer
 
 SAMPLE = "data/europarl/sample/parliament"
 TEXTS = ["The Commission takes note of the concerns expressed by the Members.",
@@ -179,7 +179,7 @@ def test_vocabulary_beyond_uint16_is_stored_as_uint32(prep, tmp_path, repo_root)
 
 
 def test_unreachable_hub_name_fails_with_a_clear_error(monkeypatch):
-    monkeypatch.setattr("tokenizer.offline_unless_hub_reachable", lambda: False)
+    monkeypatch.setattr("backpacks.tokenizer.offline_unless_hub_reachable", lambda: False)
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained",
                         lambda name: (_ for _ in ()).throw(OSError(f"We couldn't connect to load {name}")))
     with pytest.raises(DataError, match="xlm-roberta-base.*local tokenizer directory"):

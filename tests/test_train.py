@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import hardware
+from backpacks import hardware
 import model as model_module
 import train
-from checkpoint import load_checkpoint, load_trained_model
-from dataset import BatchSampler
+from backpacks.checkpoint import load_checkpoint, load_trained_model
+from backpacks.dataset import BatchSampler
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
         '--eval_iters=2', '--eval_interval=5', '--log_interval=5', '--warmup_iters=2', '--learning_rate=3e-3',
@@ -160,7 +160,7 @@ def test_learning_rate_schedule():
 # ----------------------------------------------------------------------------- training runs
 
 def load_checkpoint_model_counts(out):
-    from checkpoint import load_trained_model
+    from backpacks.checkpoint import load_trained_model
     return load_trained_model(out, 'latest')[0].param_counts()
 
 

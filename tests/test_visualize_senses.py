@@ -10,7 +10,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_writes_pngs_and_self_contained_html(sample_dataset, tmp_path, make_checkpoint, repo_root):
     run = make_checkpoint(tmp_path / 'run', sample_dataset)
-    result = subprocess.run([sys.executable, 'experiments/visualize_senses.py', '--out_dir', str(run), '--words', 'vote',
+    result = subprocess.run([sys.executable, '-m', 'experiments.visualize_senses', '--out_dir', str(run), '--words', 'vote',
                              '+commission-committee', '--sentence', 'The vote.', '--translation', 'Le vote.', '--top', '3'],
                             cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -23,7 +23,7 @@ def test_writes_pngs_and_self_contained_html(sample_dataset, tmp_path, make_chec
 
 def test_transformer_gets_one_clear_line(sample_dataset, tmp_path, make_checkpoint, repo_root):
     run = make_checkpoint(tmp_path / 'run', sample_dataset, model_type='transformer')
-    result = subprocess.run([sys.executable, 'experiments/visualize_senses.py', '--out_dir', str(run), '--words', 'vote',
+    result = subprocess.run([sys.executable, '-m', 'experiments.visualize_senses', '--out_dir', str(run), '--words', 'vote',
                              '--sentence', 'The vote.'], cwd=repo_root, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and result.stderr.strip().startswith('error:') and 'needs a Backpack' in result.stderr
     assert result.stderr.strip().count('\n') == 0

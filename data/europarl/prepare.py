@@ -7,7 +7,7 @@ train/val/test, so no pair (or either of its directions) is in two splits; pairs
 or a French side up to case, punctuation and whitespace (near-duplicates) are kept in one split. Each pair becomes the
 sequence <EN> english <FR> french <eot> (and, with --bidirectional, <FR> french <EN> english <eot>).
 
-    python data/europarl/prepare.py --source local --corpus data/europarl/sample/parliament --vocab_size 512
+    python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --vocab_size 512
 
 Outputs in OUT_ROOT/NAME/ (written to a temporary directory, renamed into place at the end):
 {train,val,test}.bin, pairs_{train,val,test}.bin + pairs_{train,val,test}_index.npy, {train,val,test}.jsonl,
@@ -37,9 +37,8 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO_ROOT))
-from atomic import stale_temporaries, temporary_name  # noqa: E402
-from tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe  # noqa: E402
+from backpacks.atomic import stale_temporaries, temporary_name
+from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
 
 HUB_SOURCES = {"europarl": ("Helsinki-NLP/europarl", "en-fr"), "opus100": ("Helsinki-NLP/opus-100", "en-fr")}
 # not "europarl": data/europarl/ holds this script

@@ -4,16 +4,14 @@ For each split (train, val, test) it writes <split>.en and <split>.fr, one line 
 "PAIR_ID<TAB>text", where PAIR_ID is <split>-<index in the split's .jsonl> and so identifies the same
 pair in both files; --create_alignment also writes <split>.aligned.tsv, "PAIR_ID<TAB>english<TAB>french".
 
-    python data/europarl/segregate_languages.py --data sample --create_alignment
+    python -m data.europarl.segregate_languages --data sample --create_alignment
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from atomic import atomic_write_text  # noqa: E402
-from dataset import DataError, load_meta, resolve_data_dir  # noqa: E402
+from backpacks.atomic import atomic_write_text
+from backpacks.dataset import DataError, load_meta, resolve_data_dir
 
 SPLITS = ("train", "val", "test")
 

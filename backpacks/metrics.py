@@ -1,6 +1,6 @@
 """
-Pure metric functions for evaluation: translation quality, rank correlation, word retrieval
-(cosine / CSLS) and sentence retrieval. No I/O, no model code.
+Pure metric functions for evaluation: language-model loss by target language, translation quality,
+rank correlation, word retrieval (cosine / CSLS) and sentence retrieval. No I/O, no model code.
 
 Uncertainty: every headline metric carries a 95% bootstrap interval over its test items ("ci95"):
 sacreBLEU's own bootstrap (its --confidence) for BLEU and chrF, a seeded percentile bootstrap for
@@ -14,6 +14,7 @@ a word of its own and the same tokenization is used everywhere.
 import warnings
 
 import numpy as np
+import torch.nn.functional as F
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
@@ -24,6 +25,21 @@ _tokenize_13a = Tokenizer13a()
 def words(text):
     """Words of a sentence as the word-level metrics see them (sacreBLEU 13a tokenization)."""
     return _tokenize_13a(text.strip()).split()
+
+
+def add_language_losses(sums, logits, targets, languages=None):
+    """Add a batch's summed next-token loss and scored-token count to sums['all'] and, given the
+    target languages (0 English, 1 French), to sums['en'] and sums['fr']; targets of -1 are not
+    scored. Training's val loss and evaluation's test loss both count this way."""
+    losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
+                             reduction='none').view_as(targets)
+    scored = targets != -1
+    masks = {'all': scored}
+    if languages is not None:
+        masks.update(en=scored & (languages == 0), fr=scored & (languages == 1))
+    for name, mask in masks.items():
+        sums[name][0] += losses[mask].sum().item()
+        sums[name][1] += int(mask.sum().item())
 
 
 def _check_parallel(hypotheses, references):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import metrics
+from backpacks import metrics
 
 
 class ResourceError(Exception):

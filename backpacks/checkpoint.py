@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomic import atomic_write
+from backpacks.atomic import atomic_write
 from model import ModelConfig, build_model
 
 CHECKPOINT_FILES = {'best': 'best.pt', 'latest': 'ckpt.pt'}

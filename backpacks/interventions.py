@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from lexical import WordVectors, has_senses, word_pieces
-from metrics import words as split_words
+from backpacks.lexical import WordVectors, has_senses, word_pieces
+from backpacks.metrics import words as split_words
 from model import _sample
 
 

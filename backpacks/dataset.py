@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenizer import DataError  # noqa: F401  (re-exported: `from dataset import DataError`)
+from backpacks.tokenizer import DataError  # noqa: F401  (re-exported: `from dataset import DataError`)
 
-DATA_ROOT = Path(__file__).resolve().parent / "data"
+DATA_ROOT = Path(__file__).resolve().parent.parent / "data"  # the repository's data/
 # keys every reader relies on, and the sub-keys of the nested ones
 REQUIRED_META = {"vocab_size": (), "dtype": (), "tokenizer": ("kind", "path"), "special_tokens": ("en", "fr", "eot")}
 PREPARE_HINT = "run data/europarl/prepare.py (e.g. --source local --corpus data/europarl/sample/parliament --name sample)"

@@ -15,8 +15,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from atomic import remove_stale_temporaries
-from configurator import fail
+from backpacks.atomic import remove_stale_temporaries
+from backpacks.errors import fail
 
 RUN_FILES = ('ckpt.pt', 'best.pt', 'training_log.json')
 LOCK_NAME = '.lock'

@@ -3,7 +3,7 @@ Sense interventions of a trained Backpack against its matched Transformer (Hewit
 sections 6-7): topic control, gender debiasing, knowledge editing and language steering, in English
 and in French. Writes RUN/interventions/interventions.json and interventions.md (atomically).
 
-    python experiments/interventions.py --out_dir out/backpack_full --baseline_dir out/transformer_full
+    python -m experiments.run_interventions --out_dir out/backpack_full --baseline_dir out/transformer_full
 
 The data (topic bags, professions and prompts, edits, steering prompts) are data/interventions/*.json.
 Uncertainties are standard errors over topics, professions, edits or samples (the unit is named
@@ -19,12 +19,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import interventions as iv  # noqa: E402
-from atomic import atomic_write_text  # noqa: E402
-from evaluate import load_for_eval  # noqa: E402
-from lexical import WordVectors, token_language_counts, token_language_masks, word_pieces  # noqa: E402
-from report import json_safe, markdown_table  # noqa: E402
+from backpacks import interventions as iv
+from backpacks.atomic import atomic_write_text
+from backpacks.evaluation import load_for_eval
+from backpacks.lexical import WordVectors, token_language_counts, token_language_masks, word_pieces
+from backpacks.report import json_safe, markdown_table
 
 DATA = Path(__file__).resolve().parent.parent / 'data' / 'interventions'
 LANGS = ('en', 'fr')
@@ -304,7 +303,7 @@ def main(argv=None):
     data = read_data(args.intervention_data)  # before any model loads
     model, ckpt, tok, data_dir = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir)
     try:
-        iv.require_backpack(model, "experiments/interventions.py --out_dir")
+        iv.require_backpack(model, "experiments/run_interventions.py --out_dir")
     except iv.InterventionError as e:
         raise SystemExit(f"error: {e} (pass the Transformer as --baseline_dir)")
     if args.gender_sense is not None and not 0 <= args.gender_sense < model.config.n_senses:

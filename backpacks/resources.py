@@ -2,8 +2,8 @@
 Evaluation resources: where each comes from, its licence, how it is checked, and how it becomes
 the layout evaluate.py reads (wordsim/..., lexicon/..., parallel/NAME.{en,fr}, xling/...).
 
-$ python -m resources list                 # every resource, its source, licence and state
-$ python -m resources fetch all            # or: fetch muse-en-fr simlex999 ...
+$ python -m backpacks.resources list                 # every resource, its source, licence and state
+$ python -m backpacks.resources fetch all            # or: fetch muse-en-fr simlex999 ...
 
 Downloads go to a cache (env BACKPACK_CACHE, default ~/.cache/multilingual-backpacks):
 CACHE/downloads/ holds the files as published, CACHE/data/ the converted layout, which evaluate.py
@@ -37,8 +37,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import lexical
-from atomic import atomic_write_text
+from backpacks import lexical
+from backpacks.atomic import atomic_write_text
 
 CACHE_VARIABLE = "BACKPACK_CACHE"
 OFFLINE_VARIABLES = ("BACKPACK_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -275,7 +275,7 @@ def locate(relpath, data_root=None, fetch=False):
     if resource is None:
         raise ResourceMissing(f"{relpath}: not found in {where}, and no registered resource provides it")
     if not fetch:
-        raise ResourceMissing(f"{relpath}: not found in {where} (fetching is off: `python -m resources fetch "
+        raise ResourceMissing(f"{relpath}: not found in {where} (fetching is off: `python -m backpacks.resources fetch "
                               f"{resource.name}` on a machine with internet, then copy {cache_dir()})")
     fetch_resource(resource)
     return looked[-1]
@@ -469,7 +469,7 @@ def sacrebleu_pairs(name, fetch=True):
                               f"above)") from None
     except Exception as e:  # sacreBLEU raises URLError, tarfile errors, ... from its download
         raise ResourceMissing(f"sacreBLEU test set {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                              f"offline? see `python -m resources --help`") from None
+                              f"offline? see `python -m backpacks.resources --help`") from None
     en, fr = (Path(p).read_text(encoding="utf-8").splitlines() for p in (source, reference))
     if len(en) != len(fr):
         raise ResourceMissing(f"sacreBLEU test set {name}: {len(en)} source lines but {len(fr)} reference lines")
@@ -506,7 +506,7 @@ def print_list(data_root):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m resources", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m backpacks.resources", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every resource, its source, licence, checksum and state").add_argument(

@@ -23,9 +23,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-import metrics
-from configurator import fail
-from dataset import DataError
+from backpacks import metrics
+from backpacks.errors import fail
+from backpacks.dataset import DataError
 
 # (w_sns, w_ctx, w_lm) at the schedule's three anchors (the authors' LossScheduleCfg)
 ALIGN, MID, TAIL = (0.55, 0.45, 0.02), (0.40, 0.40, 0.20), (0.15, 0.15, 0.70)

@@ -21,9 +21,9 @@ import torch
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import rankdata
 
-import lexical
-import metrics
-import sensia
+from backpacks import lexical
+from backpacks import metrics
+from backpacks import sensia
 
 
 def bootstrap_mean(values, seed=0, n_boot=1000):
