@@ -26,8 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 from backpacks import metrics, report, tasks  # noqa: E402
-from backpacks.atomic import atomic_write, atomic_write_text  # noqa: E402
-from backpacks.checkpoint import CHECKPOINT_FILES, file_sha256  # noqa: E402
+from backpacks.atomic import atomic_write, atomic_write_text, file_digest  # noqa: E402
+from backpacks.checkpoint import CHECKPOINT_FILES  # noqa: E402
 
 NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). Last column: "
         "for BLEU and chrF the p-value of sacreBLEU's paired bootstrap test against the first model (same sentences, "
@@ -57,7 +57,7 @@ def reuse_mismatch(results, out_dir, args):
     if not isinstance(run, dict) or "checkpoint_sha256" not in run or "settings" not in run:
         return "it does not record its checkpoint and settings (an older evaluate.py)"
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
-    if not checkpoint.is_file() or file_sha256(checkpoint) != run["checkpoint_sha256"]:
+    if not checkpoint.is_file() or file_digest(checkpoint) != run["checkpoint_sha256"]:
         return f"it was computed from another {checkpoint.name} (iter {run.get('iter_num')})"
     settings = json.loads(json.dumps(tasks.eval_settings(args)))  # as JSON stores them (tuples as lists)
     differing = sorted(k for k in settings.keys() | run["settings"].keys() if settings.get(k) != run["settings"].get(k))

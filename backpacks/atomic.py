@@ -1,4 +1,4 @@
-"""Atomic file writes: readers see the old file or the new one, never half of one.
+"""Atomic file writes: readers see the old file or the new one, never half of one; and file digests.
 
 Every output of the project (checkpoints, pretrained weights, datasets' side files, results,
 reports, plots, logs) goes through atomic_write, so a crash or a preemption mid-write leaves
@@ -8,6 +8,7 @@ Temporary names are `.NAME.tmp-PID-RANDOM`: two processes writing the same file 
 temporary, and one left behind by a killed process (SIGKILL skips every cleanup) is recognised
 by its dead PID and removed by remove_stale_temporaries. PIDs are those of this machine.
 """
+import hashlib
 import os
 import re
 import secrets
@@ -15,6 +16,16 @@ import shutil
 from pathlib import Path
 
 TEMPORARY_RE = re.compile(r'^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]+$')
+
+
+def file_digest(*paths, algorithm='sha256'):
+    """Hex digest of a file's bytes, or of several files' bytes read one after another."""
+    digest = hashlib.new(algorithm)
+    for path in paths:
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 24), b''):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def temporary_name(name, kind='tmp'):

@@ -4,7 +4,6 @@ A checkpoint is a dict of plain types and tensors written by train.py:
   model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss,
   optimizer, scaler, rng, sampler, training_log
 """
-import hashlib
 import pickle
 import random
 from pathlib import Path
@@ -25,15 +24,6 @@ class CheckpointError(RuntimeError):
 def save_checkpoint(obj, path):
     """Write obj to path so that a crash at any moment leaves the previous file intact."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def file_sha256(path):
-    """Hex SHA-256 of a file's bytes (which checkpoint a result was computed from)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 24), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path, map_location='cpu'):

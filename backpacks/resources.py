@@ -21,7 +21,6 @@ Working offline: fetch on a machine with internet and copy the cache directory (
 import argparse
 import csv
 import datetime
-import hashlib
 import http.client
 import io
 import json
@@ -38,7 +37,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from backpacks import lexical
-from backpacks.atomic import atomic_write_text
+from backpacks.atomic import atomic_write_text, file_digest
 
 CACHE_VARIABLE = "BACKPACK_CACHE"
 OFFLINE_VARIABLES = ("BACKPACK_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -284,15 +283,7 @@ def locate(relpath, data_root=None, fetch=False):
 def file_record(path):
     """{'path', 'bytes', 'sha256'} of a file a metric used, for results.json."""
     path = Path(path)
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest_of(path)}
-
-
-def digest_of(path, algorithm="sha256"):
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": file_digest(path)}
 
 
 def _recorded():
@@ -377,7 +368,7 @@ def check_download(download, path, sha256, expected_sha256):
                 f"({'registry' if download.sha256 else 'first download'})")
     if download.size and path.stat().st_size != download.size:
         return f"size {path.stat().st_size} is not the expected {download.size}"
-    sha1 = digest_of(path, "sha1") if download.sha1 else None
+    sha1 = file_digest(path, algorithm="sha1") if download.sha1 else None
     if sha1 != download.sha1:
         return f"SHA-1 {sha1} is not the published {download.sha1}"
     return None
@@ -398,7 +389,7 @@ def ensure_download(download):
             revision = download_hf(download.url, dest)
         else:
             download_url(download.url, dest, download.size)
-    actual = digest_of(dest)
+    actual = file_digest(dest)
     mismatch = check_download(download, dest, actual, expected)
     if mismatch:
         rejected = dest.with_name(f"{dest.name}.rejected-{actual[:12]}")

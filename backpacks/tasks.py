@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from backpacks import lexical, metrics, multiple_choice, resources, sense_geometry
-from backpacks.atomic import atomic_write_text
-from backpacks.checkpoint import CHECKPOINT_FILES, file_sha256
+from backpacks import lexical, metrics, multiple_choice, resources, sense_geometry, sensia
+from backpacks.atomic import atomic_write_text, file_digest
+from backpacks.checkpoint import CHECKPOINT_FILES
 from backpacks.dataset import BatchSampler, DataError
 from backpacks.evaluation import (DEFAULT_DATA_ROOT, DEFAULT_DICTIONARY, DEFAULT_MULTISIMLEX_OFFICIAL,
                                   DEFAULT_WORDSIM, Context, SkipTask, load_for_eval, split_list, warn)
@@ -398,12 +398,21 @@ TASKS = {"loss": task_loss, "translation": task_translation, "wordsim": task_wor
 DEFAULT_TASKS = ("loss", "translation", "wordsim", "bli", "sentence", "senses", "sensia")
 
 
+def best_selection(ckpt):
+    """{'key', 'value'}: the training_log entry whose lowest value chose best.pt, and that value (the val
+    loss for language modelling, the French loss on the val pairs for SENSIA)."""
+    key = ckpt.get("selection_key")
+    if key is None:  # checkpoints written before train.py saved the key
+        key = sensia.SensiaObjective.selection_key if ckpt.get("config", {}).get("objective") == "sensia" else "val_loss"
+    return {"key": key, "value": ckpt.get("best_val_loss")}
+
+
 def evaluate_out_dir(out_dir, args):
     """Run the requested tasks on out_dir's checkpoint; write and return the results dict."""
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     model, ckpt, tokenizer, data_dir = load_for_eval(out_dir, args.ckpt, args.device, args.data_dir)
-    checkpoint_sha256 = file_sha256(Path(out_dir) / CHECKPOINT_FILES[args.ckpt])  # what --reuse matches
+    checkpoint_sha256 = file_digest(Path(out_dir) / CHECKPOINT_FILES[args.ckpt])  # what --reuse matches
     ctx = Context(args, model, ckpt, tokenizer, data_dir)
     results = {}
     for task in TASKS:
@@ -420,7 +429,7 @@ def evaluate_out_dir(out_dir, args):
             print(f"[{task}] skipped: {e}", file=sys.stderr)
     results["run"] = {
         "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
-        "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best_val_loss": ckpt.get("best_val_loss"),
+        "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best": best_selection(ckpt),
         "checkpoint_sha256": checkpoint_sha256,
         "tokenizer_sha256": ckpt["meta"].get("tokenizer_sha256"), "data_sha256": ckpt["meta"].get("data_sha256"),
         "settings": eval_settings(args),

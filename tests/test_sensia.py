@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from backpacks import sensia
 import train
-from backpacks.checkpoint import load_checkpoint
+from backpacks.checkpoint import load_checkpoint, save_checkpoint
 from model import BackpackLM, ModelConfig
 from test_train import write_synthetic_dataset
 
@@ -206,3 +206,49 @@ def test_controls_differ_from_sensia_only_in_their_objective(size):
         other = train.parse_args(['--config', f'adapt_{control}_{size}'])
         differing = {k for k in set(sensia_cfg) | set(other) if sensia_cfg.get(k) != other.get(k)}
         assert differing == keys, (control, differing)
+
+
+def sensia_run_saved_by_two_processes(data, out):
+    """A short SENSIA run (z_ctx from the backbone's hidden states: a forward hook) whose ckpt.pt is
+    rewritten as if two processes had saved it; the iteration best.pt holds."""
+    train.main([*TINY, f'--data_dir={data}', f'--out_dir={out}', '--max_iters=8', '--eval_interval=4',
+                '--checkpoint_interval=4', '--sensia_context=hidden'])
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    ckpt['rng'], ckpt['sampler'] = ckpt['rng'] * 2, ckpt['sampler'] * 2
+    save_checkpoint(ckpt, out / 'ckpt.pt')
+    return min(ckpt['training_log'], key=lambda e: e['val_loss_fr_pairs'])['iter']
+
+
+def nan_sensia_loss(monkeypatch):
+    real_loss = sensia.SensiaObjective.loss
+
+    def loss(self, model, batch, iter_num):
+        total, scalars = real_loss(self, model, batch, iter_num)
+        return total * float('nan'), scalars
+    monkeypatch.setattr(sensia.SensiaObjective, 'loss', loss)
+
+
+@pytest.mark.slow
+def test_divergence_after_resume_names_the_iteration_best_pt_holds(sample_dataset, tmp_path, monkeypatch, one_thread):
+    """Under SENSIA best.pt is chosen by val_loss_fr_pairs, so its iteration is looked up under that key."""
+    out = tmp_path / 'run'
+    best_iter = sensia_run_saved_by_two_processes(sample_dataset, out)
+    nan_sensia_loss(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=12'])
+    assert f"{out / 'best.pt'} (iteration {best_iter}) and {out / 'ckpt.pt'} (iteration 8)" in str(e.value)
+
+
+@pytest.mark.slow
+def test_resume_on_another_process_count_hooks_the_backbone_once(sample_dataset, tmp_path, monkeypatch, one_thread):
+    """Reseeding for another number of processes builds the objective once: no stale forward hook."""
+    out = tmp_path / 'run'
+    sensia_run_saved_by_two_processes(sample_dataset, out)
+    hooked, real_register = [], torch.nn.Module.register_forward_hook
+
+    def register(module, hook, **kwargs):
+        hooked.append(type(module).__name__)
+        return real_register(module, hook, **kwargs)
+    monkeypatch.setattr(torch.nn.Module, 'register_forward_hook', register)
+    train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=10'])
+    assert hooked == ['GPT2Backbone']

@@ -36,9 +36,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-from backpacks.atomic import stale_temporaries, temporary_name
+from backpacks.atomic import file_digest, stale_temporaries, temporary_name
 from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 HUB_SOURCES = {"europarl": ("Helsinki-NLP/europarl", "en-fr"), "opus100": ("Helsinki-NLP/opus-100", "en-fr")}
 # not "europarl": data/europarl/ holds this script
@@ -139,18 +140,9 @@ def read_hub(source):
         table = splits[name].flatten().data
         en += table.column("translation.en").to_pylist()
         fr += table.column("translation.fr").to_pylist()
-        sources.append({"path": f"hf://datasets/{repo}/{config}/{name}", "sha256": hash_files(
-            c["filename"] for c in splits[name].cache_files)})
+        sources.append({"path": f"hf://datasets/{repo}/{config}/{name}", "sha256": file_digest(
+            *(c["filename"] for c in splits[name].cache_files))})
     return en, fr, sources
-
-
-def hash_files(paths):
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------- cleaning and splitting
