@@ -18,7 +18,8 @@ from backpacks.generation import DIRECTIONS, timed_translate
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m experiments.bench_translation",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help='training output directory with best.pt / ckpt.pt')
     p.add_argument('--ckpt', default='best', choices=['best', 'latest'])

@@ -32,7 +32,8 @@ STEERING_SCALES = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m experiments.run_interventions",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help="Backpack training output directory (best.pt / ckpt.pt)")
     p.add_argument('--baseline_dir', default=None, help="its matched Transformer's output directory")

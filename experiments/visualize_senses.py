@@ -29,7 +29,8 @@ from backpacks.lexical import token_language_counts, token_language_masks
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m experiments.visualize_senses",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help="Backpack training output directory")
     p.add_argument('--ckpt', choices=['best', 'latest'], default='best')

@@ -10,7 +10,6 @@ import pytest
 import compare_models
 import evaluate
 from backpacks import tasks
-from backpacks.evaluation import load_for_eval
 from backpacks.checkpoint import load_checkpoint, save_checkpoint
 from backpacks.report import fmt
 
@@ -351,30 +350,6 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     senses = results["senses"]
     assert "word_counts.json" in senses["top_tokens"]["skipped"]
     assert "test.jsonl" in senses["alpha_entropy"]["skipped"]
-
-
-def test_load_for_eval_refuses_another_dataset(sample_dataset, other_sample_dataset, make_checkpoint, tmp_path):
-    out = make_checkpoint(tmp_path / "run", sample_dataset)
-    with pytest.raises(SystemExit) as e:
-        load_for_eval(out, "best", "cpu", other_sample_dataset)
-    assert str(e.value).startswith(f"error: {other_sample_dataset} is not the dataset {out / 'best.pt'} was trained on")
-    same_tokenizer = tmp_path / "same_tokenizer"  # re-prepared with the same tokenizer but other data
-    shutil.copytree(sample_dataset, same_tokenizer)
-    meta = json.loads((same_tokenizer / "meta.json").read_text())
-    (same_tokenizer / "meta.json").write_text(json.dumps(dict(meta, data_sha256="0" * 64)))
-    with pytest.raises(SystemExit, match="its token data differs"):
-        load_for_eval(out, "best", "cpu", same_tokenizer)
-    assert load_for_eval(out, "best", "cpu", sample_dataset)[3] == sample_dataset
-
-
-def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, make_checkpoint, tmp_path):
-    out = make_checkpoint(tmp_path / "run", sample_dataset)
-    shutil.copy(out / "best.pt", out / "ckpt.pt")
-    (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:100])
-    with pytest.raises(SystemExit) as e:
-        load_for_eval(out, "best", "cpu")
-    assert str(e.value) == (f"error: {out / 'best.pt'} is not a readable checkpoint (truncated or not a PyTorch file); "
-                            f"{out / 'ckpt.pt'} is the fallback")
 
 
 def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeypatch, capsys):

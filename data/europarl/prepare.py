@@ -354,7 +354,8 @@ def clean_leftovers(out_root):
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m data.europarl.prepare",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--source", choices=["europarl", "opus100", "local"], default="europarl")
     p.add_argument("--corpus", nargs="+", metavar="PATH",

@@ -44,7 +44,8 @@ def segregate(data_dir, out_dir, splits=SPLITS, create_alignment=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = argparse.ArgumentParser(prog="python -m data.europarl.segregate_languages",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--data", required=True, help="prepared dataset: a name under data/ or a path")
     p.add_argument("--out_dir", type=Path, help="default: DATA_DIR/segregated")

@@ -1,0 +1,32 @@
+"""backpacks/evaluation.py: loading a run for evaluation refuses another dataset and names the fallback
+of an unreadable checkpoint (one line each)."""
+import json
+import shutil
+
+import pytest
+
+from backpacks.evaluation import load_for_eval
+
+
+def test_load_for_eval_refuses_another_dataset(sample_dataset, other_sample_dataset, make_checkpoint, tmp_path):
+    out = make_checkpoint(tmp_path / "run", sample_dataset)
+    with pytest.raises(SystemExit) as e:
+        load_for_eval(out, "best", "cpu", other_sample_dataset)
+    assert str(e.value).startswith(f"error: {other_sample_dataset} is not the dataset {out / 'best.pt'} was trained on")
+    same_tokenizer = tmp_path / "same_tokenizer"  # re-prepared with the same tokenizer but other data
+    shutil.copytree(sample_dataset, same_tokenizer)
+    meta = json.loads((same_tokenizer / "meta.json").read_text())
+    (same_tokenizer / "meta.json").write_text(json.dumps(dict(meta, data_sha256="0" * 64)))
+    with pytest.raises(SystemExit, match="its token data differs"):
+        load_for_eval(out, "best", "cpu", same_tokenizer)
+    assert load_for_eval(out, "best", "cpu", sample_dataset)[3] == sample_dataset
+
+
+def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, make_checkpoint, tmp_path):
+    out = make_checkpoint(tmp_path / "run", sample_dataset)
+    shutil.copy(out / "best.pt", out / "ckpt.pt")
+    (out / "best.pt").write_bytes((out / "best.pt").read_bytes()[:100])
+    with pytest.raises(SystemExit) as e:
+        load_for_eval(out, "best", "cpu")
+    assert str(e.value) == (f"error: {out / 'best.pt'} is not a readable checkpoint (truncated or not a PyTorch file); "
+                            f"{out / 'ckpt.pt'} is the fallback")
