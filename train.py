@@ -15,8 +15,9 @@ defaults, so `--init_from=resume --out_dir=X` alone continues exactly the same r
 The model size is a --preset (see model.PRESETS) or n_layer/n_head/n_embd/n_senses.
 
 Writes out_dir/ckpt.pt (latest: every checkpoint_interval, at the end and on SIGTERM or
-SIGINT), out_dir/best.pt (lowest val loss) and out_dir/training_log.json (one entry per eval).
-out_dir is locked for the run, and a new run refuses one holding an earlier run's files (rundir.py);
+SIGINT), out_dir/best.pt (lowest val loss; under SENSIA the lowest French loss on the val pairs) and
+out_dir/training_log.json (one entry per eval). out_dir is locked for the run, and a new run refuses
+one holding an earlier run's files (backpacks/rundir.py);
 a non-finite loss or weights stop the run without saving.
 """
 import contextlib

@@ -1,8 +1,9 @@
 """Training checkpoints: atomic writes, safe loads (weights_only), and models rebuilt from them.
 
 A checkpoint is a dict of plain types and tensors written by train.py:
-  model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss,
-  optimizer, scaler, rng, sampler, training_log
+  model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss (the lowest value
+  of selection_key, the training_log entry that chose best.pt), selection_key, optimizer, scaler,
+  rng, sampler, training_log, elapsed_s
 """
 import pickle
 import random
