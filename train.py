@@ -386,6 +386,11 @@ def diverged(problem, out_path, saved):
     fail(f"{problem}; stopped without saving: {where}. Lower learning_rate or check the data")
 
 
+def selection_label(key):
+    """How log lines name the loss that selects best.pt: 'val loss', or the objective's own key."""
+    return 'val loss' if key == 'val_loss' else key
+
+
 def evaluations_since_best(training_log, key='val_loss'):
     """How many evaluations have passed since the lowest value of key, the loss that selects best.pt
     (the first one, if tied). Derived from the checkpointed log, so a resumed run stops early exactly
@@ -660,7 +665,7 @@ def train(run):
             if last or stalled or (run.iter_num % cfg['checkpoint_interval'] == 0 and run.iter_num > start_iter):
                 save(run, 'ckpt.pt')
             if stalled:
-                run.log(f"early stop at iteration {run.iter_num}: {key} has not improved for "
+                run.log(f"early stop at iteration {run.iter_num}: {selection_label(key)} has not improved for "
                         f"{cfg['early_stop_evals']} evaluations")
             if last or stalled:
                 break
@@ -687,7 +692,8 @@ def train(run):
             bar.close()
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
-    run.log(f"done: {run.iter_num} iterations, best {key} {run.best_val_loss:.4f}; checkpoints in {run.out_path}")
+    run.log(f"done: {run.iter_num} iterations, best {selection_label(key)} {run.best_val_loss:.4f}; "
+            f"checkpoints in {run.out_path}")
 
 
 if __name__ == '__main__':
