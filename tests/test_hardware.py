@@ -1,4 +1,6 @@
 """hardware.py: the dtype 'auto' picks, and the yardsticks MFU is measured against."""
+import re
+
 import pytest
 import torch
 
@@ -80,3 +82,14 @@ def test_measuring_leaves_the_random_streams_alone(one_thread):
     before = torch.get_rng_state()
     hardware.matmul_flops('cpu', 'float32', n=16, seconds=0)
     assert torch.equal(before, torch.get_rng_state())
+
+
+def test_no_recipe_or_config_forces_a_half_precision_dtype(repo_root):
+    """Recipes and configs leave the dtype to 'auto': a forced bfloat16 is emulated (about 100x slower)
+    on CPUs without AMX or AVX512-BF16, and float16 needs a GPU."""
+    forced = [f"{path.relative_to(repo_root)}:{number}: {line.strip()}"
+              for pattern in ('experiments/*.sh', 'config/*.py')
+              for path in sorted(repo_root.glob(pattern))
+              for number, line in enumerate(path.read_text().splitlines(), start=1)
+              if re.search(r"dtype\s*=\s*['\"]?(bfloat16|float16)", line.split('#')[0])]
+    assert not forced, "force a dtype that may be emulated: " + "; ".join(forced)
