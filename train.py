@@ -501,9 +501,10 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     raw_model = model.to(device)
     optimizer = raw_model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'],
                                                (cfg['beta1'], cfg['beta2']), device_type)
-    stream_seed = cfg['seed'] + rank
-    if resume is not None and len(resume['rng']) != world_size:  # another number of processes: fresh streams
-        stream_seed += 1000 * resume['iter_num']
+    # another number of processes than saved the run: fresh data and dropout streams, decided before the
+    # objective is built so that it is built once
+    reseed = resume is not None and len(resume['rng']) != world_size
+    stream_seed = cfg['seed'] + rank + (1000 * resume['iter_num'] if reseed else 0)
     run = Run(cfg=cfg, meta=meta, data_path=data_path, device=device, ddp=ddp, rank=rank, world_size=world_size,
               raw_model=raw_model, optimizer=optimizer,
               scaler=torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16'),
@@ -513,7 +514,7 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
               eval_sampler=BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank))
     run.eval_start = run.eval_sampler.state_dict()
     if resume is not None:
-        restore(run, resume, stream_seed)
+        restore(run, resume, reseed_to=stream_seed if reseed else None)
     run.fast_model = torch.compile(raw_model) if cfg['compile'] else raw_model
     run.objective.prepare(raw_model, run.iter_num)  # DDP is built for the parameters that train from here on
     run.wrap()
@@ -523,8 +524,9 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     return run
 
 
-def restore(run, resume, stream_seed):
-    """Continue where the checkpoint left off: optimizer, scaler, counters, log and random streams."""
+def restore(run, resume, reseed_to=None):
+    """Continue where the checkpoint left off: optimizer, scaler, counters, log, and the random streams
+    unless reseed_to gives the seed of fresh ones."""
     run.optimizer.load_state_dict(resume['optimizer'])
     if resume['scaler']:
         run.scaler.load_state_dict(resume['scaler'])
@@ -534,14 +536,14 @@ def restore(run, resume, stream_seed):
     if (run.out_path / 'best.pt').exists():  # its iteration is in the log, under the key that selected it
         key = run.objective.selection_key
         run.saved['best.pt'] = next((e['iter'] for e in run.training_log if e[key] == run.best_val_loss), '?')
-    if len(resume['rng']) == run.world_size:
+    if reseed_to is None:
         set_rng_state(resume['rng'][run.rank])
         run.objective.load_state_dict(resume['sampler'][run.rank])
     else:  # the run continues, but not bitwise
         if run.master:
             print(f"warning: {len(resume['rng'])} processes saved this run, {run.world_size} resume it: "
                   "data order and dropout streams are reseeded")
-        torch.manual_seed(stream_seed)
+        torch.manual_seed(reseed_to)
     resume.clear()  # frees the loaded tensors now that they are copied into the model
 
 
