@@ -44,7 +44,7 @@ from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_c
                                   set_rng_state)
 from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
 from backpacks.errors import fail
-from backpacks.hardware import DTYPES, peak_flops, resolve_dtype
+from backpacks.hardware import DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype
 from backpacks.rundir import run_directory
 from backpacks.starting_points import model_from_run, pretrained_backpack
 from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, preset_config
@@ -462,9 +462,14 @@ def start(cfg, explicit, ckpt_path):
             dist.destroy_process_group()
 
 
-def configure_torch(cfg, device_type, rank, world_size):
-    """Seed, precision and determinism settings; prints the dtype chosen and why."""
-    cfg['dtype'], dtype_reason = resolve_dtype(cfg['dtype'], device_type)
+def configure_torch(cfg, device, rank, world_size):
+    """Seed, precision and determinism settings; the run's first line names the machine, its threads,
+    and the dtype chosen and why."""
+    device_type = device_type_of(device)
+    try:
+        cfg['dtype'], dtype_reason = resolve_dtype(cfg['dtype'], device_type)
+    except DeviceError as e:
+        fail(str(e))
     if cfg['gradient_accumulation_steps'] % world_size:
         fail(f"gradient_accumulation_steps ({cfg['gradient_accumulation_steps']}) must be a multiple "
              f"of the number of processes ({world_size})")
@@ -477,7 +482,7 @@ def configure_torch(cfg, device_type, rank, world_size):
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(cfg['seed'] + rank)
     if rank == 0:
-        print(f"dtype {cfg['dtype']}: {dtype_reason}")
+        print(f"machine: {describe_machine(device)}; dtype {cfg['dtype']} ({dtype_reason})")
 
 
 def starting_model(cfg, explicit, meta, data_path, resume):
@@ -494,8 +499,8 @@ def starting_model(cfg, explicit, meta, data_path, resume):
 
 
 def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
-    device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
-    configure_torch(cfg, device_type, rank, world_size)
+    device_type = device_type_of(device)
+    configure_torch(cfg, device, rank, world_size)
     model = starting_model(cfg, explicit, meta, data_path, resume)
     cfg.update(model_type=model.model_type, **{k: getattr(model.config, k) for k in ARCH_KEYS})
     raw_model = model.to(device)

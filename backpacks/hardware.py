@@ -5,6 +5,7 @@ model FLOPs utilisation (MFU) is measured against.
     dtype, reason = resolve_dtype('auto', 'cpu')    # ('bfloat16', 'the CPU has AMX-BF16 ...')
     peak, yardstick = peak_flops('cpu', 'bfloat16') # a measured bf16 matmul rate, and its name
 """
+import platform
 import re
 import sys
 import time
@@ -53,18 +54,84 @@ def cpu_bf16_support(flags=None):
 
 
 def resolve_dtype(requested, device_type, flags=None):
-    """(dtype name, reason): 'auto' picks bfloat16 autocast where the hardware multiplies it natively
-    (CUDA with bf16 support, CPUs with AMX or AVX512-BF16), float32 elsewhere."""
+    """(dtype name, reason): 'auto' picks what the hardware multiplies natively. CPUs with AMX or
+    AVX512-BF16: bfloat16; other CPUs: float32. CUDA from compute capability 8.0 (Ampere): bfloat16;
+    below it (T4, V100): float16, trained with a GradScaler. MPS: float32 (half precision there is not
+    measured by this project). An explicit dtype the device cannot run is refused (DeviceError)."""
     if requested != 'auto':
-        return requested, 'requested'
+        check_dtype_runs(requested, device_type)
+        return requested, 'requested' + emulation_warning(requested, device_type, flags)
     if device_type == 'cuda':
-        if torch.cuda.is_bf16_supported():
-            return 'bfloat16', 'the GPU supports bfloat16'
-        return 'float32', 'the GPU does not support bfloat16'
+        major, minor = torch.cuda.get_device_capability()
+        if major >= 8:
+            return 'bfloat16', f'the GPU has compute capability {major}.{minor} (bfloat16 tensor cores)'
+        return 'float16', (f'the GPU has compute capability {major}.{minor}: no bfloat16 tensor cores, '
+                           'float16 with a GradScaler')
     if device_type == 'cpu':
         native, why = cpu_bf16_support(flags)
         return ('bfloat16' if native else 'float32'), why
-    return 'float32', f'no bfloat16 detection for {device_type}'
+    return 'float32', f'half precision on {device_type} is not measured by this project'
+
+
+class DeviceError(ValueError):
+    """A device or dtype this machine cannot run; its message is the one line the user sees."""
+
+
+def check_dtype_runs(dtype, device_type):
+    """Refuse a dtype the device cannot run at all (emulated ones run, with a warning)."""
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    if device_type == 'cuda' and dtype == 'bfloat16' and not torch.cuda.is_bf16_supported(including_emulation=False):
+        major, minor = torch.cuda.get_device_capability()
+        raise DeviceError(f"this GPU (compute capability {major}.{minor}) has no bfloat16 support; "
+                          "use --dtype=float16 or --dtype=auto")
+    if device_type == 'mps' and dtype == 'bfloat16' and not mps_bf16_available():
+        raise DeviceError("bfloat16 on MPS needs macOS 14 or later; use --dtype=float32 or --dtype=auto")
+
+
+def mps_bf16_available():
+    try:
+        torch.ones(1, device='mps', dtype=torch.bfloat16)
+        return True
+    except (RuntimeError, TypeError):
+        return False
+
+
+def emulation_warning(dtype, device_type, flags=None):
+    """A note for a requested half precision that this CPU only emulates (about 100x slower)."""
+    if device_type != 'cpu' or dtype == 'float32':
+        return ''
+    flags = cpu_flags() if flags is None else flags
+    native = cpu_bf16_support(flags)[0] if dtype == 'bfloat16' else 'amx_fp16' in flags
+    return '' if native else f'; warning: this CPU emulates {dtype}, far slower than float32 (--dtype=auto avoids it)'
+
+
+def cpu_name():
+    """The CPU's model name, or the platform's processor string when /proc/cpuinfo does not say."""
+    cpuinfo = Path('/proc/cpuinfo')
+    if cpuinfo.is_file():
+        match = re.search(r'^model name\s*:\s*(.+)$', cpuinfo.read_text(), re.MULTILINE)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine() or 'unknown CPU'
+
+
+def describe_machine(device):
+    """What the run computes on, in a few words: the GPU and its compute capability, or the CPU, whether
+    it multiplies bfloat16 natively, and the threads torch uses."""
+    if str(device).startswith('cuda'):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
+    if str(device) == 'mps':
+        return f"Apple MPS ({cpu_name()})"
+    native = [name for flag, name in CPU_BF16_FLAGS.items() if flag in cpu_flags()]
+    bf16 = f"native bfloat16 ({', '.join(native)})" if native else "bfloat16 emulated (no AMX-BF16/AVX512-BF16)"
+    return f"{cpu_name()}, {bf16}, {torch.get_num_threads()} threads"
+
+
+def device_type_of(device):
+    """'cuda' for 'cuda:1', as torch.autocast and GradScaler want it."""
+    return str(device).split(':')[0]
 
 
 def synchronize(device):

@@ -27,13 +27,49 @@ def test_auto_dtype_reads_the_cpu_flags(monkeypatch):
     assert hardware.resolve_dtype('auto', 'cpu') == ('bfloat16', 'the CPU has AMX-BF16')
 
 
-def test_explicit_dtype_and_other_devices(monkeypatch):
+def test_explicit_dtype_is_kept_and_mps_defaults_to_float32():
     assert hardware.resolve_dtype('float32', 'cpu', flags={'amx_bf16'}) == ('float32', 'requested')
     assert hardware.resolve_dtype('auto', 'mps')[0] == 'float32'
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: False)
-    assert hardware.resolve_dtype('auto', 'cuda')[0] == 'float32'
-    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda: True)
-    assert hardware.resolve_dtype('auto', 'cuda')[0] == 'bfloat16'
+
+
+def test_requested_emulated_dtype_runs_with_a_warning():
+    dtype, reason = hardware.resolve_dtype('bfloat16', 'cpu', flags={'avx2'})
+    assert dtype == 'bfloat16' and 'warning: this CPU emulates bfloat16' in reason
+    assert hardware.resolve_dtype('bfloat16', 'cpu', flags={'amx_bf16'}) == ('bfloat16', 'requested')
+
+
+@pytest.mark.parametrize('capability, expected', [
+    ((7, 5), 'float16'),   # T4: bf16 only emulated, float16 tensor cores (with a GradScaler)
+    ((7, 0), 'float16'),   # V100
+    ((8, 0), 'bfloat16'),  # A100
+    ((8, 9), 'bfloat16'),  # L4, RTX 4090
+    ((9, 0), 'bfloat16'),  # H100
+])
+def test_auto_dtype_on_cuda_follows_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: True)  # as a T4 answers
+    dtype, reason = hardware.resolve_dtype('auto', 'cuda')
+    assert dtype == expected and f'{capability[0]}.{capability[1]}' in reason
+
+
+def test_bfloat16_on_a_gpu_without_it_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (6, 0))
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported', lambda including_emulation=True: including_emulation)
+    with pytest.raises(hardware.DeviceError, match='no bfloat16 support; use --dtype=float16 or --dtype=auto'):
+        hardware.resolve_dtype('bfloat16', 'cuda')
+    with pytest.raises(hardware.DeviceError, match='unknown dtype'):
+        hardware.resolve_dtype('int8', 'cpu')
+
+
+def test_machine_is_described_with_its_bf16_support_and_threads(monkeypatch):
+    monkeypatch.setattr(hardware, 'cpu_flags', lambda: {'avx2'})
+    line = hardware.describe_machine('cpu')
+    assert 'bfloat16 emulated' in line and f'{torch.get_num_threads()} threads' in line
+    monkeypatch.setattr(hardware, 'cpu_flags', lambda: {'avx2', 'amx_bf16'})
+    assert 'native bfloat16 (AMX-BF16)' in hardware.describe_machine('cpu')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: 'Tesla T4')
+    assert hardware.describe_machine('cuda:0') == 'Tesla T4, compute capability 7.5'
 
 
 def test_cpu_flags_are_found_here():
