@@ -7,11 +7,11 @@ memory), one naming the yardstick (the device's measured 2048x2048 matmul rate i
 test: float32 runs are divided by a float32 rate, bfloat16 runs by a bfloat16 rate; on a GPU of
 hardware.CUDA_PEAKS also the datasheet peak), and one with the Backpack/Transformer ratios.
 
-    python bench.py                              # d=384 L=6 H=6 k=16 T=256 V=16384 B=8, float32
-    python bench.py --dtype=bfloat16 --compile
-    python bench.py --batch_size=16 --device=cuda --dtype=bfloat16
+    python bench.py                              # d=384 L=6 H=6 k=16 T=256 V=16384 B=8, --dtype=auto
+    python bench.py --dtype=float32 --compile
+    python bench.py --batch_size=16 --device=cuda
     python bench.py --n_layer=4 --n_head=4 --n_embd=128 --n_senses=4 --block_size=128 --vocab_size=512 \
-        --batch_size=16 --dropout=0.2 --dtype=bfloat16    # the main job's tiny configs
+        --batch_size=16 --dropout=0.2                # the main job's tiny configs
     python bench.py --profile --top=25           # where a step's time goes, operator by operator
 
 With --profile, torch.profiler records --steps steps of each model (after the warm-up) and prints
@@ -27,7 +27,9 @@ from contextlib import nullcontext
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from backpacks.hardware import cuda_datasheet_peak, matmul_flops, synchronize
+from backpacks.errors import fail
+from backpacks.hardware import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
+                                matmul_flops, resolve_dtype, synchronize)
 from model import ModelConfig, build_model
 
 
@@ -49,7 +51,7 @@ def training_step(model_type, args, device='cpu'):
     config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                          n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses, dropout=args.dropout)
     model = build_model(model_type, config).to(device)
-    device_type = device.split(':')[0]
+    device_type = device_type_of(device)
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type)
     fast_model = torch.compile(model) if getattr(args, 'compile', False) else model
     autocast = (nullcontext() if args.dtype == 'float32' else
@@ -73,12 +75,19 @@ def parse_args():
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     p.add_argument('--steps', type=int, default=10, help='timed steps')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+    p.add_argument('--dtype', default='auto', choices=['auto', *DTYPES],
+                   help='auto: bfloat16 where the hardware multiplies it natively, float16 on pre-Ampere '
+                        'GPUs, float32 elsewhere')
     p.add_argument('--compile', action='store_true', help='torch.compile the model first')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--profile', action='store_true', help='list the operators that take the time instead')
     p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
-    return p.parse_args()
+    args = p.parse_args()
+    try:
+        args.dtype, args.dtype_reason = resolve_dtype(args.dtype, device_type_of(args.device))
+    except DeviceError as e:
+        fail(str(e))
+    return args
 
 
 def bench_model(model_type, args):
@@ -139,7 +148,8 @@ def main():
             profile_model(model_type, args)
         return
     matmul = matmul_flops(args.device, args.dtype, n=2048, seconds=2.0)
-    yardstick = {'device': args.device, 'threads': torch.get_num_threads(), 'dtype': args.dtype,
+    yardstick = {'machine': describe_machine(args.device), 'device': args.device,
+                 'threads': torch.get_num_threads(), 'dtype': args.dtype, 'dtype_reason': args.dtype_reason,
                  f'matmul_2048_{args.dtype}_GFLOPs': round(matmul / 1e9, 1)}
     datasheet = (cuda_datasheet_peak(torch.cuda.get_device_name(args.device), args.dtype)
                  if args.device.startswith('cuda') else None)
