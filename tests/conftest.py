@@ -45,34 +45,75 @@ def reference_tiny_dir(enfr_data_root):
     return path
 
 
+def prepare_sample(out_root, *options):
+    """The sample corpus prepared in-process (no subprocess, so fast tests may use it) with a small BPE."""
+    from data.europarl import prepare
+    prepare.main(["--source", "local", "--corpus", str(REPO_ROOT / "data/europarl/sample/parliament"),
+                  "--name", "sample", "--out_root", str(out_root), "--vocab_size", "512", *options])
+    return out_root / "sample"
+
+
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory):
     """The project's sample corpus prepared with a small BPE vocabulary (built once per session)."""
-    out_root = tmp_path_factory.mktemp("data")
-    subprocess.run(
-        [sys.executable, "-m", "data.europarl.prepare", "--source", "local",
-         "--corpus", "data/europarl/sample/parliament", "--name", "sample",
-         "--out_root", str(out_root), "--vocab_size", "512"],
-        cwd=REPO_ROOT, check=True, capture_output=True, text=True)
-    return out_root / "sample"
+    return prepare_sample(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="session")
 def other_sample_dataset(tmp_path_factory):
     """The sample corpus prepared as sample_dataset but with another seed: another split, so another
     BPE of the same size (512) and other token streams. A run of one must refuse the other."""
-    out_root = tmp_path_factory.mktemp("other_data")
-    subprocess.run(
-        [sys.executable, "-m", "data.europarl.prepare", "--source", "local",
-         "--corpus", "data/europarl/sample/parliament", "--name", "sample", "--seed", "2",
-         "--out_root", str(out_root), "--vocab_size", "512"],
-        cwd=REPO_ROOT, check=True, capture_output=True, text=True)
-    return out_root / "sample"
+    return prepare_sample(tmp_path_factory.mktemp("other_data"), "--seed", "2")
 
 
-@pytest.fixture
+# what starts another process: scripts (subprocess) and workers (multiprocessing's spawn calls
+# fork_exec directly, so patching Popen alone would miss it)
+PROCESS_STARTERS = [(subprocess.Popen, "__init__")] + (
+    [(__import__("_posixsubprocess"), "fork_exec")] if os.name == "posix" else [])
+
+
+def _guard_fast_test(item):
+    """In a test not marked slow, starting a process fails: the fast loop (pytest -m "not slow") stays
+    fast only if every test that runs a script or a worker process says so."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{item.nodeid} starts a process; mark it @pytest.mark.slow")
+    originals = [(owner, name, getattr(owner, name)) for owner, name in PROCESS_STARTERS]
+    for owner, name, _ in originals:
+        setattr(owner, name, refuse)
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from _guard_fast_test(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from _guard_fast_test(item)
+
+
+def native_on_this_cpu(dtype):
+    """A skip marker for tests that compute in dtype, unless this CPU multiplies it natively: emulated
+    half precision is about 100x slower than float32 (bfloat16 without AMX/AVX512-BF16; float16 without
+    AMX-FP16)."""
+    from backpacks.hardware import emulation_warning
+    return pytest.mark.skipif(bool(emulation_warning(dtype, "cpu")), reason=f"this CPU only emulates {dtype}")
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
-    """Tiny models gain nothing from intra-op threads, which thrash on a busy 2-core machine."""
+    """Every in-process test runs torch on one thread: tiny models gain nothing from intra-op threads,
+    which thrash on a busy 2-core machine, and results then do not depend on the machine's core count.
+    (Scripts started by slow tests use the threads their environment gives them.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

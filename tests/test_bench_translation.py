@@ -3,7 +3,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_bench_translation_reports_speedup(sample_dataset, tmp_path, repo_root, make_checkpoint):
     run = make_checkpoint(tmp_path / "run", sample_dataset, model_type="backpack")
     result = subprocess.run([sys.executable, "-m", "experiments.bench_translation", "--out_dir", str(run),

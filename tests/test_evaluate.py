@@ -250,6 +250,7 @@ def test_compare_models(tiny_runs, enfr_data_root, tmp_path, capsys):
     assert all(m["source"] == "reused" for m in comparison["models"].values())
 
 
+@pytest.mark.slow
 def test_reuse_only_results_of_the_same_checkpoint_and_settings(tiny_runs, tmp_path, capsys):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_runs["transformer"], run_dir, ignore=shutil.ignore_patterns("eval"))
@@ -299,6 +300,7 @@ def assert_clean_error(result, *fragments):
     assert last.startswith("error:") and all(f in last for f in fragments), last
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_a_clean_error(repo_root, tmp_path):
     assert_clean_error(run(["evaluate.py", "--out_dir", str(tmp_path / "none"), "--device", "cpu"], repo_root, check=False),
                        "no checkpoint")
@@ -352,6 +354,7 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     assert "test.jsonl" in senses["alpha_entropy"]["skipped"]
 
 
+@pytest.mark.slow
 def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeypatch, capsys):
     """A word-similarity file with a non-UTF-8 line is used without it (the line is reported); a disk
     that fills up while writing the results is one line."""

@@ -249,6 +249,7 @@ def test_bad_input_gives_one_clear_line(runs, tmp_path, argv, message):
     assert '\n' not in str(exit_info.value)
 
 
+@pytest.mark.slow
 def test_experiment_refuses_a_transformer_in_one_line(runs, repo_root):
     result = subprocess.run([sys.executable, '-m', 'experiments.run_interventions', '--out_dir', str(runs['transformer'])],
                             cwd=repo_root, capture_output=True, text=True, timeout=60)

@@ -7,6 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import native_on_this_cpu
 from model import (PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, StandardTransformerLM,
                    build_model, preset_config)
 
@@ -271,6 +272,7 @@ def relative_error(approx, exact):
     return float((approx - exact).norm() / exact.norm())
 
 
+@native_on_this_cpu('bfloat16')
 @pytest.mark.parametrize('model_type', MODELS)
 def test_bf16_autocast_forward_on_cpu(model_type):
     model = tiny_model(model_type)
@@ -282,6 +284,7 @@ def test_bf16_autocast_forward_on_cpu(model_type):
     assert relative_error(logits, model(idx)[0]) < 0.02
 
 
+@native_on_this_cpu('bfloat16')
 def test_bf16_autocast_matches_the_reference_logits(reference_dir):
     """Trained weights (logits up to 7) against the reference implementation's fp32 logits."""
     model = BackpackLM.from_pretrained(reference_dir).eval()

@@ -308,6 +308,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(prep, tmp_path, kind):
     assert not out_root.exists() or not any(out_root.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line_without_traceback(repo_root, tmp_path):
     run = subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--source", "local", "--corpus",
                           str(tmp_path / "nothing"), "--out_root", str(tmp_path)],
@@ -316,6 +317,7 @@ def test_cli_error_is_one_line_without_traceback(repo_root, tmp_path):
     assert run.stderr.strip().startswith("error: missing file") and len(run.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_hub_source_unreachable_fails_fast_naming_local(repo_root, tmp_path):
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
     run = subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--out_root", str(tmp_path)],
@@ -373,6 +375,7 @@ def test_failure_while_writing_leaves_no_dataset_and_keeps_the_old_one(prep, tmp
     assert [p.name for p in tmp_path.iterdir()] == ["s"] and (tmp_path / "s" / "meta.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_nothing_that_looks_complete(repo_root, tmp_path):
     # SIGKILL just before meta.json would be written: nothing can clean up after it
     script = (
@@ -398,6 +401,7 @@ def test_killed_run_leaves_nothing_that_looks_complete(repo_root, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["k"]
 
 
+@pytest.mark.slow
 def test_a_killed_publish_is_undone_by_the_next_run(prep, tmp_path):
     """Killed between moving the old dataset aside and moving the new one in: the old one comes back."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -412,6 +416,7 @@ def test_a_killed_publish_is_undone_by_the_next_run(prep, tmp_path):
     ("--name", "a/b", "plain directory name"), ("--name", "..", "plain directory name"),
     ("--name", ".hidden", "plain directory name"), ("--vocab_size", str(10 ** 12), "--vocab_size must be between"),
     ("--vocab_size", "-5", "--vocab_size must be between")])
+@pytest.mark.slow
 def test_bad_options_are_one_error_before_any_work(repo_root, tmp_path, option, value, expected):
     run = subprocess.run([sys.executable, "-m", "data.europarl.prepare", "--source", "local", "--corpus", SAMPLE,
                           "--out_root", str(tmp_path / "out"), option, value], cwd=repo_root, capture_output=True, text=True)

@@ -40,6 +40,7 @@ def test_second_run_in_same_out_dir_is_refused_while_first_holds_it(tmp_path):
     assert not out.exists()  # created by the run, left empty: removed
 
 
+@pytest.mark.slow
 def test_lock_of_a_killed_run_is_stale(tmp_path, repo_root):
     out = tmp_path / 'run'
     holder = subprocess.Popen([sys.executable, '-c', HOLD_LOCK.format(root=str(repo_root), out=str(out))],
@@ -89,6 +90,7 @@ def test_unwritable_out_dir_is_one_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
 
 
+@pytest.mark.slow
 def test_temporaries_of_dead_processes_are_removed(tmp_path):
     pid = dead_pid()
     stale = tmp_path / f'.ckpt.pt.tmp-{pid}-abcd1234'

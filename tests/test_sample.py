@@ -26,6 +26,7 @@ def run_main(capsys, *argv):
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_samples_end_to_end(tiny_run, repo_root):
     result = subprocess.run([sys.executable, 'sample.py', '--out_dir', str(tiny_run), '--start', '<EN> The Parliament',
                              '--num_samples', '2', '--max_new_tokens', '12', '--device', 'cpu'],

@@ -18,6 +18,7 @@ import model as model_module
 import train
 from backpacks.checkpoint import load_checkpoint, load_trained_model
 from backpacks.dataset import BatchSampler
+from conftest import native_on_this_cpu
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
         '--eval_iters=2', '--eval_interval=5', '--log_interval=5', '--warmup_iters=2', '--learning_rate=3e-3',
@@ -141,6 +142,7 @@ def test_bad_setting_values(tmp_path):
     assert 'is a transformer' in error_of(['--preset=transformer-micro', '--model_type=backpack'])
 
 
+@pytest.mark.slow
 def test_cli_error_is_one_line(repo_root):
     result = run_cli(repo_root, ['--lerning_rate=1e-3'])
     assert result.returncode != 0 and 'Traceback' not in result.stderr
@@ -349,15 +351,22 @@ def test_early_stopping_is_off_by_default(synthetic_dataset, tmp_path, monkeypat
     assert load_checkpoint(tmp_path / 'ckpt.pt')['iter_num'] == 15
 
 
-def test_auto_dtype_says_what_it_chose(synthetic_dataset, tmp_path, monkeypatch, capsys, one_thread):
-    monkeypatch.setattr(hardware, 'cpu_flags', lambda: {'avx2', 'avx512_bf16'})
+def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset, tmp_path, capsys, one_thread):
     train.main([*TINY, '--dtype=auto', f'--data_dir={synthetic_dataset}', '--max_iters=2', f'--out_dir={tmp_path}'])
-    first_lines = capsys.readouterr().out.splitlines()[:3]
-    assert 'dtype bfloat16: the CPU has AVX512-BF16' in first_lines
+    dtype, reason = hardware.resolve_dtype('auto', 'cpu')  # what this CPU multiplies natively
+    assert capsys.readouterr().out.splitlines()[0] == f"machine: {hardware.describe_machine('cpu')}; dtype {dtype} ({reason})"
     ckpt = load_checkpoint(tmp_path / 'ckpt.pt')
-    assert ckpt['config']['dtype'] == 'bfloat16'
+    assert ckpt['config']['dtype'] == dtype
     assert ckpt['training_log'][-1]['mfu'] > 0
-    assert ckpt['training_log'][-1]['mfu_yardstick'].startswith('measured bfloat16 1024x1024 matmul on cpu')
+    assert ckpt['training_log'][-1]['mfu_yardstick'].startswith(f'measured {dtype} 1024x1024 matmul on cpu')
+
+
+def test_a_dtype_the_device_cannot_run_is_one_line(synthetic_dataset, tmp_path, monkeypatch):
+    def refuse(*args):
+        raise hardware.DeviceError('this GPU (compute capability 7.5) has no bfloat16 support')
+    monkeypatch.setattr(train, 'resolve_dtype', refuse)
+    assert error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}']) == \
+        'error: this GPU (compute capability 7.5) has no bfloat16 support'
 
 
 @pytest.mark.slow
@@ -486,12 +495,14 @@ def assert_resume_is_bitwise(dataset, tmp_path, dtype):
 
 
 @pytest.mark.slow
+@native_on_this_cpu('bfloat16')
 def test_resume_bitwise_bfloat16(synthetic_dataset, tmp_path, one_thread):
     ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'bfloat16')
     assert ckpt['scaler'] == {}  # bf16 needs no loss scaling: the scaler is off
 
 
 @pytest.mark.slow
+@native_on_this_cpu('float16')  # the GradScaler path on a GPU: experiments/gpu_check.sh
 def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path, one_thread):
     ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'float16')
     # the scaler's state went through the checkpoint: 8 steps without overflow since its last scale change
@@ -587,6 +598,7 @@ def test_new_run_keeps_an_earlier_best_pt(synthetic_dataset, tmp_path):
         [*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path / "best.pt" / "run"}'])
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoint_resume_is_one_line(synthetic_dataset, tmp_path, repo_root):
     (tmp_path / 'ckpt.pt').write_bytes(b'')
     result = run_cli(repo_root, ['--init_from=resume', f'--out_dir={tmp_path}'])

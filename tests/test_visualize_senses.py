@@ -8,6 +8,7 @@ import pytest
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow
 def test_writes_pngs_and_self_contained_html(sample_dataset, tmp_path, make_checkpoint, repo_root):
     run = make_checkpoint(tmp_path / 'run', sample_dataset)
     result = subprocess.run([sys.executable, '-m', 'experiments.visualize_senses', '--out_dir', str(run), '--words', 'vote',
@@ -21,6 +22,7 @@ def test_writes_pngs_and_self_contained_html(sample_dataset, tmp_path, make_chec
     assert page.count('data:image/png;base64,') == 3 and 'src="http' not in page and '<table>' in page
 
 
+@pytest.mark.slow
 def test_transformer_gets_one_clear_line(sample_dataset, tmp_path, make_checkpoint, repo_root):
     run = make_checkpoint(tmp_path / 'run', sample_dataset, model_type='transformer')
     result = subprocess.run([sys.executable, '-m', 'experiments.visualize_senses', '--out_dir', str(run), '--words', 'vote',
