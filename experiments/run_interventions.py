@@ -116,6 +116,22 @@ def check_data(data):
         templates(edit['prompts'], f"knowledge.json edit {n} prompts")
 
 
+def check_placement(tok, data):
+    """Place every word of the data in its prompts and write every answer after them before anything
+    runs, so that a word the tokenizer cannot place stops the run at once (InterventionError)."""
+    gender = data['gender']
+    for lang in LANGS:
+        for profession in gender['professions']:
+            for which in ('estimation_prompts', 'evaluation_prompts'):
+                for prompt in iv.place_words(tok, tag(tok, lang), gender[which][lang], profession[lang]):
+                    for pronoun in gender['pronouns'][lang]:
+                        iv.answer_pieces(tok, prompt.text, pronoun)
+    for edit in data['knowledge']['edits']:
+        for prompt in iv.place_words(tok, tag(tok, edit['lang']), edit['prompts'], edit['x']):
+            for answer in (edit['r'], edit['a']):
+                iv.answer_pieces(tok, prompt.text, answer)
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def mean_se(values):
@@ -490,6 +506,7 @@ def main(argv=None):
     except Exception as e:
         raise SystemExit(f"error: language masks need the dataset's pairs_train.bin: {e}")
     try:
+        check_placement(tok, data)
         results = run_all(model, baseline, tok, masks, data, args)
     except iv.InterventionError as e:
         raise SystemExit(f"error: {e}")

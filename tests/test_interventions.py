@@ -427,6 +427,34 @@ def test_experiment_refuses_a_transformer_in_one_line(runs, repo_root):
     assert result.stderr.strip().count('\n') == 0
 
 
+def broken_data(tmp_path, name, change):
+    """A copy of data/interventions with change(json of `name`) applied."""
+    import shutil
+    from experiments.run_interventions import DATA
+    directory = tmp_path / 'data'
+    shutil.copytree(DATA, directory)
+    content = json.loads((directory / f'{name}.json').read_text(encoding='utf-8'))
+    change(content)
+    (directory / f'{name}.json').write_text(json.dumps(content), encoding='utf-8')
+    return directory
+
+
+@pytest.mark.parametrize('name, change, message', [
+    ('topics', lambda d: d['en'].update(fisheries=[]), 'topics.json en:fisheries must be a non-empty list'),
+    ('gender', lambda d: d['professions'][0].update(fr=' '), 'professions (fr) must be a non-empty list of non-empty'),
+    ('knowledge', lambda d: d['edits'][0].update(x=''), 'edit 0 (x, r, a)'),
+    ('gender', lambda d: d['evaluation_prompts']['en'].append('No slot here'), 'needs a {} for the word'),
+    ('knowledge', lambda d: d['edits'][0].update(prompts=['The {}s are']), "'France' has no token of its own"),
+])
+def test_experiment_bad_data_is_one_clear_line(runs, tmp_path, name, change, message):
+    from experiments import run_interventions
+    directory = broken_data(tmp_path, name, change)
+    with pytest.raises(SystemExit) as exit_info:
+        run_interventions.main(['--out_dir', str(runs['backpack']), '--intervention_data', str(directory)])
+    assert str(exit_info.value).startswith('error: ') and message in str(exit_info.value)
+    assert '\n' not in str(exit_info.value)
+
+
 @pytest.mark.slow
 def test_experiment_end_to_end_writes_json_and_markdown(runs, repo_root):
     result = subprocess.run([sys.executable, '-m', 'experiments.run_interventions', '--out_dir', str(runs['backpack']),
@@ -438,6 +466,12 @@ def test_experiment_end_to_end_writes_json_and_markdown(runs, repo_root):
     assert set(results['topic']['summary']) == {'en', 'fr'} and len(results['debias']['fr']['professions']) == 2
     assert results['debias']['en']['summary']['all']['transformer']['unmodified']['n'] == 2
     assert len(results['knowledge']['edits']) == 10 and results['steering']['transformer']
+    for edit in results['knowledge']['edits']:  # the subject's own pieces only, never in collateral prompts
+        assert min(edit['edited_positions']) >= 1 and set(edit['collateral_edited_positions']) == {0}
+        assert edit['token_margin_change'] == pytest.approx(edit['predicted_token_margin_change'], abs=1e-5)
+    english = results['topic']['summary']['en']['backpack']
+    assert set(english) == {'on', 'off'} and all(0 <= english[a][s]['mass']['mean'] <= 1 for a in english for s in english[a])
+    assert results['topic']['logit_scale']['sense_logit_max_median'] > 0 and results['debias']['fr']['pronoun_forms']['il']
     markdown = (runs['backpack'] / 'interventions' / 'interventions.md').read_text()
     assert '## Topic control' in markdown and '## Language steering' in markdown
 
