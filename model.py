@@ -228,12 +228,14 @@ class LanguageModel(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def step(self, idx, cache=None, attention_mask=None):
-        """Incremental decoding: logits (B,T_new,V) of the new tokens idx, and the updated cache."""
+    def step(self, idx, cache=None, attention_mask=None, **edits):
+        """Incremental decoding: logits (B,T_new,V) of the new tokens idx, and the updated cache.
+        edits as in forward: the Backpack's senses_fn sees the senses of every position so far (the
+        cache keeps them unedited), the Transformer's embeddings_fn those of the new tokens only."""
         cache = cache if cache is not None else Cache()
         self._check_length(cache.length + idx.shape[1])
         positions, mask = _positions_and_mask(idx, cache.length, attention_mask)
-        logits = self._logits(idx, positions, mask, cache)
+        logits = self._logits(idx, positions, mask, cache, **edits)
         cache.commit()
         return logits, cache
 

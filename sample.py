@@ -19,8 +19,8 @@ import sys
 import torch
 
 from backpacks.evaluation import load_for_eval
-from backpacks.generation import DIRECTIONS, timed_translate
-from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, generate_edited, read_senses, read_topic_words,
+from backpacks.generation import DIRECTIONS, sample_edited, timed_translate
+from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, read_senses, read_topic_words,
                            require_backpack, sense_contributions, topic_edit)
 from backpacks.lexical import token_language_counts, token_language_masks
 
@@ -115,8 +115,8 @@ def decode_with_tags(tok, ids):
 
 
 def sample(model, tok, args):
-    """Free sampling from --start, printed nanoGPT style; with --topic through topic control (no KV
-    cache: the annealing reads the whole sequence), with --explain followed by each token's attribution."""
+    """Free sampling from --start, printed nanoGPT style; with --topic through topic control, with
+    --explain followed by each token's attribution."""
     text = read_text_arg(args.start, '--start') if args.start is not None else None
     start_ids = encode_with_tags(tok, text) if text is not None else [tok.en_id]
     if not start_ids:
@@ -128,7 +128,7 @@ def sample(model, tok, args):
         print(f"topic bag: {len(ids)} words, pieces {' '.join(sorted({tok.token_str(i) for i in ids.values()}))}")
     for _ in range(args.num_samples):
         if edits_for is not None:
-            out = generate_edited(model, idx, args.max_new_tokens or 100, edits_for, temperature=args.temperature, top_k=args.top_k or None)
+            out = sample_edited(model, idx, args.max_new_tokens or 100, edits_for, temperature=args.temperature, top_k=args.top_k or None)
         else:
             out = model.generate(idx, args.max_new_tokens or 100, temperature=args.temperature, top_k=args.top_k or None)
         print(decode_with_tags(tok, out[0].tolist()))

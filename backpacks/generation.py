@@ -13,6 +13,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from model import _sample
+
 DIRECTIONS = ('en-fr', 'fr-en')
 
 
@@ -246,3 +248,34 @@ def translate(model, tokenizer, sources, direction, beam=1, batch_size=32,
     """Translations of `sources` (list of str), in input order. See timed_translate."""
     return timed_translate(model, tokenizer, sources, direction, beam, batch_size,
                            max_new_tokens, use_cache, progress)['hypotheses']
+
+
+# ----------------------------------------------------------------------------- sampling with an intervention
+
+@torch.no_grad()
+def sample_edited(model, idx, max_new_tokens, edit=None, logits_fn=None, temperature=1.0, top_k=None,
+                  on_logits=None, use_cache=True):
+    """Sample like model.generate, through the hooks edit(idx) returns for the sequence so far (a dict
+    of forward's senses_fn / alpha_fn / embeddings_fn). logits_fn edits the next-token logits (the
+    Transformer's logit-bonus baseline); on_logits(logits) sees each step's final next-token logits.
+
+    With the KV cache only the new token is fed: the backbone never sees a sense, so its cached keys
+    and values hold under any sense edit, and the Backpack's cache keeps the senses unedited, so
+    edit(idx) is applied afresh at every step to the senses of the whole sequence (topic annealing
+    reads every token so far). An embeddings_fn sees the new tokens only: a position-dependent one
+    must index idx from the right. use_cache=False recomputes the whole sequence at every step (the
+    reference for the cached path)."""
+    hooks = edit if edit is not None else (lambda _: {})
+    logits, cache = None, None
+    for _ in range(max_new_tokens):
+        window = idx[:, -model.config.block_size:]
+        if not use_cache or cache is None or cache.length >= model.config.block_size:
+            logits, cache = model.step(window, None, **hooks(window))  # (re)encode the window
+        else:
+            logits, cache = model.step(window[:, -1:], cache, **hooks(window))
+        logits = logits[:, -1].float()
+        logits = logits_fn(logits) if logits_fn else logits
+        if on_logits is not None:
+            on_logits(logits)
+        idx = torch.cat([idx, _sample(logits, temperature, top_k)], dim=1)
+    return idx

@@ -10,18 +10,25 @@ there is one forward pass. One function per idea:
 
   reading       read_senses: top +/- vocabulary items of E C(x)_l, word arithmetic, language masks
   attribution   sense_contributions: alpha[l,i,j] * (E C(x_j)_l)[y], summing to the logit of y
-  topic control topic_scores, topic_weights, annealing, topic_senses_fn (authors' rank_vocab.py and
-                intervened_models.py); Transformer baseline: a logit bonus on the bag
-  debiasing     gender_sense, profession_bias, optimise_scale (scipy Nelder-Mead, as the authors);
+  placement     find_word / place_word: the positions of a word's own pieces as a whole word (never
+                a piece of it inside another word; after l', d', qu' too); answer_pieces: a word as
+                the tokenizer writes it after a prompt, spaced or glued after an apostrophe
+  scoring       word_logprobs: a word's log-probability in context, summed over its pieces and per piece
+  topic control topic_scores, topic_weights, annealing (settings: Annealing), topic_senses_fn
+                (authors' rank_vocab.py and intervened_models.py); bag_mass, the next-token mass on
+                the bag; Transformer baseline: a logit bonus on the bag
+  debiasing     gender_sense, pronoun_log_ratios, optimise_scale (scipy Nelder-Mead, as the authors);
                 Transformer baseline: the he-she direction projected out of the profession embedding
-  knowledge     knowledge_edit_fn: C~_l = C_l - c e_r + c (|e_r|^2/|e_a|^2) e_a, c = C_l.e_r/|e_r|^2
+  knowledge     knowledge_edit: C~_l = C_l - c e_r + c (|e_r|^2/|e_a|^2) e_a, c = C_l.e_r/|e_r|^2;
+                knowledge_projection, the closed form of the margin change it causes
   language      language_senses, scale_senses_fn; Transformer control: random embedding directions
 
-Generation with an intervention (generate_edited) recomputes the whole sequence at every step
-instead of using the KV cache: topic annealing depends on the whole current sequence, and the
-edits are cheap next to clarity at the sizes this runs at.
+An edit is a function edit(idx, at) -> forward's hooks, `at` (B,T) marking the intervened word's
+positions (position-free edits ignore it). Generation with an edit uses the KV cache
+(generation.sample_edited).
 """
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +38,6 @@ from scipy.optimize import minimize
 
 from backpacks.lexical import WordVectors, has_senses, word_pieces
 from backpacks.metrics import words as split_words
-from model import _sample
 
 
 class InterventionError(ValueError):
@@ -108,28 +114,88 @@ def sense_contributions(model, idx, targets):
     return seen['alpha'].permute(0, 2, 1, 3) * projection, logits
 
 
-# ----------------------------------------------------------------------------- generation with edits
+# ----------------------------------------------------------------------------- where a word is
 
-@torch.no_grad()
-def generate_edited(model, idx, max_new_tokens, edits_for=None, logits_fn=None, temperature=1.0, top_k=None):
-    """Sample like model.generate, but through forward(idx, **edits_for(idx)) on the whole sequence
-    at each step (no KV cache: topic annealing depends on every token so far). logits_fn edits the
-    next-token logits (the Transformer's logit-bonus baseline)."""
-    for _ in range(max_new_tokens):
-        window = idx[:, -model.config.block_size:]
-        logits, _ = model(window, **(edits_for(window) if edits_for else {}))
-        logits = logits[:, -1].float()
-        idx = torch.cat([idx, _sample(logits_fn(logits) if logits_fn else logits, temperature, top_k)], dim=1)
-    return idx
+@dataclass
+class Prompt:
+    """Token ids of a prompt (language tag first), its text without the tag, and the positions of
+    the intervened word's pieces in it (empty when the word does not occur)."""
+    ids: list
+    text: str
+    positions: list
 
 
-@torch.no_grad()
-def continuation_nll(model, sequences, prompt_length):
-    """Mean NLL (nats/token) of each sequence's tokens after prompt_length, under the unedited model."""
-    logits, _ = model(sequences[:, :-1])
-    nll = F.cross_entropy(logits.float().transpose(1, 2), sequences[:, 1:], reduction='none')
-    return nll[:, prompt_length - 1:].mean(dim=1)
+def word_spans(text, word):
+    """Character spans of the whole-word occurrences of word in text: not inside a longer word, and
+    an apostrophe ends the word before it, so "Allemagne" is found in "l'Allemagne"."""
+    return [m.span() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text)]
 
+
+def split_point(tokenizer, text, ids, char):
+    """How many tokens of ids (= encode(text)) spell text[:char]; an InterventionError when no prefix
+    of the tokens does (the tokenizer merged across that point)."""
+    head = tokenizer.encode(text[:char]) if char else []
+    if ids[:len(head)] != head:
+        raise InterventionError(f"the tokenizer does not split {text!r} at character {char} "
+                                f"({text[max(0, char - 10):char]!r}|{text[char:char + 10]!r}), so the word there "
+                                "cannot be placed on whole tokens")
+    return len(head)
+
+
+def span_positions(tokenizer, text, ids, start, end):
+    """Positions in ids (= encode(text)) of the pieces spelling text[start:end]. A space before it is
+    part of its first piece in both byte-level BPE and SentencePiece; a piece that is only blank
+    (small vocabularies split ' he' into ' ' + 'he') is shared by every word and left out."""
+    if start > 0 and text[start - 1] == ' ':
+        start -= 1
+    first, last = split_point(tokenizer, text, ids, start), split_point(tokenizer, text, ids, end)
+    return [i for i in range(first, last) if tokenizer.decode([ids[i]]).strip()]
+
+
+def find_word(tokenizer, tag_id, text, word):
+    """Prompt of [tag] + text with the positions of every whole-word occurrence of word."""
+    if not word.strip():
+        raise InterventionError(f"an empty word cannot be placed in {text!r}")
+    ids = tokenizer.encode(text)
+    positions = [1 + i for start, end in word_spans(text, word)
+                 for i in span_positions(tokenizer, text, ids, start, end)]
+    return Prompt([tag_id] + ids, text, positions)
+
+
+def place_word(tokenizer, tag_id, template, word):
+    """Prompt of [tag] + template with word in place of {}; its positions are the word's pieces there
+    (and wherever else the word occurs whole). An InterventionError when the word has no piece there."""
+    prompt = find_word(tokenizer, tag_id, template.format(word), word)
+    if not prompt.positions:
+        raise InterventionError(f"{word!r} has no token of its own in {prompt.text!r}")
+    return prompt
+
+
+def place_words(tokenizer, tag_id, templates, word):
+    return [place_word(tokenizer, tag_id, t, word) for t in templates]
+
+
+def written_after(prompt_text, word):
+    """The word as a text continues: glued after an apostrophe ("qu'il", "l'Italie"), spaced otherwise."""
+    return word if prompt_text.endswith(("'", "’", " ")) else ' ' + word
+
+
+def answer_pieces(tokenizer, prompt_text, word):
+    """Token ids of word as the tokenizer writes it right after prompt_text (with its space or not)."""
+    text = prompt_text + written_after(prompt_text, word)
+    ids = tokenizer.encode(text)
+    pieces = ids[split_point(tokenizer, text, ids, len(prompt_text)):]
+    if not pieces:
+        raise InterventionError(f"{word!r} encodes to no tokens after {prompt_text!r}")
+    return pieces
+
+
+def first_informative(tokenizer, pieces):
+    """The first piece that is not only blank (the one that carries the word)."""
+    return next((i for i in pieces if tokenizer.decode([i]).strip()), pieces[0])
+
+
+# ----------------------------------------------------------------------------- scoring
 
 def right_pad(sequences, pad_id):
     """(N, T) batch of id lists padded on the right (causal models: padding never reaches earlier positions)."""
@@ -140,17 +206,39 @@ def right_pad(sequences, pad_id):
     return out
 
 
+def position_mask(shape, prompts):
+    """(B, T) True at each prompt's word positions (row r holds prompts[r], right-padded)."""
+    at = torch.zeros(shape, dtype=torch.bool)
+    for r, prompt in enumerate(prompts):
+        at[r, prompt.positions] = True
+    return at
+
+
+def hooks_for(edit, rows, prompts):
+    """forward's hooks of an edit (None: none) for right-padded rows holding the prompts."""
+    return {} if edit is None else edit(rows, position_mask(rows.shape, prompts).to(rows.device))
+
+
 @torch.no_grad()
-def word_logprob(model, prompts, words, pad_id, edits_for=None):
-    """(N,) log p(words[n] | prompts[n]) for id lists: the sum of the log-probabilities of the word's
-    pieces (all of ' ' + word), each given the prompt and the earlier pieces, in one forward pass.
-    With a single-token word this is the next-token log-probability the paper uses; small BPE
-    vocabularies split even ' she', so the whole word is scored (deliberate difference)."""
-    rows = right_pad([p + w for p, w in zip(prompts, words)], pad_id)
-    logits, _ = model(rows, **(edits_for(rows) if edits_for else {}))
-    logp = logits.float().log_softmax(-1)
-    return torch.stack([logp[n, len(p) - 1 + torch.arange(len(w)), w].sum()
-                        for n, (p, w) in enumerate(zip(prompts, words))]).cpu()
+def word_logprobs(model, prompts, words, pad_id, edit=None):
+    """(sum, per-piece mean), each (N,): log p(words[n] | prompts[n]) summed over the word's pieces
+    (each given the prompt and the earlier pieces) and divided by their number, in one forward pass.
+    words[n] are the word's pieces as written in that context (answer_pieces). With single-token
+    words the sum is the next-token log-probability the paper uses; small vocabularies split even
+    ' she', so the whole word is scored (deliberate difference), and the mean per piece is a measure
+    that does not grow with the number of pieces."""
+    rows = right_pad([p.ids + w for p, w in zip(prompts, words)], pad_id).to(model.token_embeddings.device)
+    logp = model(rows, **hooks_for(edit, rows, prompts))[0].float().log_softmax(-1)
+    per_piece = [logp[n, len(p.ids) - 1 + torch.arange(len(w)), w] for n, (p, w) in enumerate(zip(prompts, words))]
+    return torch.stack([s.sum() for s in per_piece]).cpu(), torch.stack([s.mean() for s in per_piece]).cpu()
+
+
+@torch.no_grad()
+def continuation_nll(model, sequences, prompt_length):
+    """Mean NLL (nats/token) of each sequence's tokens after prompt_length, under the unedited model."""
+    logits, _ = model(sequences[:, :-1])
+    nll = F.cross_entropy(logits.float().transpose(1, 2), sequences[:, 1:], reduction='none')
+    return nll[:, prompt_length - 1:].mean(dim=1)
 
 
 # ----------------------------------------------------------------------------- topic control
@@ -158,7 +246,18 @@ def word_logprob(model, prompts, words, pad_id, edits_for=None):
 # (above q95, q80-q95, q60-q80, below q60) sense weights per strength: the authors' test_topic.py
 TOPIC_STRENGTHS = {0: (1.0, 1.0, 1.0, 1.0), 1: (1.5, 1.5, 1.3, 1.0), 2: (2.2, 2.2, 1.5, 1.0), 3: (3.3, 3.3, 3.0, 1.0)}
 TOPIC_QUANTILES = (0.95, 0.80, 0.60)
-ANNEALING_DIVISOR = 7.5  # f = max(delta) / 7.5 (authors' annealing_scale)
+
+
+@dataclass(frozen=True)
+class Annealing:
+    """The authors' mask_annealing: b_jl = sigmoid(-f a_jl + offset) (1 + j / position_scale) with
+    f = max(delta) / divisor. The defaults are theirs, set for backpack-gpt2, whose sense logits
+    are GPT-2-sized; a model with other logit scales may need others (the report states the scale).
+    on=False weights every sense by delta itself (their anneal=False)."""
+    on: bool = True
+    offset: float = 6.0
+    divisor: float = 7.5
+    position_scale: float = 100.0
 
 
 def bag_vector(tokenizer, words, vocab_size):
@@ -170,17 +269,27 @@ def bag_vector(tokenizer, words, vocab_size):
 
 
 @torch.no_grad()
-def topic_scores(model, bag, chunk=256):
-    """(V, k) score(x, l) = (s / max_v s_v) . bag with s = E C(x)_l, over every token x and sense l
-    (authors' rank_vocab.non_contextual_localize). Chunked: a (V, k, V) tensor never exists."""
+def sense_logit_max(model, chunk=256):
+    """(V, k) max_v (E C(x)_l)[v] for every token x and sense l: the scale of each sense's logits.
+    It does not depend on the topic, so it is computed once for all topics."""
     require_backpack(model, "topic control")
     E = model.token_embeddings
-    bag = bag.to(E.device, E.dtype)
-    scores = []
-    for start in range(0, E.shape[0], chunk):
-        logits = model.sense_vectors(torch.arange(start, min(start + chunk, E.shape[0]), device=E.device)) @ E.t()
-        scores.append((logits / logits.max(dim=-1, keepdim=True).values) @ bag)
-    return torch.cat(scores).float()
+    return torch.cat([(model.sense_vectors(torch.arange(s, min(s + chunk, E.shape[0]), device=E.device)) @ E.t())
+                      .max(dim=-1).values for s in range(0, E.shape[0], chunk)]).float()
+
+
+@torch.no_grad()
+def topic_scores(model, bag, row_max=None, chunk=256):
+    """(V, k) score(x, l) = (s / max_v s_v) . bag with s = E C(x)_l, over every token x and sense l
+    (authors' rank_vocab.non_contextual_localize), written C(x)_l . (E^T bag) / max_v s_v so that
+    no (V, k, V) tensor exists and the maxima (sense_logit_max) serve every topic."""
+    require_backpack(model, "topic control")
+    E = model.token_embeddings
+    row_max = sense_logit_max(model, chunk) if row_max is None else row_max
+    target = bag.to(E.device, E.dtype) @ E  # (d,)
+    dots = torch.cat([model.sense_vectors(torch.arange(s, min(s + chunk, E.shape[0]), device=E.device)) @ target
+                      for s in range(0, E.shape[0], chunk)]).float()
+    return dots / row_max.to(dots.device)
 
 
 def topic_weights(scores, strength):
@@ -190,7 +299,7 @@ def topic_weights(scores, strength):
     if strength not in TOPIC_STRENGTHS:
         raise InterventionError(f"topic strength must be one of {sorted(TOPIC_STRENGTHS)}, got {strength}")
     w = TOPIC_STRENGTHS[strength]
-    q95, q80, q60 = torch.quantile(scores.flatten(), torch.tensor(TOPIC_QUANTILES))
+    q95, q80, q60 = torch.quantile(scores.flatten(), torch.tensor(TOPIC_QUANTILES, device=scores.device))
     delta = torch.ones_like(scores)
     delta = torch.where(scores > q95, w[0], delta)
     delta = torch.where((scores > q80) & (scores < q95), w[1], delta)
@@ -198,25 +307,53 @@ def topic_weights(scores, strength):
     return torch.where(scores < q60, w[3], delta)
 
 
-def annealing(model, idx, senses, scale):
-    """b (B,k,T): b_jl = sigmoid(-scale * a_jl + 6) (1 + j/100) with a_jl = sum_i max(E_{x_i} . C(x_j)_l, 0)
-    over the whole current sequence (authors' mask_annealing): senses already strongly predicting the
-    text are pushed less, and later positions a little more."""
-    a = torch.einsum('bljd,bid->blji', senses, model.token_embeddings[idx]).clamp(min=0).sum(-1)
-    position_bonus = 1 + torch.arange(idx.shape[1], device=idx.device) / 100
-    return torch.sigmoid(-scale * a + 6) * position_bonus
+def annealing_input(model, idx, senses):
+    """a (B,k,T): a_jl = sum_i max(E_{x_i} . C(x_j)_l, 0) over every token i of the current sequence."""
+    return torch.einsum('bljd,bid->blji', senses, model.token_embeddings[idx]).clamp(min=0).sum(-1)
 
 
-def topic_senses_fn(model, idx, delta):
+def annealing(model, idx, senses, scale, settings=Annealing()):
+    """b (B,k,T) of the authors' mask_annealing (see Annealing): senses already strongly predicting
+    the text are pushed less, later positions a little more; all ones when annealing is off."""
+    if not settings.on:
+        return torch.ones(senses.shape[:3], device=senses.device, dtype=senses.dtype)
+    position_bonus = 1 + torch.arange(idx.shape[1], device=idx.device) / settings.position_scale
+    return torch.sigmoid(-scale * annealing_input(model, idx, senses) + settings.offset) * position_bonus
+
+
+def topic_senses_fn(model, idx, delta, settings=Annealing()):
     """senses_fn scaling C(x_j)_l by the annealed weight delta b + (1 - b), written 1 + b (delta - 1)
     so that delta = 1 is exactly the identity."""
-    scale = float(delta.max()) / ANNEALING_DIVISOR
+    scale = float(delta.max()) / settings.divisor
     token_delta = delta.to(idx.device)[idx].transpose(1, 2)  # (B,k,T)
 
     def edit(senses):
-        b = annealing(model, idx, senses, scale)
+        b = annealing(model, idx, senses, scale, settings)
         return senses * (1 + b * (token_delta - 1)).unsqueeze(-1).to(senses.dtype)
     return edit
+
+
+def topic_edit_of(model, delta, settings=Annealing()):
+    """The edit (idx -> forward's hooks) of topic control with weights delta."""
+    return lambda idx, at=None: {'senses_fn': topic_senses_fn(model, idx, delta, settings)}
+
+
+@torch.no_grad()
+def upweighted_annealing(model, idx, delta, settings=Annealing()):
+    """(median b, median a) over the (position, sense) pairs that delta upweights, on sequences idx:
+    how much of the push annealing lets through at the end of them, and the logit sums it reads."""
+    senses = model.sense_network(model.backbone.wte(idx))
+    up = delta.to(idx.device)[idx].transpose(1, 2) > 1
+    if not up.any():
+        return None, None
+    a = annealing_input(model, idx, senses)
+    b = annealing(model, idx, senses, float(delta.max()) / settings.divisor, settings)
+    return float(b[up].median()), float(a[up].median())
+
+
+def bag_mass(logits, bag):
+    """(B,) next-token probability on the bag's tokens: the target topic control pushes."""
+    return logits.float().softmax(-1) @ bag.to(logits.device)
 
 
 def logit_bonus_fn(bag, bonus):
@@ -234,55 +371,56 @@ def topic_rate(texts, bag_words):
 
 # ----------------------------------------------------------------------------- gender debiasing
 
-def token_mask(idx, ids):
-    """(B,T) True where idx holds one of ids: edits apply wherever the word's tokens occur (the
-    authors match token ids; a multi-piece word is edited at each of its pieces)."""
-    return torch.isin(idx, torch.as_tensor(list(ids), device=idx.device))
-
-
-def scale_senses_fn(idx, ids, senses, scale):
-    """senses_fn multiplying senses `senses` of the tokens `ids` (all tokens when ids is None) by `scale`.
-    The authors scale alpha[:, sense, :, j] at those positions; alpha @ C makes the two identical."""
-    where = torch.ones_like(idx, dtype=torch.bool) if ids is None else token_mask(idx, ids)
-
+def scale_senses_fn(at, senses, scale):
+    """senses_fn multiplying senses `senses` at the positions `at` ((B,T) bool; None: everywhere) by
+    `scale`. The authors scale alpha[:, sense, :, j] at the word's positions; alpha @ C makes the two
+    identical."""
     def edit(C):
         pick = torch.zeros(C.shape[1], dtype=torch.bool, device=C.device)
         pick[list(senses)] = True
+        where = torch.ones(C.shape[0], C.shape[2], dtype=torch.bool, device=C.device) if at is None else at
         hit = pick[None, :, None, None] & where[:, None, :, None]
         return torch.where(hit, C * scale, C)
     return edit
 
 
-def projection_embeddings_fn(idx, ids, direction, p):
-    """Transformer baseline (authors' modulate_baseline): at the profession's tokens, the input embedding
-    loses (1 - p) of its component along the he-she direction; the tied output head is unchanged."""
+def projection_embeddings_fn(at, direction, p):
+    """Transformer baseline (authors' modulate_baseline): at the profession's positions, the input
+    embedding loses (1 - p) of its component along the he-she direction; the tied output head is
+    unchanged. `at` is aligned from the right, so the new tokens of an incremental step find theirs."""
     unit = direction / direction.norm()
-    where = token_mask(idx, ids)[..., None]
 
     def edit(x):
+        where = at[:, -x.shape[1]:, None]
         return torch.where(where, x - (1 - p) * (x @ unit)[..., None] * unit, x)
     return edit
 
 
-def fill_prompts(tokenizer, tag_id, templates, word):
-    """Token ids of [language tag] + each template with the word in place of {}."""
-    return [[tag_id] + tokenizer.encode(t.format(word)) for t in templates]
+def backpack_debias_edit(sense):
+    """p -> the edit scaling the gender sense at the profession's positions by p."""
+    return lambda p: lambda idx, at: {'senses_fn': scale_senses_fn(at, [sense], p)}
 
 
-def profession_bias(model, prompts, he, she, pad_id, edits_for=None):
-    """Mean over prompts of max(p(he)/p(she), p(she)/p(he)) = exp|log p(he) - log p(she)|; he and she
-    are the pronouns' piece lists."""
-    both = word_logprob(model, prompts + prompts, [he] * len(prompts) + [she] * len(prompts), pad_id, edits_for)
-    log_ratio = both[:len(prompts)] - both[len(prompts):]
-    return float(log_ratio.abs().exp().mean())
+def transformer_debias_edit(direction):
+    return lambda p: lambda idx, at: {'embeddings_fn': projection_embeddings_fn(at, direction, p)}
 
 
-def backpack_debias_edit(profession_ids, sense):
-    return lambda p: lambda idx: {'senses_fn': scale_senses_fn(idx, profession_ids, [sense], p)}
+def pronoun_log_ratios(model, prompts, he, she, pad_id, edit=None):
+    """(whole word, per piece), each (N,): log p(he) - log p(she) after each prompt; he[n] and she[n]
+    are the pronouns' pieces as written after prompt n."""
+    total, mean = word_logprobs(model, prompts + prompts, list(he) + list(she), pad_id, edit)
+    n = len(prompts)
+    return total[:n] - total[n:], mean[:n] - mean[n:]
 
 
-def transformer_debias_edit(profession_ids, direction):
-    return lambda p: lambda idx: {'embeddings_fn': projection_embeddings_fn(idx, profession_ids, direction, p)}
+def bias_of(log_ratios):
+    """Mean over prompts of max(p(he)/p(she), p(she)/p(he)) = exp|log p(he) - log p(she)|; 1 is unbiased."""
+    return float(log_ratios.abs().exp().mean())
+
+
+def profession_bias(model, prompts, he, she, pad_id, edit=None):
+    """The bias of the whole pronouns (the authors' measure; with single-token pronouns their next-token one)."""
+    return bias_of(pronoun_log_ratios(model, prompts, he, she, pad_id, edit)[0])
 
 
 def optimise_scale(bias_at, max_evaluations=30):
@@ -293,18 +431,18 @@ def optimise_scale(bias_at, max_evaluations=30):
     return float(result.x[0])
 
 
-def gender_sense(model, professions, he, she, pad_id):
-    """The sense whose removal from the professions' tokens lowers the bias for the most professions
-    (ties: the largest mean reduction), on estimation prompts. professions: {name: (prompts, token ids)}.
-    Returns (sense, per-sense share of professions helped, per-sense mean bias reduction)."""
+def gender_sense(model, professions, pad_id):
+    """The sense whose removal from the professions' positions lowers the bias for the most professions
+    (ties: the largest mean reduction), on estimation prompts. professions: {name: (prompts, he, she)}
+    with the pronouns' pieces per prompt. Returns (sense, per-sense share helped, per-sense mean reduction)."""
     require_backpack(model, "debiasing")
     k = model.config.n_senses
     reductions = np.zeros((len(professions), k))
-    for r, (prompts, ids) in enumerate(professions.values()):
+    for r, (prompts, he, she) in enumerate(professions.values()):
         base = profession_bias(model, prompts, he, she, pad_id)
         for sense in range(k):
             reductions[r, sense] = base - profession_bias(model, prompts, he, she, pad_id,
-                                                          backpack_debias_edit(ids, sense)(0.0))
+                                                          backpack_debias_edit(sense)(0.0))
     helped, mean = (reductions > 0).mean(0), reductions.mean(0)
     return int(np.lexsort((mean, helped))[-1]), helped.tolist(), mean.tolist()
 
@@ -318,29 +456,69 @@ def edited_senses(C, e_r, e_a):
     return C + c[..., None] * ((e_r @ e_r) / (e_a @ e_a) * e_a - e_r)
 
 
-def knowledge_edit_fn(model, idx, word_ids, r_id, a_id):
-    """senses_fn replacing the association of the word (its token ids) with token r by token a, in
-    every sense of the word wherever its tokens occur."""
+def knowledge_edit(model, r_id, a_id):
+    """The edit replacing the word's association with token r by token a, in every sense of the
+    word's pieces at its positions `at` (the authors replace the senses of the word's single token)."""
     E = model.token_embeddings
-    where = token_mask(idx, word_ids)[:, None, :, None]
-    return lambda C: torch.where(where, edited_senses(C, E[r_id].to(C.dtype), E[a_id].to(C.dtype)), C)
+
+    def hooks(idx, at):
+        where = at[:, None, :, None]
+        return {'senses_fn': lambda C: torch.where(where, edited_senses(C, E[r_id].to(C.dtype), E[a_id].to(C.dtype)), C)}
+    return hooks
 
 
-def answer_margin(model, prompts, a, r, pad_id, edits_for=None):
-    """(N,) log p(a | prompt) - log p(r | prompt) for the piece lists a and r, in one forward pass."""
-    logp = word_logprob(model, prompts * 2, [a] * len(prompts) + [r] * len(prompts), pad_id, edits_for)
-    return logp[:len(prompts)] - logp[len(prompts):]
+def answer_margins(model, prompts, a, r, pad_id, edit=None):
+    """(whole word, per piece), each (N,): log p(a | prompt) - log p(r | prompt), a[n] and r[n] the
+    answers' pieces as written after prompt n."""
+    total, mean = word_logprobs(model, prompts + prompts, list(a) + list(r), pad_id, edit)
+    n = len(prompts)
+    return total[:n] - total[n:], mean[:n] - mean[n:]
 
 
 @torch.no_grad()
-def next_token_kl(model, prompts, pad_id, edits_for):
+def knowledge_projection(model, prompts, r_id, a_id, pad_id):
+    """Why an edit moves the next-token margin logit[a] - logit[r] after each prompt the way it does.
+    The edit adds c (s e_a - e_r) to each edited sense (c = C . e_r / |e_r|^2, s = |e_r|^2 / |e_a|^2)
+    and leaves alpha alone (the backbone never sees a sense), so the margin changes by exactly
+    P (2 |e_r|^2 - (1 + s) e_a . e_r), with P = sum over the word's positions j and senses l of
+    alpha[l, i, j] c_jl at the last prompt position i: the projection of the word's senses on e_r
+    as the prediction weighs them. Returns {'projection': P, 'mean_c': c averaged over the word's
+    senses, 'predicted': the margin change}, each (N,)."""
+    rows = right_pad([p.ids for p in prompts], pad_id).to(model.token_embeddings.device)
+    seen = {}
+    keep = lambda name: lambda t: seen.setdefault(name, t)
+    model(rows, senses_fn=keep('senses'), alpha_fn=keep('alpha'))
+    E = model.token_embeddings.float()
+    e_r, e_a = E[r_id], E[a_id]
+    c = (seen['senses'].float() @ e_r) / (e_r @ e_r)  # (B,k,T)
+    at = position_mask(rows.shape, prompts).to(rows.device)
+    last = torch.tensor([len(p.ids) - 1 for p in prompts], device=rows.device)
+    alpha_last = seen['alpha'].float()[torch.arange(len(prompts)), :, last]  # (B,k,T)
+    projection = (alpha_last * c * at[:, None]).sum((1, 2))
+    mean_c = (c * at[:, None]).sum((1, 2)) / (at.sum(1) * c.shape[1]).clamp(min=1)
+    s = (e_r @ e_r) / (e_a @ e_a)
+    factor = 2 * (e_r @ e_r) - (1 + s) * (e_a @ e_r)
+    return {'projection': projection.cpu(), 'mean_c': mean_c.cpu(), 'predicted': (projection * factor).cpu()}
+
+
+@torch.no_grad()
+def token_margin(model, prompts, r_id, a_id, pad_id, edit=None):
+    """(N,) logit[a] - logit[r] = log p(a) - log p(r) of the next token after each prompt."""
+    rows = right_pad([p.ids for p in prompts], pad_id).to(model.token_embeddings.device)
+    logits = model(rows, **hooks_for(edit, rows, prompts))[0].float()
+    last = logits[torch.arange(len(prompts)), [len(p.ids) - 1 for p in prompts]]
+    return (last[:, a_id] - last[:, r_id]).cpu()
+
+
+@torch.no_grad()
+def next_token_kl(model, prompts, pad_id, edit):
     """Mean KL(unedited || edited) of the next-token distributions over every real position of the prompts."""
-    rows = right_pad(prompts, pad_id)
-    real = right_pad([[1] * len(p) for p in prompts], 0).bool()
+    rows = right_pad([p.ids for p in prompts], pad_id).to(model.token_embeddings.device)
+    real = right_pad([[1] * len(p.ids) for p in prompts], 0).bool()
     before = model(rows)[0].float().log_softmax(-1)
-    after = model(rows, **edits_for(rows))[0].float().log_softmax(-1)
+    after = model(rows, **hooks_for(edit, rows, prompts))[0].float().log_softmax(-1)
     kl = (before.exp() * (before - after)).sum(-1)
-    return float(kl[real].mean())
+    return float(kl[real.to(kl.device)].mean())
 
 
 # ----------------------------------------------------------------------------- language steering
@@ -405,10 +583,18 @@ def read_topic_words(value):
     return words
 
 
-def topic_edit(model, tokenizer, words, strength):
-    """edits_for(idx) of topic control with a bag of words at a strength, and the words that had a piece."""
-    bag, ids = bag_vector(tokenizer, words, model.config.vocab_size)
+def topic_bag(tokenizer, words, vocab_size):
+    """bag_vector of a topic's words; an InterventionError when the bag is empty or no word has a piece."""
+    if not words:
+        raise InterventionError("the topic bag is empty")
+    bag, ids = bag_vector(tokenizer, words, vocab_size)
     if not ids:
         raise InterventionError(f"no word of the topic encodes to a token: {' '.join(words[:5])}")
-    delta = topic_weights(topic_scores(model, bag), strength)
-    return (lambda idx: {'senses_fn': topic_senses_fn(model, idx, delta)}), ids
+    return bag, ids
+
+
+def topic_edit(model, tokenizer, words, strength, settings=Annealing()):
+    """The edit (idx -> forward's hooks) of topic control with a bag of words at a strength, and the
+    words that had a piece."""
+    bag, ids = topic_bag(tokenizer, words, model.config.vocab_size)
+    return topic_edit_of(model, topic_weights(topic_scores(model, bag), strength), settings), ids

@@ -198,3 +198,53 @@ def test_translate_keeps_the_models_mode():
     model = tiny_model('transformer').train()
     translate(model, IdTokenizer(), ['5 6'], 'en-fr', progress=False)
     assert model.training
+
+
+# ----------------------------------------------------------------------------- sampling with an intervention
+
+def topic_edit(model):
+    """Topic control at strength 3 with annealing on: an edit that reads the whole sequence."""
+    from backpacks import interventions as iv
+    delta = iv.topic_weights(iv.topic_scores(model, (torch.arange(64) % 5 == 0).float()), 3)
+    return iv.topic_edit_of(model, delta)
+
+
+@pytest.mark.parametrize('temperature', [0.0, 1.0])
+def test_sampling_with_an_edit_is_the_same_with_and_without_the_kv_cache(temperature):
+    from backpacks.generation import sample_edited
+    model = tiny_model('backpack')
+    prompt = torch.tensor([[EN, 5, 9, 11]] * 3)
+    runs = {}
+    for use_cache in (True, False):
+        torch.manual_seed(0)
+        seen = []
+        runs[use_cache] = sample_edited(model, prompt, 12, topic_edit(model), temperature=temperature, top_k=10,
+                                        on_logits=seen.append, use_cache=use_cache), torch.stack(seen)
+    assert torch.equal(runs[True][0], runs[False][0])
+    torch.testing.assert_close(runs[True][1], runs[False][1], rtol=0, atol=1e-4)
+    if temperature == 0:  # the edit does act
+        assert not torch.equal(runs[True][0], sample_edited(model, prompt, 12, temperature=0.0))
+
+
+def test_sampling_with_edits_past_the_context_window_and_on_a_transformer():
+    """Past block_size the window is re-encoded with its edit; the Transformer's embeddings_fn and a
+    logit bonus take the same path."""
+    from backpacks import interventions as iv
+    from backpacks.generation import sample_edited
+    backpack, transformer = tiny_model('backpack'), tiny_model('transformer')
+    prompt = torch.randint(3, 64, (2, 60), generator=torch.Generator().manual_seed(0))
+    cached, plain = (sample_edited(backpack, prompt, 8, topic_edit(backpack), temperature=0, use_cache=c)
+                     for c in (True, False))
+    assert torch.equal(cached, plain)
+    steer = lambda idx, at=None: {'embeddings_fn': iv.scale_directions_fn(iv.random_directions(32, 2), 3.0)}
+    bonus = iv.logit_bonus_fn((torch.arange(64) % 7 == 0).float(), 2.0)
+    cached, plain = (sample_edited(transformer, prompt[:, :20], 10, steer, bonus, temperature=0, use_cache=c)
+                     for c in (True, False))
+    assert torch.equal(cached, plain)
+
+
+def test_sampling_without_an_edit_is_model_generate():
+    from backpacks.generation import sample_edited
+    model = tiny_model('backpack')
+    prompt = torch.tensor([[EN, 5, 9]])
+    assert torch.equal(sample_edited(model, prompt, 6, temperature=0), model.generate(prompt, 6, temperature=0))

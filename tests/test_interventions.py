@@ -33,37 +33,37 @@ def idx():
 
 
 def neutral_edits(model):
-    """edits_for(idx) of every intervention at its neutral setting."""
+    """edit(idx, at) of every intervention at its neutral setting."""
     scores = iv.topic_scores(model, (torch.arange(V) % 7 == 0).float())
     delta = iv.topic_weights(scores, 0)
     return {
-        'topic strength 0': lambda idx: {'senses_fn': iv.topic_senses_fn(model, idx, delta)},
-        'debias p=1': iv.backpack_debias_edit({5, 9}, 2)(1.0),
-        'knowledge r=a': lambda idx: {'senses_fn': iv.knowledge_edit_fn(model, idx, {5, 9}, 11, 11)},
-        'steering scale 1': lambda idx: {'senses_fn': iv.scale_senses_fn(idx, None, [0, 3], 1.0)},
+        'topic strength 0': iv.topic_edit_of(model, delta),
+        'debias p=1': iv.backpack_debias_edit(2)(1.0),
+        'knowledge r=a': iv.knowledge_edit(model, 11, 11),
+        'steering scale 1': lambda idx, at: {'senses_fn': iv.scale_senses_fn(None, [0, 3], 1.0)},
     }
 
 
 def test_neutral_interventions_leave_logits_bit_identical(backpack, idx):
-    idx = idx.clone()
-    idx[:, 3] = 5  # the edited words occur
+    at = torch.zeros_like(idx, dtype=torch.bool)
+    at[:, 3] = True  # the edited word is there
     reference, _ = backpack(idx)
-    for name, edits_for in neutral_edits(backpack).items():
-        logits, _ = backpack(idx, **edits_for(idx))
+    for name, edit in neutral_edits(backpack).items():
+        logits, _ = backpack(idx, **edit(idx, at))
         assert torch.equal(logits, reference), name
 
 
 def test_neutral_transformer_baselines_leave_logits_bit_identical(idx):
     model = tiny('transformer')
-    idx = idx.clone()
-    idx[:, 3] = 5
+    at = torch.zeros_like(idx, dtype=torch.bool)
+    at[:, 3] = True
     reference, _ = model(idx)
     direction = model.token_embeddings[7] - model.token_embeddings[8]
-    for name, edit in {'projection p=1': iv.transformer_debias_edit({5}, direction)(1.0)(idx),
+    for name, edit in {'projection p=1': iv.transformer_debias_edit(direction)(1.0)(idx, at),
                        'random directions scale 1': {'embeddings_fn': iv.scale_directions_fn(iv.random_directions(32, 2), 1.0)}}.items():
         assert torch.equal(model(idx, **edit)[0], reference), name
-    removed = model(idx, **iv.transformer_debias_edit({5}, direction)(0.0)(idx))[0]
-    assert not torch.equal(removed, reference)  # p = 0 does act on the profession's positions
+    removed = model(idx, **iv.transformer_debias_edit(direction)(0.0)(idx, at))[0]
+    assert torch.equal(removed[:, :3], reference[:, :3]) and not torch.equal(removed, reference)  # acts from position 3 on
 
 
 def test_topic_scores_and_weights_equal_a_hand_computation(backpack):
@@ -91,19 +91,22 @@ def test_topic_scores_and_weights_equal_a_hand_computation(backpack):
     assert (strongest == 3.0).float().mean() == pytest.approx(0.20, abs=1.5 / (V * K))
 
 
-def test_annealing_and_topic_edit_equal_a_hand_computation(backpack, idx):
+@pytest.mark.parametrize('settings', [iv.Annealing(), iv.Annealing(offset=2.0, divisor=3.0, position_scale=50.0),
+                                      iv.Annealing(on=False)])
+def test_annealing_and_topic_edit_equal_a_hand_computation(backpack, idx, settings):
     delta = iv.topic_weights(iv.topic_scores(backpack, (torch.arange(V) % 5 == 0).float()), 3)
     seen = {}
     backpack(idx, senses_fn=lambda C: seen.setdefault('C', C))
     edited = {}
-    backpack(idx, senses_fn=lambda C: edited.setdefault('C', iv.topic_senses_fn(backpack, idx, delta)(C)))
-    C, E, f = seen['C'], backpack.token_embeddings.detach(), 3.3 / 7.5
+    backpack(idx, senses_fn=lambda C: edited.setdefault('C', iv.topic_senses_fn(backpack, idx, delta, settings)(C)))
+    C, E, f = seen['C'], backpack.token_embeddings.detach(), 3.3 / settings.divisor
     B, T = idx.shape
     for b in range(B):
         for sense in range(K):
             for j in range(T):
                 a = sum(max(float(E[idx[b, i]] @ C[b, sense, j]), 0.0) for i in range(T))
-                anneal = torch.sigmoid(torch.tensor(-f * a + 6)).item() * (1 + j / 100)
+                anneal = torch.sigmoid(torch.tensor(-f * a + settings.offset)).item() * (1 + j / settings.position_scale)
+                anneal = anneal if settings.on else 1.0
                 weight = float(delta[idx[b, j], sense]) * anneal + (1 - anneal)
                 torch.testing.assert_close(edited['C'][b, sense, j], weight * C[b, sense, j], rtol=1e-5, atol=1e-6)
 
@@ -117,26 +120,25 @@ def test_knowledge_edit_formula_on_a_toy_vector():
     assert torch.equal(iv.edited_senses(C, e_r, e_r), C)
 
 
-def test_knowledge_edit_applies_only_where_the_word_occurs(backpack, idx):
-    idx = idx.clone()
-    idx[0, 4] = 5
-    idx[1][idx[1] == 5] = 6  # row 1 never mentions the word
-    seen, edited = {}, {}
+def test_edits_apply_only_at_the_given_positions(backpack, idx):
+    at = torch.zeros_like(idx, dtype=torch.bool)
+    at[0, 4] = True  # row 1 has no word
+    seen = {}
     backpack(idx, senses_fn=lambda C: seen.setdefault('C', C))
-    backpack(idx, senses_fn=lambda C: edited.setdefault('C', iv.knowledge_edit_fn(backpack, idx, {5}, 11, 12)(C)))
-    changed = (edited['C'] != seen['C']).any(-1)  # (B, k, T)
-    assert changed[0, :, 4].all() and changed.sum() == K
+    for edit in (iv.knowledge_edit(backpack, 11, 12), iv.backpack_debias_edit(1)(0.0)):
+        changed = (edit(idx, at)['senses_fn'](seen['C']) != seen['C']).any(-1)  # (B, k, T)
+        assert changed[0, :, 4].any() and changed.sum() == changed[0, :, 4].sum()
 
 
 def test_debias_p0_equals_zeroing_that_sense(backpack, idx):
-    idx = idx.clone()
-    idx[:, [2, 7]] = 9
+    at = torch.zeros_like(idx, dtype=torch.bool)
+    at[:, [2, 7]] = True
 
     def zero_sense(C):
         C = C.clone()
-        C[:, 1, :][idx == 9] = 0
+        C[:, 1, :][at] = 0
         return C
-    edited, _ = backpack(idx, **iv.backpack_debias_edit({9}, 1)(0.0)(idx))
+    edited, _ = backpack(idx, **iv.backpack_debias_edit(1)(0.0)(idx, at))
     torch.testing.assert_close(edited, backpack(idx, senses_fn=zero_sense)[0], rtol=0, atol=0)
 
 
@@ -165,10 +167,178 @@ def test_language_sense_scores_and_steering(backpack, idx):
     torch.testing.assert_close(U @ U.t(), torch.eye(3), rtol=0, atol=1e-5)
 
 
-def test_generate_edited_matches_generate_when_neutral(backpack):
-    prompt = torch.tensor([[1, 5, 9]])
-    out = iv.generate_edited(backpack, prompt, 6, temperature=0)
-    assert torch.equal(out, backpack.generate(prompt, 6, temperature=0))
+# ----------------------------------------------------------------------------- constructed models: known effects
+
+class TableSenses(torch.nn.Module):
+    """A sense network that is a lookup table (V, k, d): with one-hot token embeddings, C(x) = table[x]."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, embeddings):
+        return torch.einsum('btv,vkd->bktd', embeddings[..., :self.table.shape[0]], self.table)
+
+
+def constructed(table):
+    """A Backpack with one-hot token embeddings (so the logit of y from a sense is its coordinate y),
+    the senses `table` and sense queries and keys of zero, so alpha[l, i, j] = 1 / (i + 1) for j <= i."""
+    n_vocab, n_senses, dim = table.shape
+    model = build_model('backpack', ModelConfig(vocab_size=n_vocab, block_size=32, n_layer=1, n_head=2, n_embd=dim,
+                                                n_senses=n_senses))
+    model.eval().requires_grad_(False)
+    model.token_embeddings.copy_(torch.eye(n_vocab, dim))
+    model.sense_weight_net.c_attn.weight.zero_()
+    model.sense_weight_net.c_attn.bias.zero_()
+    model.sense_network = TableSenses(table)
+    return model
+
+
+def random_table(seed=0, n_vocab=16, n_senses=4, dim=32):
+    return 0.3 * torch.randn(n_vocab, n_senses, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def prompt_with_word(ids, word_positions):
+    return iv.Prompt(list(ids), '', list(word_positions))
+
+
+def test_topic_control_raises_the_bag_mass_with_strength_when_annealing_is_off():
+    """Sense 0 of token 3 puts logit on the bag word 7, no other sense touches it: every strength
+    upweights that sense more (1, 1.5, 2.2, 3.3), so the bag's next-token mass must rise with it."""
+    from backpacks.generation import sample_edited
+    table = random_table()
+    table[:, :, 7] = 0
+    table[3, 0] = 0
+    table[3, 0, 7] = 2.0
+    model = constructed(table)
+    bag = torch.zeros(16)
+    bag[7] = 1
+    scores = iv.topic_scores(model, bag)
+    assert scores[3, 0] == scores.max() == 1
+    masses = []
+    for strength in iv.TOPIC_STRENGTHS:
+        seen = []
+        edit = iv.topic_edit_of(model, iv.topic_weights(scores, strength), iv.Annealing(on=False))
+        sample_edited(model, torch.tensor([[3, 5]]), 6, edit, temperature=0,
+                      on_logits=lambda logits: seen.append(iv.bag_mass(logits, bag)))
+        masses.append(float(torch.cat(seen).mean()))
+    assert all(later > earlier for earlier, later in zip(masses, masses[1:])), masses
+
+
+@pytest.mark.parametrize('sign', [1.0, -1.0])
+def test_knowledge_edit_moves_the_margin_as_the_projection_on_e_r_says(sign):
+    """x = 3 with senses projecting sign * c_l on e_r (r = 10, a = 11; one-hot embeddings, so
+    |e_r| = |e_a| = 1, e_a . e_r = 0): the margin logit[a] - logit[r] after the prompt changes by
+    sum_l alpha c_l (2 |e_r|^2 - (1 + s) e_a . e_r) = 2 sum_l c_l / (i + 1), of the sign of the projection."""
+    c = sign * torch.tensor([1.0, 0.5, 2.0, 0.3])
+    table = random_table(1)
+    table[3, :, 10] = c
+    model = constructed(table)
+    prompts = [prompt_with_word([5, 3, 9], [1]), prompt_with_word([3, 6, 8, 9, 12], [0])]
+    edit = iv.knowledge_edit(model, 10, 11)
+    change = iv.token_margin(model, prompts, 10, 11, pad_id=0, edit=edit) - iv.token_margin(model, prompts, 10, 11, pad_id=0)
+    by_hand = torch.tensor([2 * float(c.sum()) / len(p.ids) for p in prompts])
+    torch.testing.assert_close(change, by_hand, rtol=1e-5, atol=1e-6)
+    assert (torch.sign(change) == sign).all()
+    closed_form = iv.knowledge_projection(model, prompts, 10, 11, pad_id=0)
+    torch.testing.assert_close(closed_form['predicted'], by_hand, rtol=1e-5, atol=1e-6)
+    whole, per_piece = (after - before for after, before in zip(
+        iv.answer_margins(model, prompts, [[11]] * 2, [[10]] * 2, 0, edit), iv.answer_margins(model, prompts, [[11]] * 2, [[10]] * 2, 0)))
+    torch.testing.assert_close(whole, by_hand, rtol=1e-5, atol=1e-6)  # single-token answers: the same margin
+
+
+def test_removing_a_planted_gender_sense_removes_the_bias():
+    """Sense 2 of the profession's pieces (4, 6) is 1.5 (e_he - e_she), he = 12, she = 13, and nothing
+    else touches he or she: the bias is > 1, the gender sense found is 2, and p = 0 makes it exactly 1."""
+    table = random_table(2)
+    table[:, :, 12:14] = 0
+    table[[4, 6], 2, 12], table[[4, 6], 2, 13] = 1.5, -1.5
+    model = constructed(table)
+    prompts = [prompt_with_word([5, 4, 6, 9], [1, 2]), prompt_with_word([4, 6, 8], [0, 1]),
+               prompt_with_word([7, 7, 4, 6, 10, 11], [2, 3])]
+    he, she = [[12]] * 3, [[13]] * 3
+    assert iv.profession_bias(model, prompts, he, she, 0) > 1.5
+    sense, helped, _ = iv.gender_sense(model, {'job': (prompts, he, she)}, 0)
+    assert sense == 2 and helped[2] == 1
+    assert iv.profession_bias(model, prompts, he, she, 0, iv.backpack_debias_edit(2)(0.0)) == pytest.approx(1.0, abs=1e-6)
+    assert iv.profession_bias(model, prompts, he, she, 0, iv.backpack_debias_edit(1)(0.0)) > 1.5
+
+
+# ----------------------------------------------------------------------------- where a word is
+
+@pytest.fixture(scope='module')
+def small_bpe(repo_root):
+    """A 512-piece BPE of the sample corpus, as the main job's: it splits most words into small pieces."""
+    from backpacks.tokenizer import train_bpe
+    corpus = repo_root / 'data' / 'europarl' / 'sample'
+    lines = [line for lang in ('en', 'fr') for line in (corpus / f'parliament.{lang}').read_text(encoding='utf-8').splitlines()]
+    return train_bpe(lines, 512)
+
+
+@pytest.fixture(scope='module')
+def gpt2_tokenizer(enfr_data_root):
+    from backpacks.tokenizer import open_tokenizer
+    return open_tokenizer('gpt2', str(enfr_data_root / 'tokenizers' / 'gpt2'))
+
+
+def spelled(tok, prompt):
+    return tok.decode([prompt.ids[i] for i in prompt.positions])
+
+
+@pytest.mark.parametrize('template, word, text', [
+    ("The capital of {} is", "Italy", "Italy"), ("La capitale de l'{} est", "Allemagne", "Allemagne"),
+    ("La plus grande ville d'{} est", "Espagne", "Espagne"), ("I really liked my {}. What I liked", "baker", " baker"),
+    ("J'ai beaucoup apprécié notre {}. Ce que j'ai aimé, c'est qu'", "médecin", " médecin")])
+def test_a_word_is_placed_on_its_own_pieces(small_bpe, template, word, text):
+    prompt = iv.place_word(small_bpe, small_bpe.en_id, template, word)
+    assert spelled(small_bpe, prompt).strip() == text.strip() and prompt.ids[0] == small_bpe.en_id
+    assert prompt.positions == list(range(prompt.positions[0], prompt.positions[-1] + 1))
+
+
+def test_pieces_of_the_word_inside_other_words_are_not_edited(small_bpe):
+    """'Italy' shares pieces with 'capital' in the small BPE; only the word's own positions change,
+    under the knowledge edit and under debiasing, and nothing before the word does."""
+    prompt = iv.place_word(small_bpe, small_bpe.en_id, "The capital of {} is", "Italy")
+    elsewhere = [i for i in range(len(prompt.ids)) if i not in prompt.positions]
+    shared = {prompt.ids[i] for i in prompt.positions} & {prompt.ids[i] for i in elsewhere}
+    assert shared  # the situation under test: a piece of the word also occurs outside it
+    model = build_model('backpack', ModelConfig(vocab_size=small_bpe.vocab_size, block_size=32, n_layer=1, n_head=2,
+                                                n_embd=32, n_senses=K)).eval().requires_grad_(False)
+    rows = torch.tensor([prompt.ids])
+    at = iv.position_mask(rows.shape, [prompt])
+    seen = {}
+    reference = model(rows, senses_fn=lambda C: seen.setdefault('C', C))[0]
+    for edit in (iv.knowledge_edit(model, 20, 30), iv.backpack_debias_edit(1)(0.0)):
+        changed = (edit(rows, at)['senses_fn'](seen['C']) != seen['C']).any(-1).any(1)[0]  # (T,)
+        assert changed.nonzero().flatten().tolist() == prompt.positions
+        logits = model(rows, **edit(rows, at))[0]
+        assert torch.equal(logits[0, :prompt.positions[0]], reference[0, :prompt.positions[0]])
+
+
+def test_answers_are_written_as_the_text_would_have_them(small_bpe):
+    after_que = iv.answer_pieces(small_bpe, "Notre médecin a dit qu'", "il")
+    after_verb = iv.answer_pieces(small_bpe, "Notre médecin a dit", "il")
+    assert small_bpe.decode(after_que) == "il" and small_bpe.decode(after_verb) == " il"
+    assert iv.written_after("l'", "Italie") == "Italie" and iv.written_after("de", "Italie") == " Italie"
+
+
+def test_placement_with_gpt2s_tokenizer(gpt2_tokenizer):
+    tok = gpt2_tokenizer
+    prompt = iv.place_word(tok, tok.fr_id, "La capitale de l'{} est", "Allemagne")
+    assert spelled(tok, prompt) == "Allemagne"  # not ' Allemagne': after l' the word has no space
+    assert spelled(tok, iv.place_word(tok, tok.en_id, "The capital of {} is", "Italy")) == " Italy"
+    assert [tok.decode([i]) for i in iv.answer_pieces(tok, "My baker said that", "she")] == [" she"]
+    assert [tok.decode([i]) for i in iv.answer_pieces(tok, "Notre médecin a dit qu'", "elle")] == ["elle"]
+
+
+@pytest.mark.parametrize('text, word, message', [
+    ("The capital of {} is", "", "empty word"),
+    ("The {}s came", "baker", "no token of its own"),
+])
+def test_a_word_that_cannot_be_placed_is_one_clear_error(small_bpe, text, word, message):
+    with pytest.raises(iv.InterventionError, match=message):
+        iv.place_word(small_bpe, small_bpe.en_id, text, word)
+    assert iv.find_word(small_bpe, small_bpe.en_id, "The capital of Italy is", "al").positions == []
 
 
 def test_word_arithmetic_parsing():
@@ -180,23 +350,24 @@ def test_word_arithmetic_parsing():
 
 def test_debiasing_on_a_loaded_backpack_gpt2_format_model(reference_tiny_dir):
     """Mechanics on the reference backpack-gpt2-format checkpoint (vocab 96): the gender sense can be
-    found or named (backpack-gpt2's is 10; this one has 4 senses, so 3), p = 0 removes it, and
-    Nelder-Mead never ends worse than p = 1 on its own objective."""
+    found or named (backpack-gpt2's is 10; this one has 4 senses, so 3), p = 0 removes it at the
+    profession's positions, and Nelder-Mead never ends worse than p = 1 on its own objective."""
     model = BackpackLM.from_pretrained(reference_tiny_dir).eval().requires_grad_(False)
-    he, she, profession = [20], [21], {40, 41}
-    prompts = [[5, 40, 41, 7], [8, 9, 40, 41, 3], [40, 41, 12], [6, 40, 41], [2, 3, 4, 40, 41, 5]]
-    found, helped, reduction = iv.gender_sense(model, {'job': (prompts, profession)}, he, she, pad_id=95)
+    rows_ids = [[5, 40, 41, 7], [8, 9, 40, 41, 3], [40, 41, 12], [6, 40, 41], [2, 3, 4, 40, 41, 5]]
+    prompts = [iv.Prompt(ids, '', [ids.index(40), ids.index(41)]) for ids in rows_ids]
+    he, she = [[20]] * 5, [[21]] * 5
+    found, helped, reduction = iv.gender_sense(model, {'job': (prompts, he, she)}, pad_id=95)
     assert 0 <= found < model.config.n_senses and len(helped) == len(reduction) == model.config.n_senses
     named = 3
-    bias = lambda p: iv.profession_bias(model, prompts, he, she, 95, iv.backpack_debias_edit(profession, named)(p))
-    rows = iv.right_pad(prompts, 95)
+    bias = lambda p: iv.profession_bias(model, prompts, he, she, 95, iv.backpack_debias_edit(named)(p))
+    rows = iv.right_pad(rows_ids, 95)
 
     def zeroed(C):
         C = C.clone()
-        C[:, named][iv.token_mask(rows, profession)] = 0
+        C[:, named][iv.position_mask(rows.shape, prompts)] = 0
         return C
     logp = model(rows, senses_fn=zeroed)[0].log_softmax(-1)
-    last = torch.tensor([len(p) - 1 for p in prompts])
+    last = torch.tensor([len(p) - 1 for p in rows_ids])
     by_hand = (logp[torch.arange(5), last, 20] - logp[torch.arange(5), last, 21]).abs().exp().mean()
     assert bias(0.0) == pytest.approx(float(by_hand), rel=1e-5)
     p = iv.optimise_scale(bias)
@@ -257,6 +428,34 @@ def test_experiment_refuses_a_transformer_in_one_line(runs, repo_root):
     assert result.stderr.strip().count('\n') == 0
 
 
+def broken_data(tmp_path, name, change):
+    """A copy of data/interventions with change(json of `name`) applied."""
+    import shutil
+    from experiments.run_interventions import DATA
+    directory = tmp_path / 'data'
+    shutil.copytree(DATA, directory)
+    content = json.loads((directory / f'{name}.json').read_text(encoding='utf-8'))
+    change(content)
+    (directory / f'{name}.json').write_text(json.dumps(content), encoding='utf-8')
+    return directory
+
+
+@pytest.mark.parametrize('name, change, message', [
+    ('topics', lambda d: d['en'].update(fisheries=[]), 'topics.json en:fisheries must be a non-empty list'),
+    ('gender', lambda d: d['professions'][0].update(fr=' '), 'professions (fr) must be a non-empty list of non-empty'),
+    ('knowledge', lambda d: d['edits'][0].update(x=''), 'edit 0 (x, r, a)'),
+    ('gender', lambda d: d['evaluation_prompts']['en'].append('No slot here'), 'needs a {} for the word'),
+    ('knowledge', lambda d: d['edits'][0].update(prompts=['The {}s are']), "'France' has no token of its own"),
+])
+def test_experiment_bad_data_is_one_clear_line(runs, tmp_path, name, change, message):
+    from experiments import run_interventions
+    directory = broken_data(tmp_path, name, change)
+    with pytest.raises(SystemExit) as exit_info:
+        run_interventions.main(['--out_dir', str(runs['backpack']), '--intervention_data', str(directory)])
+    assert str(exit_info.value).startswith('error: ') and message in str(exit_info.value)
+    assert '\n' not in str(exit_info.value)
+
+
 @pytest.mark.slow
 def test_experiment_end_to_end_writes_json_and_markdown(runs, repo_root):
     result = subprocess.run([sys.executable, '-m', 'experiments.run_interventions', '--out_dir', str(runs['backpack']),
@@ -268,6 +467,12 @@ def test_experiment_end_to_end_writes_json_and_markdown(runs, repo_root):
     assert set(results['topic']['summary']) == {'en', 'fr'} and len(results['debias']['fr']['professions']) == 2
     assert results['debias']['en']['summary']['all']['transformer']['unmodified']['n'] == 2
     assert len(results['knowledge']['edits']) == 10 and results['steering']['transformer']
+    for edit in results['knowledge']['edits']:  # the subject's own pieces only, never in collateral prompts
+        assert min(edit['edited_positions']) >= 1 and set(edit['collateral_edited_positions']) == {0}
+        assert edit['token_margin_change'] == pytest.approx(edit['predicted_token_margin_change'], abs=1e-5)
+    english = results['topic']['summary']['en']['backpack']
+    assert set(english) == {'on', 'off'} and all(0 <= english[a][s]['mass']['mean'] <= 1 for a in english for s in english[a])
+    assert results['topic']['logit_scale']['sense_logit_max_median'] > 0 and results['debias']['fr']['pronoun_forms']['il']
     markdown = (runs['backpack'] / 'interventions' / 'interventions.md').read_text()
     assert '## Topic control' in markdown and '## Language steering' in markdown
 
