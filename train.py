@@ -42,7 +42,8 @@ from backpacks import metrics, sensia
 from backpacks.atomic import atomic_write_text
 from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
-from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, unigram_entropy
+from backpacks.dataset import (BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens,
+                               unigram_entropy)
 from backpacks.errors import fail
 from backpacks.hardware import DTYPES, peak_flops, resolve_dtype
 from backpacks.rundir import no_checkpoint_to_resume, run_directory
@@ -470,10 +471,13 @@ def start(cfg, explicit, ckpt_path):
 
 def check_data(cfg, meta, data_path):
     """DataError, before any model is built, for data the run would fail on later (after best.pt, which
-    would then block the re-run): token streams that are not the files meta.json records or are too
-    short, a vocabulary that disagrees with the tokenizer, SENSIA pairs files that do not fit."""
+    would then block the re-run) or that is not what meta.json, and so the run's fingerprint, says:
+    token streams replaced or too short (test.bin too: evaluation reads it), a vocabulary that disagrees
+    with the tokenizer, SENSIA pairs files that do not fit."""
     for split in ('train', 'val'):
         BatchSampler(data_path).check_split(split, cfg['block_size'])
+    if (data_path / 'test.bin').is_file():  # absent from datasets prepared before it was written
+        split_tokens(data_path, 'test', meta)
     check_vocabulary(meta, data_path)
     if cfg['objective'] == 'sensia':
         sensia.check_pairs(data_path, meta, cfg['batch_size'])

@@ -41,6 +41,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from backpacks.atomic import file_digest, size_text, stale_temporaries, temporary_name, token_record
+from backpacks.errors import ArgumentParser
 from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -382,7 +383,7 @@ def clean_leftovers(out_root):
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m data.europarl.prepare",
+    p = ArgumentParser(prog="python -m data.europarl.prepare",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--source", choices=["europarl", "opus100", "local"], default="europarl")
@@ -423,6 +424,8 @@ def parse_args(argv):
         p.error("--tokenizer_path is for gpt2 and xlmr (bpe is trained here)")
     if args.max_pairs is not None and args.max_pairs < 2:
         p.error("--max_pairs must be at least 2")
+    if args.seed < 0 or args.max_chars < 1:
+        p.error(f"--seed must be >= 0 and --max_chars >= 1, got {args.seed} and {args.max_chars}")
     args.name = args.name or DEFAULT_NAMES.get(args.source) or re.sub(r"\.(en|fr|tsv)?(\.gz)?$", "", Path(args.corpus[0]).name)
     return args
 
