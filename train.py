@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -212,6 +211,10 @@ def fresh_model_config(cfg, explicit, vocab_size):
     except ValueError as e:
         fail(f"invalid model size: {e}")
     return model_type, config
+
+
+def model_from_settings(cfg, explicit, vocab_size):
+    return build_model(*fresh_model_config(cfg, explicit, vocab_size))
 
 
 class LMObjective:
@@ -511,7 +514,7 @@ def starting_model(cfg, explicit, meta, data_path, resume):
         return pretrained_backpack(cfg, explicit, meta, data_path)
     if cfg['init_from'] != 'scratch':
         return model_from_run(cfg['init_from'], cfg, meta, data_path)
-    return build_model(*fresh_model_config(cfg, explicit, meta['vocab_size']))
+    return model_from_settings(cfg, explicit, meta['vocab_size'])
 
 
 def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
