@@ -1,8 +1,10 @@
 """nanoGPT-style settings: a script's defaults, then config files (executed Python), then
---key=value overrides, each parsed with ast.literal_eval and checked against the default's type."""
+--key=value overrides, each parsed with ast.literal_eval and checked against the default's type;
+and the environment torchrun sets for a distributed run, checked."""
 import ast
 import builtins
 import difflib
+import os
 import traceback
 import types
 from pathlib import Path
@@ -111,3 +113,23 @@ def parse_args(argv, defaults, doc):
         explicit.update(read_config_file(path, defaults))
     explicit.update(overrides)
     return explicit
+
+
+def torchrun_environment():
+    """(ddp, rank, local_rank, world_size) from the variables torchrun sets (one process when RANK is
+    unset); one line for values torchrun would never set."""
+    if 'RANK' not in os.environ:
+        return False, 0, 0, 1
+    values = {}
+    for name in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_PORT'):
+        text = os.environ.get(name, '')
+        if not text.isdigit():
+            fail(f"environment variable {name}={text!r} is not a non-negative integer; RANK is set, so this "
+                 "is a distributed run: start it with torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_*")
+        values[name] = int(text)
+    if not max(values['RANK'], values['LOCAL_RANK']) < values['WORLD_SIZE']:
+        fail(f"RANK ({values['RANK']}) and LOCAL_RANK ({values['LOCAL_RANK']}) must be below WORLD_SIZE "
+             f"({values['WORLD_SIZE']}); start distributed runs with torchrun")
+    if not os.environ.get('MASTER_ADDR'):
+        fail("RANK is set but MASTER_ADDR is not: start distributed runs with torchrun")
+    return True, values['RANK'], values['LOCAL_RANK'], values['WORLD_SIZE']

@@ -42,6 +42,16 @@ class ModelConfig:
     scale_attn_by_inverse_layer_idx: bool = False
     layer_norm_epsilon: float = 1e-5
 
+    def __post_init__(self):
+        """ValueError, in one line, for sizes no model can have: checked before any weight is built."""
+        for name in ('vocab_size', 'block_size', 'n_layer', 'n_head', 'n_embd', 'n_senses', 'sense_intermediate_scale'):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
 
 _SIZES = {'micro': dict(n_layer=6, n_head=6, n_embd=384),
           'mini': dict(n_layer=8, n_head=8, n_embd=640),
@@ -371,7 +381,7 @@ class BackpackLM(LanguageModel):
 
     def __init__(self, config):
         super().__init__(config)
-        assert config.n_embd % config.n_senses == 0, "n_embd must be divisible by n_senses"
+        check_senses(config)
         self.sense_network = SenseNetwork(config)
         self.sense_weight_net = nn.Module()
         self.sense_weight_net.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)  # sense queries and keys
@@ -498,9 +508,22 @@ class BackpackLM(LanguageModel):
 MODEL_CLASSES = {'backpack': BackpackLM, 'transformer': StandardTransformerLM}
 
 
-def build_model(model_type, config):
+def check_senses(config):
+    """A Backpack splits the width into n_senses sense heads (ValueError otherwise)."""
+    if config.n_embd % config.n_senses:
+        raise ValueError(f"n_embd ({config.n_embd}) must be divisible by n_senses ({config.n_senses})")
+
+
+def check_model(model_type, config):
+    """ValueError unless model_type names a model class that can be built with config."""
     if model_type not in MODEL_CLASSES:
         raise ValueError(f"unknown model_type {model_type!r}; choose from {', '.join(MODEL_CLASSES)}")
+    if model_type == 'backpack':
+        check_senses(config)
+
+
+def build_model(model_type, config):
+    check_model(model_type, config)
     return MODEL_CLASSES[model_type](config)
 
 

@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -42,12 +41,14 @@ from backpacks import metrics, sensia
 from backpacks.atomic import atomic_write_text
 from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
-from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
+from backpacks.dataset import (BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens,
+                               unigram_entropy)
 from backpacks.errors import fail
 from backpacks.hardware import DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype
-from backpacks.rundir import run_directory
+from backpacks.rundir import no_checkpoint_to_resume, run_directory
 from backpacks.starting_points import model_from_run, pretrained_backpack
-from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, preset_config
+from backpacks.tokenizer import check_vocabulary
+from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, check_model, preset_config
 
 _names_before_defaults = set(globals())
 # ----------------------------------------------------------------------------- defaults
@@ -115,6 +116,7 @@ INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
 RESUME_KEYS = ('model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
                'optimizer', 'scaler', 'rng', 'sampler', 'training_log')
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')
+ARCH_SIZES = ('n_layer', 'n_head', 'n_embd', 'n_senses')
 EVAL_SEED_OFFSET = 1_000_003  # eval batches come from their own stream, so evaluating never shifts training's
 
 
@@ -131,11 +133,15 @@ def validate(cfg):
             fail(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
     if cfg['init_from'] not in INIT_CHOICES and not Path(cfg['init_from']).is_dir():
         fail(f"init_from must be one of {', '.join(INIT_CHOICES)} or a run directory, got {cfg['init_from']!r}")
+    if cfg['init_from'] not in INIT_CHOICES and not any((Path(cfg['init_from']) / n).is_file() for n in ('best.pt', 'ckpt.pt')):
+        fail(f"init_from={cfg['init_from']!r} has no best.pt or ckpt.pt to start from")
+    if cfg['pretrained_path'] and cfg['init_from'] != 'backpack-small':
+        fail(f"pretrained_path is only read with --init_from=backpack-small (init_from is {cfg['init_from']!r})")
     sensia.validate_settings(cfg)
     if cfg['preset'] and cfg['preset'] not in PRESETS:
         fail(f"unknown preset {cfg['preset']!r}; choose from {', '.join(PRESETS)}")
     for key in ('eval_interval', 'eval_iters', 'log_interval', 'checkpoint_interval', 'batch_size',
-                'block_size', 'gradient_accumulation_steps'):
+                'block_size', 'gradient_accumulation_steps', *ARCH_SIZES):
         if cfg[key] < 1:
             fail(f"{key} must be at least 1, got {cfg[key]}")
     if cfg['early_stop_evals'] < 0:
@@ -145,6 +151,9 @@ def validate(cfg):
     for key in ('learning_rate', 'weight_decay', 'grad_clip', 'lr_decay_iters'):
         if not cfg[key] >= 0:  # also refuses nan
             fail(f"{key} must be >= 0, got {cfg[key]}")
+    if 0 < cfg['lr_decay_iters'] < cfg['warmup_iters']:
+        fail(f"lr_decay_iters ({cfg['lr_decay_iters']}) ends the decay before warmup_iters ({cfg['warmup_iters']}) "
+             "ends the warmup: use 0 (decay until max_iters) or a value >= warmup_iters")
     if not (0 <= cfg['min_lr_ratio'] <= 1 and 0 <= cfg['beta1'] < 1 and 0 <= cfg['beta2'] < 1):
         fail("min_lr_ratio must be in [0, 1] and beta1, beta2 in [0, 1)")
     if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', cfg['device']):
@@ -166,10 +175,7 @@ def resolve_model_type(cfg, explicit):
 
 def setup_processes(requested_device):
     """(ddp, rank, world_size, device) from torchrun's environment (one process otherwise)."""
-    ddp = 'RANK' in os.environ
-    rank = int(os.environ.get('RANK', 0))
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    ddp, rank, local_rank, world_size = configurator.torchrun_environment()
     device = requested_device
     if device == 'auto':
         device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
@@ -190,19 +196,25 @@ def setup_processes(requested_device):
 
 # ----------------------------------------------------------------------------- model
 
-def model_from_settings(cfg, explicit, vocab_size):
-    """A fresh model from a preset (explicit sizes override it) or from n_layer/n_head/..."""
-    if cfg['preset']:
-        preset_dims = PRESETS[cfg['preset']][1]
-        sizes = {k: cfg[k] for k in ARCH_KEYS if k in explicit or k not in preset_dims}
-        model_type, config = preset_config(cfg['preset'], vocab_size=vocab_size, **sizes)
-    else:
-        model_type = cfg['model_type']
-        config = ModelConfig(vocab_size=vocab_size, **{k: cfg[k] for k in ARCH_KEYS})
+def fresh_model_config(cfg, explicit, vocab_size):
+    """(model_type, ModelConfig) of a fresh model from a preset (explicit sizes override it) or from
+    n_layer/n_head/...; one line if no model can have those sizes."""
     try:
-        return build_model(model_type, config)
-    except AssertionError as e:
+        if cfg['preset']:
+            preset_dims = PRESETS[cfg['preset']][1]
+            sizes = {k: cfg[k] for k in ARCH_KEYS if k in explicit or k not in preset_dims}
+            model_type, config = preset_config(cfg['preset'], vocab_size=vocab_size, **sizes)
+        else:
+            model_type = cfg['model_type']
+            config = ModelConfig(vocab_size=vocab_size, **{k: cfg[k] for k in ARCH_KEYS})
+        check_model(model_type, config)
+    except ValueError as e:
         fail(f"invalid model size: {e}")
+    return model_type, config
+
+
+def model_from_settings(cfg, explicit, vocab_size):
+    return build_model(*fresh_model_config(cfg, explicit, vocab_size))
 
 
 class LMObjective:
@@ -323,17 +335,14 @@ def gathered(obj, ddp, world_size):
 
 
 def write_json(path, obj):
-    atomic_write_text(path, json.dumps(obj, indent=1))
+    try:
+        atomic_write_text(path, json.dumps(obj, indent=1))
+    except OSError as e:
+        unwritable(path, e)
 
 
-def unigram_entropy(data_path, meta):
-    """Entropy (nats/token) of the training tokens' unigram distribution: what a context-free model scores."""
-    tokens = split_tokens(data_path, 'train', np.dtype(meta['dtype']))
-    counts = np.zeros(meta['vocab_size'], dtype=np.int64)
-    for start in range(0, len(tokens), 1 << 24):
-        counts += np.bincount(tokens[start:start + (1 << 24)], minlength=meta['vocab_size'])[:meta['vocab_size']]
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
+def unwritable(path, error):
+    fail(f"could not write {path}: {error}; any previous {path.name} is intact")
 
 
 def learning_rate_at(it, cfg):
@@ -419,11 +428,11 @@ def main(argv=None):
     explicit = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = {**DEFAULTS, **explicit}
     validate(cfg)
+    rank = configurator.torchrun_environment()[1]
     ckpt_path = Path(cfg['out_dir']) / 'ckpt.pt'
     if cfg['init_from'] == 'resume' and not ckpt_path.is_file():
-        fail(f"--init_from=resume but {ckpt_path} does not exist; start a run with --init_from=scratch")
-    with run_directory(cfg['out_dir'], new_run=cfg['init_from'] != 'resume',
-                       is_master=int(os.environ.get('RANK', 0)) == 0):
+        fail(no_checkpoint_to_resume(Path(cfg['out_dir'])))
+    with run_directory(cfg['out_dir'], new_run=cfg['init_from'] != 'resume', is_master=rank == 0):
         start(cfg, explicit, ckpt_path)
 
 
@@ -445,8 +454,9 @@ def start(cfg, explicit, ckpt_path):
     try:
         data_path = resolve_data_dir(cfg['data_dir']).resolve()
         meta = load_meta(data_path)
-        for split in ('train', 'val'):
-            BatchSampler(data_path).check_split(split, cfg['block_size'])
+        if resume is None and cfg['init_from'] == 'scratch':
+            fresh_model_config(cfg, explicit, meta['vocab_size'])  # impossible sizes: one line now
+        check_data(cfg, meta, data_path)
         if resume is not None:
             check_resume(resume, explicit, meta, data_path, ckpt_path)
     except DataError as e:
@@ -460,6 +470,20 @@ def start(cfg, explicit, ckpt_path):
     finally:
         if ddp:
             dist.destroy_process_group()
+
+
+def check_data(cfg, meta, data_path):
+    """DataError, before any model is built, for data the run would fail on later (after best.pt, which
+    would then block the re-run) or that is not what meta.json, and so the run's fingerprint, says:
+    token streams replaced or too short (test.bin too: evaluation reads it), a vocabulary that disagrees
+    with the tokenizer, SENSIA pairs files that do not fit."""
+    for split in ('train', 'val'):
+        BatchSampler(data_path).check_split(split, cfg['block_size'])
+    if (data_path / 'test.bin').is_file():  # absent from datasets prepared before it was written
+        split_tokens(data_path, 'test', meta)
+    check_vocabulary(meta, data_path)
+    if cfg['objective'] == 'sensia':
+        sensia.check_pairs(data_path, meta, cfg['batch_size'])
 
 
 def configure_torch(cfg, device, rank, world_size):
@@ -585,7 +609,7 @@ def save(run, name):
             'sampler': samplers, 'training_log': run.training_log,
             'elapsed_s': run.elapsed_before + time.time() - run.t_start}, path)
     except OSError as e:
-        fail(f"could not write {path}: {e}; the previous checkpoint is untouched")
+        unwritable(path, e)
     run.saved[name] = run.iter_num
 
 

@@ -7,7 +7,11 @@ the previous file intact.
 Temporary names are `.NAME.tmp-PID-RANDOM`: two processes writing the same file never share a
 temporary, and one left behind by a killed process (SIGKILL skips every cleanup) is recognised
 by its dead PID and removed by remove_stale_temporaries. PIDs are those of this machine.
+
+A full disk is a DiskFullError (an OSError) that says the space the file needs; the temporary is
+removed and the previous file stays.
 """
+import errno
 import hashlib
 import os
 import re
@@ -18,6 +22,17 @@ from pathlib import Path
 TEMPORARY_RE = re.compile(r'^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]+$')
 
 
+class DiskFullError(OSError):
+    """No space left on the device for a file (its filename); the message says the space it needs."""
+
+    def __str__(self):
+        return self.strerror
+
+
+def size_text(n_bytes):
+    return f"{n_bytes / 1e6:,.1f} MB"
+
+
 def file_digest(*paths, algorithm='sha256'):
     """Hex digest of a file's bytes, or of several files' bytes read one after another."""
     digest = hashlib.new(algorithm)
@@ -26,6 +41,17 @@ def file_digest(*paths, algorithm='sha256'):
             for block in iter(lambda: f.read(1 << 24), b''):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def token_record(tokens, chunk=1 << 24):
+    """{'bytes', 'sha256', 'max_id'} of a numpy token array, in memory or memmapped, read chunk tokens at
+    a time: what meta.json records of each token file (prepare.py) and what a reader checks against it."""
+    digest, max_id = hashlib.sha256(), -1
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start:start + chunk]
+        digest.update(part.tobytes())
+        max_id = max(max_id, int(part.max()))
+    return {'bytes': int(tokens.nbytes), 'sha256': digest.hexdigest(), 'max_id': max_id}
 
 
 def temporary_name(name, kind='tmp'):
@@ -68,10 +94,27 @@ def remove_stale_temporaries(directory):
     return removed
 
 
+def os_error_in(exception):
+    """The OSError that exception is or was raised while handling (torch.save wraps a failed write
+    in a RuntimeError), or None."""
+    while exception is not None and not isinstance(exception, OSError):
+        exception = exception.__cause__ or exception.__context__
+    return exception
+
+
+def disk_full(path, written):
+    """DiskFullError for path, which needs at least `written` bytes or the size of its previous version."""
+    needed = max(written, path.stat().st_size if path.is_file() else 0)
+    free = shutil.disk_usage(path.parent).free
+    return DiskFullError(errno.ENOSPC, f"no space left on device (the file needs at least {size_text(needed)}, "
+                                       f"{size_text(free)} is free there)", str(path))
+
+
 def atomic_write(path, write):
     """Call write(f) on a binary temporary file beside path, fsync it, then rename it onto path
     (and fsync the directory so the rename itself survives a crash). On failure path is untouched
-    and the temporary file is removed."""
+    and the temporary file is removed; a failed write surfaces as an OSError (DiskFullError when the
+    disk is full), even where the writer wrapped it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(temporary_name(path.name))
@@ -81,6 +124,15 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        cause = os_error_in(e)
+        if cause is None:
+            raise
+        if cause.errno == errno.ENOSPC:
+            raise disk_full(path, tmp.stat().st_size if tmp.exists() else 0) from e
+        if cause is e:
+            raise
+        raise OSError(cause.errno, cause.strerror, str(path)) from e
     finally:
         tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)

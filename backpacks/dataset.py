@@ -6,21 +6,32 @@
 
 Batches are random windows over the token stream (nanoGPT style) drawn with a torch.Generator,
 so the sampler's state can be saved in a checkpoint and a resumed run draws the same batches.
+
+Every token file read (train.bin, val.bin, test.bin, pairs_*.bin) is first checked against the
+record meta.json keeps of it (token_files: bytes, sha256, largest id), once per process: its size
+always; its sha256 and its largest id (which must lie below vocab_size) when BACKPACK_VERIFY_DATA
+is `full`, or `auto` (the default) and the file is at most 1 GiB; `size` checks sizes only.
 """
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from backpacks.atomic import token_record
 from backpacks.tokenizer import DataError  # noqa: F401  (re-exported: `from dataset import DataError`)
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"  # the repository's data/
 # keys every reader relies on, and the sub-keys of the nested ones
 REQUIRED_META = {"vocab_size": (), "dtype": (), "tokenizer": ("kind", "path"), "special_tokens": ("en", "fr", "eot")}
 PREPARE_HINT = "run data/europarl/prepare.py (e.g. --source local --corpus data/europarl/sample/parliament --name sample)"
+VERIFY_VARIABLE = "BACKPACK_VERIFY_DATA"
+VERIFY_MODES = ("auto", "full", "size")
+FULL_CHECK_BYTES = 1 << 30  # auto: larger token files are only sized (hashing runs at roughly 0.5-1 GB/s)
+_verified = set()  # (path, size, mtime) of the token files already checked in this process
 
 
 def resolve_data_dir(name_or_path):
@@ -79,17 +90,73 @@ def warn_once(message):
     print(message, file=sys.stderr)
 
 
-def split_tokens(data_dir, split, dtype):
-    """data_dir/<split>.bin as a memmap of dtype tokens (DataError if missing, empty or truncated).
-    A fresh memmap per call, as in nanoGPT: memmaps kept open grow resident memory."""
-    path = Path(data_dir) / f"{split}.bin"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: {PREPARE_HINT}")
+def verify_mode():
+    """BACKPACK_VERIFY_DATA: auto (the default), full or size (DataError for anything else)."""
+    mode = os.environ.get(VERIFY_VARIABLE, "").strip().lower() or "auto"
+    if mode not in VERIFY_MODES:
+        raise DataError(f"environment variable {VERIFY_VARIABLE}={os.environ[VERIFY_VARIABLE]!r}: "
+                        f"use {', '.join(VERIFY_MODES)}")
+    return mode
+
+
+def token_file(path, meta):
+    """The token file at path as a memmap of meta's dtype, after verify_token_file. A fresh memmap per
+    call, as in nanoGPT: memmaps kept open grow resident memory."""
+    dtype = np.dtype(meta["dtype"])
     size = path.stat().st_size
     if size == 0 or size % dtype.itemsize:
         raise DataError(f"{path} has {size} bytes, not a whole positive number of {dtype} tokens "
                         "(empty or truncated): prepare the dataset again")
+    verify_token_file(path, meta)
     return np.memmap(path, dtype=dtype, mode="r")
+
+
+def verify_token_file(path, meta):
+    """DataError unless the token file at path is the one meta.json records (size always, sha256 as
+    verify_mode says) and holds no id at or above meta's vocab_size. Once per process and file version."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
+    again = f"prepare the dataset again (`{meta.get('command', 'data/europarl/prepare.py')}`)"
+    record = meta.get("token_files", {}).get(path.name)
+    if record is None:
+        warn_once(f"warning: {path.parent / 'meta.json'} records no sizes or sha256 of its token files (prepared "
+                  f"before they were recorded): cannot check that they are the files prepared; {again} to record them")
+    elif stat.st_size != record["bytes"]:
+        raise DataError(f"{path} has {stat.st_size} bytes but meta.json records {record['bytes']}: the file was "
+                        f"changed or replaced after preparation; {again}")
+    mode = verify_mode()
+    max_id = record["max_id"] if record else None
+    if mode == "full" or (mode == "auto" and stat.st_size <= FULL_CHECK_BYTES):
+        found = token_record(np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r"))
+        if record and found["sha256"] != record["sha256"]:
+            raise DataError(f"{path} is not the file prepared (sha256 {found['sha256'][:12]}, meta.json records "
+                            f"{record['sha256'][:12]}): the file was changed or replaced after preparation; {again}")
+        max_id = found["max_id"]
+    if max_id is not None and max_id >= meta["vocab_size"]:
+        raise DataError(f"{path} holds token id {max_id}, outside the vocabulary of {meta['vocab_size']} that "
+                        f"meta.json gives: the file and meta.json do not belong together; {again}")
+    _verified.add(key)
+
+
+def split_tokens(data_dir, split, meta):
+    """data_dir/<split>.bin as a verified memmap (DataError if missing, empty, truncated or not the
+    file meta.json records)."""
+    path = Path(data_dir) / f"{split}.bin"
+    if not path.is_file():
+        raise DataError(f"{path} is missing: {PREPARE_HINT}")
+    return token_file(path, meta)
+
+
+def unigram_entropy(data_dir, meta):
+    """Entropy (nats/token) of the unigram distribution of train.bin: what a context-free model scores."""
+    tokens = split_tokens(data_dir, "train", meta)
+    counts = np.zeros(meta["vocab_size"], dtype=np.int64)
+    for start in range(0, len(tokens), 1 << 24):
+        counts += np.bincount(tokens[start:start + (1 << 24)], minlength=meta["vocab_size"])[:meta["vocab_size"]]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
 
 
 def language_labels(tokens, en_id, fr_id):
@@ -111,12 +178,11 @@ class BatchSampler:
     def __init__(self, data_dir, seed=1337):
         self.data_dir = resolve_data_dir(data_dir)
         self.meta = load_meta(self.data_dir)
-        self.dtype = np.dtype(self.meta["dtype"])
         self.generator = torch.Generator().manual_seed(seed)
         self._labels = {}  # split -> int8 language label per stream position, computed once
 
     def tokens(self, split):
-        return split_tokens(self.data_dir, split, self.dtype)
+        return split_tokens(self.data_dir, split, self.meta)
 
     def check_split(self, split, block_size):
         """The split's tokens, or DataError if they cannot fill one block_size window plus its target."""
@@ -137,6 +203,9 @@ class BatchSampler:
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=self.generator).numpy()
         window = starts[:, None] + np.arange(block_size + 1)
         xy = torch.from_numpy(data[window].astype(np.int64))
+        if int(xy.max()) >= self.meta["vocab_size"]:  # in a file too large to be scanned up front
+            raise DataError(f"{split}.bin of {self.data_dir} holds token id {int(xy.max())}, outside the "
+                            f"vocabulary of {self.meta['vocab_size']} that meta.json gives: prepare the dataset again")
         batch = [xy[:, :-1], xy[:, 1:]]
         if with_language:  # the label of each target y, i.e. of positions 1..block_size of the window
             batch.append(torch.from_numpy(self.language_labels(split)[window[:, 1:]]))

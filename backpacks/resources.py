@@ -4,15 +4,18 @@ the layout evaluate.py reads (wordsim/..., lexicon/..., parallel/NAME.{en,fr}, x
 
 $ python -m backpacks.resources list                 # every resource, its source, licence and state
 $ python -m backpacks.resources fetch all            # or: fetch muse-en-fr simlex999 ...
+$ python -m backpacks.resources forget NAME          # start a resource over
 
 Downloads go to a cache (env BACKPACK_CACHE, default ~/.cache/multilingual-backpacks):
 CACHE/downloads/ holds the files as published, CACHE/data/ the converted layout, which evaluate.py
 reads after --data_root / $ENFR_DATA. A download is resumed from its .part file (HTTP Range),
 checked against its size and sha256, and moved into place only when it matches. Where no
 checksum could be looked up when this registry was written (most publishers print none), the
-first download's sha256 is recorded in CACHE/checksums.json and later downloads must match it
-(trust on first use; `list` says which is which). A file that does not match is moved aside to
-NAME.rejected-SHA and never used.
+sha256 of the first download that converts is recorded in CACHE/checksums.json and later downloads
+must match it (trust on first use; `list` says which is which). A file that does not match, an HTML
+page instead of the file, and a first download that does not convert are moved aside to
+NAME.rejected-SHA and never used; `forget NAME` starts a resource over (its first-download checksums
+are dropped and its downloads moved aside).
 
 Working offline: fetch on a machine with internet and copy the cache directory (or pass
 --data_root to a folder in the same layout). evaluate.py fetches missing resources itself unless
@@ -363,6 +366,10 @@ def download_hf(url, dest):
 
 def check_download(download, path, sha256, expected_sha256):
     """Why the downloaded file at path (of that sha256) is not the one expected, or None."""
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html")) and not download.filename.endswith((".html", ".htm")):
+        return "it is an HTML page, not the file (a server's error or login page?)"
     if expected_sha256 and sha256 != expected_sha256:
         return (f"sha256 {sha256} does not match the expected {expected_sha256} "
                 f"({'registry' if download.sha256 else 'first download'})")
@@ -374,8 +381,21 @@ def check_download(download, path, sha256, expected_sha256):
     return None
 
 
-def ensure_download(download):
-    """Path of a verified copy of one published file in CACHE/downloads (downloading it if needed)."""
+def move_aside(path):
+    """Rename a refused file to NAME.rejected-SHA beside it (never used again); returns the new path."""
+    rejected = path.with_name(f"{path.name}.rejected-{file_digest(path)[:12]}")
+    os.replace(path, rejected)
+    return rejected
+
+
+def start_over(resource):
+    return (f"if a file of it recorded at first download is the bad one, `python -m backpacks.resources forget "
+            f"{resource.name}` starts it over")
+
+
+def ensure_download(download, resource):
+    """(path of a verified copy of one published file in CACHE/downloads, downloading it if needed;
+    the checksums.json entry to record once the resource converts, or None when already recorded)."""
     dest = cache_dir() / "downloads" / download.filename
     dest.parent.mkdir(parents=True, exist_ok=True)
     recorded = _recorded().get(download.filename)
@@ -392,15 +412,14 @@ def ensure_download(download):
     actual = file_digest(dest)
     mismatch = check_download(download, dest, actual, expected)
     if mismatch:
-        rejected = dest.with_name(f"{dest.name}.rejected-{actual[:12]}")
-        os.replace(dest, rejected)
-        raise ResourceMissing(f"{download.filename}: {mismatch}; moved aside to {rejected}, not used")
-    if recorded is None:
-        _record(download.filename, {"sha256": actual, "bytes": dest.stat().st_size, "url": download.url,
-                                    "source": "registry" if download.sha256 else "first download",
-                                    "revision": revision,
-                                    "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
-    return dest
+        rejected = move_aside(dest)
+        hint = f"; {start_over(resource)}" if recorded and recorded.get("source") == "first download" else ""
+        raise ResourceMissing(f"{download.filename}: {mismatch}; moved aside to {rejected}, not used{hint}")
+    if recorded is not None:
+        return dest, None
+    return dest, {"sha256": actual, "bytes": dest.stat().st_size, "url": download.url,
+                  "source": "registry" if download.sha256 else "first download", "revision": revision,
+                  "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
 _failures = {}  # resource name -> reason, so that one evaluation does not retry a failed download per file
@@ -418,16 +437,49 @@ def fetch_resource(resource):
 
 
 def _fetch(resource):
-    files = {d.filename: ensure_download(d) for d in resource.downloads}
+    """Download, verify and convert; the checksums of first downloads are recorded only once the whole
+    resource has converted, so a file that does not convert (an error page, a wrong file placed by hand)
+    is never trusted: it is moved aside, with the outputs converted so far."""
+    downloads = {d.filename: ensure_download(d, resource) for d in resource.downloads}
     root = cache_dir() / "data"
     try:
-        resource.convert(files, root)
+        resource.convert({name: path for name, (path, _) in downloads.items()}, root)
+        missing = [p for p in resource.outputs if not (root / p).is_file()]
+        if missing:
+            raise ValueError(f"conversion did not produce {missing}")
     except (KeyError, ValueError, IndexError, tarfile.TarError, zipfile.BadZipFile, lexical.ResourceError) as e:
-        raise ResourceMissing(f"{resource.name}: the downloaded files do not have the expected layout ({e!r})") from None
-    missing = [p for p in resource.outputs if not (root / p).is_file()]
-    if missing:
-        raise ResourceMissing(f"{resource.name}: conversion did not produce {missing}")
+        raise ResourceMissing(f"{resource.name}: the downloaded files do not have the expected layout ({e!r}); "
+                              f"{reject_unconverted(resource, downloads)}") from None
+    for name, (_, entry) in downloads.items():
+        if entry is not None:
+            _record(name, entry)
     return [root / p for p in resource.outputs]
+
+
+def reject_unconverted(resource, downloads):
+    """After a failed conversion: remove its outputs and move aside the files nothing vouches for yet (no
+    registry sha256, no published SHA-1, no recorded checksum); returns what to tell the user."""
+    for relpath in resource.outputs:
+        (cache_dir() / "data" / relpath).unlink(missing_ok=True)
+    unvouched = [downloads[d.filename][0] for d in resource.downloads
+                 if downloads[d.filename][1] is not None and not (d.sha256 or d.sha1)]
+    moved = [str(move_aside(path)) for path in unvouched]
+    if moved:
+        return (f"moved aside to {', '.join(moved)} (no checksum recorded); `python -m backpacks.resources fetch "
+                f"{resource.name}` downloads again")
+    return start_over(resource)
+
+
+def forget(resource):
+    """Start a resource over: drop its first-download checksums and move its downloads aside."""
+    recorded = _recorded()
+    for d in resource.downloads:
+        if recorded.get(d.filename, {}).get("source") == "first download":
+            del recorded[d.filename]
+        path = cache_dir() / "downloads" / d.filename
+        if path.is_file():
+            print(f"{resource.name}: moved {d.filename} aside to {move_aside(path)}")
+    atomic_write_text(cache_dir() / "checksums.json", json.dumps(recorded, indent=2, sort_keys=True))
 
 
 # -----------------------------------------------------------------------------
@@ -502,8 +554,10 @@ def main(argv=None):
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every resource, its source, licence, checksum and state").add_argument(
         "--data_root", default=os.environ.get("ENFR_DATA"), help="also look here (default: env ENFR_DATA)")
-    f = sub.add_parser("fetch", help="download, verify and convert resources into the cache")
-    f.add_argument("names", nargs="+", metavar="NAME", help=f"'all' or any of: {', '.join(REGISTRY)}")
+    for command, text in (("fetch", "download, verify and convert resources into the cache"),
+                          ("forget", "start resources over: drop their first-download checksums, move their downloads aside")):
+        sub.add_parser(command, help=text).add_argument("names", nargs="+", metavar="NAME",
+                                                        help=f"'all' or any of: {', '.join(REGISTRY)}")
     args = p.parse_args(argv)
     if args.command == "list":
         return print_list(args.data_root)
@@ -511,6 +565,10 @@ def main(argv=None):
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise SystemExit(f"error: unknown resource(s) {unknown}; choose from all, {', '.join(REGISTRY)}")
+    if args.command == "forget":
+        for name in names:
+            forget(REGISTRY[name])
+        return
     failed = 0
     for name in names:
         try:

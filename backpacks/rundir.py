@@ -29,9 +29,24 @@ def check_new_run(out_path):
         return
     if 'ckpt.pt' in found:
         fail(f"{out_path / 'ckpt.pt'} exists: continue it with --init_from=resume, or train into another --out_dir")
-    fail(f"{out_path} holds {' and '.join(found)} of an earlier run but no ckpt.pt: train into another --out_dir, "
-         + (f"or continue from best.pt with `cp {out_path / 'best.pt'} {out_path / 'ckpt.pt'}` and --init_from=resume"
-            if 'best.pt' in found else "or move training_log.json away"))
+    fail(f"{out_path} holds {' and '.join(found)} of an earlier run but no ckpt.pt: {ways_without_ckpt(out_path)}")
+
+
+def no_checkpoint_to_resume(out_path):
+    """The message for --init_from=resume where out_path holds no ckpt.pt: what does work from there."""
+    found = [name for name in RUN_FILES[1:] if (out_path / name).exists()]
+    if not found:
+        return f"--init_from=resume but {out_path / 'ckpt.pt'} does not exist; start a run with --init_from=scratch"
+    return f"--init_from=resume but {out_path} holds {' and '.join(found)} and no ckpt.pt: {ways_without_ckpt(out_path)}"
+
+
+def ways_without_ckpt(out_path):
+    """What works in an out_dir with an earlier run's best.pt or training_log.json but no ckpt.pt
+    (best.pt holds everything a resume needs, as ckpt.pt does)."""
+    if (out_path / 'best.pt').exists():
+        return (f"continue from best.pt with `cp {out_path / 'best.pt'} {out_path / 'ckpt.pt'}` and "
+                "--init_from=resume, or train into another --out_dir")
+    return "train into another --out_dir, or move training_log.json away"
 
 
 def acquire_lock(out_path):

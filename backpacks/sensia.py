@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from backpacks import metrics
 from backpacks.errors import fail
-from backpacks.dataset import DataError
+from backpacks.dataset import DataError, token_file
 
 # (w_sns, w_ctx, w_lm) at the schedule's three anchors (the authors' LossScheduleCfg)
 ALIGN, MID, TAIL = (0.55, 0.45, 0.02), (0.40, 0.40, 0.20), (0.15, 0.15, 0.70)
@@ -182,6 +182,40 @@ def sentence_vectors(model, idx, lengths, tau_pool, context='output', hidden=Non
 
 # ----------------------------------------------------------------------------- data
 
+def pair_files(data_dir, split, meta):
+    """(tokens memmap, int64 (n, 4) index of the pairs whose both sides are non-empty) of
+    pairs_<split>.bin and pairs_<split>_index.npy, checked: the tokens against meta.json's record
+    (dataset.token_file), the index readable and pointing inside the tokens. DataError otherwise."""
+    tokens_path, index_path = data_dir / f'pairs_{split}.bin', data_dir / f'pairs_{split}_index.npy'
+    if not tokens_path.is_file() or not index_path.is_file():
+        raise DataError(f"{data_dir} has no {tokens_path.name} / {index_path.name}: SENSIA needs a dataset "
+                        "with translation pairs, prepared by data/europarl/prepare.py")
+    tokens = token_file(tokens_path, meta)
+    try:
+        index = np.load(index_path)
+    except (OSError, ValueError, EOFError) as e:  # truncated, or not a .npy file
+        raise DataError(f"{index_path} is not a readable index ({str(e).splitlines()[0]}): prepare the dataset again") from None
+    if index.ndim != 2 or index.shape[1] != 4 or index.dtype.kind not in 'iu':
+        raise DataError(f"{index_path} holds a {index.dtype} array of shape {index.shape}, not the (pairs, 4) "
+                        "integer index prepare.py writes: prepare the dataset again")
+    if len(index) and (index.min() < 0 or index.max() > len(tokens)
+                       or (index[:, 1] < index[:, 0]).any() or (index[:, 3] < index[:, 2]).any()):
+        raise DataError(f"{index_path} points outside the {len(tokens)} tokens of {tokens_path.name}: one of the "
+                        "two is truncated or from another preparation; prepare the dataset again")
+    keep = (index[:, 1] > index[:, 0]) & (index[:, 3] > index[:, 2])
+    return tokens, index[keep].astype(np.int64)  # a side that tokenizes to nothing has no sentence vector
+
+
+def check_pairs(data_dir, meta, batch_size):
+    """DataError unless the train and val pairs files are sound and train holds batch_size pairs
+    (checked before training: a failure after the first evaluation would leave a best.pt behind)."""
+    for split, needed in (('train', max(2, batch_size)), ('val', 2)):
+        n = len(pair_files(data_dir, split, meta)[1])
+        if n < needed:
+            raise DataError(f"pairs_{split}.bin of {data_dir} has {n} usable pairs, fewer than the {needed} its "
+                            f"batches need (contrastive batches need 2 or more; batch_size is {batch_size})")
+
+
 class PairSampler:
     """Batches of translation pairs from pairs_<split>.bin (both sides tokenized separately, see
     data/europarl/prepare.py pair_arrays): pairs drawn without replacement within a batch (duplicates would
@@ -189,16 +223,11 @@ class PairSampler:
     the same batches. Sides are cut to max_len tokens; an optional language tag is put first."""
 
     def __init__(self, data_dir, split, meta, seed=1337, max_len=512, tags=False):
-        tokens_path, index_path = data_dir / f'pairs_{split}.bin', data_dir / f'pairs_{split}_index.npy'
-        if not tokens_path.is_file() or not index_path.is_file():
-            raise DataError(f"{data_dir} has no {tokens_path.name} / {index_path.name}: SENSIA needs a dataset "
-                            "with translation pairs, prepared by data/europarl/prepare.py")
-        self.tokens = np.fromfile(tokens_path, dtype=np.dtype(meta['dtype']))
-        self.index = np.load(index_path)
-        keep = (self.index[:, 1] > self.index[:, 0]) & (self.index[:, 3] > self.index[:, 2])
-        self.index = self.index[keep]  # a side that tokenizes to nothing has no sentence vector
+        tokens, self.index = pair_files(data_dir, split, meta)
+        self.tokens = np.array(tokens)  # in memory: batches gather many short slices
         if len(self.index) < 2:
-            raise DataError(f"{tokens_path} has {len(self.index)} usable pairs; contrastive batches need 2 or more")
+            raise DataError(f"pairs_{split}.bin of {data_dir} has {len(self.index)} usable pairs; contrastive "
+                            "batches need 2 or more")
         special = meta['special_tokens']
         self.pad, self.tags = special['eot'], (special['en'], special['fr']) if tags else None
         self.max_len = max_len

@@ -242,3 +242,12 @@ def load_tokenizer(meta, data_dir):
                         f"(ids {(tok.en_id, tok.fr_id, tok.eot_id)} vs {expected}, "
                         f"vocab {tok.vocab_size} vs {meta['vocab_size']})")
     return tok
+
+
+def check_vocabulary(meta, data_dir):
+    """DataError if meta.json's vocabulary or tags disagree with the dataset's tokenizer, where that is
+    cheap to know before training: a bpe dataset's tokenizer.json is read (load_tokenizer checks it).
+    gpt2 and xlmr would need tiktoken or transformers, and maybe the hub: they are checked by the
+    readers that load them (evaluate.py, sample.py); every reader refuses token ids beyond the vocabulary."""
+    if meta["tokenizer"]["kind"] == "bpe":
+        load_tokenizer(meta, data_dir)

@@ -159,3 +159,26 @@ def test_get_batch_with_language(sample_dataset):
 def test_get_batch_on_cuda(sample_dataset):
     x, y, lang = BatchSampler(sample_dataset).get_batch("train", 2, 8, "cuda", with_language=True)
     assert x.is_cuda and y.is_cuda and lang.is_cuda
+
+
+@pytest.mark.parametrize("mode, limit, caught", [("auto", 1 << 30, True), ("auto", 0, False), ("full", 0, True),
+                                                 ("size", 1 << 30, False)])
+def test_which_checks_each_verify_mode_makes(tmp_path, sample_dataset, monkeypatch, mode, limit, caught):
+    """test.bin edited at the same size: only a hash sees it. auto hashes files up to FULL_CHECK_BYTES,
+    full every file, size none; a change of size is refused in every mode."""
+    copy = tmp_path / "d"
+    shutil.copytree(sample_dataset, copy)
+    monkeypatch.setenv(dataset.VERIFY_VARIABLE, mode)
+    monkeypatch.setattr(dataset, "FULL_CHECK_BYTES", limit)
+    tokens = np.fromfile(copy / "test.bin", np.uint16)
+    tokens[:2] = tokens[1::-1] + 1
+    tokens.tofile(copy / "test.bin")
+    sampler = BatchSampler(copy)
+    if caught:
+        with pytest.raises(DataError, match="test.bin is not the file prepared"):
+            sampler.get_batch("test", 2, 8)
+    else:
+        sampler.get_batch("test", 2, 8)
+    tokens[:-1].tofile(copy / "test.bin")
+    with pytest.raises(DataError, match="test.bin has 6834 bytes but meta.json records 6836"):
+        sampler.get_batch("test", 2, 8)

@@ -343,3 +343,20 @@ def test_unknown_model_type_and_preset():
     with pytest.raises(ValueError, match='unknown preset'):
         preset_config('backpack-huge')
     assert isinstance(tiny_model('transformer'), StandardTransformerLM)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    (dict(n_embd=0), "n_embd must be at least 1, got 0"), (dict(n_head=-1), "n_head must be at least 1"),
+    (dict(n_layer=0), "n_layer must be at least 1"), (dict(n_senses=0), "n_senses must be at least 1"),
+    (dict(n_embd=30, n_head=4), "n_embd (30) must be divisible by n_head (4)"), (dict(dropout=1.0), "dropout must be in [0, 1)")])
+def test_impossible_sizes_are_one_value_error(sizes, message):
+    with pytest.raises(ValueError) as e:
+        ModelConfig(**sizes)
+    assert str(e.value).startswith(message)
+
+
+def test_senses_must_divide_the_width_of_a_backpack_only():
+    config = ModelConfig(n_layer=1, n_head=2, n_embd=32, n_senses=5, vocab_size=16, block_size=8)
+    with pytest.raises(ValueError, match=r"n_embd \(32\) must be divisible by n_senses \(5\)"):
+        build_model("backpack", config)
+    assert build_model("transformer", config).model_type == "transformer"

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -362,17 +363,30 @@ def test_failure_while_writing_leaves_no_dataset_and_keeps_the_old_one(prep, tmp
     before = (tmp_path / "s" / "meta.json").read_text()
     monkeypatch.setattr(prep, "word_counts", interrupted)
     with pytest.raises(SystemExit, match="^interrupted"):
-        prep.main(args[:-1] + ["400"])
+        prep.main(args[:-1] + ["400", "--overwrite"])
     assert [p.name for p in tmp_path.iterdir()] == ["s"] and (tmp_path / "s" / "meta.json").read_text() == before
+
+
+def test_full_disk_names_the_file_and_the_space_and_changes_nothing(prep, tmp_path, monkeypatch):
+    args = ["--source", "local", "--corpus", SAMPLE, "--name", "s", "--out_root", str(tmp_path), "--vocab_size", "300"]
+    prep.main(args)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
 
     def disk_full(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(prep, "write_jsonl", disk_full)
     with pytest.raises(SystemExit) as e:
-        prep.main(args[:-1] + ["400"])
-    assert str(e.value) == f"error: cannot write {tmp_path / 's'}: no space left on device; nothing was changed there"
-    assert [p.name for p in tmp_path.iterdir()] == ["s"] and (tmp_path / "s" / "meta.json").read_text() == before
+        prep.main(args[:-1] + ["400", "--overwrite"])
+    assert re.fullmatch(rf"error: cannot write {re.escape(str(tmp_path / 's' / 'train.jsonl'))}: no space left on device "
+                        r"\(the dataset needs at least [\d.]+ MB, [\d,.]+ MB was free before writing\); nothing was "
+                        rf"changed in {re.escape(str(tmp_path / 's'))}", str(e.value))
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary directory left
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before
+    monkeypatch.setattr(prep.shutil, "disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(SystemExit, match=r"^error: not enough space for .*needs at least [\d.]+ MB, 0.0 MB is free"):
+        prep.main(args[:-1] + ["400", "--overwrite"])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before
 
 
 @pytest.mark.slow
@@ -438,6 +452,24 @@ def test_meta_fingerprints_the_tokenizer_and_the_data(sample_dataset):
     tokens = b"".join((sample_dataset / f"{split}.bin").read_bytes() for split in ("train", "val", "test"))
     assert meta["data_sha256"] == hashlib.sha256(tokens).hexdigest()
     assert load_tokenizer(meta, sample_dataset).fingerprint() == meta["tokenizer_sha256"]
+
+
+def test_an_existing_dataset_is_refused_and_overwrite_keeps_other_files(prep, tmp_path):
+    args = ["--source", "local", "--corpus", SAMPLE, "--name", "s", "--out_root", str(tmp_path), "--vocab_size", "300"]
+    prep.main(args)
+    meta = load_meta(tmp_path / "s")
+    (tmp_path / "s" / "segregated").mkdir()
+    (tmp_path / "s" / "segregated" / "train.en").write_text("made by segregate_languages.py\n")
+    (tmp_path / "s" / "notes.txt").write_text("the user's own file\n")
+    with pytest.raises(SystemExit) as e:
+        prep.main(args[:-1] + ["400"])
+    assert f"already holds a dataset (data_sha256 {meta['data_sha256'][:12]}, made by `" in str(e.value)
+    assert "--overwrite" in str(e.value) and load_meta(tmp_path / "s") == meta
+    prep.main(args[:-1] + ["400", "--overwrite"])
+    assert load_meta(tmp_path / "s")["vocab_size"] == 400 and [p.name for p in tmp_path.iterdir()] == ["s"]
+    assert (tmp_path / "s" / "notes.txt").read_text() == "the user's own file\n"
+    assert (tmp_path / "s" / "segregated" / "train.en").read_text() == "made by segregate_languages.py\n"
+    assert {p.name for p in (tmp_path / "s").iterdir()} == prep.OUTPUT_NAMES | {"notes.txt", "segregated"}
 
 
 def test_refuses_to_replace_a_directory_that_is_not_a_dataset(prep, tmp_path):

@@ -262,3 +262,44 @@ def test_cli(server, cache, capsys, monkeypatch):
     with pytest.raises(SystemExit, match="1 of 1"):
         resources.main(["fetch", "simverb3500"])
     assert "HTTP 404" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- what is trusted
+
+SIMLEX = archive("zip", {"SimLex-999/SimLex-999.txt": "word1\tword2\tPOS\tSimLex999\nold\tnew\tA\t1.58\n"})
+
+
+def test_a_first_download_that_does_not_convert_is_never_trusted(server, cache):
+    """A garbage first download must not become the trusted checksum that refuses the genuine file."""
+    with pytest.raises(resources.ResourceMissing) as e:
+        fetch_served(server, "simlex999", {"SimLex-999.zip": b"garbage placed where the archive should be"})
+    assert "do not have the expected layout" in str(e.value) and "moved aside" in str(e.value)
+    assert "resources fetch simlex999` downloads again" in str(e.value) and "\n" not in str(e.value)
+    assert not (cache / "checksums.json").exists() and not (cache / "downloads" / "SimLex-999.zip").exists()
+    assert len(list((cache / "downloads").glob("SimLex-999.zip.rejected-*"))) == 1
+    resources._failures.clear()  # a new command
+    [out] = fetch_served(server, "simlex999", {"SimLex-999.zip": SIMLEX})
+    assert out.read_text().endswith("old\tnew\t1.58\n")
+    recorded = json.loads((cache / "checksums.json").read_text())["SimLex-999.zip"]
+    assert recorded["sha256"] == hashlib.sha256(SIMLEX).hexdigest()
+
+
+def test_an_html_error_page_is_refused_before_conversion(server, cache):
+    server.files["/toy.txt"] = b"<!DOCTYPE html>\n<html><body>503 Service Unavailable</body></html>\n"
+    with pytest.raises(resources.ResourceMissing, match="an HTML page, not the file.*moved aside"):
+        resources.fetch_resource(muse_resource(server.url + "/toy.txt"))
+    assert not (cache / "checksums.json").exists() and not (cache / "data" / "lexicon" / "toy.tsv").exists()
+
+
+def test_forget_starts_over_a_resource_whose_first_download_was_bad(server, cache, capsys):
+    """A checksum recorded from a bad file (by an earlier version) refuses the genuine one: the message
+    names `forget`, after which the genuine file is fetched and recorded."""
+    (cache / "downloads").mkdir(parents=True)
+    (cache / "checksums.json").write_text(json.dumps({"SimLex-999.zip": {"sha256": "0" * 64, "source": "first download"}}))
+    with pytest.raises(resources.ResourceMissing, match="resources forget simlex999` starts it over"):
+        fetch_served(server, "simlex999", {"SimLex-999.zip": SIMLEX})
+    resources.main(["forget", "simlex999"])
+    assert json.loads((cache / "checksums.json").read_text()) == {}
+    resources._failures.clear()
+    [out] = fetch_served(server, "simlex999", {"SimLex-999.zip": SIMLEX})
+    assert out.is_file()

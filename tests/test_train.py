@@ -242,7 +242,7 @@ def test_interrupted_save_keeps_previous_checkpoint(synthetic_dataset, tmp_path,
     monkeypatch.setattr(torch, 'save', save_dies_halfway)
     message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=12',
                         '--checkpoint_interval=4', '--eval_interval=100'])
-    assert 'could not write' in message and 'No space left on device' in message
+    assert 'could not write' in message and 'ckpt.pt: no space left on device (the file needs at least' in message
     assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 4
     assert sorted(p.name for p in out.iterdir()) == ['best.pt', 'ckpt.pt', 'training_log.json']
 
@@ -550,6 +550,18 @@ def test_missing_data(tmp_path):
 
 def test_resume_without_checkpoint(tmp_path):
     assert 'does not exist' in error_of(['--init_from=resume', f'--out_dir={tmp_path}'])
+
+
+def test_resume_with_best_pt_only_advises_what_works(synthetic_dataset, tmp_path, one_thread):
+    """A run that left best.pt but no ckpt.pt: the advice (cp best.pt ckpt.pt, then resume) works."""
+    out = tmp_path / 'out'
+    train.main([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=5'])
+    (out / 'ckpt.pt').unlink()
+    message = error_of(['--init_from=resume', f'--out_dir={out}', '--max_iters=10'])
+    assert f"`cp {out / 'best.pt'} {out / 'ckpt.pt'}` and --init_from=resume" in message
+    shutil.copyfile(out / 'best.pt', out / 'ckpt.pt')
+    train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=10'])
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 10 and read_log(out)[-1]['iter'] == 10
 
 
 @pytest.mark.parametrize('argv, expected', [

@@ -13,10 +13,14 @@ Outputs in OUT_ROOT/NAME/ (written to a temporary directory, renamed into place 
 {train,val,test}.bin, pairs_{train,val,test}.bin + pairs_{train,val,test}_index.npy, {train,val,test}.jsonl,
 word_counts.json, tokenizer.json (bpe), meta.json. meta.json fingerprints the dataset for the runs
 that use it: tokenizer_sha256 (see tokenizer.py) and data_sha256, the sha256 of the bytes of train.bin,
-val.bin and test.bin in that order. Temporary directories of a killed preparation are removed by the next one.
+val.bin and test.bin in that order; token_files records the bytes, sha256 and largest id of every .bin
+file, which readers check (backpacks/dataset.py). Temporary directories of a killed preparation are
+removed by the next one. An existing dataset NAME is refused unless --overwrite; then only the files
+listed above are replaced, and anything else in the directory (segregated/, the user's files) is kept.
 """
 import argparse
 import errno
+import functools
 import gzip
 import hashlib
 import itertools
@@ -36,7 +40,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
-from backpacks.atomic import file_digest, stale_temporaries, temporary_name
+from backpacks.atomic import file_digest, size_text, stale_temporaries, temporary_name, token_record
+from backpacks.errors import ArgumentParser
 from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +55,10 @@ BREAKS = str.maketrans({c: " " for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2
 # larger BPE vocabularies are beyond any corpus this script prepares (GPT-2 has 50,257, XLM-R 250,002)
 MAX_BPE_VOCAB = 1 << 20
 ENCODE_CHUNK = 32768  # texts per batch-encoding call (progress granularity; each call runs in parallel)
+SPLITS = ("train", "val", "test")
+# every file a preparation writes into OUT_ROOT/NAME: --overwrite replaces these and nothing else
+OUTPUT_NAMES = {name for split in SPLITS for name in (f"{split}.bin", f"pairs_{split}.bin", f"pairs_{split}_index.npy",
+                                                      f"{split}.jsonl")} | {"tokenizer.json", "word_counts.json", "meta.json"}
 
 
 class PrepareError(Exception):
@@ -322,27 +331,47 @@ def write_json(path, obj):
         json.dump(obj, f, ensure_ascii=False, indent=1)
 
 
-def check_target(target):
-    """Refuse to replace a directory that is not a prepared dataset (e.g. data/europarl, the scripts)."""
+def check_target(target, overwrite):
+    """Refuse a directory that is not a prepared dataset (e.g. data/europarl, the scripts), and an
+    existing dataset unless overwrite: runs trained on it need it to resume and to be evaluated."""
     if target.exists() and not (target / "meta.json").is_file() and (not target.is_dir() or any(target.iterdir())):
         raise PrepareError(f"{target} exists and is not a prepared dataset (no meta.json): choose another --name")
+    if (target / "meta.json").is_file() and not overwrite:
+        raise PrepareError(f"{target} already holds a dataset ({dataset_identity(target)}); runs trained on it "
+                           "record that fingerprint and need the dataset to resume or be evaluated: choose another "
+                           "--name, or pass --overwrite to replace its files (files prepare.py did not write are kept)")
+
+
+def dataset_identity(target):
+    """The fingerprint and command of the dataset in target, as far as its meta.json says."""
+    try:
+        meta = json.loads((target / "meta.json").read_text(encoding="utf-8"))
+        return f"data_sha256 {meta['data_sha256'][:12]}, made by `{meta['command']}`"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "its meta.json records no fingerprint"
 
 
 def publish(tmp_dir, target):
-    """Move the finished temporary directory into place; a previous dataset is replaced whole."""
-    old = None
-    if target.exists():
-        old = target.parent / temporary_name(target.name, "old")
-        old.mkdir()
-        os.replace(target, old / target.name)
-    os.replace(tmp_dir, target)
-    if old:
-        shutil.rmtree(old)
+    """Move the finished dataset into place; returns the names of files in target it kept. Over an
+    existing dataset, only prepare.py's own files are replaced, one rename each, meta.json last (until
+    then the old meta.json's records make readers refuse the mixed files), and its own files this run
+    did not write are removed; every other file is kept."""
+    if not target.exists():
+        os.replace(tmp_dir, target)
+        return []
+    written = {p.name for p in tmp_dir.iterdir()}
+    for name in sorted(written - {"meta.json"}):
+        os.replace(tmp_dir / name, target / name)
+    for name in OUTPUT_NAMES - written:
+        (target / name).unlink(missing_ok=True)
+    os.replace(tmp_dir / "meta.json", target / "meta.json")
+    return sorted(p.name for p in target.iterdir() if p.name not in OUTPUT_NAMES)
 
 
 def clean_leftovers(out_root):
     """Remove the temporary dataset directories of killed preparations (their PID is dead); a previous
-    dataset that a killed publish() had moved aside but not yet replaced is moved back."""
+    dataset that a killed preparation of an earlier version (which moved it aside) had not yet
+    replaced is moved back."""
     for path, name, kind in stale_temporaries(out_root):
         target = out_root / name
         if kind == "old" and not target.exists() and (path / name).is_dir():
@@ -354,7 +383,7 @@ def clean_leftovers(out_root):
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m data.europarl.prepare",
+    p = ArgumentParser(prog="python -m data.europarl.prepare",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     p.add_argument("--source", choices=["europarl", "opus100", "local"], default="europarl")
@@ -362,6 +391,8 @@ def parse_args(argv):
                    help="with --source local: NAME (for NAME.en + NAME.fr, optionally .gz) or a TSV file; several are concatenated")
     p.add_argument("--name", help="dataset directory name (default: europarl_en_fr, opus100_en_fr, or the first corpus's name)")
     p.add_argument("--out_root", type=Path, default=REPO_ROOT / "data", help="output goes to OUT_ROOT/NAME (default: the repo's data/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an existing dataset NAME (other files there, e.g. segregated/, are kept)")
     p.add_argument("--tokenizer", choices=["bpe", "gpt2", "xlmr"], default="bpe")
     p.add_argument("--tokenizer_path", help="gpt2: a local Hugging Face tokenizer dir (default: tiktoken 'gpt2'); "
                                             "xlmr: a name or local path (default: xlm-roberta-base)")
@@ -393,6 +424,8 @@ def parse_args(argv):
         p.error("--tokenizer_path is for gpt2 and xlmr (bpe is trained here)")
     if args.max_pairs is not None and args.max_pairs < 2:
         p.error("--max_pairs must be at least 2")
+    if args.seed < 0 or args.max_chars < 1:
+        p.error(f"--seed must be >= 0 and --max_chars >= 1, got {args.seed} and {args.max_chars}")
     args.name = args.name or DEFAULT_NAMES.get(args.source) or re.sub(r"\.(en|fr|tsv)?(\.gz)?$", "", Path(args.corpus[0]).name)
     return args
 
@@ -412,18 +445,51 @@ def check_writable(out_root):
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise PrepareError(f"cannot write into --out_root {out_root}: {disk_error(e)}") from e
+        raise PrepareError(f"cannot write into --out_root {out_root}: {e.strerror or e}") from e
     clean_leftovers(out_root)
 
 
-def disk_error(e):
-    return "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+def dataset_files(arrays, bounds, texts_en, texts_fr, n_train, tok, meta):
+    """{file name: write(path)} of every file of the dataset, meta.json last: a directory with
+    meta.json is complete."""
+    files = {}
+    for name, (stream, pair_tokens, pair_index) in arrays.items():
+        files.update({f"{name}.bin": stream.tofile, f"pairs_{name}.bin": pair_tokens.tofile,
+                      f"pairs_{name}_index.npy": functools.partial(np.save, arr=pair_index)})
+    for name, (lo, hi) in bounds.items():
+        files[f"{name}.jsonl"] = lambda path, lo=lo, hi=hi: write_jsonl(path, zip(texts_en[lo:hi], texts_fr[lo:hi]))
+    if tok.kind == "bpe":
+        files[tok.path] = lambda path: tok.save(path.parent)
+    files["word_counts.json"] = lambda path: write_json(
+        path, {"en": word_counts(texts_en[:n_train]), "fr": word_counts(texts_fr[:n_train])})
+    files["meta.json"] = lambda path: write_json(path, meta)
+    return files
+
+
+def write_dataset(files, tmp_dir, target, needed):
+    """Write every file into tmp_dir and move them into target. On any OSError one PrepareError line
+    names the file (and, for a full disk, the space the dataset needs); target is then untouched."""
+    free = shutil.disk_usage(tmp_dir).free
+    if free < needed:
+        raise PrepareError(f"not enough space for {target}: the dataset needs at least {size_text(needed)}, "
+                           f"{size_text(free)} is free there; nothing was written")
+    for name, write in tqdm(files.items(), desc="writing", unit="file"):
+        try:
+            write(tmp_dir / name)
+        except OSError as e:
+            reason = (f"no space left on device (the dataset needs at least {size_text(needed)}, "
+                      f"{size_text(free)} was free before writing)" if e.errno == errno.ENOSPC else e.strerror or str(e))
+            raise PrepareError(f"cannot write {target / name}: {reason}; nothing was changed in {target}") from e
+    try:
+        return publish(tmp_dir, target)
+    except OSError as e:
+        raise PrepareError(f"cannot move the new files into {target}: {e}") from e
 
 
 def prepare(args, command):
     t0 = time.time()
     target = args.out_root / args.name
-    check_target(target)
+    check_target(target, args.overwrite)
     check_writable(args.out_root)
     en, fr, sources = read_hub(args.source) if args.source != "local" else read_local(args.corpus)
     pairs, dropped = clean_pairs(en, fr, args.max_chars)
@@ -474,32 +540,27 @@ def prepare(args, command):
     data_sha256 = hashlib.sha256()
     for stream, _, _ in arrays.values():  # the token streams as written: train.bin, val.bin, test.bin
         data_sha256.update(stream)
-    meta.update(data_sha256=data_sha256.hexdigest(), dtype=dtype, lm_languages=args.lm_languages.split(","),
+    token_files = {f"{prefix}{name}.bin": token_record(tokens) for name, (stream, pair_tokens, _) in arrays.items()
+                   for prefix, tokens in (("", stream), ("pairs_", pair_tokens))}
+    meta.update(data_sha256=data_sha256.hexdigest(), token_files=token_files, dtype=dtype,
+                lm_languages=args.lm_languages.split(","),
                 bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
                 near_duplicates={"rule": "pairs sharing an English or French side (case, punctuation and "
                                          "whitespace folded) are in one split", **group_stats(groups)},
                 sources=sources, command=command, source=args.source, max_chars=args.max_chars,
                 val_frac=args.val_frac, test_frac=args.test_frac, max_pairs=args.max_pairs)
 
+    # a lower bound of the bytes written: the token arrays and the text of the jsonl files
+    needed = sum(a.nbytes for triple in arrays.values() for a in triple) + sum(len(t.encode()) for t in texts_en + texts_fr)
     tmp_dir = args.out_root / temporary_name(args.name)
     tmp_dir.mkdir()  # not mkdtemp: the dataset directory keeps the usual (umask) permissions
     try:
-        for name, (stream, pair_tokens, pair_index) in tqdm(arrays.items(), desc="writing token files", unit="split"):
-            stream.tofile(tmp_dir / f"{name}.bin")
-            pair_tokens.tofile(tmp_dir / f"pairs_{name}.bin")
-            np.save(tmp_dir / f"pairs_{name}_index.npy", pair_index)
-        for name, (lo, hi) in tqdm(bounds.items(), desc="writing text files", unit="split"):
-            write_jsonl(tmp_dir / f"{name}.jsonl", zip(texts_en[lo:hi], texts_fr[lo:hi]))
-        if args.tokenizer == "bpe":
-            tok.save(tmp_dir)
-        write_json(tmp_dir / "word_counts.json", {"en": word_counts(texts_en[:n_train]), "fr": word_counts(texts_fr[:n_train])})
-        write_json(tmp_dir / "meta.json", meta)  # last: a directory with meta.json is complete
-        publish(tmp_dir, target)
-    except OSError as e:
-        raise PrepareError(f"cannot write {target}: {disk_error(e)}; nothing was changed there") from e
+        kept = write_dataset(dataset_files(arrays, bounds, texts_en, texts_fr, n_train, tok, meta), tmp_dir, target, needed)
     finally:
         if tmp_dir.exists():
             shutil.rmtree(tmp_dir)
+    if kept:
+        print(f"kept in {target} what prepare.py did not write: {', '.join(kept)} (made from the earlier data?)")
     print(f"wrote {target}: " + ", ".join(f"{s} {v['pairs']:,} pairs / {v['tokens']:,} tokens" for s, v in stats.items())
           + f"; vocab {tok.vocab_size} ({dtype}) in {time.time() - t0:.1f}s")
     return target
