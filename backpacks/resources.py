@@ -515,16 +515,19 @@ def main(argv=None):
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
         raise SystemExit(f"error: unknown resource(s) {unknown}; choose from all, {', '.join(REGISTRY)}")
-    failed = 0
+    failures = []
     for name in names:
         try:
             paths = fetch_resource(REGISTRY[name])
             print(f"{name}: ok -> {', '.join(str(p) for p in paths)}")
         except ResourceMissing as e:
-            failed += 1
-            print(f"{name}: error: {e}", file=sys.stderr)
-    if failed:
-        raise SystemExit(f"error: {failed} of {len(names)} resource(s) not fetched (reasons above)")
+            failures.append(f"{name}: {e}")
+    if len(names) == 1 and failures:  # the reason is the one line
+        raise SystemExit(f"error: {failures[0]}")
+    for failure in failures:
+        print(failure.replace(": ", ": error: ", 1), file=sys.stderr)
+    if failures:
+        raise SystemExit(f"error: {len(failures)} of {len(names)} resource(s) not fetched (reasons above)")
 
 
 if __name__ == "__main__":
