@@ -5,7 +5,6 @@ writes eval/results.json and eval/report.md. Each task is a function of an evalu
 returns its results or raises SkipTask with the reason."""
 import argparse
 import functools
-import json
 import math
 import os
 import re
