@@ -11,6 +11,9 @@ Every evaluate.py option passes through (--tasks, --beam, --data_root, ...). --r
 DIR/eval/results.json instead of evaluating again when it was computed from the same checkpoint file
 with the same evaluation settings (else it evaluates again and says why). Writes comparison.json,
 comparison.md, loss_curves.png and metrics_<group>.png into --output_dir (default out/comparison).
+A model trained with another tokenizer or on other data than the first is marked "not comparable"
+with the reason, and the paired test of BLEU and chrF runs only on identical test sentences (the
+table says when it is dropped).
 """
 import argparse
 import json
@@ -25,9 +28,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
-from backpacks import metrics, report, tasks  # noqa: E402
+from backpacks import arguments, metrics, report, results_file, tasks  # noqa: E402
 from backpacks.atomic import atomic_write, atomic_write_text, file_digest  # noqa: E402
 from backpacks.checkpoint import CHECKPOINT_FILES  # noqa: E402
+from backpacks.errors import fail  # noqa: E402
 
 NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). Last column: "
         "for BLEU and chrF the p-value of sacreBLEU's paired bootstrap test against the first model (same sentences, "
@@ -47,39 +51,64 @@ def parse_args(argv=None):
     p.add_argument("--output_dir", default="out/comparison", help="where comparison.json/.md and the plots go")
     p.add_argument("--reuse", action="store_true", help="use DIR/eval/results.json when it exists")
     tasks.add_eval_arguments(p)
-    return tasks.check_args(p.parse_args(argv))
+    args = tasks.check_args(p.parse_args(argv))
+    check_run_dirs(args)
+    return args
+
+
+def check_run_dirs(args):
+    """Every run to compare has its checkpoint, before the first evaluation starts."""
+    for out_dir in run_dirs(args):
+        tasks.check_run_dir(out_dir, args.ckpt)
+    arguments.check_writable(args.output_dir, "--output_dir")
+
+
+def run_dirs(args):
+    return [args.backpack_dir, args.transformer_dir] + list(args.extra_dirs)
 
 
 def reuse_mismatch(results, out_dir, args):
-    """Why earlier results may not stand for this comparison (None: they may): computed for another
-    checkpoint file, with other evaluation settings, or without the record of either."""
-    run = results.get("run") if isinstance(results, dict) else None
-    if not isinstance(run, dict) or "checkpoint_sha256" not in run or "settings" not in run:
-        return "it does not record its checkpoint and settings (an older evaluate.py)"
+    """Why earlier results may not stand for this comparison (None: they may): a requested task
+    missing, computed from another checkpoint file or with other evaluation settings."""
+    computed = results.get("computed") if isinstance(results, dict) else None
+    if not isinstance(computed, dict):
+        return "it does not record its tasks' checkpoint and settings (an older evaluate.py)"
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
-    if not checkpoint.is_file() or file_digest(checkpoint) != run["checkpoint_sha256"]:
-        return f"it was computed from another {checkpoint.name} (iter {run.get('iter_num')})"
-    settings = json.loads(json.dumps(tasks.eval_settings(args)))  # as JSON stores them (tuples as lists)
-    differing = sorted(k for k in settings.keys() | run["settings"].keys() if settings.get(k) != run["settings"].get(k))
-    return f"it was computed with other settings: {', '.join(differing)}" if differing else None
+    checkpoint_sha256 = file_digest(checkpoint)
+    settings = results_file.task_settings(tasks.eval_settings(args))
+    for task in args.task_list:
+        record = computed.get(task)
+        if not isinstance(record, dict):
+            return f"it has no {task} results"
+        if record.get("checkpoint_sha256") != checkpoint_sha256:
+            return f"its {task} results were computed from another {checkpoint.name} (iter {record.get('iter_num')})"
+        recorded = record.get("settings") or {}
+        differing = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+        if differing:
+            return f"its {task} results were computed with other settings: {', '.join(differing)}"
+    return None
 
 
 def model_results(out_dir, args):
-    """Evaluation results of one out_dir: reused from eval/results.json if asked and computed from
-    the same checkpoint with the same settings, else computed."""
+    """Evaluation results of the requested tasks of one out_dir: reused from eval/results.json if asked
+    and computed from the same checkpoint with the same settings, else computed."""
     path = Path(out_dir) / "eval" / "results.json"
     if args.reuse and path.is_file():
         try:
             results = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
-            raise SystemExit(f"error: {path} is not valid JSON ({e}); run without --reuse")
+            fail(f"{path} is not valid JSON ({e}); run without --reuse")
         mismatch = reuse_mismatch(results, out_dir, args)
         if mismatch is None:
-            return results, "reused"
+            return requested_only(results, args.task_list), "reused"
         print(f"not reusing {path}: {mismatch}; evaluating again", file=sys.stderr)
-    if not Path(out_dir).is_dir():
-        raise SystemExit(f"error: {out_dir} is not a directory")
-    return tasks.evaluate_out_dir(out_dir, args), "evaluated"
+    return requested_only(tasks.evaluate_out_dir(out_dir, args), args.task_list), "evaluated"
+
+
+def requested_only(results, task_list):
+    """The results with only the requested tasks: results.json may hold others, computed with other settings."""
+    return {key: value if key in task_list or key not in tasks.TASKS else results_file.NOT_REQUESTED
+            for key, value in results.items()}
 
 
 def unique_labels(out_dirs, results):
@@ -92,12 +121,17 @@ def unique_labels(out_dirs, results):
 
 
 def paired_translation_tests(labels, results):
-    """{headline name of a BLEU / chrF row: {label: p-value of sacreBLEU's paired bootstrap against the
-    first model}} wherever every model translated the same test sentences."""
+    """({headline name of a BLEU / chrF row: {label: p-value of sacreBLEU's paired bootstrap against the
+    first model}}, why there is none). The test needs every model to have translated the same test
+    sentences; otherwise it is dropped and the reason says so."""
     translations = [r.get("translation", {}) for r in results]
     references = [t.get("references") for t in translations]
-    if not references[0] or any(ref != references[0] for ref in references):
-        return {}
+    if not references[0]:
+        return {}, None if "skipped" in translations[0] else f"{labels[0]} records no test references"
+    others = [label for label, ref in zip(labels[1:], references[1:]) if ref != references[0]]
+    if others:
+        return {}, (f"no paired bootstrap test: {', '.join(others)} translated other test sentences than {labels[0]} "
+                    "(or none)")
     p_values = {}
     for direction, refs in references[0].items():
         for decoding in translations[0].get(direction, {}):
@@ -107,27 +141,48 @@ def paired_translation_tests(labels, results):
                 for label, tests in metrics.paired_bootstrap(systems, refs).items():
                     for metric, p in tests.items():
                         p_values.setdefault(f"{direction} {decoding} {metric}", {})[label] = p
-    return p_values
+    return p_values, None
 
 
-def significance(name, labels, intervals, p_values=None):
+def not_comparable(labels, results):
+    """{label: reasons} of each later model that was not trained like the first: with another tokenizer
+    (its losses are per other tokens) or on other data (other test text, other word counts), or
+    whose data fingerprint is not recorded."""
+    first = results[0]["run"]
+    found = {}
+    for label, result in zip(labels[1:], results[1:]):
+        run, reasons = result["run"], []
+        if run.get("tokenizer_sha256") != first.get("tokenizer_sha256"):
+            reasons.append("another tokenizer")
+        if None in (run.get("data_sha256"), first.get("data_sha256")):
+            reasons.append("no recorded data fingerprint")
+        elif run.get("data_sha256") != first.get("data_sha256"):
+            reasons.append("other training data")
+        if reasons:
+            found[label] = reasons
+    return found
+
+
+def significance(name, labels, intervals, p_values=None, incomparable=()):
     """Each later model against the first on one metric: sacreBLEU's paired bootstrap p-value where
     there is one (n.s. when p >= 0.05); else 'n.s.' where the two 95% intervals overlap (the
-    difference is not significant), 'disjoint' where they do not; '' without both intervals."""
+    difference is not significant), 'disjoint' where they do not, 'not comparable' for a model
+    trained with another tokenizer or on other data; '' without both intervals."""
     if p_values and name in p_values:
         return "; ".join(f"{label}: p={p:.3f}{' n.s.' if p >= 0.05 else ''}" for label, p in p_values[name].items())
     first = intervals[0].get(name)
-    marks = [f"{label}: {'n.s.' if metrics.intervals_overlap(first, iv[name]) else 'disjoint'}"
+    marks = [f"{label}: " + ("not comparable" if label in incomparable else
+                             "n.s." if metrics.intervals_overlap(first, iv[name]) else "disjoint")
              for label, iv in zip(labels[1:], intervals[1:]) if first and iv.get(name)]
     return "; ".join(marks)
 
 
-def comparison_table(labels, headlines, intervals, p_values=None):
+def comparison_table(labels, headlines, intervals, p_values=None, incomparable=()):
     """Markdown table: one row per headline metric, one column per model (value [95% interval]), and
     each model against the first (paired bootstrap p-value, else whether the intervals overlap)."""
     metrics_order = list(dict.fromkeys(name for h in headlines for name in h))
     rows = [[name] + [report.fmt_interval(h.get(name), iv.get(name)) for h, iv in zip(headlines, intervals)]
-            + [significance(name, labels, intervals, p_values)] for name in metrics_order]
+            + [significance(name, labels, intervals, p_values, incomparable)] for name in metrics_order]
     header = ["metric"] + labels + [f"vs {labels[0]}"]
     return report.markdown_table(header, rows), metrics_order
 
@@ -145,6 +200,24 @@ def matching(results):
         same_size = None not in totals and abs(totals[1] / totals[0] - 1) <= 0.05
         notes.append("backbone-matched" if same_backbone else "parameter-matched" if same_size else "unmatched")
     return notes
+
+
+def match_notes(labels, results, incomparable):
+    """matching(), where a model not comparable with the first is said to be so, with the reasons."""
+    return [f"not comparable ({', '.join(incomparable[label])})" if label in incomparable else match
+            for label, match in zip(labels[1:], matching(results))]
+
+
+def caveats(labels, incomparable, dropped_test):
+    """Markdown lines saying what the table cannot show (also printed as warnings)."""
+    lines = [f"**Not comparable with {labels[0]}:** {label} was trained with {', '.join(reasons)}; its losses are "
+             "not over the same tokens and text, and its intervals are not compared with the first model's."
+             for label, reasons in incomparable.items()]
+    if dropped_test:
+        lines.append(f"**Note:** {dropped_test}.")
+    for line in lines:
+        print(f"warning: {line.replace('**', '')}", file=sys.stderr)
+    return "".join(line + "\n\n" for line in lines)
 
 
 def save_figure(fig, path):
@@ -220,14 +293,15 @@ def interventions_links(out_dirs, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    out_dirs = [args.backpack_dir, args.transformer_dir] + list(args.extra_dirs)
+    out_dirs = run_dirs(args)
     output_dir = Path(args.output_dir)  # created by the first write, so a failure leaves none behind
     results, sources = zip(*(model_results(d, args) for d in out_dirs))
     labels = unique_labels(out_dirs, results)
     headlines, intervals = zip(*(report.headline_metrics(r, with_intervals=True) for r in results))
-    p_values = paired_translation_tests(labels, results)
-    table, metric_names = comparison_table(labels, headlines, intervals, p_values)
-    matches = matching(results)
+    p_values, dropped_test = paired_translation_tests(labels, results)
+    incomparable = not_comparable(labels, results)
+    table, metric_names = comparison_table(labels, headlines, intervals, p_values, incomparable)
+    matches = match_notes(labels, results, incomparable)
     sizes = "\n".join(
         f"- {label}: {params['total']:,} parameters ({params['embedding']:,} embedding, "
         f"{params['non_embedding']:,} non-embedding)" + (f"; {match} to {labels[0]}" if match else "")
@@ -249,11 +323,12 @@ def main(argv=None):
                            "skipped_tasks": {t: r[t]["skipped"] for t in tasks.TASKS if "skipped" in r.get(t, {})},
                            "headline": h, "intervals95": iv}
                    for label, d, r, h, iv, src in zip(labels, out_dirs, results, headlines, intervals, sources)},
-        "matching": dict(zip(labels[1:], matches)), "paired_bootstrap_p_values": p_values,
+        "matching": dict(zip(labels[1:], matches)), "not_comparable": incomparable,
+        "paired_bootstrap_p_values": p_values, "paired_bootstrap_dropped": dropped_test,
         "metrics": metric_names, "plots": plots, "command": " ".join(sys.argv)}
     atomic_write_text(output_dir / "comparison.json",
                           json.dumps(report.json_safe(comparison), indent=2, ensure_ascii=False))
-    markdown = "# Model comparison\n\n" + sizes + "\n\n" + table + "\n\n" + NOTE + "\n\n" + "\n".join(
+    markdown = "# Model comparison\n\n" + sizes + "\n\n" + caveats(labels, incomparable, dropped_test) + table + "\n\n" + NOTE + "\n\n" + "\n".join(
         f"![{name}]({Path(p['path']).name})" for name, p in plots.items() if "path" in p) + "\n" + interventions_links(out_dirs, output_dir)
     atomic_write_text(output_dir / "comparison.md", markdown)
     print(table)

@@ -8,8 +8,10 @@ $ python evaluate.py --out_dir out/backpack_tiny --device cpu
 $ python evaluate.py --out_dir out/transformer_tiny --tasks translation,bli --beam 4
 
 Writes OUT_DIR/eval/results.json (one top-level section per task, each either its results or
-{"skipped": reason}, plus "run" with the checkpoint, resources, counts and timings) and
-OUT_DIR/eval/report.md, and prints a summary table. Resources (word-similarity sets, dictionaries,
+{"skipped": reason}; "computed" with the checkpoint, settings, resources and time of each task; "run"
+with this evaluation's checkpoint, counts and timings) and OUT_DIR/eval/report.md, and prints a
+summary table. The tasks computed now are merged into an existing results.json of the same
+checkpoint; one of another checkpoint is moved aside first (backpacks/results_file.py). Resources (word-similarity sets, dictionaries,
 FLORES) are looked up by their path in the layout under --data_root (env ENFR_DATA, else
 ../shared/data/en-fr beside the repository), then in the resources.py cache, and fetched into the
 cache when missing (unless --no-fetch or an offline variable such as HF_HUB_OFFLINE is set);
@@ -20,7 +22,7 @@ import argparse
 from pathlib import Path
 
 from backpacks.report import headline_table
-from backpacks.tasks import add_eval_arguments, check_args, evaluate_out_dir
+from backpacks.tasks import add_eval_arguments, check_args, check_run_dir, evaluate_out_dir
 
 
 def parse_args(argv=None):
@@ -28,7 +30,9 @@ def parse_args(argv=None):
                                 allow_abbrev=False)
     p.add_argument("--out_dir", required=True, help="training output directory with best.pt / ckpt.pt")
     add_eval_arguments(p)
-    return check_args(p.parse_args(argv))
+    args = check_args(p.parse_args(argv))
+    check_run_dir(args.out_dir, args.ckpt)
+    return args
 
 
 def main(argv=None):

@@ -10,19 +10,25 @@ $ python sample.py --out_dir out/backpack_tiny --topic fish,fishing,sea,boats --
 Tag strings in --start (<EN>, <FR> and the end-of-text token, spelled as the tokenizer's
 token_str shows them) stand for the tag ids, so a prompt can open a segment exactly as training
 did. --start and --translate also take FILE:path to read the text from a file; --translate
-translates each non-empty line.
+translates each non-empty line. An option the chosen mode would ignore (--beam when sampling,
+--temperature with --translate, ...) is refused, and a --start longer than the context is said to be
+cropped to its last block_size tokens.
 """
 import argparse
+import math
 import re
 import sys
 
 import torch
 
+from backpacks.arguments import check_at_least, check_device, check_max_new_tokens, check_seed, resolve_dataset
+from backpacks.errors import fail
 from backpacks.evaluation import load_for_eval
 from backpacks.generation import DIRECTIONS, sample_edited, timed_translate
 from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, read_senses, read_topic_words,
                            require_backpack, sense_contributions, topic_edit)
 from backpacks.lexical import token_language_counts, token_language_masks
+from backpacks.textfile import TextFileError, read_utf8
 
 
 def parse_args(argv=None):
@@ -31,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument('--out_dir', required=True, help="training output directory holding best.pt / ckpt.pt")
     p.add_argument('--ckpt', choices=['best', 'latest'], default='best', help="best.pt or ckpt.pt")
     p.add_argument('--data_dir', default=None,
-                   help="dataset directory with the tokenizer, if it moved since training (default: the checkpoint's)")
+                   help="dataset with the tokenizer (a directory or a dataset name under data/, as train.py takes "
+                        "it), if it moved since training (default: the checkpoint's)")
     p.add_argument('--start', default=None,
                    help="prompt text or FILE:path (default: the English tag, i.e. a fresh English segment)")
     p.add_argument('--num_samples', type=int, default=3)
@@ -55,31 +62,62 @@ def parse_args(argv=None):
     p.add_argument('--topic', default=None, help="Backpack topic control: words 'a,b,c' or a file of words")
     p.add_argument('--strength', type=int, default=2, choices=sorted(TOPIC_STRENGTHS), help="topic strength")
     args = p.parse_args(argv)
-    for name in ('num_samples', 'max_new_tokens', 'beam', 'top'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
-    if args.temperature < 0 or args.top_k < 0:
-        raise SystemExit("error: --temperature and --top_k must be >= 0")
-    if args.topic is not None:
-        try:
-            read_topic_words(args.topic)  # a missing topic file fails before the model loads
-        except InterventionError as e:
-            raise SystemExit(f"error: {e}")
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+    check_args(args, p)
     return args
 
 
+# options one mode reads; the others would ignore them (--top is also read by --explain, --strength by --topic)
+MODE_OPTIONS = {'sample': ('start', 'num_samples', 'max_new_tokens', 'temperature', 'top_k', 'explain', 'topic'),
+                'translate': ('direction', 'beam', 'max_new_tokens'),
+                'senses': ('senses_language', 'top')}
+
+
+def mode(args):
+    return 'senses' if args.senses is not None else 'translate' if args.translate is not None else 'sample'
+
+
+def ignored_options(args, parser):
+    """Options given a value other than their default that the chosen mode would not read."""
+    used = set(MODE_OPTIONS[mode(args)]) | ({'top'} if args.explain else set()) | \
+        ({'strength'} if args.topic is not None else set())
+    options = {name for names in MODE_OPTIONS.values() for name in names} | {'strength'}
+    return sorted(name for name in options - used if getattr(args, name) != parser.get_default(name))
+
+
+def check_args(args, parser):
+    """Every option checked before the model loads, each bad one a single line; an option the chosen
+    mode would ignore is refused rather than dropped unsaid."""
+    if args.senses is not None and args.translate is not None:
+        fail("give --senses or --translate, not both")
+    ignored = ignored_options(args, parser)
+    if ignored:
+        fail(f"{', '.join('--' + name for name in ignored)} would be ignored "
+             + {'sample': "when sampling", 'translate': "with --translate", 'senses': "with --senses"}[mode(args)]
+             + (" (--strength goes with --topic, --top with --senses or --explain)" if {'strength', 'top'} & set(ignored)
+                else ""))
+    check_at_least(args, 1, ('num_samples', 'max_new_tokens', 'beam', 'top'))
+    if not (math.isfinite(args.temperature) and args.temperature >= 0) or args.top_k < 0:
+        fail("--temperature must be a finite number >= 0 and --top_k >= 0")
+    check_seed(args.seed)
+    check_device(args.device)
+    args.data_dir = resolve_dataset(args.data_dir)
+    for option in ('start', 'translate'):  # a FILE: path that cannot be read fails before the model loads
+        read_text_arg(getattr(args, option), f'--{option}')
+    if args.topic is not None:
+        try:
+            read_topic_words(args.topic)
+        except InterventionError as e:
+            fail(str(e))
+
+
 def read_text_arg(value, option):
-    """The option's text, or the contents of the file named by FILE:path (as in nanoGPT)."""
-    if not value.startswith('FILE:'):
+    """The option's text, or the contents of the UTF-8 file named by FILE:path (as in nanoGPT)."""
+    if value is None or not value.startswith('FILE:'):
         return value
-    path = value[len('FILE:'):]
     try:
-        with open(path, encoding='utf-8') as f:
-            return f.read()
-    except OSError as e:
-        raise SystemExit(f"error: cannot read {option} file {path}: {e.strerror}")
+        return read_utf8(value[len('FILE:'):], f'{option} file')
+    except TextFileError as e:
+        fail(str(e))
 
 
 def tag_strings(tok):
@@ -117,10 +155,17 @@ def decode_with_tags(tok, ids):
 def sample(model, tok, args):
     """Free sampling from --start, printed nanoGPT style; with --topic through topic control, with
     --explain followed by each token's attribution."""
-    text = read_text_arg(args.start, '--start') if args.start is not None else None
+    text = read_text_arg(args.start, '--start')
     start_ids = encode_with_tags(tok, text) if text is not None else [tok.en_id]
     if not start_ids:
-        raise SystemExit("error: --start encodes to no tokens")
+        fail("--start encodes to no tokens")
+    block_size = model.config.block_size
+    if args.explain and len(start_ids) + (args.max_new_tokens or 100) > block_size + 1:
+        fail(f"--explain attributes each token to the whole sequence, which must fit the {block_size}-token context: "
+             f"--start has {len(start_ids)} tokens, so --max_new_tokens may be at most {block_size + 1 - len(start_ids)}")
+    if len(start_ids) > block_size:
+        print(f"note: --start has {len(start_ids)} tokens, more than the {block_size}-token context: the model sees "
+              f"only its last {block_size}", file=sys.stderr)
     idx = torch.tensor([start_ids], dtype=torch.long, device=args.device)
     edits_for = None
     if args.topic is not None:
@@ -167,7 +212,8 @@ def translate_text(model, tok, args):
     """Translate each non-empty line of --translate and print the translations."""
     sources = [line.strip() for line in read_text_arg(args.translate, '--translate').splitlines() if line.strip()]
     if not sources:
-        raise SystemExit("error: --translate has no text")
+        fail("--translate has no text")
+    check_max_new_tokens(args.max_new_tokens, model.config.block_size)
     out = timed_translate(model, tok, sources, args.direction, beam=args.beam,
                           max_new_tokens=args.max_new_tokens, progress=False)
     if out['truncated']:
@@ -181,6 +227,8 @@ def main(argv=None):
     args = parse_args(argv)
     # sampling needs only the tokenizer: another dataset made with the same one is fine
     model, ckpt, tok, data_dir = load_for_eval(args.out_dir, args.ckpt, args.device, args.data_dir, same_data=False)
+    if args.top_k > model.config.vocab_size:
+        fail(f"--top_k {args.top_k} is more than the model's {model.config.vocab_size} tokens (0 samples among all)")
     torch.manual_seed(args.seed)
     try:
         if args.senses is not None or args.explain or args.topic is not None:

@@ -270,12 +270,28 @@ def check_sentence_counts(results, checker):
                   f"sentence: every pooling scored {used} pairs ({len(counts)} entries)")
 
 
+def check_records(results, checker):
+    """Every task with results records what computed it, and all from the checkpoint of "run"
+    (evaluate.py merges only results of one checkpoint into a results.json)."""
+    computed = results.get("computed")
+    if computed is None:
+        return checker.skip("results.json of an older evaluate.py", "computed (per-task records)")
+    tasks = [task for task in TASKS if has_results(results.get(task))]
+    unrecorded = [task for task in tasks if not isinstance(computed.get(task), dict)]
+    checker.check(not unrecorded, "every task with results records its checkpoint and settings"
+                  + (f": not {', '.join(unrecorded)}" if unrecorded else ""))
+    others = [task for task in tasks if task not in unrecorded and
+              computed[task].get("checkpoint_sha256") != results["run"].get("checkpoint_sha256")]
+    checker.check(not others, "every task computed from the checkpoint of 'run'"
+                  + (f": not {', '.join(others)}" if others else ""))
+
+
 def verify(results, required=()):
     """Run every check, printing one line each; returns the number of failures. A check that meets
     a value of the wrong kind (a string where a section should be) fails instead of crashing."""
     checker = Checker()
     checks = [lambda: check_sections(results, checker, required), lambda: check_subentries(results, checker),
-              lambda: check_finite(results, checker)]
+              lambda: check_finite(results, checker), lambda: check_records(results, checker)]
     checks += [lambda rule=rule: check_rule(results, rule, checker) for rule in RULES]
     checks += [lambda check=check: check(results, checker) for check in
                (check_loss_consistency, check_translation_counts, check_coverage_counts, check_sentence_counts)]
@@ -308,6 +324,8 @@ def main(argv=None):
     p.add_argument("--require", default="", metavar="TASKS",
                    help=f"comma-separated tasks that must have run (a skip fails): a subset of {','.join(TASKS)}")
     args = p.parse_args(argv)
+    if not Path(args.out_dir).is_dir():
+        raise SystemExit(f"error: --out_dir {args.out_dir} is not a directory")
     required = [t.strip() for t in args.require.split(",") if t.strip()]
     unknown = [t for t in required if t not in TASKS]
     if unknown:

@@ -7,6 +7,8 @@ A checkpoint is a dict of plain types and tensors written by train.py:
 """
 import pickle
 import random
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +38,29 @@ def load_checkpoint(path, map_location='cpu'):
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a pickle protocol before failing: the reason below is the line
+            warnings.simplefilter('ignore')
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = ("it holds objects other than tensors and plain data, refused because loading them could run code"
-                  if 'GLOBAL' in str(e) else "not a PyTorch file")
+        reason = plain_pickle(path) or (
+            "it holds objects other than tensors and plain data, refused because loading them could run code"
+            if 'GLOBAL' in str(e) else "not a PyTorch file")
     except Exception:  # EOFError, zip-reader RuntimeError, OSError, ...
-        reason = "empty file" if path.stat().st_size == 0 else "truncated or not a PyTorch file"
+        reason = "empty file" if path.stat().st_size == 0 else plain_pickle(path) or "truncated or not a PyTorch file"
     else:
         if isinstance(ckpt, dict) and 'model' in ckpt:
             return ckpt
         reason = "no model weights: not written by train.py"
     raise CheckpointError(f"{path} is not a readable checkpoint ({reason}); {fallback(path)}")
+
+
+def plain_pickle(path):
+    """The reason to refuse a file that is a bare pickle rather than torch.save's zip archive, or None."""
+    with open(path, 'rb') as f:
+        opens_as_pickle = f.read(1) == b'\x80'  # the PROTO opcode that starts pickles of protocol 2 and later
+    if opens_as_pickle and not zipfile.is_zipfile(path):
+        return "a plain pickle, not a file written by torch.save; not unpickled, since that could run code"
+    return None
 
 
 def fallback(path):

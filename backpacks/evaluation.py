@@ -10,6 +10,7 @@ from pathlib import Path
 from backpacks import lexical, resources
 from backpacks.checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
 from backpacks.dataset import DataError, check_same_dataset, load_meta
+from backpacks.textfile import TextFileError, read_utf8
 from backpacks.tokenizer import load_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,17 +47,28 @@ class Context:
         self.block_size = model.config.block_size
         self.data_root = Path(args.data_root)
         self._cache = {}
+        self._recorded_by = {}  # cache key -> the resource keys its build recorded
         self.used = {}  # resource key -> {'path', 'bytes', 'sha256'} of each file a metric read
+        self.task_used = set()  # the resource keys the task running now read (also through the cache)
+
+    def record(self, key, files):
+        """Record the files a metric read (file_record of each) under key."""
+        self.used[key] = files
+        self.task_used.add(key)
 
     def locate(self, key, relpath):
         """A file of the resource layout (data root, cache or fetched), recorded as used under key."""
         path = resources.locate(relpath, self.data_root, self.args.fetch)
-        self.used[key] = resources.file_record(path)
+        self.record(key, resources.file_record(path))
         return path
 
     def cached(self, key, build):
+        """build(), computed once; a later task that takes it from the cache read its resources too."""
         if key not in self._cache:
+            before = set(self.used)
             self._cache[key] = build()
+            self._recorded_by[key] = set(self.used) - before
+        self.task_used |= self._recorded_by[key]
         return self._cache[key]
 
     def test_pairs(self):
@@ -76,12 +88,14 @@ class Context:
             prefix = str(self.locate("test_set_en", "parallel/flores200-devtest.en"))[:-len(".en")]
             return read_test_pairs(prefix, None)
         if args.test_set:
-            pairs, self.used["test_set"] = resources.sacrebleu_pairs(args.test_set, args.fetch)
+            pairs, record = resources.sacrebleu_pairs(args.test_set, args.fetch)
+            self.record("test_set", record)
             return pairs, f"sacrebleu:{args.test_set} en-fr"
         pairs, source = read_test_pairs(args.test_corpus, self.data_dir)
         files = {f"test_set_{lang}": f"{args.test_corpus}.{lang}" for lang in ("en", "fr")} if args.test_corpus \
             else {"test_set": source}
-        self.used.update({key: resources.file_record(path) for key, path in files.items()})
+        for key, path in files.items():
+            self.record(key, resources.file_record(path))
         return pairs, source
 
     def word_counts(self):
@@ -92,7 +106,7 @@ class Context:
             if not self.args.dictionary:
                 return warn(lexical.read_dictionary(self.locate("dictionary", DEFAULT_DICTIONARY)))
             parsed = warn(lexical.read_dictionary(self.args.dictionary))
-            self.used["dictionary"] = resources.file_record(self.args.dictionary)
+            self.record("dictionary", resources.file_record(self.args.dictionary))
             return parsed
         return self.cached("dictionary", read)
 
@@ -118,7 +132,10 @@ def read_test_pairs(test_corpus, data_dir):
         for path in (en_path, fr_path):
             if not path.is_file():
                 raise SkipTask(f"test corpus file {path} not found")
-        en, fr = (p.read_text(encoding="utf-8").splitlines() for p in (en_path, fr_path))
+        try:
+            en, fr = (read_utf8(p, "test corpus file").splitlines() for p in (en_path, fr_path))
+        except TextFileError as e:
+            raise SkipTask(str(e)) from None
         if len(en) != len(fr):
             raise SkipTask(f"{en_path} has {len(en)} lines but {fr_path} has {len(fr)}")
         pairs, source = list(zip(en, fr)), f"{test_corpus}.{{en,fr}}"

@@ -32,11 +32,17 @@ def stop_ids(tokenizer):
     return {tokenizer.en_id, tokenizer.fr_id, tokenizer.eot_id}
 
 
+def new_token_cap(block_size):
+    """The most tokens one translation may take: half the context window, so the prompt always keeps
+    the other half (the scripts refuse a --max_new_tokens above it rather than lower it unsaid)."""
+    return max(1, block_size // 2)
+
+
 def new_token_budget(n_source, block_size, max_new_tokens=None):
-    """How many tokens one translation may take: by default twice the source plus some slack.
-    Capped at half the context window so the prompt always keeps the other half."""
+    """How many tokens one translation may take: by default twice the source plus some slack,
+    at most new_token_cap."""
     wanted = 2 * n_source + 10 if max_new_tokens is None else max_new_tokens
-    return max(1, min(wanted, block_size // 2))
+    return max(1, min(wanted, new_token_cap(block_size)))
 
 
 def build_prompt(source_ids, src_tag, tgt_tag, budget, block_size):

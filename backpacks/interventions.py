@@ -38,6 +38,7 @@ from scipy.optimize import minimize
 
 from backpacks.lexical import WordVectors, has_senses, word_pieces
 from backpacks.metrics import words as split_words
+from backpacks.textfile import TextFileError, read_utf8
 
 
 class InterventionError(ValueError):
@@ -572,7 +573,10 @@ def read_topic_words(value):
     """Bag of words from 'w1,w2 w3' or from a file with one word (or several) per line."""
     path = Path(value)
     if path.is_file():
-        text = path.read_text(encoding='utf-8')
+        try:
+            text = read_utf8(path, 'topic file')
+        except TextFileError as e:
+            raise InterventionError(str(e)) from None
     elif '/' in value or path.suffix in ('.txt', '.json', '.tsv'):
         raise InterventionError(f"topic file {value} not found")
     else:

@@ -295,13 +295,15 @@ def has_senses(model):
 
 
 CONTROL = "random_pieces"
+SENSE_REPRESENTATIONS = ["mean", "minpair", "maxpair"]  # and sense:i, one per sense
+REPRESENTATION_NAMES = ["embedding", *SENSE_REPRESENTATIONS, CONTROL]
 
 
 def representations(model):
     """Names of the word representations a model has, then the tokenization-only control."""
     if not has_senses(model):
         return ["embedding", CONTROL]
-    return ["embedding", "mean", "minpair", "maxpair"] + [f"sense:{i}" for i in range(model.config.n_senses)] + [CONTROL]
+    return ["embedding", *SENSE_REPRESENTATIONS] + [f"sense:{i}" for i in range(model.config.n_senses)] + [CONTROL]
 
 
 def random_token_table(vocab_size, dim, seed=0):

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from backpacks import lexical
 from backpacks.atomic import atomic_write_text, file_digest
+from backpacks.tokenizer import offline_unless_hub_reachable
 
 CACHE_VARIABLE = "BACKPACK_CACHE"
 OFFLINE_VARIABLES = ("BACKPACK_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -355,10 +356,13 @@ def download_hf(url, dest):
     name_revision, path = rest.split("/", 1)
     name, revision = name_revision.split("@")
     repo_id = f"{owner}/{name}"
+    reachable = offline_unless_hub_reachable()  # else the hub client retries for half a minute, a line per retry
     try:
         local = Path(hf_hub_download(repo_id, path, repo_type="dataset", revision=revision))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-        raise ResourceMissing(f"{url}: {str(e).splitlines()[0]}") from None
+        reason = "the Hugging Face hub cannot be reached and the file is not in its cache; fetch on a machine with " \
+                 f"internet and copy {cache_dir()}, or pass --data_root" if not reachable else str(e).splitlines()[0]
+        raise ResourceMissing(f"{url}: {reason}") from None
     shutil.copyfile(local, dest.with_name(dest.name + ".part"))
     os.replace(dest.with_name(dest.name + ".part"), dest)
     return local.parent.name if local.parent.parent.name == "snapshots" else revision
@@ -569,16 +573,19 @@ def main(argv=None):
         for name in names:
             forget(REGISTRY[name])
         return
-    failed = 0
+    failures = []
     for name in names:
         try:
             paths = fetch_resource(REGISTRY[name])
             print(f"{name}: ok -> {', '.join(str(p) for p in paths)}")
         except ResourceMissing as e:
-            failed += 1
-            print(f"{name}: error: {e}", file=sys.stderr)
-    if failed:
-        raise SystemExit(f"error: {failed} of {len(names)} resource(s) not fetched (reasons above)")
+            failures.append(f"{name}: {e}")
+    if len(names) == 1 and failures:  # the reason is the one line
+        raise SystemExit(f"error: {failures[0]}")
+    for failure in failures:
+        print(failure.replace(": ", ": error: ", 1), file=sys.stderr)
+    if failures:
+        raise SystemExit(f"error: {len(failures)} of {len(names)} resource(s) not fetched (reasons above)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ writes eval/results.json and eval/report.md. Each task is a function of an evalu
 returns its results or raises SkipTask with the reason."""
 import argparse
 import functools
-import json
 import math
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,14 +15,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from backpacks import lexical, metrics, multiple_choice, resources, sense_geometry, sensia
-from backpacks.atomic import atomic_write_text, file_digest
+from backpacks import arguments, lexical, metrics, multiple_choice, resources, results_file, sense_geometry, sensia
+from backpacks.atomic import file_digest
 from backpacks.checkpoint import CHECKPOINT_FILES
 from backpacks.dataset import BatchSampler, DataError
+from backpacks.errors import fail
 from backpacks.evaluation import (DEFAULT_DATA_ROOT, DEFAULT_DICTIONARY, DEFAULT_MULTISIMLEX_OFFICIAL,
                                   DEFAULT_WORDSIM, Context, SkipTask, load_for_eval, split_list, warn)
-from backpacks.generation import timed_translate
-from backpacks.report import json_safe, render_report
+from backpacks.generation import new_token_cap, timed_translate
+from backpacks.textfile import TextFileError, read_utf8
 
 
 # ----------------------------------------------------------------------------- command line
@@ -34,14 +36,16 @@ def add_eval_arguments(p):
                    help=f"comma-separated subset of {','.join(TASKS)} (default: all but xnli,pawsx)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--batch_size", type=int, default=16, help="sentences per forward pass")
-    p.add_argument("--data_root", default=DEFAULT_DATA_ROOT,
-                   help="English-French resources in the layout of resources.py (default: env ENFR_DATA); "
+    p.add_argument("--data_root", default=None,
+                   help="English-French resources in the layout of resources.py (default: env ENFR_DATA, else "
+                        "../shared/data/en-fr beside the repository, where they exist); "
                         "missing files are then looked up in, and fetched into, the cache (python -m backpacks.resources list)")
     p.add_argument("--fetch", action=argparse.BooleanOptionalAction, default=resources.fetch_allowed_by_environment(),
                    help="download missing resources into the cache (default: on, off when one of "
                         f"{', '.join(resources.OFFLINE_VARIABLES)} is set)")
     p.add_argument("--data_dir", default=None,
-                   help="the prepared dataset, if it moved since training (default: the checkpoint's data_dir)")
+                   help="the prepared dataset (a directory or a dataset name under data/, as train.py takes it), "
+                        "if it moved since training (default: the checkpoint's data_dir)")
     g = p.add_argument_group("loss")
     g.add_argument("--loss_batches", type=int, default=20, help="random test windows are drawn in this many batches")
     g = p.add_argument_group("translation")
@@ -90,32 +94,86 @@ def add_eval_arguments(p):
 
 
 def check_args(args):
-    """Validate option values (one clear error line instead of a failure deep inside a task)."""
+    """Validate every option and the environment up front: one clear error line before any model
+    loads, instead of a failure deep inside a task (or after an hour of evaluation)."""
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
-        raise SystemExit(f"error: unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)}")
+        fail(f"unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)}")
     args.task_list = tasks
-    for name in ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates", "csls_k",
-                 "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences", "sense_pairs", "mc_rows",
-                 "geometry_pairs", "geometry_sentences"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    arguments.check_at_least(args, 1, ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates",
+                                       "csls_k", "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences",
+                                       "sense_pairs", "mc_rows", "geometry_pairs", "geometry_sentences",
+                                       "max_new_tokens"))
+    arguments.check_at_least(args, 0, ("examples",))
     if args.mc_examples is not None and args.mc_examples < 2:
-        raise SystemExit(f"error: --mc_examples must be >= 2 (a tuning and a reporting half), got {args.mc_examples}")
+        fail(f"--mc_examples must be >= 2 (a tuning and a reporting half), got {args.mc_examples}")
     if args.sentence_pairs < 2:
-        raise SystemExit("error: --sentence_pairs must be >= 2 (retrieval needs distractors)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+        fail("--sentence_pairs must be >= 2 (retrieval needs distractors)")
+    arguments.check_seed(args.seed)
+    arguments.check_device(args.device)
+    check_representation_names(args)
+    check_test_set(args)
+    check_input_paths(args)
+    args.data_dir = arguments.resolve_dataset(args.data_dir)
+    args.data_root = resolve_data_root(args.data_root)
+    arguments.check_directory_variable(resources.CACHE_VARIABLE)
+    return args
+
+
+def check_run_dir(out_dir, which):
+    """out_dir holds the checkpoint to evaluate, and its eval/ directory can be written."""
+    checkpoint = Path(out_dir) / CHECKPOINT_FILES[which]
+    if not checkpoint.is_file():
+        fail(f"no checkpoint at {checkpoint}" + ("" if Path(out_dir).is_dir() else f" ({out_dir} is not a directory)"))
+    arguments.check_writable(Path(out_dir) / "eval", "the results directory")
+
+
+def check_representation_names(args):
+    """--word_reps / --bli_reps name representations that exist for some model (whether this model
+    has them is known once it is loaded: the task is then skipped with the reason)."""
+    for option in ("word_reps", "bli_reps"):
+        for name in split_list(getattr(args, option)) or []:
+            if name not in lexical.REPRESENTATION_NAMES and not re.fullmatch(r"sense:\d+", name):
+                fail(f"--{option}: unknown representation {name!r}; choose from "
+                     f"{', '.join(lexical.REPRESENTATION_NAMES)} or sense:I")
+
+
+def check_test_set(args):
     if args.test_set and args.test_corpus:
-        raise SystemExit("error: give --test_set or --test_corpus, not both")
+        fail("give --test_set or --test_corpus, not both")
     known = ["flores200"] + resources.sacrebleu_test_sets()
     if args.test_set and args.test_set not in known:
-        raise SystemExit(f"error: unknown --test_set {args.test_set!r}; choose from {', '.join(known)}")
+        fail(f"unknown --test_set {args.test_set!r}; choose from {', '.join(known)}")
+
+
+def check_input_paths(args):
+    """Files and directories the user named exist, and the test corpus is readable UTF-8 text."""
     for spec in args.wordsim or []:
         if "=" not in spec:
-            raise SystemExit(f"error: --wordsim entries are NAME=PATH, got {spec!r}")
-    return args
+            fail(f"--wordsim entries are NAME=PATH, got {spec!r}")
+        if not Path(spec.split("=", 1)[1]).is_file():
+            fail(f"--wordsim {spec}: no such file")
+    if args.dictionary and not Path(args.dictionary).is_file():
+        fail(f"--dictionary {args.dictionary}: no such file")
+    if args.multisimlex_official:
+        arguments.check_directory(args.multisimlex_official, "--multisimlex_official")
+    for lang in ("en", "fr") if args.test_corpus else ():
+        try:
+            read_utf8(f"{args.test_corpus}.{lang}", "--test_corpus file")
+        except TextFileError as e:
+            fail(str(e))
+
+
+def resolve_data_root(data_root):
+    """--data_root must be a directory; without it $ENFR_DATA, else ../shared/data/en-fr beside the
+    repository, each used only if it exists (resources then come from the cache)."""
+    if data_root is not None:
+        arguments.check_directory(data_root, "--data_root")
+        return data_root
+    if os.environ.get("ENFR_DATA") and Path(os.environ["ENFR_DATA"]).is_file():
+        fail(f"environment variable ENFR_DATA={os.environ['ENFR_DATA']} is a file, not a directory")
+    return DEFAULT_DATA_ROOT
 
 
 def eval_settings(args):
@@ -160,7 +218,8 @@ def task_translation(ctx):
     available, pairs = len(pairs), pairs[:args.translation_samples]
     result = {"test_set": source, "samples_asked": args.translation_samples, "samples_available": available,
               "samples_used": len(pairs),
-              "stop": "next language tag or end-of-text", "max_new_tokens": args.max_new_tokens}
+              "stop": "next language tag or end-of-text", "max_new_tokens": args.max_new_tokens or
+              f"2 x source tokens + 10, at most {new_token_cap(ctx.block_size)} (half the context)"}
     decodings = [("greedy", 1)] + ([(f"beam{args.beam}", args.beam)] if args.beam > 1 else [])
     result["references"] = {}  # kept with every hypothesis for compare_models.py's paired bootstrap
     for direction in ("en-fr", "fr-en"):
@@ -188,7 +247,8 @@ def read_wordsim_sets(ctx):
         try:
             path = path if args.wordsim is not None else ctx.locate(f"wordsim:{name}", path)
             sets[name] = warn(lexical.read_word_pairs(path))
-            ctx.used.setdefault(f"wordsim:{name}", resources.file_record(path))
+            if f"wordsim:{name}" not in ctx.used:  # located files are recorded already
+                ctx.record(f"wordsim:{name}", resources.file_record(path))
         except lexical.ResourceError as e:
             sets[name] = str(e)
     official = Path(args.multisimlex_official or Path(args.data_root) / DEFAULT_MULTISIMLEX_OFFICIAL)
@@ -200,7 +260,7 @@ def read_wordsim_sets(ctx):
             name = f"multisimlex-official-{lang1}" + (f"-{lang2}" if lang2 else "")
             try:
                 sets[name] = warn(lexical.read_multisimlex_official(translation_csv, scores_csv, lang1, lang2))
-                ctx.used[f"wordsim:{name}"] = [resources.file_record(p) for p in (translation_csv, scores_csv)]
+                ctx.record(f"wordsim:{name}", [resources.file_record(p) for p in (translation_csv, scores_csv)])
             except lexical.ResourceError as e:
                 sets[name] = str(e)
     return sets
@@ -408,31 +468,35 @@ def best_selection(ckpt):
 
 
 def evaluate_out_dir(out_dir, args):
-    """Run the requested tasks on out_dir's checkpoint; write and return the results dict."""
+    """Run the requested tasks on out_dir's checkpoint; merge them into eval/results.json (results_file.py)
+    and return the merged results."""
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     model, ckpt, tokenizer, data_dir = load_for_eval(out_dir, args.ckpt, args.device, args.data_dir)
-    checkpoint_sha256 = file_digest(Path(out_dir) / CHECKPOINT_FILES[args.ckpt])  # what --reuse matches
+    arguments.check_max_new_tokens(args.max_new_tokens, model.config.block_size)
+    checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
+    checkpoint_sha256 = file_digest(checkpoint)  # what --reuse and the merge match
     ctx = Context(args, model, ckpt, tokenizer, data_dir)
-    results = {}
-    for task in TASKS:
-        if task not in args.task_list:
-            results[task] = {"skipped": "not requested (--tasks)"}
-            continue
+    settings = eval_settings(args)
+    results, records = {}, {}
+    for task in args.task_list:
         start = time.perf_counter()
         print(f"[{task}] ...", file=sys.stderr)
+        ctx.task_used = set()
         try:
             results[task] = TASKS[task](ctx)
             results[task]["seconds"] = time.perf_counter() - start
         except (SkipTask, lexical.ResourceError, DataError) as e:
             results[task] = {"skipped": str(e)}
             print(f"[{task}] skipped: {e}", file=sys.stderr)
+        records[task] = results_file.task_record(checkpoint, checkpoint_sha256, ckpt.get("iter_num"), settings,
+                                                 {key: ctx.used[key] for key in sorted(ctx.task_used)})
     results["run"] = {
-        "out_dir": str(out_dir), "checkpoint": str(Path(out_dir) / CHECKPOINT_FILES[args.ckpt]),
+        "out_dir": str(out_dir), "checkpoint": str(checkpoint),
         "which": args.ckpt, "iter_num": ckpt.get("iter_num"), "best": best_selection(ckpt),
         "checkpoint_sha256": checkpoint_sha256,
-        "tokenizer_sha256": ckpt["meta"].get("tokenizer_sha256"), "data_sha256": ckpt["meta"].get("data_sha256"),
-        "settings": eval_settings(args),
+        "tokenizer_sha256": tokenizer.fingerprint(), "data_sha256": ckpt["meta"].get("data_sha256"),
+        "settings": settings,
         "model_type": ckpt["model_type"], "model_args": ckpt.get("model_args"),
         "params": model.param_counts(), "data_dir": str(data_dir),
         "tokenizer": ckpt["meta"].get("tokenizer"), "data_root": str(args.data_root), "device": args.device,
@@ -440,11 +504,5 @@ def evaluate_out_dir(out_dir, args):
         "seconds": time.perf_counter() - t0,
         "resources": ctx.used, "fetch": args.fetch, "cache": str(resources.cache_dir()),
     }
-    results = json_safe(results)
-    eval_dir = Path(out_dir) / "eval"
-    try:
-        atomic_write_text(eval_dir / "results.json", json.dumps(results, indent=2, ensure_ascii=False))
-        atomic_write_text(eval_dir / "report.md", render_report(results))
-    except OSError as e:  # a full disk, a read-only out_dir: atomic writes leave the old files whole
-        raise SystemExit(f"error: cannot write the results into {eval_dir}: {e.strerror or e}") from None
-    return results
+    return results_file.write_merged(Path(out_dir) / "eval", results, records, list(TASKS), checkpoint_sha256)
+

@@ -241,6 +241,7 @@ def load_tokenizer(meta, data_dir):
         raise DataError(f"tokenizer {spec['path']} does not match {data_dir}/meta.json "
                         f"(ids {(tok.en_id, tok.fr_id, tok.eot_id)} vs {expected}, "
                         f"vocab {tok.vocab_size} vs {meta['vocab_size']})")
+    check_fingerprint(tok, meta, Path(data_dir) / spec["path"] if spec["kind"] == "bpe" else spec["path"])
     return tok
 
 
@@ -251,3 +252,12 @@ def check_vocabulary(meta, data_dir):
     readers that load them (evaluate.py, sample.py); every reader refuses token ids beyond the vocabulary."""
     if meta["tokenizer"]["kind"] == "bpe":
         load_tokenizer(meta, data_dir)
+
+
+def check_fingerprint(tok, meta, where):
+    """DataError unless the tokenizer as read has the fingerprint meta records (when it records one):
+    a same-sized tokenizer with other merges turns every text into other ids without an error."""
+    recorded, found = meta.get("tokenizer_sha256"), tok.fingerprint()
+    if recorded is not None and found != recorded:
+        raise DataError(f"{where} is not the tokenizer that was recorded (its fingerprint is sha256 {found[:12]}, "
+                        f"the record says {recorded[:12]})")

@@ -9,7 +9,7 @@ import pytest
 
 import compare_models
 import evaluate
-from backpacks import tasks
+from backpacks import results_file, tasks
 from backpacks.checkpoint import load_checkpoint, save_checkpoint
 from backpacks.report import fmt
 
@@ -126,24 +126,24 @@ def test_evaluate_transformer_and_options(tiny_runs, enfr_data_root, tmp_path, c
     out_dir = tiny_runs["transformer"]
     sim = tmp_path / "sim.tsv"
     sim.write_text("# comment\nparliament\tcommission\t5\nreport\tvote\tx\nthe\ta\t2\nand\tor\t1\n", encoding="utf-8")
+    (tmp_path / "empty_dictionary.tsv").write_text("", encoding="utf-8")
     evaluate.main(eval_args(out_dir, "--data_root", str(enfr_data_root), "--tasks", "wordsim,sentence,senses,bli",
-                            "--wordsim", f"mine={sim}", f"gone={tmp_path / 'missing.tsv'}",
-                            "--dictionary", str(tmp_path / "no_dictionary.tsv"), "--ckpt", "latest"))
+                            "--wordsim", f"mine={sim}", "--dictionary", str(tmp_path / "empty_dictionary.tsv"),
+                            "--ckpt", "latest"))
     results = json.loads((out_dir / "eval" / "results.json").read_text())
     assert results["run"]["which"] == "latest"
     assert results["loss"] == {"skipped": "not requested (--tasks)"}
     assert "no sense vectors" in results["senses"]["skipped"]
-    assert "not found" in results["bli"]["skipped"]
+    assert "empty_dictionary.tsv" in results["bli"]["skipped"]
     mine = results["wordsim"]["sets"]["mine"]
     assert mine["resource"]["malformed"] == 1 and mine["resource"]["malformed_lines"][0]["line"] == 3
     assert mine["pairs_used"] == 3 and list(mine["spearman"]) == ["embedding", "random_pieces"]
-    assert "not found" in results["wordsim"]["sets"]["gone"]["skipped"]
     assert "backbone" in results["sentence"] and "backpack_output" not in results["sentence"]
     assert "malformed line(s) skipped: line 3" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_evaluate_external_test_corpus(tiny_runs, tmp_path):
+def test_evaluate_external_test_corpus(tiny_runs, tmp_path, capsys):
     prefix = tmp_path / "corpus"
     (tmp_path / "corpus.en").write_text("The house is red.\nWe vote today.\nThank you.\n", encoding="utf-8")
     (tmp_path / "corpus.fr").write_text("La maison est rouge.\nNous votons aujourd'hui.\nMerci.\n", encoding="utf-8")
@@ -154,16 +154,22 @@ def test_evaluate_external_test_corpus(tiny_runs, tmp_path):
     assert translation["samples_used"] == 3 and translation["test_set"].startswith(str(prefix))
     assert list(translation["en-fr"]) == ["greedy"]
     (tmp_path / "corpus.fr").write_text("Une seule ligne.\n", encoding="utf-8")
+    computed = results["computed"]["translation"]
     results = tasks.evaluate_out_dir(args.out_dir, args)
-    assert "has 3 lines" in results["translation"]["skipped"]
+    # skipped now: the result computed before stays, with its record, and the reason is printed
+    assert results["translation"]["samples_used"] == 3 and results["computed"]["translation"] == computed
+    err = capsys.readouterr().err
+    assert "has 3 lines" in err and f"keeping the result computed at {computed['computed_at']}" in err
 
 
 @pytest.mark.slow
 def test_evaluate_without_offline_data(tiny_runs, tmp_path):
     """No data root and nothing cached, fetching off: the resource tasks are skipped with the command that
     fetches them; the rest runs."""
-    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "loss,wordsim,bli",
-                                         "--data_root", str(tmp_path / "nowhere")))
+    run_dir, empty = tmp_path / "run", tmp_path / "empty"
+    shutil.copytree(tiny_runs["backpack"], run_dir, ignore=shutil.ignore_patterns("eval"))  # no earlier results
+    empty.mkdir()
+    args = evaluate.parse_args(eval_args(run_dir, "--tasks", "loss,wordsim,bli", "--data_root", str(empty)))
     assert args.fetch is False  # BACKPACK_OFFLINE=1 (conftest)
     results = tasks.evaluate_out_dir(args.out_dir, args)
     assert results["loss"]["all"]["loss"] > 0
@@ -180,6 +186,7 @@ def test_standard_test_sets(repo_root, tiny_runs, tmp_path, resource_cache, monk
     flores.mkdir(parents=True, exist_ok=True)
     (flores / "flores200-devtest.en").write_text("The house is red.\nThank you.\n", encoding="utf-8")
     (flores / "flores200-devtest.fr").write_text("La maison est rouge.\nMerci.\n", encoding="utf-8")
+    (tmp_path / "nowhere").mkdir()
     args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--tasks", "translation", "--test_set", "flores200",
                                          "--beam", "1", "--data_root", str(tmp_path / "nowhere")))
     results = tasks.evaluate_out_dir(args.out_dir, args)
@@ -210,7 +217,9 @@ def test_standard_test_sets(repo_root, tiny_runs, tmp_path, resource_cache, monk
         evaluate.parse_args(eval_args(out, "--test_set", "wmt99"))
     from sacrebleu.dataset import DATASETS
     monkeypatch.setattr(DATASETS["wmt15"], "_outdir", str(tmp_path / "empty_sacrebleu"))  # nothing cached
-    args = evaluate.parse_args(eval_args(out, "--tasks", "translation", "--test_set", "wmt15"))
+    fresh = tmp_path / "fresh_run"  # without earlier results, which a skipped task would keep
+    shutil.copytree(out, fresh, ignore=shutil.ignore_patterns("eval"))
+    args = evaluate.parse_args(eval_args(fresh, "--tasks", "translation", "--test_set", "wmt15"))
     results = tasks.evaluate_out_dir(args.out_dir, args)
     assert "fetching is off" in results["translation"]["skipped"]
 
@@ -270,7 +279,7 @@ def test_reuse_only_results_of_the_same_checkpoint_and_settings(tiny_runs, tmp_p
     save_checkpoint(ckpt, run_dir / "best.pt")
     assert sources("--loss_batches", "3") == ["evaluated", "reused"]
     assert "computed from another best.pt" in capsys.readouterr().err
-    del results["run"]["checkpoint_sha256"]  # results.json of an older evaluate.py
+    del results["computed"]  # results.json of an older evaluate.py
     (run_dir / "eval" / "results.json").write_text(json.dumps(results))
     assert sources()[0] == "evaluated" and "an older evaluate.py" in capsys.readouterr().err
 
@@ -343,7 +352,9 @@ def test_missing_dataset_files_skip_their_tasks(tiny_runs, sample_dataset, tmp_p
     for name in ("meta.json", "tokenizer.json"):
         shutil.copy(sample_dataset / name, bare / name)
     # no resources either (an empty --data_root): the dataset's own missing files must be what is named
-    args = evaluate.parse_args(eval_args(tiny_runs["backpack"], "--data_dir", str(bare), "--data_root", str(tmp_path),
+    run_dir = tmp_path / "run"  # without earlier results, which the skipped tasks would keep
+    shutil.copytree(tiny_runs["backpack"], run_dir, ignore=shutil.ignore_patterns("eval"))
+    args = evaluate.parse_args(eval_args(run_dir, "--data_dir", str(bare), "--data_root", str(tmp_path),
                                          "--tasks", "loss,translation,bli,sentence,senses"))
     results = tasks.evaluate_out_dir(args.out_dir, args)
     assert "test.bin not found" in results["loss"]["skipped"] and "prepare it again" in results["loss"]["skipped"]
@@ -368,6 +379,64 @@ def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeyp
 
     def full_disk(path, text):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(tasks, "atomic_write_text", full_disk)
+    monkeypatch.setattr(results_file, "atomic_write_text", full_disk)
     with pytest.raises(SystemExit, match="error: cannot write the results into .*eval: No space left on device"):
         tasks.evaluate_out_dir(args.out_dir, args)
+
+
+# ----------------------------------------------------------------------------- results.json across evaluations
+
+QUICK = ["--device", "cpu", "--loss_batches", "1", "--batch_size", "4", "--translation_samples", "2",
+         "--max_new_tokens", "3", "--examples", "1"]
+
+
+def test_a_subset_of_tasks_is_merged_and_another_checkpoint_is_set_aside(sample_dataset, make_checkpoint, tmp_path,
+                                                                          one_thread, capsys):
+    """--tasks loss after --tasks translation keeps the translation; each task records its checkpoint,
+    settings and time; results of another checkpoint are moved aside, never mixed or lost."""
+    run_dir = make_checkpoint(tmp_path / "run", sample_dataset)
+    evaluate.main(["--out_dir", str(run_dir), "--tasks", "translation", *QUICK])
+    evaluate.main(["--out_dir", str(run_dir), "--tasks", "loss", *QUICK, "--seed", "7"])
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert results["translation"]["samples_used"] == 2 and results["loss"]["all"]["tokens"] > 0
+    assert results["sentence"] == {"skipped": "not requested (--tasks)"} and set(results["computed"]) == {"translation", "loss"}
+    translation, loss = results["computed"]["translation"], results["computed"]["loss"]
+    assert translation["checkpoint_sha256"] == loss["checkpoint_sha256"] == results["run"]["checkpoint_sha256"]
+    assert translation["settings"]["seed"] == 1337 and loss["settings"]["seed"] == 7 and "tasks" not in loss["settings"]
+    assert translation["resources"]["test_set"]["path"].endswith("test.jsonl") and loss["resources"] == {}
+    assert translation["computed_at"] <= loss["computed_at"]
+    assert "Translation examples" in (run_dir / "eval" / "report.md").read_text()
+
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    ckpt["iter_num"] = 5  # another checkpoint in the same out_dir
+    save_checkpoint(ckpt, run_dir / "best.pt")
+    evaluate.main(["--out_dir", str(run_dir), "--tasks", "loss", *QUICK])
+    aside = run_dir / "eval" / f"results.iter0-{results['run']['checkpoint_sha256'][:12]}.json"
+    assert json.loads(aside.read_text()) == results
+    assert (run_dir / "eval" / f"{aside.stem}.report.md").is_file()
+    assert f"moved to {aside}" in capsys.readouterr().err
+    fresh = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert set(fresh["computed"]) == {"loss"} and fresh["computed"]["loss"]["iter_num"] == 5
+    assert fresh["translation"] == {"skipped": "not requested (--tasks)"}
+
+
+def test_results_record_the_fingerprint_of_the_tokenizer_read(sample_dataset, make_checkpoint, tmp_path, one_thread):
+    run_dir = make_checkpoint(tmp_path / "run", sample_dataset)
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    ckpt["meta"]["tokenizer_sha256"] = "0" * 64  # the run says it was trained with another tokenizer
+    save_checkpoint(ckpt, run_dir / "best.pt")
+    bare = tmp_path / "no_meta"  # the dataset's tokenizer without its meta.json: nothing else to compare with
+    bare.mkdir()
+    shutil.copy(sample_dataset / "tokenizer.json", bare)
+    with pytest.raises(SystemExit, match="tokenizer.json is not the tokenizer that was recorded"):
+        evaluate.main(["--out_dir", str(run_dir), "--tasks", "loss", "--data_dir", str(bare), *QUICK])
+
+
+def test_a_dataset_name_is_taken_for_data_dir(sample_dataset, make_checkpoint, tmp_path, monkeypatch, one_thread):
+    """--data_dir NAME means data/NAME, as for train.py."""
+    from backpacks import dataset
+    monkeypatch.setattr(dataset, "DATA_ROOT", sample_dataset.parent)
+    run_dir = make_checkpoint(tmp_path / "run", sample_dataset)
+    args = evaluate.parse_args(["--out_dir", str(run_dir), "--tasks", "loss", "--data_dir", sample_dataset.name, *QUICK])
+    assert args.data_dir == str(sample_dataset)
+    assert tasks.evaluate_out_dir(args.out_dir, args)["run"]["data_dir"] == str(sample_dataset)

@@ -186,3 +186,34 @@ def test_missing_files_skip_the_task_with_the_reason(make_checkpoint, sample_dat
     assert "xling/xnli/dev-en.tsv: not found in" in reason and "xling/xnli/dev-fr.tsv: not found in" in reason
     assert "python -m backpacks.resources fetch xnli" in reason  # looked in the data root and the cache; says how to fetch
     assert results["pawsx"] == {"skipped": "not requested (--tasks)"}
+
+
+@pytest.mark.parametrize("french, reason", [
+    (lambda rows: rows, None),
+    (lambda rows: rows[::-1], "8 of 12 lines have another label"),
+    (lambda rows: rows[:-1], "has 12 lines and the French 11"),
+])
+def test_the_cross_lingual_line_needs_line_parallel_files(tiny_model, tmp_path, one_thread, french, reason):
+    """en->fr tunes on English lines and reports on the French lines of the other half: French files
+    in another order or of another length give no number, but the reason."""
+    labels = mc.TASK_SPECS["xnli"].labels
+    rows = [f"premise {i}\thypothesis {i}\t{labels[i % 3]}" for i in range(12)]
+    write_xling(tmp_path, "xnli", "en", rows)
+    write_xling(tmp_path, "xnli", "fr", french(rows))
+    meta = {"special_tokens": {"en": 1, "fr": 2, "eot": 0}}
+    result = mc.evaluate_task(tiny_model, CharTokenizer(), meta, "xnli", lambda rel: tmp_path / rel)
+    assert "accuracy" in result["en"] and "accuracy" in result["fr"]
+    if reason is None:
+        assert result["en->fr"]["parallel_check"] == {"lines": 12, "labelled_lines_compared": 12, "label_disagreements": 0}
+    else:
+        assert "accuracy" not in result["en->fr"] and reason in result["en->fr"]["skipped"]
+
+
+def test_real_parallel_dev_files_pass_the_check(enfr_data_root):
+    """The real XNLI and PAWS-X dev files are line-parallel (PAWS-X has 3 lines whose labels differ)."""
+    for task, disagreements in (("xnli", 0), ("pawsx", 3)):
+        files = []
+        for lang in ("en", "fr"):
+            parsed, total = mc.read_examples(mc.dev_path(enfr_data_root, task, lang), mc.TASK_SPECS[task])
+            files.append((total, {ex.line: ex.label for ex in parsed.rows}))
+        assert mc.parallel_check(*files)["label_disagreements"] == disagreements

@@ -259,9 +259,11 @@ def test_cli(server, cache, capsys, monkeypatch):
     entry = resources.REGISTRY["simverb3500"]
     gone = resources.Download(f"{server.url}/gone.zip", "simverb-3500-data.zip")
     monkeypatch.setitem(resources.REGISTRY, "simverb3500", resources.Resource(**{**entry.__dict__, "downloads": [gone]}))
-    with pytest.raises(SystemExit, match="1 of 1"):
+    with pytest.raises(SystemExit, match="^error: simverb3500: .*HTTP 404"):  # one resource: its reason is the line
         resources.main(["fetch", "simverb3500"])
-    assert "HTTP 404" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2 of 2 resource"):  # several: a line each, then the count
+        resources.main(["fetch", "simverb3500", "simverb3500"])
+    assert "simverb3500: error: " in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- what is trusted

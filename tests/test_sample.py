@@ -87,8 +87,8 @@ def test_tags_round_trip(sample_dataset):
     (['--out_dir', '{missing}'], 'no checkpoint'),
     (['--out_dir', '{run}', '--start', 'FILE:{missing}/prompt.txt'], 'cannot read --start file'),
     (['--out_dir', '{run}', '--translate', ' \n '], '--translate has no text'),
-    (['--out_dir', '{run}', '--beam', '0'], '--beam must be >= 1'),
-    (['--out_dir', '{run}', '--data_dir', '{missing}'], 'cannot load the tokenizer'),
+    (['--out_dir', '{run}', '--translate', 'x', '--beam', '0'], '--beam must be >= 1'),
+    (['--out_dir', '{run}', '--data_dir', '{missing}'], 'not found'),
 ])
 def test_bad_input_gives_one_clear_error(tiny_run, tmp_path, argv, message):
     argv = [a.format(run=tiny_run, missing=tmp_path / 'missing') for a in argv]
@@ -107,3 +107,11 @@ def test_refuses_a_dataset_with_another_tokenizer(tiny_run, other_sample_dataset
     (same_tokenizer / 'meta.json').write_text(json.dumps(dict(meta, data_sha256='0' * 64)))
     assert run_main(capsys, '--out_dir', tiny_run, '--data_dir', same_tokenizer, '--num_samples', '1',
                     '--max_new_tokens', '2').count('---------------') == 1
+
+
+def test_a_start_longer_than_the_context_is_said_to_be_cropped(tiny_run, capsys):
+    run_main(capsys, '--out_dir', tiny_run, '--start', 'The vote. ' * 5, '--num_samples', '1', '--max_new_tokens', '2')
+    assert 'more than' not in capsys.readouterr().err
+    sample.main(['--out_dir', str(tiny_run), '--start', 'The vote. ' * 40, '--num_samples', '1', '--max_new_tokens', '2'])
+    err = capsys.readouterr().err
+    assert 'tokens, more than the 64-token context: the model sees only its last 64' in err

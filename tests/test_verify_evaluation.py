@@ -66,7 +66,9 @@ def good_results(test_jsonl, available=25, asked=10):
                                                 "per_sense_derangement_cosine": [0.0, 0.1]}},
         "sensia": {"skipped": "not requested (--tasks)"},
         "xnli": {"skipped": "not requested (--tasks)"}, "pawsx": {"skipped": "not requested (--tasks)"},
-        "run": {"model_type": "backpack", "checkpoint": "out/best.pt"},
+        "run": {"model_type": "backpack", "checkpoint": "out/best.pt", "checkpoint_sha256": "a" * 64},
+        "computed": {task: {"checkpoint": "out/best.pt", "checkpoint_sha256": "a" * 64, "settings": {}}
+                     for task in ("loss", "translation", "wordsim", "bli", "sentence", "senses")},
     }
 
 
@@ -157,6 +159,9 @@ BREAKAGES = {
     "string instead of the run section": ("run", "oops", "FAIL run: section missing (found 'oops')"),
     "string instead of a wordsim set": ("wordsim/sets", "oops", "FAIL"),
     "backpack without its output states": ("sentence/backpack_output", DELETE, "FAIL sentence Backpack output"),
+    "a task of another checkpoint": ("computed/bli/checkpoint_sha256", "b" * 64,
+                                     "FAIL every task computed from the checkpoint of 'run': not bli"),
+    "a task without its record": ("computed/loss", DELETE, "FAIL every task with results records"),
 }
 
 
@@ -179,6 +184,8 @@ def test_transformer_may_skip_senses(tmp_path, test_jsonl, capsys):
 
 
 def test_missing_or_invalid_results_give_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="^error: --out_dir .*missing is not a directory"):
+        verify_evaluation.main(["--out_dir", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="^error: .*results.json not found"):
         verify_evaluation.main(["--out_dir", str(tmp_path)])
     (tmp_path / "eval").mkdir()

@@ -1,4 +1,4 @@
-"""A probe of bad inputs and faults: each must end in one line (`error: ...`) and a non-zero exit,
+"""The training and data half of the bad-input probe (test_bad_inputs_evaluation.py has the readers'): each must end in one line (`error: ...`) and a non-zero exit,
 never a traceback, a wrong result or a lost file. One case per line: an id, the command line (the
 script, then its arguments; {data} is a copy of the sample dataset, {out} an empty run directory,
 {tiny} a tiny model), the fault injected before it runs (see FAULTS; '' for none), and a fragment of
