@@ -27,6 +27,7 @@ from contextlib import nullcontext
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from backpacks.devices import resolve_device
 from backpacks.hardware import cuda_datasheet_peak, matmul_flops, synchronize
 from model import ModelConfig, build_model
 
@@ -78,7 +79,9 @@ def parse_args():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--profile', action='store_true', help='list the operators that take the time instead')
     p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
-    return p.parse_args()
+    args = p.parse_args()
+    args.device = resolve_device(args.device)
+    return args
 
 
 def bench_model(model_type, args):

@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from backpacks.devices import resolve_device
 from backpacks.evaluation import load_for_eval
 from backpacks.generation import DIRECTIONS, timed_translate
 from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, generate_edited, read_senses, read_topic_words,
@@ -65,8 +66,7 @@ def parse_args(argv=None):
             read_topic_words(args.topic)  # a missing topic file fails before the model loads
         except InterventionError as e:
             raise SystemExit(f"error: {e}")
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+    args.device = resolve_device(args.device)
     return args
 
 

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -43,6 +42,7 @@ from backpacks.atomic import atomic_write_text
 from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
 from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens
+from backpacks.devices import check_device_name, process_device, resolve_device
 from backpacks.errors import fail
 from backpacks.hardware import DTYPES, peak_flops, resolve_dtype
 from backpacks.rundir import run_directory
@@ -147,8 +147,7 @@ def validate(cfg):
             fail(f"{key} must be >= 0, got {cfg[key]}")
     if not (0 <= cfg['min_lr_ratio'] <= 1 and 0 <= cfg['beta1'] < 1 and 0 <= cfg['beta2'] < 1):
         fail("min_lr_ratio must be in [0, 1] and beta1, beta2 in [0, 1)")
-    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', cfg['device']):
-        fail(f"unknown device {cfg['device']!r}: use auto, cpu, cuda, cuda:N or mps")
+    check_device_name(cfg['device'])
     if not cfg['out_dir'].strip():
         fail("--out_dir is empty: name the directory for the checkpoints (e.g. --out_dir=out/my_run)")
 
@@ -170,17 +169,9 @@ def setup_processes(requested_device):
     rank = int(os.environ.get('RANK', 0))
     local_rank = int(os.environ.get('LOCAL_RANK', 0))
     world_size = int(os.environ.get('WORLD_SIZE', 1))
-    device = requested_device
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        fail(f"device {device!r} requested but CUDA is not available; use --device=cpu")
-    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
-        fail(f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA devices")
-    if device == 'mps' and not torch.backends.mps.is_available():
-        fail("device 'mps' requested but MPS is not available; use --device=cpu")
-    if device == 'cuda' and ddp:
-        device = f'cuda:{local_rank}'
+    device = resolve_device(requested_device)
+    if ddp:
+        device = process_device(device, local_rank, int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
     if device.startswith('cuda'):
         torch.cuda.set_device(device)
     if ddp:

@@ -18,6 +18,7 @@ from backpacks import lexical, metrics, multiple_choice, resources, sense_geomet
 from backpacks.atomic import atomic_write_text, file_digest
 from backpacks.checkpoint import CHECKPOINT_FILES
 from backpacks.dataset import BatchSampler, DataError
+from backpacks.devices import resolve_device
 from backpacks.evaluation import (DEFAULT_DATA_ROOT, DEFAULT_DICTIONARY, DEFAULT_MULTISIMLEX_OFFICIAL,
                                   DEFAULT_WORDSIM, Context, SkipTask, load_for_eval, split_list, warn)
 from backpacks.generation import timed_translate
@@ -105,8 +106,7 @@ def check_args(args):
         raise SystemExit(f"error: --mc_examples must be >= 2 (a tuning and a reporting half), got {args.mc_examples}")
     if args.sentence_pairs < 2:
         raise SystemExit("error: --sentence_pairs must be >= 2 (retrieval needs distractors)")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {args.device} asked for but CUDA is not available (use --device cpu)")
+    args.device = resolve_device(args.device)
     if args.test_set and args.test_corpus:
         raise SystemExit("error: give --test_set or --test_corpus, not both")
     known = ["flores200"] + resources.sacrebleu_test_sets()

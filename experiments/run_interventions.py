@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from backpacks import interventions as iv
 from backpacks.atomic import atomic_write_text
+from backpacks.devices import resolve_device
 from backpacks.evaluation import load_for_eval
 from backpacks.lexical import WordVectors, token_language_counts, token_language_masks, word_pieces
 from backpacks.report import json_safe, markdown_table
@@ -54,6 +55,7 @@ def parse_args(argv=None):
     for name in ('samples', 'max_new_tokens', 'top_k', 'steer_senses'):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1")
+    args.device = resolve_device(args.device)
     return args
 
 
