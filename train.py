@@ -485,6 +485,8 @@ def starting_model(cfg, explicit, meta, data_path, resume):
 
 
 def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
+    # decided before any work (and before the objective is built, so that it is built once)
+    reseed = resume is not None and needs_reseed(resume, world_size, cfg)
     device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
     configure_torch(cfg, device_type, rank, world_size)
     model = starting_model(cfg, explicit, meta, data_path, resume)
@@ -492,9 +494,6 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     raw_model = model.to(device)
     optimizer = raw_model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'],
                                                (cfg['beta1'], cfg['beta2']), device_type)
-    # another number of processes than saved the run: fresh data and dropout streams, decided before the
-    # objective is built so that it is built once
-    reseed = resume is not None and len(resume['rng']) != world_size
     stream_seed = cfg['seed'] + rank + (1000 * resume['iter_num'] if reseed else 0)
     run = Run(cfg=cfg, meta=meta, data_path=data_path, device=device, ddp=ddp, rank=rank, world_size=world_size,
               raw_model=raw_model, optimizer=optimizer,
@@ -515,6 +514,18 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     return run
 
 
+def needs_reseed(resume, world_size, cfg):
+    """Whether a resume runs on another number of processes (GPUs) than saved the run, so that its random
+    streams must be reseeded; with deterministic=True, which promises a bitwise continuation, that is an
+    error instead."""
+    saved = len(resume['rng'])
+    if saved != world_size and cfg['deterministic']:
+        fail(f"{Path(cfg['out_dir']) / 'ckpt.pt'} was saved by {saved} process(es) and {world_size} would resume it: "
+             f"deterministic=True cannot continue it bitwise; resume with {saved} process(es) "
+             "(torchrun --nproc_per_node), or with --deterministic=False for reseeded data and dropout streams")
+    return saved != world_size
+
+
 def restore(run, resume, reseed_to=None):
     """Continue where the checkpoint left off: optimizer, scaler, counters, log, and the random streams
     unless reseed_to gives the seed of fresh ones."""
@@ -528,7 +539,7 @@ def restore(run, resume, reseed_to=None):
         key = run.objective.selection_key
         run.saved['best.pt'] = next((e['iter'] for e in run.training_log if e[key] == run.best_val_loss), '?')
     if reseed_to is None:
-        set_rng_state(resume['rng'][run.rank])
+        set_rng_state(resume['rng'][run.rank], run.device)
         run.objective.load_state_dict(resume['sampler'][run.rank])
     else:  # the run continues, but not bitwise
         if run.master:
@@ -556,7 +567,7 @@ def save(run, name):
     """Write out_dir/name (ckpt.pt or best.pt) atomically, if the weights are finite."""
     if not torch.stack([torch.isfinite(p).all() for p in run.raw_model.parameters()]).all():
         diverged(f"weights are not finite at iteration {run.iter_num}", run.out_path, run.saved)
-    rngs = gathered(rng_state(), run.ddp, run.world_size)
+    rngs = gathered(rng_state(run.device), run.ddp, run.world_size)
     samplers = gathered(run.objective.state_dict(), run.ddp, run.world_size)
     if not run.master:
         return

@@ -16,7 +16,7 @@ import torch
 from backpacks import hardware
 import model as model_module
 import train
-from backpacks.checkpoint import load_checkpoint, load_trained_model
+from backpacks.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from backpacks.dataset import BatchSampler
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
@@ -483,6 +483,27 @@ def assert_resume_is_bitwise(dataset, tmp_path, dtype):
     strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'mfu_yardstick', 'elapsed_s')} for e in log]
     assert strip(a['training_log']) == strip(b['training_log'])
     return a
+
+
+def test_resume_on_fewer_processes_than_saved_the_run(synthetic_dataset, tmp_path, capsys, one_thread):
+    """A run saved by 2 processes on a 2-GPU box (its per-process lists and GPU generators fabricated here)
+    resumes in 1 CPU process with reseeded streams; with deterministic=True, which promises a bitwise
+    continuation, it is one line instead."""
+    out = tmp_path / 'out'
+    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--eval_iters=1', '--max_iters=2', f'--out_dir={out}'])
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    two_gpus = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    ckpt['rng'] = [{**ckpt['rng'][0], 'cuda': two_gpus} for _ in range(2)]
+    ckpt['sampler'] = ckpt['sampler'] * 2
+    save_checkpoint(ckpt, out / 'ckpt.pt')
+    assert error_of(['--init_from=resume', f'--out_dir={out}', '--max_iters=4', '--deterministic']) == (
+        f"error: {out / 'ckpt.pt'} was saved by 2 process(es) and 1 would resume it: deterministic=True cannot "
+        "continue it bitwise; resume with 2 process(es) (torchrun --nproc_per_node), or with --deterministic=False "
+        "for reseeded data and dropout streams")
+    capsys.readouterr()
+    train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=4'])
+    assert 'warning: 2 processes saved this run, 1 resume it' in capsys.readouterr().out
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 4
 
 
 @pytest.mark.slow
