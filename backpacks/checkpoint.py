@@ -75,11 +75,16 @@ def model_from_checkpoint(ckpt):
 
 
 def load_trained_model(out_dir, which='best', device='cpu'):
-    """(model in eval mode on device, checkpoint dict) from out_dir/best.pt or out_dir/ckpt.pt."""
+    """(model in eval mode on device, checkpoint dict) from out_dir/best.pt or out_dir/ckpt.pt. The file is
+    read onto the CPU and only the model moves to device; the dict returned keeps the run's metadata but
+    neither the weights (now the model's) nor the optimizer state (twice the model's size), so nothing of
+    the checkpoint stays held on a GPU or in memory for nothing."""
     if which not in CHECKPOINT_FILES:
         raise CheckpointError(f"unknown checkpoint {which!r}; choose from {', '.join(CHECKPOINT_FILES)}")
-    ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_FILES[which], map_location=device)
+    ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_FILES[which], map_location='cpu')
     model = model_from_checkpoint(ckpt).to(device).eval()
+    for key in ('model', 'optimizer'):
+        ckpt.pop(key, None)
     return model, ckpt
 
 
