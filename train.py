@@ -45,6 +45,7 @@ from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_
 from backpacks.devices import check_device_name, process_device, resolve_device
 from backpacks.errors import fail
 from backpacks.hardware import DTYPES, peak_flops, resolve_dtype
+from backpacks.live_log import open_live_log, require_wandb
 from backpacks.rundir import run_directory
 from backpacks.starting_points import model_from_run, pretrained_backpack
 from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, preset_config
@@ -108,6 +109,10 @@ dtype = 'auto'               # 'auto' (bfloat16 autocast on CUDA and on CPUs wit
 compile = False              # torch.compile the model
 seed = 1337
 deterministic = False        # deterministic kernels only: bitwise-reproducible runs (slower on GPU)
+# live logging to Weights & Biases (nanoGPT's settings; needs `pip install wandb`), rank 0 only
+wandb_log = False            # send each evaluation's training_log.json entry as it is written
+wandb_project = 'multilingual-backpack'
+wandb_run_name = ''          # '' names the run after out_dir
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_defaults and not k.startswith('_')}
 
@@ -281,6 +286,7 @@ class Run:
     mfu_peak: float = None
     mfu_yardstick: str = None
     log: object = print
+    live_log: object = None              # backpacks.live_log.LiveLog with wandb_log (rank 0)
 
     @property
     def master(self):
@@ -410,6 +416,7 @@ def main(argv=None):
     explicit = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = {**DEFAULTS, **explicit}
     validate(cfg)
+    require_wandb(cfg)
     ckpt_path = Path(cfg['out_dir']) / 'ckpt.pt'
     if cfg['init_from'] == 'resume' and not ckpt_path.is_file():
         fail(f"--init_from=resume but {ckpt_path} does not exist; start a run with --init_from=scratch")
@@ -432,6 +439,7 @@ def start(cfg, explicit, ckpt_path):
         saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
         cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
         validate(cfg)
+        require_wandb(cfg)
     resolve_model_type(cfg, explicit)
     try:
         data_path = resolve_data_dir(cfg['data_dir']).resolve()
@@ -511,6 +519,7 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     if run.master:
         run.mfu_peak, run.mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2)
         describe(run)
+        run.live_log = open_live_log(cfg)
     return run
 
 
@@ -612,6 +621,8 @@ def evaluate_and_log(run, lr, first):
             f"({by_language}){selection}, lr {lr:.2e}" + (f", {tokens_per_s:,.0f} tokens/s" if tokens_per_s else ""))
     if run.master:
         write_json(run.out_path / 'training_log.json', run.training_log)
+    if run.live_log:
+        run.live_log.log(run.training_log[-1])
     if run.training_log[-1][key] < run.best_val_loss:
         run.best_val_loss = run.training_log[-1][key]
         save(run, 'best.pt')
