@@ -42,10 +42,11 @@ def test_off_by_default_without_importing_wandb(dataset, tmp_path, monkeypatch, 
     assert open_live_log({**train.DEFAULTS, 'wandb_log': False}) is None
 
 
-def test_missing_wandb_is_one_line_before_any_work(dataset, tmp_path, monkeypatch):
+def test_missing_wandb_is_one_line_before_any_work(tmp_path, monkeypatch):
+    """Before even the dataset is read (this one does not exist)."""
     monkeypatch.setitem(sys.modules, 'wandb', None)
     with pytest.raises(SystemExit) as e:
-        train.main([*TINY, f'--data_dir={dataset}', f'--out_dir={tmp_path / "run"}', '--wandb_log'])
+        train.main([*TINY, f'--data_dir={tmp_path / "absent"}', f'--out_dir={tmp_path / "run"}', '--wandb_log'])
     assert str(e.value) == ("error: wandb_log=True but the wandb package is not installed: pip install wandb "
                             "(and wandb login), or train without --wandb_log")
     assert not (tmp_path / 'run').exists()
