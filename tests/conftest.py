@@ -15,6 +15,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ["BACKPACK_OFFLINE"] = "1"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda run only where there is a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (bash experiments/gpu_check.sh runs these on one)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO_ROOT

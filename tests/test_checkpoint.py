@@ -148,3 +148,14 @@ def test_a_gpu_state_restores_onto_the_resuming_process_gpu(monkeypatch):
     saved = torch.tensor([9], dtype=torch.uint8)
     checkpoint.set_rng_state({**checkpoint.rng_state('cpu'), 'cuda': saved}, 'cuda:0')
     assert torch.equal(gpus.states[0], saved)
+
+
+@pytest.mark.cuda
+def test_gpu_generator_round_trip_on_cuda():
+    """A real GPU: the state saved for cuda:0 (and a 2-GPU list's first entry) brings its stream back."""
+    state = checkpoint.rng_state('cuda:0')
+    expected = torch.rand(4, device='cuda:0')
+    checkpoint.set_rng_state(state, 'cuda:0')
+    assert torch.equal(torch.rand(4, device='cuda:0'), expected)
+    checkpoint.set_rng_state({**state, 'cuda': [state['cuda'], torch.zeros_like(state['cuda'])]}, 'cuda:0')
+    assert torch.equal(torch.rand(4, device='cuda:0'), expected)

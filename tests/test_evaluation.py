@@ -50,3 +50,14 @@ def test_load_for_eval_moves_only_the_model_to_the_device(sample_dataset, make_c
     assert "optimizer" not in ckpt and "model" not in ckpt
     assert tensors_in(ckpt) and {t.device.type for t in tensors_in(ckpt)} == {"cpu"}
     assert {"meta", "model_type", "model_args", "data_dir"} <= set(ckpt)
+
+
+@pytest.mark.cuda
+def test_load_for_eval_holds_only_the_model_on_the_gpu(sample_dataset, make_checkpoint, tmp_path):
+    out = make_checkpoint(tmp_path / "run", sample_dataset)
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    model, ckpt, _, _ = load_for_eval(out, "best", "cuda")
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    assert torch.cuda.memory_allocated() - before <= weights + 2 ** 20  # the optimizer state never got there

@@ -163,6 +163,30 @@ def test_cuda_mixing_branch_in_the_model_matches_the_reference(monkeypatch):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.cuda
+def test_the_model_on_cuda_matches_the_reference_path():
+    """On the GPU the Backpack mixes through SDPA: logits, gradients and a left-padded step() equal the
+    reference product's in float32, and the bfloat16/float16 autocast logits stay close to them."""
+    model = tiny_model('backpack', n_embd=64, n_senses=8).cuda()
+    idx, targets = torch.randint(0, 64, (3, 32), device='cuda'), torch.randint(0, 64, (3, 32), device='cuda')
+    mask = torch.ones(3, 32, dtype=torch.bool, device='cuda')
+    mask[0, :5] = False
+    results = []
+    for fast in (True, False):
+        model.fast_mixing = fast
+        model.zero_grad()
+        logits, loss = model(idx, targets)
+        loss.backward()
+        results.append([logits, *(p.grad for p in model.parameters()), model.step(idx, attention_mask=mask)[0]])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    model.fast_mixing = True
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.no_grad(), torch.autocast('cuda', dtype=dtype):
+            low, _ = model(idx)
+        torch.testing.assert_close(low.float(), results[1][0], rtol=0.05, atol=0.05)
+
+
 def test_loss_ignores_minus_one_targets():
     model = tiny_model('transformer')
     idx = torch.randint(0, 64, (2, 10))

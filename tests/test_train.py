@@ -466,10 +466,10 @@ def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def assert_resume_is_bitwise(dataset, tmp_path, dtype):
+def assert_resume_is_bitwise(dataset, tmp_path, dtype, *settings):
     """A run stopped at iteration 4 and resumed to 8 ends bitwise equal to a run straight to 8."""
     common = [*TINY, f'--dtype={dtype}', f'--data_dir={dataset}', '--dropout=0.1', '--eval_interval=4',
-              '--checkpoint_interval=4', '--lr_decay_iters=8', '--eval_iters=1']
+              '--checkpoint_interval=4', '--lr_decay_iters=8', '--eval_iters=1', *settings]
     train.main([*common, '--max_iters=8', f'--out_dir={tmp_path / "a"}'])
     train.main([*common, '--max_iters=4', f'--out_dir={tmp_path / "b"}'])
     assert load_checkpoint(tmp_path / 'b' / 'ckpt.pt')['iter_num'] == 4
@@ -520,6 +520,29 @@ def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path, on
 
 
 # ----------------------------------------------------------------------------- finetuning
+
+@pytest.fixture
+def restores_determinism():
+    """train.main(--deterministic) switches deterministic algorithms on for the process: switch them back."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)
+
+
+@pytest.mark.cuda
+def test_short_run_on_cuda_with_auto_dtype(synthetic_dataset, tmp_path, capsys):
+    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=10', '--device=cuda', '--dtype=auto',
+                f'--out_dir={tmp_path / "out"}'])
+    log = read_log(tmp_path / 'out')
+    assert log[-1]['iter'] == 10 and log[-1]['val_loss'] < log[0]['val_loss']
+    assert '1 process(es) on cuda' in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+def test_resume_bitwise_float16_with_grad_scaler_on_cuda(synthetic_dataset, tmp_path, restores_determinism):
+    ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'float16', '--device=cuda', '--deterministic')
+    assert ckpt['scaler']['scale'] > 0 and ckpt['config']['device'] == 'cuda'
+
 
 @pytest.mark.slow
 def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
