@@ -27,6 +27,7 @@ from contextlib import nullcontext
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from backpacks.devices import resolve_device
 from backpacks.errors import fail
 from backpacks.hardware import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
                                 matmul_flops, resolve_dtype, synchronize)
@@ -83,6 +84,7 @@ def parse_args():
     p.add_argument('--profile', action='store_true', help='list the operators that take the time instead')
     p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
     args = p.parse_args()
+    args.device = resolve_device(args.device)
     try:
         args.dtype, args.dtype_reason = resolve_dtype(args.dtype, device_type_of(args.device))
     except DeviceError as e:

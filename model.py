@@ -364,6 +364,24 @@ class SenseNetwork(nn.Module):
         return senses.view(B, T, self.n_senses, -1).transpose(1, 2)
 
 
+def sdpa_mixing(q, k, senses, attn_mask):
+    """The CUDA sense mixing, o (B,T,d): the k sense heads as attention heads, the senses as values.
+    The memory-efficient kernel accepts values wider than queries (d against d/k) and keeps no
+    (B,k,T,T) tensor. A plain function, so that it also runs (in SDPA's math kernel) on the CPU."""
+    return F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask, is_causal=attn_mask is None).sum(dim=1)
+
+
+def product_mixing(q, k, senses, attn_mask):
+    """The CPU sense mixing, o (B,T,d). There SDPA would fall back to its math kernel for values wider
+    than queries; one product contracting over (past position, sense) is cheaper than k products and
+    their sum: (B, T_q, T_k * k) @ (B, T_k * k, d), senses laid out (B, T_k, k, d) as the sense network
+    makes them."""
+    alpha = BackpackLM._alpha(q, k, attn_mask)
+    B, n_senses, T_q, T_k = alpha.shape
+    return (alpha.permute(0, 2, 3, 1).reshape(B, T_q, T_k * n_senses)
+            @ senses.transpose(1, 2).reshape(B, T_k * n_senses, -1))
+
+
 class BackpackLM(LanguageModel):
     """Backpack: logits = E o, o_i = sum_l sum_j alpha[l,i,j] C(x_j)[l].
 
@@ -432,18 +450,7 @@ class BackpackLM(LanguageModel):
 
     def _mix(self, q, k, senses, attn_mask):
         """o (B,T,d) = sum_l alpha_l C_l, without the per-sense (B,k,T,d) products the reference sums."""
-        if q.is_cuda:
-            # the k sense heads as attention heads, the senses as values: the memory-efficient kernel
-            # accepts values wider than queries and keeps no (B,k,T,T) tensor
-            return F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask,
-                                                  is_causal=attn_mask is None).sum(dim=1)
-        # on the CPU SDPA would fall back to its math kernel for values wider than queries; one product
-        # contracting over (past position, sense) is cheaper than k products and their sum:
-        # (B, T_q, T_k * k) @ (B, T_k * k, d), senses laid out (B, T_k, k, d) as the sense network makes them
-        alpha = self._alpha(q, k, attn_mask)
-        B, n_senses, T_q, T_k = alpha.shape
-        return (alpha.permute(0, 2, 3, 1).reshape(B, T_q, T_k * n_senses)
-                @ senses.transpose(1, 2).reshape(B, T_k * n_senses, -1))
+        return (sdpa_mixing if q.is_cuda else product_mixing)(q, k, senses, attn_mask)
 
     def contextualization(self, idx):
         """alpha (B,k,T,T): how much sense l of token j contributes at position i."""

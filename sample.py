@@ -21,8 +21,9 @@ import sys
 
 import torch
 
-from backpacks.arguments import check_at_least, check_device, check_max_new_tokens, check_seed, resolve_dataset
+from backpacks.arguments import check_at_least, check_max_new_tokens, check_seed, resolve_dataset
 from backpacks.errors import fail
+from backpacks.devices import resolve_device
 from backpacks.evaluation import load_for_eval
 from backpacks.generation import DIRECTIONS, sample_edited, timed_translate
 from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, read_senses, read_topic_words,
@@ -99,7 +100,7 @@ def check_args(args, parser):
     if not (math.isfinite(args.temperature) and args.temperature >= 0) or args.top_k < 0:
         fail("--temperature must be a finite number >= 0 and --top_k >= 0")
     check_seed(args.seed)
-    check_device(args.device)
+    args.device = resolve_device(args.device)
     args.data_dir = resolve_dataset(args.data_dir)
     for option in ('start', 'translate'):  # a FILE: path that cannot be read fails before the model loads
         read_text_arg(getattr(args, option), f'--{option}')

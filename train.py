@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import signal
 import sys
 import time
@@ -43,8 +42,10 @@ from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_c
                                   set_rng_state)
 from backpacks.dataset import (BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens,
                                unigram_entropy)
+from backpacks.devices import check_device_name, process_device, resolve_device
 from backpacks.errors import fail
 from backpacks.hardware import DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype
+from backpacks.live_log import open_live_log, require_wandb
 from backpacks.rundir import no_checkpoint_to_resume, run_directory
 from backpacks.starting_points import model_from_run, pretrained_backpack
 from backpacks.tokenizer import check_vocabulary
@@ -109,6 +110,10 @@ dtype = 'auto'               # 'auto' (bfloat16 autocast on CUDA and on CPUs wit
 compile = False              # torch.compile the model
 seed = 1337
 deterministic = False        # deterministic kernels only: bitwise-reproducible runs (slower on GPU)
+# live logging to Weights & Biases (nanoGPT's settings; needs `pip install wandb`), rank 0 only
+wandb_log = False            # send each evaluation's training_log.json entry as it is written
+wandb_project = 'multilingual-backpack'
+wandb_run_name = ''          # '' names the run after out_dir
 # -----------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items() if k not in _names_before_defaults and not k.startswith('_')}
 
@@ -156,8 +161,7 @@ def validate(cfg):
              "ends the warmup: use 0 (decay until max_iters) or a value >= warmup_iters")
     if not (0 <= cfg['min_lr_ratio'] <= 1 and 0 <= cfg['beta1'] < 1 and 0 <= cfg['beta2'] < 1):
         fail("min_lr_ratio must be in [0, 1] and beta1, beta2 in [0, 1)")
-    if not re.fullmatch(r'auto|cpu|mps|cuda(:\d+)?', cfg['device']):
-        fail(f"unknown device {cfg['device']!r}: use auto, cpu, cuda, cuda:N or mps")
+    check_device_name(cfg['device'])
     if not cfg['out_dir'].strip():
         fail("--out_dir is empty: name the directory for the checkpoints (e.g. --out_dir=out/my_run)")
 
@@ -176,17 +180,9 @@ def resolve_model_type(cfg, explicit):
 def setup_processes(requested_device):
     """(ddp, rank, world_size, device) from torchrun's environment (one process otherwise)."""
     ddp, rank, local_rank, world_size = configurator.torchrun_environment()
-    device = requested_device
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        fail(f"device {device!r} requested but CUDA is not available; use --device=cpu")
-    if device.startswith('cuda:') and int(device[5:]) >= torch.cuda.device_count():
-        fail(f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA devices")
-    if device == 'mps' and not torch.backends.mps.is_available():
-        fail("device 'mps' requested but MPS is not available; use --device=cpu")
-    if device == 'cuda' and ddp:
-        device = f'cuda:{local_rank}'
+    device = resolve_device(requested_device)
+    if ddp:
+        device = process_device(device, local_rank, int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
     if device.startswith('cuda'):
         torch.cuda.set_device(device)
     if ddp:
@@ -302,6 +298,7 @@ class Run:
     mfu_peak: float = None
     mfu_yardstick: str = None
     log: object = print
+    live_log: object = None              # backpacks.live_log.LiveLog with wandb_log (rank 0)
 
     @property
     def master(self):
@@ -429,6 +426,7 @@ def main(argv=None):
     cfg = {**DEFAULTS, **explicit}
     validate(cfg)
     rank = configurator.torchrun_environment()[1]
+    require_wandb(cfg)
     ckpt_path = Path(cfg['out_dir']) / 'ckpt.pt'
     if cfg['init_from'] == 'resume' and not ckpt_path.is_file():
         fail(no_checkpoint_to_resume(Path(cfg['out_dir'])))
@@ -450,6 +448,7 @@ def start(cfg, explicit, ckpt_path):
         saved = {k: v for k, v in resume['config'].items() if k in DEFAULTS}
         cfg = {**DEFAULTS, **saved, 'data_dir': resume['data_dir'], **explicit}
         validate(cfg)
+        require_wandb(cfg)
     resolve_model_type(cfg, explicit)
     try:
         data_path = resolve_data_dir(cfg['data_dir']).resolve()
@@ -523,6 +522,8 @@ def starting_model(cfg, explicit, meta, data_path, resume):
 
 
 def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device):
+    # decided before any work (and before the objective is built, so that it is built once)
+    reseed = resume is not None and needs_reseed(resume, world_size, cfg)
     device_type = device_type_of(device)
     configure_torch(cfg, device, rank, world_size)
     model = starting_model(cfg, explicit, meta, data_path, resume)
@@ -530,9 +531,6 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     raw_model = model.to(device)
     optimizer = raw_model.configure_optimizers(cfg['weight_decay'], cfg['learning_rate'],
                                                (cfg['beta1'], cfg['beta2']), device_type)
-    # another number of processes than saved the run: fresh data and dropout streams, decided before the
-    # objective is built so that it is built once
-    reseed = resume is not None and len(resume['rng']) != world_size
     stream_seed = cfg['seed'] + rank + (1000 * resume['iter_num'] if reseed else 0)
     run = Run(cfg=cfg, meta=meta, data_path=data_path, device=device, ddp=ddp, rank=rank, world_size=world_size,
               raw_model=raw_model, optimizer=optimizer,
@@ -550,7 +548,20 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     if run.master:
         run.mfu_peak, run.mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2)
         describe(run)
+        run.live_log = open_live_log(cfg)
     return run
+
+
+def needs_reseed(resume, world_size, cfg):
+    """Whether a resume runs on another number of processes (GPUs) than saved the run, so that its random
+    streams must be reseeded; with deterministic=True, which promises a bitwise continuation, that is an
+    error instead."""
+    saved = len(resume['rng'])
+    if saved != world_size and cfg['deterministic']:
+        fail(f"{Path(cfg['out_dir']) / 'ckpt.pt'} was saved by {saved} process(es) and {world_size} would resume it: "
+             f"deterministic=True cannot continue it bitwise; resume with {saved} process(es) "
+             "(torchrun --nproc_per_node), or with --deterministic=False for reseeded data and dropout streams")
+    return saved != world_size
 
 
 def restore(run, resume, reseed_to=None):
@@ -566,7 +577,7 @@ def restore(run, resume, reseed_to=None):
         key = run.objective.selection_key
         run.saved['best.pt'] = next((e['iter'] for e in run.training_log if e[key] == run.best_val_loss), '?')
     if reseed_to is None:
-        set_rng_state(resume['rng'][run.rank])
+        set_rng_state(resume['rng'][run.rank], run.device)
         run.objective.load_state_dict(resume['sampler'][run.rank])
     else:  # the run continues, but not bitwise
         if run.master:
@@ -594,7 +605,7 @@ def save(run, name):
     """Write out_dir/name (ckpt.pt or best.pt) atomically, if the weights are finite."""
     if not torch.stack([torch.isfinite(p).all() for p in run.raw_model.parameters()]).all():
         diverged(f"weights are not finite at iteration {run.iter_num}", run.out_path, run.saved)
-    rngs = gathered(rng_state(), run.ddp, run.world_size)
+    rngs = gathered(rng_state(run.device), run.ddp, run.world_size)
     samplers = gathered(run.objective.state_dict(), run.ddp, run.world_size)
     if not run.master:
         return
@@ -639,6 +650,8 @@ def evaluate_and_log(run, lr, first):
             f"({by_language}){selection}, lr {lr:.2e}" + (f", {tokens_per_s:,.0f} tokens/s" if tokens_per_s else ""))
     if run.master:
         write_json(run.out_path / 'training_log.json', run.training_log)
+    if run.live_log:
+        run.live_log.log(run.training_log[-1])
     if run.training_log[-1][key] < run.best_val_loss:
         run.best_val_loss = run.training_log[-1][key]
         save(run, 'best.pt')

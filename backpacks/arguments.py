@@ -3,7 +3,6 @@ value stops the script with one line (errors.fail) before any model is loaded.""
 import os
 from pathlib import Path
 
-import torch
 
 from backpacks.dataset import DataError, resolve_data_dir
 from backpacks.errors import fail
@@ -23,22 +22,6 @@ def check_at_least(args, minimum, names):
 def check_seed(seed):
     if not 0 <= seed <= MAX_SEED:
         fail(f"--seed must be within [0, {MAX_SEED}], got {seed}")
-
-
-def check_device(device):
-    """A device this machine has: cpu, cuda, cuda:N (N below the number of GPUs) or mps."""
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        fail(f"--device {device!r} is not a device: use cpu, cuda, cuda:N or mps")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        fail(f"--device {device} asked for but CUDA is not available (use --device cpu)")
-    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        fail(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        fail(f"--device {device} asked for but MPS is not available (use --device cpu)")
-    if parsed.type not in ("cpu", "cuda", "mps"):
-        fail(f"--device {device}: use cpu, cuda, cuda:N or mps")
 
 
 def resolve_dataset(data_dir):

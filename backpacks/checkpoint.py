@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from backpacks.atomic import atomic_write
+from backpacks.devices import cuda_index
 from model import ModelConfig, build_model
 
 CHECKPOINT_FILES = {'best': 'best.pt', 'latest': 'ckpt.pt'}
@@ -88,30 +89,53 @@ def model_from_checkpoint(ckpt):
 
 
 def load_trained_model(out_dir, which='best', device='cpu'):
-    """(model in eval mode on device, checkpoint dict) from out_dir/best.pt or out_dir/ckpt.pt."""
+    """(model in eval mode on device, checkpoint dict) from out_dir/best.pt or out_dir/ckpt.pt. The file is
+    read onto the CPU and only the model moves to device; the dict returned keeps the run's metadata but
+    neither the weights (now the model's) nor the optimizer state (twice the model's size), so nothing of
+    the checkpoint stays held on a GPU or in memory for nothing."""
     if which not in CHECKPOINT_FILES:
         raise CheckpointError(f"unknown checkpoint {which!r}; choose from {', '.join(CHECKPOINT_FILES)}")
-    ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_FILES[which], map_location=device)
+    ckpt = load_checkpoint(Path(out_dir) / CHECKPOINT_FILES[which], map_location='cpu')
     model = model_from_checkpoint(ckpt).to(device).eval()
+    for key in ('model', 'optimizer'):
+        ckpt.pop(key, None)
     return model, ckpt
 
 
-def rng_state():
-    """python, numpy, torch and cuda generator states as tensors and plain types (weights_only loadable)."""
+def rng_state(device):
+    """python, numpy and torch generator states, and the CUDA generator of this process's own device
+    (None off CUDA), as tensors and plain types (weights_only loadable). Each process saves only what
+    it draws from: never the other GPUs' generators, which a resume on fewer GPUs could not restore."""
     version, internal, gauss_next = random.getstate()
     key, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    index = cuda_index(device)
     return {'python': {'version': version, 'state': list(internal), 'gauss_next': gauss_next},
             'numpy': {'key': key, 'state': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos),
                       'has_gauss': int(has_gauss), 'cached_gaussian': float(cached_gaussian)},
             'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            'cuda': None if index is None else torch.cuda.get_rng_state(index)}
 
 
-def set_rng_state(state):
+def set_rng_state(state, device):
+    """Restore rng_state()'s generators; the CUDA one onto this process's device, where it fits."""
     py, npy = state['python'], state['numpy']
     random.setstate((py['version'], tuple(py['state']), py['gauss_next']))
     np.random.set_state((npy['key'], npy['state'].numpy().astype(np.uint32), npy['pos'],
                          npy['has_gauss'], npy['cached_gaussian']))
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    index = cuda_index(device)
+    saved = saved_cuda_state(state.get('cuda'), index)
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, index)
+
+
+def saved_cuda_state(saved, index):
+    """The saved CUDA generator state for this process's device index (None off CUDA or when none fits).
+    saved is the state of the saving process's own device, or a list with one state per visible GPU
+    (what checkpoints held before each process saved only its own): then the entry of this index, so that
+    a run saved on more GPUs than this machine has resumes instead of crashing."""
+    if index is None or saved is None:
+        return None
+    if isinstance(saved, (list, tuple)):
+        return saved[index] if index < len(saved) else None
+    return saved

@@ -20,6 +20,7 @@ from backpacks.atomic import file_digest
 from backpacks.checkpoint import CHECKPOINT_FILES
 from backpacks.dataset import BatchSampler, DataError
 from backpacks.errors import fail
+from backpacks.devices import resolve_device
 from backpacks.evaluation import (DEFAULT_DATA_ROOT, DEFAULT_DICTIONARY, DEFAULT_MULTISIMLEX_OFFICIAL,
                                   DEFAULT_WORDSIM, Context, SkipTask, load_for_eval, split_list, warn)
 from backpacks.generation import new_token_cap, timed_translate
@@ -111,7 +112,7 @@ def check_args(args):
     if args.sentence_pairs < 2:
         fail("--sentence_pairs must be >= 2 (retrieval needs distractors)")
     arguments.check_seed(args.seed)
-    arguments.check_device(args.device)
+    args.device = resolve_device(args.device)
     check_representation_names(args)
     check_test_set(args)
     check_input_paths(args)

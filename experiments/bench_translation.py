@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from backpacks.devices import resolve_device
 from backpacks.evaluation import load_for_eval
 from backpacks.generation import DIRECTIONS, timed_translate
 
@@ -29,7 +30,9 @@ def parse_args():
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--skip_uncached', action='store_true', help='time the cached decoder only')
     p.add_argument('--device', default='cpu')
-    return p.parse_args()
+    args = p.parse_args()
+    args.device = resolve_device(args.device)
+    return args
 
 
 def read_sources(args, data_dir):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from backpacks import interventions as iv
 from backpacks.atomic import atomic_write_text
+from backpacks.devices import resolve_device
 from backpacks.evaluation import load_for_eval
 from backpacks.generation import sample_edited
 from backpacks.lexical import WordVectors, token_language_counts, token_language_masks, word_pieces
@@ -66,6 +67,7 @@ def parse_args(argv=None):
             raise SystemExit(f"error: --{name} must be >= 1")
     if args.annealing_divisor <= 0 or args.annealing_position_scale <= 0:
         raise SystemExit("error: --annealing_divisor and --annealing_position_scale must be > 0")
+    args.device = resolve_device(args.device)
     return args
 
 

@@ -3,7 +3,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Tests never download: evaluate.py's automatic fetching is off (tests of the download path
 # serve their files from 127.0.0.1 and call resources.py directly).
 os.environ["BACKPACK_OFFLINE"] = "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda run only where there is a CUDA GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (bash experiments/gpu_check.sh runs these on one)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import pytest
 CASES = [
     # evaluate.py: options, paths and the environment, checked before the model loads
     ("eval-seed", "evaluate.py --out_dir {run} --seed -1", {}, "--seed must be within [0, 4294967295]"),
-    ("eval-device", "evaluate.py --out_dir {run} --device gpu", {}, "--device 'gpu' is not a device"),
+    ("eval-device", "evaluate.py --out_dir {run} --device gpu", {}, "unknown device 'gpu'"),
     ("eval-examples", "evaluate.py --out_dir {run} --examples -1", {}, "--examples must be >= 0"),
     ("eval-max-tokens", "evaluate.py --out_dir {run} --max_new_tokens 0", {}, "--max_new_tokens must be >= 1"),
     ("eval-reps", "evaluate.py --out_dir {run} --word_reps mean,banana", {}, "unknown representation 'banana'"),

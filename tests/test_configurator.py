@@ -16,4 +16,4 @@ def test_config_file_errors_name_file_and_line(tmp_path, text, expected):
     with pytest.raises(SystemExit) as e:
         train.parse_args([str(path)])
     message = str(e.value)
-    assert message.startswith(f"error: ") and str(path) in message and expected in message and '\n' not in message
+    assert message.startswith("error: ") and str(path) in message and expected in message and '\n' not in message

@@ -8,8 +8,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import native_on_this_cpu
-from model import (PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, StandardTransformerLM,
-                   build_model, preset_config)
+from model import (PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, StandardTransformerLM, _positions_and_mask,
+                   build_model, preset_config, product_mixing, sdpa_mixing)
 
 TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, n_senses=4)
 MODELS = ['backpack', 'transformer']
@@ -114,6 +114,78 @@ def test_cpu_mixing_matches_reference_in_gradients_and_with_padding():
         model.fast_mixing = fast
         steps.append(model.step(idx, attention_mask=mask)[0])
     assert (steps[0] - steps[1]).abs().max() < 1e-5
+
+
+def left_padded_mask(B, T):
+    """The SDPA mask (B,1,T,T) of rows left-padded by 0, 3, 6, ... tokens, as step() builds it."""
+    attention_mask = torch.ones(B, T, dtype=torch.bool)
+    for row in range(B):
+        attention_mask[row, :3 * row] = False
+    return _positions_and_mask(torch.zeros(B, T, dtype=torch.long), 0, attention_mask)[1]
+
+
+@pytest.mark.parametrize('padded', [False, True])
+@pytest.mark.parametrize('mixing', [sdpa_mixing, product_mixing])
+def test_mixing_branches_match_the_reference_product_with_gradients(mixing, padded):
+    """Both device branches of BackpackLM._mix, called directly on the CPU (the CUDA one, SDPA with values
+    wider than queries, runs in SDPA's math kernel here): o and the gradients of q, k and the senses equal
+    the reference sum_l alpha_l C_l, plain causal and with left padding."""
+    torch.manual_seed(0)
+    B, n_senses, T, d = 3, 4, 12, 32
+    q, k = (torch.randn(B, n_senses, T, d // n_senses, requires_grad=True) for _ in range(2))
+    senses = torch.randn(B, n_senses, T, d, requires_grad=True)
+    mask = left_padded_mask(B, T) if padded else None
+    upstream = torch.randn(B, T, d)
+    results = []
+    for mix in (mixing, lambda q, k, senses, mask: (BackpackLM._alpha(q, k, mask) @ senses).sum(dim=1)):
+        out = mix(q, k, senses, mask)
+        results.append((out, *torch.autograd.grad(out, (q, k, senses), upstream)))
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cuda_mixing_branch_in_the_model_matches_the_reference(monkeypatch):
+    """The whole Backpack with its CUDA mixing forced on the CPU: logits, parameter gradients and a
+    left-padded step() equal the reference path's."""
+    model = tiny_model('backpack', n_embd=64, n_senses=8)
+    idx, targets = torch.randint(0, 64, (3, 32)), torch.randint(0, 64, (3, 32))
+    mask = torch.ones(3, 32, dtype=torch.bool)
+    mask[0, :5] = False
+    results = []
+    for fast in (True, False):
+        model.fast_mixing = fast
+        with monkeypatch.context() as patch:
+            patch.setattr(BackpackLM, '_mix', lambda self, q, k, senses, mask: sdpa_mixing(q, k, senses, mask))
+            model.zero_grad()
+            logits, loss = model(idx, targets)
+            loss.backward()
+            results.append([logits, *(p.grad for p in model.parameters()), model.step(idx, attention_mask=mask)[0]])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_the_model_on_cuda_matches_the_reference_path():
+    """On the GPU the Backpack mixes through SDPA: logits, gradients and a left-padded step() equal the
+    reference product's in float32, and the bfloat16/float16 autocast logits stay close to them."""
+    model = tiny_model('backpack', n_embd=64, n_senses=8).cuda()
+    idx, targets = torch.randint(0, 64, (3, 32), device='cuda'), torch.randint(0, 64, (3, 32), device='cuda')
+    mask = torch.ones(3, 32, dtype=torch.bool, device='cuda')
+    mask[0, :5] = False
+    results = []
+    for fast in (True, False):
+        model.fast_mixing = fast
+        model.zero_grad()
+        logits, loss = model(idx, targets)
+        loss.backward()
+        results.append([logits, *(p.grad for p in model.parameters()), model.step(idx, attention_mask=mask)[0]])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    model.fast_mixing = True
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.no_grad(), torch.autocast('cuda', dtype=dtype):
+            low, _ = model(idx)
+        torch.testing.assert_close(low.float(), results[1][0], rtol=0.05, atol=0.05)
 
 
 def test_loss_ignores_minus_one_targets():

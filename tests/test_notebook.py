@@ -16,7 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "experiments" / "train_tiny_gpu.ipynb"
 
 # values the checks substitute for the notebook's {NAME} placeholders in shell commands
-PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DTYPE": "bfloat16", "DATA_DIR": "sample"}
+PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DTYPE": "bfloat16", "DATA_DIR": "sample", "ROOT": "drive",
+                      "GPU_DATA": "drive/data/europarl_gpt2_50k", "RUN_DIR": "drive/backpack_gpt2_europarl"}
+GPU_HEADING = "## 8. On a GPU"  # the GPU section, after the tiny comparison of steps 1-7
 CHECKED_SCRIPTS = ("train.py", "evaluate.py", "compare_models.py", "data/europarl/prepare.py")
 PYTHON_COMMAND = re.compile(r"(?:^|&&|;|\|)\s*python3?\s+(-m\s+[\w.]+|\S+\.py)((?:(?!&&|;|\|).)*)")
 
@@ -28,6 +30,19 @@ def nb():
 
 def code_cells(nb):
     return [cell.source for cell in nb.cells if cell.cell_type == "code"]
+
+
+def gpu_section_start(nb):
+    return next(i for i, cell in enumerate(nb.cells) if cell.source.startswith(GPU_HEADING))
+
+
+def tiny_section(nb):
+    """The notebook up to the GPU section: the tiny comparison (a notebook object, as the helpers take)."""
+    return nbformat.v4.new_notebook(cells=nb.cells[:gpu_section_start(nb)])
+
+
+def gpu_section(nb):
+    return nbformat.v4.new_notebook(cells=nb.cells[gpu_section_start(nb):])
 
 
 def strip_ipython(source):
@@ -202,8 +217,9 @@ def test_commands_parse_with_the_scripts_own_parsers(nb):
 
 def test_runs_line_up_from_training_to_comparison(nb):
     """Both model types are trained; their out_dirs are the ones evaluated, compared and plotted;
-    the prepared dataset's name is the DATA_DIR the training uses."""
+    the prepared dataset's name is the DATA_DIR the training uses (steps 1-7)."""
     import train
+    nb = tiny_section(nb)
     trained = {}
     for script, argv in python_commands(nb):
         if script == "train.py":
@@ -255,7 +271,7 @@ def test_prose_numbers_come_from_the_configs(nb):
     """Every setting the markdown mentions is the value both tiny configs set (n_senses: the Backpack's)."""
     import train
     configs = [train.parse_args(["--config", name]) for name in ("train_europarl_tiny", "train_europarl_tiny_transformer")]
-    prose = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    prose = "\n".join(cell.source for cell in tiny_section(nb).cells if cell.cell_type == "markdown")
     checked = set()
     for key, pattern in PROSE_SETTINGS.items():
         for match in re.finditer(pattern, prose):
@@ -265,3 +281,62 @@ def test_prose_numbers_come_from_the_configs(nb):
             checked.add(key)
     assert checked == set(PROSE_SETTINGS)  # the training step states every one of them
     assert any("runpy.run_path(path)" in source and "config/train_europarl_tiny.py" in source for source in code_cells(nb))
+
+
+# ----------------------------------------------------------------------------- the GPU section
+
+def gpu_train_settings(nb):
+    """{what: settings} of the GPU section's train.py commands: 'resume', 'finetune' and 'fallback'."""
+    import train
+    found = {}
+    for script, argv in python_commands(gpu_section(nb)):
+        if script == "train.py":
+            cfg = {**train.DEFAULTS, **train.parse_args(substituted(argv))}
+            kind = ("resume" if cfg["init_from"] == "resume" else
+                    "finetune" if cfg["init_from"] == "backpack-small" else "fallback")
+            found[kind] = cfg
+    return found
+
+
+def test_gpu_section_finetunes_backpack_gpt2_on_a_europarl_subsample_with_auto_dtype(nb):
+    runs = gpu_train_settings(nb)
+    finetune, fallback = runs["finetune"], runs["fallback"]
+    assert finetune["data_dir"] == PLACEHOLDER_VALUES["GPU_DATA"] and finetune["out_dir"] == PLACEHOLDER_VALUES["RUN_DIR"]
+    assert finetune["dtype"] == fallback["dtype"] == "auto"  # float16 + GradScaler on a T4, bf16 from 8.0
+    assert finetune["checkpoint_interval"] <= 250 and finetune["max_iters"] <= 2000  # one Colab session
+    prepares = [argv for script, argv in python_commands(gpu_section(nb)) if script == "data/europarl/prepare.py"]
+    hub = next(argv for argv in prepares if option(argv, "source") == "europarl")
+    assert option(hub, "tokenizer") == "gpt2" and option(hub, "max_pairs") and option(hub, "out_root") == "{ROOT}/data"
+    assert PLACEHOLDER_VALUES["GPU_DATA"].endswith("/" + option(hub, "name"))
+    source = "\n".join(code_cells(gpu_section(nb)))
+    assert f"{{ROOT}}/data/{option(hub, 'name')}" in source
+
+
+def test_one_cell_resumes_a_disconnected_runtime_from_drive(nb):
+    """The training cell alone does all a reconnected runtime needs: it mounts Drive, reinstalls, sets every
+    variable its commands use, and resumes from RUN_DIR/ckpt.pt on Drive when there is one."""
+    cell = next(source for source in code_cells(gpu_section(nb)) if "train.py" in source)
+    assert "drive.mount('/content/drive')" in cell and "ROOT = '/content/drive/MyDrive/" in cell
+    assert "pip install -q -r /tmp/req.txt" in cell and "%cd {CODE}" in cell
+    assigned = {target.id for node in ast.walk(ast.parse(strip_ipython(cell))) if isinstance(node, ast.Assign)
+                for t in node.targets for target in (t.elts if isinstance(t, ast.Tuple) else [t])}
+    used = {name for line in cell.splitlines() if line.strip().startswith(("!", "%"))
+            for name in re.findall(r"\{(\w+)\}", line)}
+    assert used and used <= assigned, f"the cell uses {used - assigned} from other cells"
+    resume = gpu_train_settings(nb)["resume"]
+    assert resume["out_dir"] == PLACEHOLDER_VALUES["RUN_DIR"]
+    assert "if os.path.isfile(f'{RUN_DIR}/ckpt.pt'):" in cell
+    assert re.search(r"GPU_DATA, RUN_DIR = f'\{ROOT\}/", cell)  # data and run on Drive
+
+
+def test_without_gpu_or_hub_it_says_so_and_trains_on_the_sample(nb):
+    cell = next(source for source in code_cells(gpu_section(nb)) if "train.py" in source)
+    assert "the Hugging Face hub is not reachable" in cell and "no CUDA GPU" in cell
+    assert "FINETUNE = GPU and HUB" in cell
+    fallback = gpu_train_settings(nb)["fallback"]
+    import train
+    assert fallback == {**train.DEFAULTS, **train.parse_args(["config/train_europarl_tiny.py", "--dtype=auto",
+                        f"--data_dir={fallback['data_dir']}", f"--out_dir={fallback['out_dir']}"])}
+    local = [argv for script, argv in python_commands(gpu_section(nb))
+             if script == "data/europarl/prepare.py" and option(argv, "source") == "local"]
+    assert local and option(local[0], "corpus") == "data/europarl/sample/parliament"

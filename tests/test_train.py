@@ -16,7 +16,7 @@ import torch
 from backpacks import hardware
 import model as model_module
 import train
-from backpacks.checkpoint import load_checkpoint, load_trained_model
+from backpacks.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from backpacks.dataset import BatchSampler
 from conftest import native_on_this_cpu
 
@@ -475,10 +475,10 @@ def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
-def assert_resume_is_bitwise(dataset, tmp_path, dtype):
+def assert_resume_is_bitwise(dataset, tmp_path, dtype, *settings):
     """A run stopped at iteration 4 and resumed to 8 ends bitwise equal to a run straight to 8."""
     common = [*TINY, f'--dtype={dtype}', f'--data_dir={dataset}', '--dropout=0.1', '--eval_interval=4',
-              '--checkpoint_interval=4', '--lr_decay_iters=8', '--eval_iters=1']
+              '--checkpoint_interval=4', '--lr_decay_iters=8', '--eval_iters=1', *settings]
     train.main([*common, '--max_iters=8', f'--out_dir={tmp_path / "a"}'])
     train.main([*common, '--max_iters=4', f'--out_dir={tmp_path / "b"}'])
     assert load_checkpoint(tmp_path / 'b' / 'ckpt.pt')['iter_num'] == 4
@@ -492,6 +492,27 @@ def assert_resume_is_bitwise(dataset, tmp_path, dtype):
     strip = lambda log: [{k: v for k, v in e.items() if k not in ('tokens_per_s', 'mfu', 'mfu_yardstick', 'elapsed_s')} for e in log]
     assert strip(a['training_log']) == strip(b['training_log'])
     return a
+
+
+def test_resume_on_fewer_processes_than_saved_the_run(synthetic_dataset, tmp_path, capsys, one_thread):
+    """A run saved by 2 processes on a 2-GPU box (its per-process lists and GPU generators fabricated here)
+    resumes in 1 CPU process with reseeded streams; with deterministic=True, which promises a bitwise
+    continuation, it is one line instead."""
+    out = tmp_path / 'out'
+    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--eval_iters=1', '--max_iters=2', f'--out_dir={out}'])
+    ckpt = load_checkpoint(out / 'ckpt.pt')
+    two_gpus = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    ckpt['rng'] = [{**ckpt['rng'][0], 'cuda': two_gpus} for _ in range(2)]
+    ckpt['sampler'] = ckpt['sampler'] * 2
+    save_checkpoint(ckpt, out / 'ckpt.pt')
+    assert error_of(['--init_from=resume', f'--out_dir={out}', '--max_iters=4', '--deterministic']) == (
+        f"error: {out / 'ckpt.pt'} was saved by 2 process(es) and 1 would resume it: deterministic=True cannot "
+        "continue it bitwise; resume with 2 process(es) (torchrun --nproc_per_node), or with --deterministic=False "
+        "for reseeded data and dropout streams")
+    capsys.readouterr()
+    train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=4'])
+    assert 'warning: 2 processes saved this run, 1 resume it' in capsys.readouterr().out
+    assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 4
 
 
 @pytest.mark.slow
@@ -510,6 +531,29 @@ def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path, on
 
 
 # ----------------------------------------------------------------------------- finetuning
+
+@pytest.fixture
+def restores_determinism():
+    """train.main(--deterministic) switches deterministic algorithms on for the process: switch them back."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled)
+
+
+@pytest.mark.cuda
+def test_short_run_on_cuda_with_auto_dtype(synthetic_dataset, tmp_path, capsys):
+    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=10', '--device=cuda', '--dtype=auto',
+                f'--out_dir={tmp_path / "out"}'])
+    log = read_log(tmp_path / 'out')
+    assert log[-1]['iter'] == 10 and log[-1]['val_loss'] < log[0]['val_loss']
+    assert '1 process(es) on cuda' in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+def test_resume_bitwise_float16_with_grad_scaler_on_cuda(synthetic_dataset, tmp_path, restores_determinism):
+    ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'float16', '--device=cuda', '--deterministic')
+    assert ckpt['scaler']['scale'] > 0 and ckpt['config']['device'] == 'cuda'
+
 
 @pytest.mark.slow
 def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
