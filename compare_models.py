@@ -33,6 +33,8 @@ from backpacks.atomic import atomic_write, atomic_write_text, file_digest  # noq
 from backpacks.checkpoint import CHECKPOINT_FILES  # noqa: E402
 from backpacks.errors import fail  # noqa: E402
 
+DEFAULT_OUTPUT_DIR = "out/comparison"
+
 NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own for BLEU and chrF). Last column: "
         "for BLEU and chrF the p-value of sacreBLEU's paired bootstrap test against the first model (same sentences, "
         "1000 resamples); for the rest, n.s. where the intervals overlap (a conservative test), disjoint where not. "
@@ -48,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--backpack_dir", required=True, help="out_dir of the Backpack run")
     p.add_argument("--transformer_dir", required=True, help="out_dir of the Transformer run")
     p.add_argument("--extra_dirs", nargs="*", default=[], help="more out_dirs to compare")
-    p.add_argument("--output_dir", default="out/comparison", help="where comparison.json/.md and the plots go")
+    p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help="where comparison.json/.md and the plots go")
     p.add_argument("--reuse", action="store_true", help="use DIR/eval/results.json when it exists")
     tasks.add_eval_arguments(p)
     args = tasks.check_args(p.parse_args(argv))

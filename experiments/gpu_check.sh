@@ -53,7 +53,7 @@ check sdpa --device $device
 resume=(config/train_europarl_tiny.py --data_dir="$DATA/sample_512" --device=$device --deterministic --dropout=0.1
         --max_iters=8 --lr_decay_iters=8 --eval_interval=4 --checkpoint_interval=4 --eval_iters=2)
 if [[ $device == cuda ]]; then
-  resume+=(--dtype=float16)
+  resume+=(--dtype=float16)  # only on CUDA, where every GPU multiplies float16 natively
 else
   resume+=(--dtype=auto --n_layer=1 --n_embd=32 --n_head=2 --n_senses=4 --block_size=32 --batch_size=4)
 fi

@@ -26,7 +26,9 @@ def parse_of(script, monkeypatch):
 @pytest.mark.parametrize('script, argv', [
     (sample, ['--out_dir', 'run']), (evaluate, ['--out_dir', 'run']), (bench, []),
     (bench_translation, ['--out_dir', 'run']), (run_interventions, ['--out_dir', 'run'])])
-def test_unknown_device_is_one_line_in_every_script(script, argv, monkeypatch):
+def test_unknown_device_is_one_line_in_every_script(script, argv, monkeypatch, sample_dataset, make_checkpoint, tmp_path):
+    run = make_checkpoint(tmp_path / 'run', sample_dataset)  # scripts check the run before the device
+    argv = [str(run) if a == 'run' else a for a in argv]
     parse = script.parse_args if script in (sample, evaluate, run_interventions) else parse_of(script, monkeypatch)
     with pytest.raises(SystemExit) as e:
         parse([*argv, '--device', 'tpu'])
@@ -55,7 +57,8 @@ def test_torchrun_with_more_processes_than_gpus_is_one_line(monkeypatch):
     """Two processes on a one-GPU machine: process 1 would ask for cuda:1, which does not exist."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
-    for name, value in {'RANK': '1', 'LOCAL_RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_WORLD_SIZE': '2'}.items():
+    for name, value in {'RANK': '1', 'LOCAL_RANK': '1', 'WORLD_SIZE': '2', 'LOCAL_WORLD_SIZE': '2',
+                        'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': '29500'}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as e:
         train.setup_processes('cuda')

@@ -40,8 +40,9 @@ def recipe_out_dirs(repo_root):
     return {re.sub(r"\$\{?\w+\}?|\{\w+\}", "x", d) for d in found if not d.startswith(("$", "{", "/"))}
 
 
+@pytest.mark.slow  # git check-ignore
 def test_every_run_folder_is_ignored(repo_root):
-    defaults = {train.DEFAULTS["out_dir"], compare_models.parse_args(["--backpack_dir", "a", "--transformer_dir", "b"]).output_dir}
+    defaults = {train.DEFAULTS["out_dir"], compare_models.DEFAULT_OUTPUT_DIR}
     folders = config_out_dirs(repo_root) | recipe_out_dirs(repo_root) | defaults
     assert {"out-europarl-tiny", "out/comparison", "experiments/out/sensia_tiny", "experiments/out/gpu_check"} <= folders
     for folder in sorted(folders):
@@ -49,6 +50,7 @@ def test_every_run_folder_is_ignored(repo_root):
             assert ignored(repo_root, f"{folder}/{name}"), f"git would commit {folder}/{name}"
 
 
+@pytest.mark.slow  # git check-ignore
 def test_prepared_data_and_checkpoints_are_ignored_and_the_sources_are_not(repo_root):
     for path in ("data/europarl_en_fr/train.bin", "data/sample/meta.json", "elsewhere/run/best.pt", "wandb/run-1/files"):
         assert ignored(repo_root, path), path

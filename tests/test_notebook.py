@@ -198,11 +198,17 @@ def test_flags_are_known_to_each_script(nb):
         assert not unknown, f"{script} does not accept {['--' + f for f in unknown]}"
 
 
-def test_commands_parse_with_the_scripts_own_parsers(nb):
-    """Flag values too: types, choices, config files and required options, as each script checks them."""
+def test_commands_parse_with_the_scripts_own_parsers(nb, tmp_path, monkeypatch):
+    """Flag values too: types, choices, config files and required options, as each script checks them
+    (in a folder holding a checkpoint where the notebook's earlier cells would have written one)."""
     import train
+    monkeypatch.chdir(tmp_path)
     for script, argv in python_commands(nb):
         argv = substituted(argv)
+        for option, value in zip(argv, argv[1:]):
+            if option in ("--out_dir", "--backpack_dir", "--transformer_dir") and script != "train.py":
+                (tmp_path / value).mkdir(parents=True, exist_ok=True)
+                (tmp_path / value / "best.pt").touch()
         if script == "train.py":
             explicit = train.parse_args(argv)
             train.validate({**train.DEFAULTS, **explicit})
