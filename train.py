@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import configurator
-from backpacks import metrics, sensia
+from backpacks import metrics, objectives, sensia
 from backpacks.atomic import atomic_write_text
 from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
@@ -211,42 +211,6 @@ def fresh_model_config(cfg, explicit, vocab_size):
 
 def model_from_settings(cfg, explicit, vocab_size):
     return build_model(*fresh_model_config(cfg, explicit, vocab_size))
-
-
-class LMObjective:
-    """The default objective: next-token cross-entropy on random windows of train.bin. The interface
-    train()'s loop calls (sensia.SensiaObjective is the other): prepare(model, iter_num) -> whether the
-    trainable parameters changed, batch(), loss(model, batch, iter_num) -> (loss, scalars to log),
-    evaluate(model, iter_num) -> entries for training_log.json, state_dict() for resuming."""
-    selection_key = 'val_loss'  # the training_log entry whose lowest value picks best.pt
-
-    def __init__(self, cfg, data_path, device, seed):
-        self.cfg, self.device = cfg, device
-        self.sampler = BatchSampler(data_path, seed=seed)
-
-    def prepare(self, model, iter_num):
-        return False
-
-    def batch(self):
-        return self.sampler.get_batch('train', self.cfg['batch_size'], self.cfg['block_size'], self.device)
-
-    def loss(self, model, batch, iter_num):
-        return model(*batch)[1], {}
-
-    def evaluate(self, model, iter_num):
-        return {}
-
-    def state_dict(self):
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state):
-        self.sampler.load_state_dict(state)
-
-
-def make_objective(cfg, raw_model, data_path, meta, device, seed):
-    if cfg['objective'] == 'sensia':
-        return sensia.SensiaObjective(cfg, raw_model, data_path, meta, device, seed)
-    return LMObjective(cfg, data_path, device, seed)
 
 
 def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
@@ -537,7 +501,7 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
               scaler=torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16'),
               autocast=(contextlib.nullcontext() if cfg['dtype'] == 'float32'
                         else torch.autocast(device_type=device_type, dtype=DTYPES[cfg['dtype']])),
-              objective=make_objective(cfg, raw_model, data_path, meta, device, stream_seed),
+              objective=objectives.make_objective(cfg, raw_model, data_path, meta, device, stream_seed),
               eval_sampler=BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank))
     run.eval_start = run.eval_sampler.state_dict()
     if resume is not None:

@@ -27,10 +27,10 @@ sizing=()  # the configs' 600 iterations fit the 450-pair sample; 20,000 pairs t
 if [[ $source == europarl ]]; then
   data=europarl_tiny
   sizing=(--max_iters=2400 --early_stop_evals=3)
-  python -m data.europarl.prepare --source europarl --name $data --max_pairs 20000 --vocab_size 4096
+  [[ -f data/$data/meta.json ]] || python -m data.europarl.prepare --source europarl --name $data --max_pairs 20000 --vocab_size 4096
 else
   data=sample
-  python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --name $data --vocab_size 512
+  [[ -f data/$data/meta.json ]] || python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --name $data --vocab_size 512
 fi
 
 train() {  # config, out_dir: continue an earlier run of the same job instead of starting over
