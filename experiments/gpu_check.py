@@ -4,7 +4,6 @@ The checks of experiments/gpu_check.sh, each printing one line: `ok   NAME: ...`
 and hands their outputs to these checks; `sdpa` runs its own.
 
     python -m experiments.gpu_check machine                 # the GPU (or its absence), torch and CUDA
-    python -m experiments.gpu_check dtype                   # what --dtype=auto picks on this machine
     python -m experiments.gpu_check sdpa --device cuda      # the SDPA kernel the Backpack's mixing gets
     python -m experiments.gpu_check training RUN_DIR        # tokens/s and MFU of a run's last window
     python -m experiments.gpu_check memory BENCH_LOG        # bench.py's peak memory of both models
@@ -23,7 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from backpacks.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from backpacks.devices import resolve_device
-from backpacks.hardware import DTYPES, cuda_datasheet_peak, resolve_dtype
+from backpacks.hardware import DTYPES, cuda_datasheet_peak, describe_machine, resolve_dtype
 from model import _positions_and_mask, build_model, preset_config, product_mixing, sdpa_mixing
 
 # SDPA's fused kernels, tried before MATH, the fallback that materialises the (B,k,T,T) weights
@@ -43,10 +42,9 @@ def machine_line():
     versions = f"torch {torch.__version__}" + (f", CUDA {torch.version.cuda}" if torch.version.cuda else "")
     if not torch.cuda.is_available():
         return f"no CUDA GPU here ({versions}): only the checks that need no GPU run"
-    major, minor = torch.cuda.get_device_capability()
     dtype, why = resolve_dtype('auto', 'cuda')
-    return (f"{torch.cuda.get_device_name()} (compute capability {major}.{minor}, {torch.cuda.device_count()} "
-            f"device(s)), {versions}; --dtype=auto picks {dtype} ({why})")
+    return (f"{describe_machine('cuda')} ({torch.cuda.device_count()} device(s)), {versions}; "
+            f"--dtype=auto picks {dtype} ({why})")
 
 
 # ----------------------------------------------------------------------------- SDPA kernel of the mixing
@@ -204,7 +202,6 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='check', required=True)
     sub.add_parser('machine')
-    sub.add_parser('dtype')
     sdpa = sub.add_parser('sdpa')
     sdpa.add_argument('--device', default='auto')
     sdpa.add_argument('--batch_size', type=int, default=None, help='default: 8 on CUDA, 2 on the CPU')
@@ -243,8 +240,6 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.check == 'machine':
         print(machine_line())
-    elif args.check == 'dtype':
-        print(resolve_dtype('auto', 'cuda' if torch.cuda.is_available() else 'cpu')[0])
     else:
         name, report = CHECKS[args.check]
         say(*report(args), name=name or f"train {Path(args.run_dir).name}")

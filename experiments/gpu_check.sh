@@ -51,7 +51,7 @@ check sdpa --device $device
 # stopped at 4, resumed to 8, against a straight run to 8: on the GPU in float16 with its GradScaler; on the
 # CPU in what --dtype=auto picks there (most CPUs emulate float16, a hundred times slower than float32)
 resume=(config/train_europarl_tiny.py --data_dir="$DATA/sample_512" --device=$device --deterministic --dropout=0.1
-        --max_iters=8 --lr_decay_iters=8 --eval_interval=4 --checkpoint_interval=4 --eval_iters=2)
+        --max_iters=8 --warmup_iters=2 --lr_decay_iters=8 --eval_interval=4 --checkpoint_interval=4 --eval_iters=2)
 if [[ $device == cuda ]]; then
   resume+=(--dtype=float16)  # only on CUDA, where every GPU multiplies float16 natively
 else
@@ -76,8 +76,7 @@ for model in backpack transformer; do
   step "train_$model" python train.py --preset=$model-micro "${micro[@]}" --out_dir="$RUNS/$model-micro" \
     && check training "$RUNS/$model-micro"
 done
-dtype=$(python -m experiments.gpu_check dtype)  # bench.py takes the dtype --dtype=auto picks
-step memory python bench.py --device=cuda --dtype="$dtype" --block_size=512 --batch_size=16 --steps=5 \
+step memory python bench.py --device=cuda --dtype=auto --block_size=512 --batch_size=16 --steps=5 \
   && check memory "$LOGS/memory.log"
 step translation python -m experiments.bench_translation --out_dir "$RUNS/backpack-micro" --ckpt latest --device cuda \
     --test_corpus data/europarl/sample/parliament --samples 256 \
