@@ -9,7 +9,7 @@ from pathlib import Path
 
 from backpacks import lexical, resources
 from backpacks.checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
-from backpacks.dataset import DataError, check_same_dataset, load_meta
+from backpacks.dataset import DataError, check_same_dataset, load_meta, verify_token_file
 from backpacks.textfile import TextFileError, read_utf8
 from backpacks.tokenizer import load_tokenizer
 
@@ -174,6 +174,8 @@ def load_for_eval(out_dir, which, device, data_dir=None, same_data=True):
         if (data_dir / "meta.json").is_file():
             check_same_dataset(ckpt["meta"], load_meta(data_dir), Path(out_dir) / CHECKPOINT_FILES[which],
                                data_dir, check_data=same_data)
+            if same_data and (data_dir / "test.bin").is_file():  # a replaced test stream is refused, not skipped
+                verify_token_file(data_dir / "test.bin", load_meta(data_dir))
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     try:

@@ -23,6 +23,16 @@ def test_load_for_eval_refuses_another_dataset(sample_dataset, other_sample_data
     assert load_for_eval(out, "best", "cpu", sample_dataset)[3] == sample_dataset
 
 
+def test_load_for_eval_refuses_a_replaced_test_stream(sample_dataset, make_checkpoint, tmp_path):
+    """A test.bin replaced by val.bin would turn the test loss into a val loss: refused before any task."""
+    data = tmp_path / "data"
+    shutil.copytree(sample_dataset, data)
+    out = make_checkpoint(tmp_path / "run", data)
+    shutil.copyfile(data / "val.bin", data / "test.bin")
+    with pytest.raises(SystemExit, match=r"^error: .*test\.bin has \d+ bytes but meta\.json records \d+"):
+        load_for_eval(out, "best", "cpu", data)
+
+
 def test_load_for_eval_unreadable_checkpoint_names_the_fallback(sample_dataset, make_checkpoint, tmp_path):
     out = make_checkpoint(tmp_path / "run", sample_dataset)
     shutil.copy(out / "best.pt", out / "ckpt.pt")
