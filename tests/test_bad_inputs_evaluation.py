@@ -88,7 +88,7 @@ def command(line, env, paths):
 
 
 @pytest.mark.parametrize("case, line, env, fragment", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line(case, line, env, fragment, paths, monkeypatch, capsys, one_thread):
+def test_bad_input_is_one_line(case, line, env, fragment, paths, monkeypatch, capsys):
     argv, env = command(line, env, paths)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -145,7 +145,7 @@ def assert_one_line(status, message, fragment):
 
 
 @pytest.mark.parametrize('case', CASES, ids=[case[0] for case in CASES])
-def test_in_process(case, data, tmp_path, monkeypatch, capsys, one_thread):
+def test_in_process(case, data, tmp_path, monkeypatch, capsys):
     script, *args = prepared_case(case, data, tmp_path / 'out', monkeypatch)
     with pytest.raises(SystemExit) as e:
         {'train': train.main, 'prepare': prepare.main}[script](args)

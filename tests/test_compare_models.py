@@ -26,7 +26,7 @@ def test_significance_with_three_models_is_against_the_first():
 
 
 def test_runs_of_other_data_and_tokenizers_are_marked_not_comparable(sample_dataset, other_sample_dataset,
-                                                                      make_checkpoint, tmp_path, one_thread, capsys):
+                                                                      make_checkpoint, tmp_path, capsys):
     """Runs trained on other data with another tokenizer: the table says 'not comparable' with the
     reasons, never 'matched', and the paired test, which needs the same test sentences, is dropped
     with a note."""

@@ -390,8 +390,7 @@ QUICK = ["--device", "cpu", "--loss_batches", "1", "--batch_size", "4", "--trans
          "--max_new_tokens", "3", "--examples", "1"]
 
 
-def test_a_subset_of_tasks_is_merged_and_another_checkpoint_is_set_aside(sample_dataset, make_checkpoint, tmp_path,
-                                                                          one_thread, capsys):
+def test_a_subset_of_tasks_is_merged_and_another_checkpoint_is_set_aside(sample_dataset, make_checkpoint, tmp_path, capsys):
     """--tasks loss after --tasks translation keeps the translation; each task records its checkpoint,
     settings and time; results of another checkpoint are moved aside, never mixed or lost."""
     run_dir = make_checkpoint(tmp_path / "run", sample_dataset)
@@ -420,7 +419,7 @@ def test_a_subset_of_tasks_is_merged_and_another_checkpoint_is_set_aside(sample_
     assert fresh["translation"] == {"skipped": "not requested (--tasks)"}
 
 
-def test_results_record_the_fingerprint_of_the_tokenizer_read(sample_dataset, make_checkpoint, tmp_path, one_thread):
+def test_results_record_the_fingerprint_of_the_tokenizer_read(sample_dataset, make_checkpoint, tmp_path):
     run_dir = make_checkpoint(tmp_path / "run", sample_dataset)
     ckpt = load_checkpoint(run_dir / "best.pt")
     ckpt["meta"]["tokenizer_sha256"] = "0" * 64  # the run says it was trained with another tokenizer
@@ -432,7 +431,7 @@ def test_results_record_the_fingerprint_of_the_tokenizer_read(sample_dataset, ma
         evaluate.main(["--out_dir", str(run_dir), "--tasks", "loss", "--data_dir", str(bare), *QUICK])
 
 
-def test_a_dataset_name_is_taken_for_data_dir(sample_dataset, make_checkpoint, tmp_path, monkeypatch, one_thread):
+def test_a_dataset_name_is_taken_for_data_dir(sample_dataset, make_checkpoint, tmp_path, monkeypatch):
     """--data_dir NAME means data/NAME, as for train.py."""
     from backpacks import dataset
     monkeypatch.setattr(dataset, "DATA_ROOT", sample_dataset.parent)

@@ -15,9 +15,6 @@ from model import ModelConfig, build_model
 EN, FR, EOT = 0, 1, 2
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 class IdTokenizer:
     """Text is whitespace-separated token ids: tests see exactly what was generated."""
     en_id, fr_id, eot_id, vocab_size = EN, FR, EOT, 64

@@ -95,7 +95,7 @@ def test_cuda_datasheet_peaks(name, dtype, expected):
     assert hardware.cuda_datasheet_peak(name, dtype) == expected
 
 
-def test_cpu_yardstick_is_a_measured_matmul_in_the_run_dtype(one_thread, monkeypatch):
+def test_cpu_yardstick_is_a_measured_matmul_in_the_run_dtype(monkeypatch):
     measured = []
     real = hardware.matmul_flops
     monkeypatch.setattr(hardware, 'matmul_flops',
@@ -105,14 +105,14 @@ def test_cpu_yardstick_is_a_measured_matmul_in_the_run_dtype(one_thread, monkeyp
     assert yardstick.startswith('measured bfloat16 128x128 matmul on cpu, ')
 
 
-def test_matmul_flops_counts_the_products(one_thread, monkeypatch):
+def test_matmul_flops_counts_the_products(monkeypatch):
     clock = iter(range(1000))
     monkeypatch.setattr(hardware.time, 'perf_counter', lambda: next(clock))  # one second per reading
     # readings: start (0), the loop's check after the 3 minimum products (1), the end (2)
     assert hardware.matmul_flops('cpu', 'float32', n=8, seconds=0) == pytest.approx(2 * 8 ** 3 * 3 / 2)
 
 
-def test_measuring_leaves_the_random_streams_alone(one_thread):
+def test_measuring_leaves_the_random_streams_alone():
     """train.py measures its yardstick after restoring a resumed run's RNG: drawing from the global
     generator there would shift dropout and break bitwise resume."""
     before = torch.get_rng_state()

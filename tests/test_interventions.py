@@ -12,7 +12,6 @@ from backpacks import interventions as iv
 import sample
 from model import BackpackLM, ModelConfig, build_model
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 V, K = 64, 4
 
 

@@ -21,7 +21,7 @@ def fake_wandb(calls):
     return types.SimpleNamespace(init=lambda **kwargs: calls.append(('init', kwargs)) or run)
 
 
-def test_wandb_receives_every_evaluation(dataset, tmp_path, monkeypatch, one_thread):
+def test_wandb_receives_every_evaluation(dataset, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setitem(sys.modules, 'wandb', fake_wandb(calls))
     out = tmp_path / 'run'
@@ -36,7 +36,7 @@ def test_wandb_receives_every_evaluation(dataset, tmp_path, monkeypatch, one_thr
                for (_, _, data), e in zip(logs, entries))
 
 
-def test_off_by_default_without_importing_wandb(dataset, tmp_path, monkeypatch, one_thread):
+def test_off_by_default_without_importing_wandb(dataset, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, 'wandb', None)  # importing it would raise
     train.main([*TINY, f'--data_dir={dataset}', '--max_iters=0', f'--out_dir={tmp_path / "run"}'])
     assert open_live_log({**train.DEFAULTS, 'wandb_log': False}) is None
@@ -52,7 +52,7 @@ def test_missing_wandb_is_one_line_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / 'run').exists()
 
 
-def test_only_rank_0_logs(dataset, tmp_path, monkeypatch, one_thread):
+def test_only_rank_0_logs(dataset, tmp_path, monkeypatch):
     """Every process but rank 0 trains without a live log: setup_run opens it on the master only."""
     calls = []
     monkeypatch.setitem(sys.modules, 'wandb', fake_wandb(calls))

@@ -50,7 +50,7 @@ def manual_log_likelihood(model, context, answer):
     return total
 
 
-def test_log_likelihood_matches_a_manual_loop(tiny_model, one_thread):
+def test_log_likelihood_matches_a_manual_loop(tiny_model):
     rng = np.random.default_rng(0)
     # lengths around block_size 32: short, padded next to long ones, and contexts cut from the left
     shapes = [[(3, 2), (5, 4)], [(1, 1)], [(20, 6), (28, 6), (2, 7)], [(30, 4)]]
@@ -62,14 +62,14 @@ def test_log_likelihood_matches_a_manual_loop(tiny_model, one_thread):
     assert cut == {"contexts_cut": 2, "answers_cut": 0}  # 28 + 6 and 30 + 4 do not fit 32 + 1
 
 
-def test_answers_longer_than_the_block_keep_their_first_tokens(tiny_model, one_thread):
+def test_answers_longer_than_the_block_keep_their_first_tokens(tiny_model):
     context, answer = [5, 6], list(range(3, 39)) + [4, 5]  # 38 answer tokens, block 32
     (score,), cut = mc.answer_log_likelihoods(tiny_model, [[(context, answer)]], "cpu")
     assert cut == {"contexts_cut": 1, "answers_cut": 1}
     assert score[0] == pytest.approx(manual_log_likelihood(tiny_model, context[-1:], answer[:32]), rel=1e-5, abs=1e-5)
 
 
-def test_pmi_score_is_conditional_minus_unconditional(tiny_model, one_thread):
+def test_pmi_score_is_conditional_minus_unconditional(tiny_model):
     tok, spec = CharTokenizer(), mc.TASK_SPECS["xnli"]
     examples = [mc.Example(1, "ab", "cd", 0), mc.Example(2, "b", "xyz", 2)]
     c = mc.score_components(tiny_model, tok, spec, "en", examples, tok.en_id, "cpu")
@@ -193,7 +193,7 @@ def test_missing_files_skip_the_task_with_the_reason(make_checkpoint, sample_dat
     (lambda rows: rows[::-1], "8 of 12 lines have another label"),
     (lambda rows: rows[:-1], "has 12 lines and the French 11"),
 ])
-def test_the_cross_lingual_line_needs_line_parallel_files(tiny_model, tmp_path, one_thread, french, reason):
+def test_the_cross_lingual_line_needs_line_parallel_files(tiny_model, tmp_path, french, reason):
     """en->fr tunes on English lines and reports on the French lines of the other half: French files
     in another order or of another length give no number, but the reason."""
     labels = mc.TASK_SPECS["xnli"].labels

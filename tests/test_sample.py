@@ -13,9 +13,6 @@ from backpacks.generation import translate
 from backpacks.tokenizer import load_tokenizer
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.fixture(scope='module')
 def tiny_run(sample_dataset, tmp_path_factory, make_checkpoint):
     return make_checkpoint(tmp_path_factory.mktemp('run'), sample_dataset)

@@ -47,7 +47,7 @@ def test_mixture_vectors_weight_senses_by_norm():
     np.testing.assert_allclose(sense_geometry.mixture_vectors(senses, 0.7), [[3 * pi[0], pi[1]]])
 
 
-def test_top1_and_uniform_ablations_equal_a_hand_computation(one_thread):
+def test_top1_and_uniform_ablations_equal_a_hand_computation():
     torch.manual_seed(0)
     model = BackpackLM(ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)).eval()
     idx = torch.randint(0, 40, (2, 7))

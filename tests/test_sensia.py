@@ -50,7 +50,7 @@ def tiny_backpack(seed=0):
 
 
 @pytest.mark.parametrize('context', sensia.CONTEXT_STATES)
-def test_pooling_unchanged_by_extra_right_padding(context, one_thread):
+def test_pooling_unchanged_by_extra_right_padding(context):
     model = tiny_backpack()
     hidden = {}
     model.backbone.register_forward_hook(lambda m, i, out: hidden.update(h=out))
@@ -229,7 +229,7 @@ def nan_sensia_loss(monkeypatch):
 
 
 @pytest.mark.slow
-def test_divergence_after_resume_names_the_iteration_best_pt_holds(sample_dataset, tmp_path, monkeypatch, one_thread):
+def test_divergence_after_resume_names_the_iteration_best_pt_holds(sample_dataset, tmp_path, monkeypatch):
     """Under SENSIA best.pt is chosen by val_loss_fr_pairs, so its iteration is looked up under that key."""
     out = tmp_path / 'run'
     best_iter = sensia_run_saved_by_two_processes(sample_dataset, out)
@@ -240,7 +240,7 @@ def test_divergence_after_resume_names_the_iteration_best_pt_holds(sample_datase
 
 
 @pytest.mark.slow
-def test_resume_on_another_process_count_hooks_the_backbone_once(sample_dataset, tmp_path, monkeypatch, one_thread):
+def test_resume_on_another_process_count_hooks_the_backbone_once(sample_dataset, tmp_path, monkeypatch):
     """Reseeding for another number of processes builds the objective once: no stale forward hook."""
     out = tmp_path / 'run'
     sensia_run_saved_by_two_processes(sample_dataset, out)

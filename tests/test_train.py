@@ -325,7 +325,7 @@ def scripted_val_losses(monkeypatch, losses):
 
 
 @pytest.mark.slow
-def test_early_stopping_and_its_resume_are_exact(synthetic_dataset, tmp_path, monkeypatch, capsys, one_thread):
+def test_early_stopping_and_its_resume_are_exact(synthetic_dataset, tmp_path, monkeypatch, capsys):
     scripted_val_losses(monkeypatch, [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 2.0, 1.0])
     common = [*TINY, f'--data_dir={synthetic_dataset}', '--early_stop_evals=3', '--decay_lr=False',
               '--checkpoint_interval=100']
@@ -345,13 +345,13 @@ def test_early_stopping_and_its_resume_are_exact(synthetic_dataset, tmp_path, mo
     assert load_checkpoint(tmp_path / 'b' / 'ckpt.pt')['iter_num'] == 25 and len(read_log(tmp_path / 'b')) == 6
 
 
-def test_early_stopping_is_off_by_default(synthetic_dataset, tmp_path, monkeypatch, one_thread):
+def test_early_stopping_is_off_by_default(synthetic_dataset, tmp_path, monkeypatch):
     scripted_val_losses(monkeypatch, [5.0, 6.0, 7.0, 8.0])
     train.main([*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=15', f'--out_dir={tmp_path}'])
     assert load_checkpoint(tmp_path / 'ckpt.pt')['iter_num'] == 15
 
 
-def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset, tmp_path, capsys, one_thread):
+def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset, tmp_path, capsys):
     train.main([*TINY, '--dtype=auto', f'--data_dir={synthetic_dataset}', '--max_iters=2', f'--out_dir={tmp_path}'])
     dtype, reason = hardware.resolve_dtype('auto', 'cpu')  # what this CPU multiplies natively
     assert capsys.readouterr().out.splitlines()[0] == f"machine: {hardware.describe_machine('cpu')}; dtype {dtype} ({reason})"
@@ -461,7 +461,7 @@ def gradients_of_first_step(monkeypatch, *argv):
     return gradients[0]
 
 
-def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path, monkeypatch, one_thread):
+def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path, monkeypatch):
     """2 micro-steps of batch 4 draw the windows of 1 micro-step of batch 8 (one generator, drawn in order)
     and must give its gradients: loss / micro_steps, not a sum nor another scale (Adam would hide a scale
     in the weights, so the gradients themselves are compared; grad_clip=0 leaves them as computed)."""
@@ -494,7 +494,7 @@ def assert_resume_is_bitwise(dataset, tmp_path, dtype, *settings):
     return a
 
 
-def test_resume_on_fewer_processes_than_saved_the_run(synthetic_dataset, tmp_path, capsys, one_thread):
+def test_resume_on_fewer_processes_than_saved_the_run(synthetic_dataset, tmp_path, capsys):
     """A run saved by 2 processes on a 2-GPU box (its per-process lists and GPU generators fabricated here)
     resumes in 1 CPU process with reseeded streams; with deterministic=True, which promises a bitwise
     continuation, it is one line instead."""
@@ -517,14 +517,14 @@ def test_resume_on_fewer_processes_than_saved_the_run(synthetic_dataset, tmp_pat
 
 @pytest.mark.slow
 @native_on_this_cpu('bfloat16')
-def test_resume_bitwise_bfloat16(synthetic_dataset, tmp_path, one_thread):
+def test_resume_bitwise_bfloat16(synthetic_dataset, tmp_path):
     ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'bfloat16')
     assert ckpt['scaler'] == {}  # bf16 needs no loss scaling: the scaler is off
 
 
 @pytest.mark.slow
 @native_on_this_cpu('float16')  # the GradScaler path on a GPU: experiments/gpu_check.sh
-def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path, one_thread):
+def test_resume_bitwise_float16_with_grad_scaler(synthetic_dataset, tmp_path):
     ckpt = assert_resume_is_bitwise(synthetic_dataset, tmp_path, 'float16')
     # the scaler's state went through the checkpoint: 8 steps without overflow since its last scale change
     assert ckpt['scaler']['_growth_tracker'] == 8 and ckpt['scaler']['scale'] > 0
@@ -596,7 +596,7 @@ def test_resume_without_checkpoint(tmp_path):
     assert 'does not exist' in error_of(['--init_from=resume', f'--out_dir={tmp_path}'])
 
 
-def test_resume_with_best_pt_only_advises_what_works(synthetic_dataset, tmp_path, one_thread):
+def test_resume_with_best_pt_only_advises_what_works(synthetic_dataset, tmp_path):
     """A run that left best.pt but no ckpt.pt: the advice (cp best.pt ckpt.pt, then resume) works."""
     out = tmp_path / 'out'
     train.main([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=5'])

@@ -5,9 +5,6 @@ import sys
 import pytest
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
 @pytest.mark.slow
 def test_writes_pngs_and_self_contained_html(sample_dataset, tmp_path, make_checkpoint, repo_root):
     run = make_checkpoint(tmp_path / 'run', sample_dataset)
