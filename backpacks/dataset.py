@@ -27,7 +27,7 @@ from backpacks.tokenizer import DataError  # noqa: F401  (re-exported: `from dat
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"  # the repository's data/
 # keys every reader relies on, and the sub-keys of the nested ones
 REQUIRED_META = {"vocab_size": (), "dtype": (), "tokenizer": ("kind", "path"), "special_tokens": ("en", "fr", "eot")}
-PREPARE_HINT = "run data/europarl/prepare.py (e.g. --source local --corpus data/europarl/sample/parliament --name sample)"
+PREPARE_HINT = "run python -m data.europarl.prepare (e.g. --source local --corpus data/europarl/sample/parliament --name sample)"
 VERIFY_VARIABLE = "BACKPACK_VERIFY_DATA"
 VERIFY_MODES = ("auto", "full", "size")
 FULL_CHECK_BYTES = 1 << 30  # auto: larger token files are only sized (hashing runs at roughly 0.5-1 GB/s)
@@ -118,7 +118,7 @@ def verify_token_file(path, meta):
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key in _verified:
         return
-    again = f"prepare the dataset again (`{meta.get('command', 'data/europarl/prepare.py')}`)"
+    again = f"prepare the dataset again (`{meta.get('command', 'python -m data.europarl.prepare')}`)"
     record = meta.get("token_files", {}).get(path.name)
     if record is None:
         warn_once(f"warning: {path.parent / 'meta.json'} records no sizes or sha256 of its token files (prepared "

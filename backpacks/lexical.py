@@ -254,7 +254,7 @@ def read_word_counts(data_dir):
     """word_counts.json of a dataset: {'en': {word: count}, 'fr': {...}}, most frequent first."""
     path = Path(data_dir) / "word_counts.json"
     if not path.is_file():
-        raise ResourceError(f"{path}: file not found (made by data/europarl/prepare.py)")
+        raise ResourceError(f"{path}: file not found (made by python -m data.europarl.prepare)")
     try:
         counts = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:  # also UnicodeDecodeError
@@ -472,7 +472,7 @@ def token_language_counts(data_dir, meta, split="train"):
     stream_path, index_path = data_dir / f"pairs_{split}.bin", data_dir / f"pairs_{split}_index.npy"
     for path in (stream_path, index_path):
         if not path.is_file():
-            raise ResourceError(f"{path}: file not found (made by data/europarl/prepare.py)")
+            raise ResourceError(f"{path}: file not found (made by python -m data.europarl.prepare)")
     tokens = np.memmap(stream_path, dtype=np.dtype(meta["dtype"]), mode="r")
     index = np.load(index_path)
     counts = {}

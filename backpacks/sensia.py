@@ -189,7 +189,7 @@ def pair_files(data_dir, split, meta):
     tokens_path, index_path = data_dir / f'pairs_{split}.bin', data_dir / f'pairs_{split}_index.npy'
     if not tokens_path.is_file() or not index_path.is_file():
         raise DataError(f"{data_dir} has no {tokens_path.name} / {index_path.name}: SENSIA needs a dataset "
-                        "with translation pairs, prepared by data/europarl/prepare.py")
+                        "with translation pairs, prepared by python -m data.europarl.prepare")
     tokens = token_file(tokens_path, meta)
     try:
         index = np.load(index_path)

@@ -229,7 +229,7 @@ def load_tokenizer(meta, data_dir):
         from tokenizers import Tokenizer as Backend
         path = Path(data_dir) / spec["path"]
         if not path.is_file():
-            raise DataError(f"{path} is missing: prepare the dataset again with data/europarl/prepare.py")
+            raise DataError(f"{path} is missing: prepare the dataset again with python -m data.europarl.prepare")
         try:
             backend = Backend.from_file(str(path))
         except Exception as e:  # the Rust library raises a bare Exception for unreadable files

@@ -16,13 +16,13 @@ def test_resolve_data_dir_by_path_and_by_name(sample_dataset, monkeypatch):
     assert resolve_data_dir(str(sample_dataset)) == sample_dataset.resolve()
     monkeypatch.setattr(dataset, "DATA_ROOT", sample_dataset.parent)
     assert resolve_data_dir("sample") == sample_dataset
-    with pytest.raises(DataError, match="prepare.py"):
+    with pytest.raises(DataError, match="run python -m data.europarl.prepare"):
         resolve_data_dir("no_such_dataset")
 
 
 def test_load_meta_errors(tmp_path, monkeypatch, sample_dataset):
     monkeypatch.setattr(dataset, "DATA_ROOT", tmp_path / "empty")
-    with pytest.raises(DataError, match="has no meta.json.*run data/europarl/prepare.py"):
+    with pytest.raises(DataError, match="has no meta.json.*run python -m data.europarl.prepare"):
         load_meta(tmp_path)
     monkeypatch.setattr(dataset, "DATA_ROOT", sample_dataset.parent)
     with pytest.raises(DataError, match="prepared datasets under data/: sample"):

@@ -77,7 +77,7 @@ def test_outputs_and_meta(dataset_dir, repo_root):
     assert meta["tokenizer"] == {"kind": "bpe", "path": "tokenizer.json", "base_vocab_size": meta["vocab_size"]}
     assert meta["dtype"] == "uint16" and meta["bidirectional"] is True and meta["seed"] == 1337
     assert set(meta["cleaning"]) == {"empty", "too_long", "length_ratio", "duplicate"}
-    assert "prepare.py" in meta["command"]
+    assert meta["command"].startswith("python -m data.europarl.prepare --source local")  # runnable as recorded
     for source in meta["sources"]:
         with open(source["path"], "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == source["sha256"]

@@ -491,65 +491,20 @@ def prepare(args, command):
     target = args.out_root / args.name
     check_target(target, args.overwrite)
     check_writable(args.out_root)
-    en, fr, sources = read_hub(args.source) if args.source != "local" else read_local(args.corpus)
-    pairs, dropped = clean_pairs(en, fr, args.max_chars)
-    print(f"read {len(en):,} pairs; dropped {dropped}; kept {len(pairs):,}")
-    if not pairs:
-        raise PrepareError(f"corpus is empty after cleaning ({len(en)} pairs read, dropped {dropped})")
-    groups = duplicate_groups(pairs)
-    split = split_indices(groups, args.seed, args.val_frac, args.test_frac, args.max_pairs)
+    pairs, groups, split, dropped, sources = read_and_split(args)
     order = np.concatenate([split["train"], split["val"], split["test"]])
     texts_en = [pairs[i][0] for i in order]
     texts_fr = [pairs[i][1] for i in order]
-    n_train, n = len(split["train"]), len(order)
-
-    if args.tokenizer == "bpe":
-        t = time.time()
-        print(f"training byte-level BPE (vocabulary {args.vocab_size}) on {n_train:,} train pairs ...", flush=True)
-        tok = train_bpe(itertools.chain(texts_en[:n_train], texts_fr[:n_train]), args.vocab_size, 2 * n_train)
-        print(f"trained byte-level BPE ({tok.vocab_size} ids) on {n_train:,} train pairs in {time.time() - t:.1f}s")
-    else:
-        try:
-            tok = open_tokenizer(args.tokenizer, args.tokenizer_path)
-        except DataError as e:
-            raise PrepareError(str(e)) from e
+    n_train = len(split["train"])
+    tok = make_tokenizer(args, texts_en[:n_train], texts_fr[:n_train])
     meta = tok.meta()
     dtype = token_dtype(tok.vocab_size)
     # piece k < n: English of the k-th pair in split order; piece n + k: its French
     flat, offsets = flatten(encode_all(tok, texts_en + texts_fr), dtype)
-    lengths = np.diff(offsets)
-
-    rng = np.random.default_rng(args.seed + 1)
+    n = len(order)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + len(split["val"])), "test": (n_train + len(split["val"]), n)}
-    directions = 2 if args.bidirectional else 1
-    arrays, stats = {}, {}
-    for name, (lo, hi) in bounds.items():
-        en_pieces, fr_pieces = np.arange(lo, hi), np.arange(lo, hi) + n
-        tokens_en, tokens_fr = int(lengths[lo:hi].sum()) * directions, int(lengths[n + lo:n + hi].sum()) * directions
-        stats[name] = {"pairs": hi - lo, "sequences": (hi - lo) * directions,
-                       "tokens": tokens_en + tokens_fr + 3 * (hi - lo) * directions,
-                       "tokens_en": tokens_en, "tokens_fr": tokens_fr}
-        # test.bin: the held-out loss (evaluate.py), on a split that selected no checkpoint
-        if args.lm_languages == "en,fr":
-            stream = split_stream(flat, offsets, en_pieces, fr_pieces, meta["special_tokens"], args.bidirectional, rng)
-        else:
-            side = en_pieces if args.lm_languages == "en" else fr_pieces
-            stream = monolingual_stream(flat, offsets, rng.permutation(side), meta["special_tokens"]["eot"])
-            stats[name].update(lm_stream_tokens=len(stream))
-        arrays[name] = (stream, *pair_arrays(flat, offsets, en_pieces, fr_pieces))
-    data_sha256 = hashlib.sha256()
-    for stream, _, _ in arrays.values():  # the token streams as written: train.bin, val.bin, test.bin
-        data_sha256.update(stream)
-    token_files = {f"{prefix}{name}.bin": token_record(tokens) for name, (stream, pair_tokens, _) in arrays.items()
-                   for prefix, tokens in (("", stream), ("pairs_", pair_tokens))}
-    meta.update(data_sha256=data_sha256.hexdigest(), token_files=token_files, dtype=dtype,
-                lm_languages=args.lm_languages.split(","),
-                bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
-                near_duplicates={"rule": "pairs sharing an English or French side (case, punctuation and "
-                                         "whitespace folded) are in one split", **group_stats(groups)},
-                sources=sources, command=command, source=args.source, max_chars=args.max_chars,
-                val_frac=args.val_frac, test_frac=args.test_frac, max_pairs=args.max_pairs)
-
+    arrays, stats = split_arrays(args, flat, offsets, bounds, n, meta["special_tokens"])
+    meta.update(dataset_record(args, arrays, stats, dtype, dropped, groups, sources, command))
     # a lower bound of the bytes written: the token arrays and the text of the jsonl files
     needed = sum(a.nbytes for triple in arrays.values() for a in triple) + sum(len(t.encode()) for t in texts_en + texts_fr)
     tmp_dir = args.out_root / temporary_name(args.name)
@@ -566,10 +521,76 @@ def prepare(args, command):
     return target
 
 
+def read_and_split(args):
+    """(pairs, near-duplicate groups, {split: pair indices}, dropped counts, sources) of the cleaned corpus."""
+    en, fr, sources = read_hub(args.source) if args.source != "local" else read_local(args.corpus)
+    pairs, dropped = clean_pairs(en, fr, args.max_chars)
+    print(f"read {len(en):,} pairs; dropped {dropped}; kept {len(pairs):,}")
+    if not pairs:
+        raise PrepareError(f"corpus is empty after cleaning ({len(en)} pairs read, dropped {dropped})")
+    groups = duplicate_groups(pairs)
+    split = split_indices(groups, args.seed, args.val_frac, args.test_frac, args.max_pairs)
+    return pairs, groups, split, dropped, sources
+
+
+def make_tokenizer(args, train_en, train_fr):
+    """A byte-level BPE trained on the train split only, or the named pretrained tokenizer."""
+    if args.tokenizer != "bpe":
+        try:
+            return open_tokenizer(args.tokenizer, args.tokenizer_path)
+        except DataError as e:
+            raise PrepareError(str(e)) from e
+    t = time.time()
+    print(f"training byte-level BPE (vocabulary {args.vocab_size}) on {len(train_en):,} train pairs ...", flush=True)
+    tok = train_bpe(itertools.chain(train_en, train_fr), args.vocab_size, 2 * len(train_en))
+    print(f"trained byte-level BPE ({tok.vocab_size} ids) on {len(train_en):,} train pairs in {time.time() - t:.1f}s")
+    return tok
+
+
+def split_arrays(args, flat, offsets, bounds, n, special_tokens):
+    """({split: (LM stream, pair tokens, pair index)}, {split: counts}) from the encoded pieces."""
+    lengths = np.diff(offsets)
+    rng = np.random.default_rng(args.seed + 1)
+    directions = 2 if args.bidirectional else 1
+    arrays, stats = {}, {}
+    for name, (lo, hi) in bounds.items():
+        en_pieces, fr_pieces = np.arange(lo, hi), np.arange(lo, hi) + n
+        tokens_en, tokens_fr = int(lengths[lo:hi].sum()) * directions, int(lengths[n + lo:n + hi].sum()) * directions
+        stats[name] = {"pairs": hi - lo, "sequences": (hi - lo) * directions,
+                       "tokens": tokens_en + tokens_fr + 3 * (hi - lo) * directions,
+                       "tokens_en": tokens_en, "tokens_fr": tokens_fr}
+        # test.bin: the held-out loss (evaluate.py), on a split that selected no checkpoint
+        if args.lm_languages == "en,fr":
+            stream = split_stream(flat, offsets, en_pieces, fr_pieces, special_tokens, args.bidirectional, rng)
+        else:
+            side = en_pieces if args.lm_languages == "en" else fr_pieces
+            stream = monolingual_stream(flat, offsets, rng.permutation(side), special_tokens["eot"])
+            stats[name].update(lm_stream_tokens=len(stream))
+        arrays[name] = (stream, *pair_arrays(flat, offsets, en_pieces, fr_pieces))
+    return arrays, stats
+
+
+def dataset_record(args, arrays, stats, dtype, dropped, groups, sources, command):
+    """What meta.json records beside the tokenizer: the data fingerprint, every token file's size, hash
+    and largest id, and how the data was made."""
+    data_sha256 = hashlib.sha256()
+    for stream, _, _ in arrays.values():  # the token streams as written: train.bin, val.bin, test.bin
+        data_sha256.update(stream)
+    token_files = {f"{prefix}{name}.bin": token_record(tokens) for name, (stream, pair_tokens, _) in arrays.items()
+                   for prefix, tokens in (("", stream), ("pairs_", pair_tokens))}
+    return dict(data_sha256=data_sha256.hexdigest(), token_files=token_files, dtype=dtype,
+                lm_languages=args.lm_languages.split(","),
+                bidirectional=args.bidirectional, seed=args.seed, splits=stats, cleaning=dropped,
+                near_duplicates={"rule": "pairs sharing an English or French side (case, punctuation and "
+                                         "whitespace folded) are in one split", **group_stats(groups)},
+                sources=sources, command=command, source=args.source, max_chars=args.max_chars,
+                val_frac=args.val_frac, test_frac=args.test_frac, max_pairs=args.max_pairs)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = "python " + shlex.join(["data/europarl/prepare.py", *argv])
+    command = "python -m data.europarl.prepare " + shlex.join(argv)
     try:
         return prepare(args, command)
     except (PrepareError, DataError) as e:
