@@ -106,7 +106,7 @@ tau_context_end = 0.0
 label_smoothing = 0.05       # of the French LM loss (the logged loss is unsmoothed)
 # system
 device = 'auto'              # 'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:1', 'mps'
-dtype = 'auto'               # 'auto' (bfloat16 autocast on CUDA and on CPUs with AMX/AVX512-BF16, else float32), 'float32', 'bfloat16', 'float16'
+dtype = 'auto'               # 'auto' (what the hardware multiplies natively: see docs/training.md), 'float32', 'bfloat16', 'float16'
 compile = False              # torch.compile the model
 seed = 1337
 deterministic = False        # deterministic kernels only: bitwise-reproducible runs (slower on GPU)

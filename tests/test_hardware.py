@@ -121,13 +121,13 @@ def test_measuring_leaves_the_random_streams_alone():
 
 
 def test_no_recipe_or_config_forces_a_half_precision_dtype(repo_root):
-    """Recipes and configs leave the dtype to 'auto': a forced bfloat16 is emulated (about 100x slower)
+    """Recipes, configs and the notebook leave the dtype to 'auto': a forced bfloat16 is emulated (about 100x slower)
     on CPUs without AMX or AVX512-BF16, and float16 needs a GPU. A line that runs only on CUDA says so
     in its comment ('only on CUDA')."""
     forced = [f"{path.relative_to(repo_root)}:{number}: {line.strip()}"
-              for pattern in ('experiments/*.sh', 'config/*.py')
+              for pattern in ('experiments/*.sh', 'experiments/*.ipynb', 'config/*.py')
               for path in sorted(repo_root.glob(pattern))
               for number, line in enumerate(path.read_text().splitlines(), start=1)
-              if re.search(r"dtype\s*=\s*['\"]?(bfloat16|float16)", line.split('#')[0])
+              if re.search(r"dtype\s*=\s*['\"]?(bfloat16|float16)", line.split('#')[0], re.IGNORECASE)
               and 'only on CUDA' not in line]
     assert not forced, "force a dtype that may be emulated: " + "; ".join(forced)

@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "experiments" / "train_tiny_gpu.ipynb"
 
 # values the checks substitute for the notebook's {NAME} placeholders in shell commands
-PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DTYPE": "bfloat16", "DATA_DIR": "sample", "ROOT": "drive",
+PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DATA_DIR": "sample", "ROOT": "drive",
                       "GPU_DATA": "drive/data/europarl_gpt2_50k", "RUN_DIR": "drive/backpack_gpt2_europarl"}
 GPU_HEADING = "## 8. On a GPU"  # the GPU section, after the tiny comparison of steps 1-7
 CHECKED_SCRIPTS = ("train.py", "evaluate.py", "compare_models.py", "data/europarl/prepare.py")
