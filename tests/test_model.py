@@ -144,22 +144,28 @@ def test_mixing_branches_match_the_reference_product_with_gradients(mixing, padd
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_cuda_mixing_branch_in_the_model_matches_the_reference(monkeypatch):
-    """The whole Backpack with its CUDA mixing forced on the CPU: logits, parameter gradients and a
-    left-padded step() equal the reference path's."""
-    model = tiny_model('backpack', n_embd=64, n_senses=8)
-    idx, targets = torch.randint(0, 64, (3, 32)), torch.randint(0, 64, (3, 32))
-    mask = torch.ones(3, 32, dtype=torch.bool)
+def fast_and_reference_outputs(model, device='cpu'):
+    """(idx, [[logits, parameter gradients..., left-padded step() logits] of the fast mixing path, the
+    same of the reference product]) on one random batch idx."""
+    idx, targets = torch.randint(0, 64, (3, 32), device=device), torch.randint(0, 64, (3, 32), device=device)
+    mask = torch.ones(3, 32, dtype=torch.bool, device=device)
     mask[0, :5] = False
     results = []
     for fast in (True, False):
         model.fast_mixing = fast
-        with monkeypatch.context() as patch:
-            patch.setattr(BackpackLM, '_mix', lambda self, q, k, senses, mask: sdpa_mixing(q, k, senses, mask))
-            model.zero_grad()
-            logits, loss = model(idx, targets)
-            loss.backward()
-            results.append([logits, *(p.grad for p in model.parameters()), model.step(idx, attention_mask=mask)[0]])
+        model.zero_grad()
+        logits, loss = model(idx, targets)
+        loss.backward()
+        results.append([logits, *(p.grad for p in model.parameters()), model.step(idx, attention_mask=mask)[0]])
+    model.fast_mixing = True
+    return idx, results
+
+
+def test_cuda_mixing_branch_in_the_model_matches_the_reference(monkeypatch):
+    """The whole Backpack with its CUDA mixing forced on the CPU: logits, parameter gradients and a
+    left-padded step() equal the reference path's."""
+    monkeypatch.setattr(BackpackLM, '_mix', lambda self, q, k, senses, mask: sdpa_mixing(q, k, senses, mask))
+    _, results = fast_and_reference_outputs(tiny_model('backpack', n_embd=64, n_senses=8))
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -169,19 +175,9 @@ def test_the_model_on_cuda_matches_the_reference_path():
     """On the GPU the Backpack mixes through SDPA: logits, gradients and a left-padded step() equal the
     reference product's in float32, and the bfloat16/float16 autocast logits stay close to them."""
     model = tiny_model('backpack', n_embd=64, n_senses=8).cuda()
-    idx, targets = torch.randint(0, 64, (3, 32), device='cuda'), torch.randint(0, 64, (3, 32), device='cuda')
-    mask = torch.ones(3, 32, dtype=torch.bool, device='cuda')
-    mask[0, :5] = False
-    results = []
-    for fast in (True, False):
-        model.fast_mixing = fast
-        model.zero_grad()
-        logits, loss = model(idx, targets)
-        loss.backward()
-        results.append([logits, *(p.grad for p in model.parameters()), model.step(idx, attention_mask=mask)[0]])
+    idx, results = fast_and_reference_outputs(model, 'cuda')
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    model.fast_mixing = True
     for dtype in (torch.float16, torch.bfloat16):
         with torch.no_grad(), torch.autocast('cuda', dtype=dtype):
             low, _ = model(idx)
