@@ -40,15 +40,13 @@ from backpacks import metrics, objectives, sensia
 from backpacks.atomic import atomic_write_text
 from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
-from backpacks.dataset import (BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, split_tokens,
-                               unigram_entropy)
+from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, unigram_entropy
 from backpacks.devices import check_device_name, process_device, resolve_device
 from backpacks.errors import fail
 from backpacks.hardware import DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype
 from backpacks.live_log import open_live_log, require_wandb
 from backpacks.rundir import no_checkpoint_to_resume, run_directory
 from backpacks.starting_points import model_from_run, pretrained_backpack
-from backpacks.tokenizer import check_vocabulary
 from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, check_model, preset_config
 
 _names_before_defaults = set(globals())
@@ -419,7 +417,7 @@ def start(cfg, explicit, ckpt_path):
         meta = load_meta(data_path)
         if resume is None and cfg['init_from'] == 'scratch':
             fresh_model_config(cfg, explicit, meta['vocab_size'])  # impossible sizes: one line now
-        check_data(cfg, meta, data_path)
+        objectives.check_data(cfg, meta, data_path)
         if resume is not None:
             check_resume(resume, explicit, meta, data_path, ckpt_path)
     except DataError as e:
@@ -433,20 +431,6 @@ def start(cfg, explicit, ckpt_path):
     finally:
         if ddp:
             dist.destroy_process_group()
-
-
-def check_data(cfg, meta, data_path):
-    """DataError, before any model is built, for data the run would fail on later (after best.pt, which
-    would then block the re-run) or that is not what meta.json, and so the run's fingerprint, says:
-    token streams replaced or too short (test.bin too: evaluation reads it), a vocabulary that disagrees
-    with the tokenizer, SENSIA pairs files that do not fit."""
-    for split in ('train', 'val'):
-        BatchSampler(data_path).check_split(split, cfg['block_size'])
-    if (data_path / 'test.bin').is_file():  # absent from datasets prepared before it was written
-        split_tokens(data_path, 'test', meta)
-    check_vocabulary(meta, data_path)
-    if cfg['objective'] == 'sensia':
-        sensia.check_pairs(data_path, meta, cfg['batch_size'])
 
 
 def configure_torch(cfg, device, rank, world_size):
