@@ -3,7 +3,6 @@ value stops the script with one line (errors.fail) before any model is loaded.""
 import os
 from pathlib import Path
 
-
 from backpacks.dataset import DataError, resolve_data_dir
 from backpacks.errors import fail
 from backpacks.generation import new_token_cap

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from backpacks.atomic import file_digest, size_text, stale_temporaries, temporary_name, token_record
 from backpacks.errors import ArgumentParser
 from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
+from backpacks.textfile import TextFileError, decode_utf8
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,10 +78,9 @@ def read_lines(path):
     except (OSError, EOFError) as e:
         raise PrepareError(f"cannot read {path}: {e}") from e
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise PrepareError(f"{path}: invalid UTF-8 on line {line} (byte {e.start})") from e
+        text = decode_utf8(data, str(path))
+    except TextFileError as e:
+        raise PrepareError(str(e)) from None
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
