@@ -172,10 +172,10 @@ def load_for_eval(out_dir, which, device, data_dir=None, same_data=True):
     data_dir = Path(data_dir or ckpt["data_dir"])
     try:
         if (data_dir / "meta.json").is_file():
-            check_same_dataset(ckpt["meta"], load_meta(data_dir), Path(out_dir) / CHECKPOINT_FILES[which],
-                               data_dir, check_data=same_data)
+            meta = load_meta(data_dir)
+            check_same_dataset(ckpt["meta"], meta, Path(out_dir) / CHECKPOINT_FILES[which], data_dir, check_data=same_data)
             if same_data and (data_dir / "test.bin").is_file():  # a replaced test stream is refused, not skipped
-                verify_token_file(data_dir / "test.bin", load_meta(data_dir))
+                verify_token_file(data_dir / "test.bin", meta)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     try:

@@ -44,10 +44,15 @@ def cpu_flags():
     return set()
 
 
+def native_bf16_features(flags=None):
+    """The names of this CPU's instruction sets that multiply bfloat16 natively (empty: emulated)."""
+    flags = cpu_flags() if flags is None else flags
+    return [name for flag, name in CPU_BF16_FLAGS.items() if flag in flags]
+
+
 def cpu_bf16_support(flags=None):
     """(True/False, why): whether this CPU multiplies bfloat16 matrices natively."""
-    flags = cpu_flags() if flags is None else flags
-    found = [name for flag, name in CPU_BF16_FLAGS.items() if flag in flags]
+    found = native_bf16_features(flags)
     if found:
         return True, f"the CPU has {' and '.join(found)}"
     return False, "the CPU has neither AMX-BF16 nor AVX512-BF16 (bfloat16 would be emulated, slower than float32)"
@@ -124,7 +129,7 @@ def describe_machine(device):
         return f"{torch.cuda.get_device_name(device)}, compute capability {major}.{minor}"
     if str(device) == 'mps':
         return f"Apple MPS ({cpu_name()})"
-    native = [name for flag, name in CPU_BF16_FLAGS.items() if flag in cpu_flags()]
+    native = native_bf16_features()
     bf16 = f"native bfloat16 ({', '.join(native)})" if native else "bfloat16 emulated (no AMX-BF16/AVX512-BF16)"
     return f"{cpu_name()}, {bf16}, {torch.get_num_threads()} threads"
 
