@@ -1,0 +1,80 @@
+"""The study's plan (experiments/study.sh): the Transformer baselines matched to the Backpack by
+tokens, by training FLOPs and by parameters, and the standard evaluation sets with their fallbacks.
+
+    plan = matched_runs(shape, vocab_size, iters)   # {'transformer_flops': {'max_iters': ...}, ...}
+
+Matching, all at the same data, batch, block and schedule shape:
+  tokens:     the Backpack's backbone (layers, heads, width) and its iterations
+  FLOPs:      the same backbone, iterations x flops_per_token(Backpack) / flops_per_token(Transformer),
+              so both spend the same training FLOPs (model.flops_per_token: 6N + attention, per token)
+  parameters: the same depth and heads, the width whose total parameter count is nearest the
+              Backpack's (the Backpack's extra parameters are its sense network), and its iterations
+"""
+from dataclasses import dataclass, replace
+
+import torch
+
+from backpacks import resources
+from model import ModelConfig, build_model
+
+MATCHINGS = ("tokens", "flops", "params")
+# standard sets of the layout (resources.py), each with what stands in when it cannot be had
+STANDARD_SETS = {"flores200": ("parallel/flores200-devtest.en", "parallel/flores200-devtest.fr"),
+                 "muse_test": ("lexicon/muse-en-fr.5000-6500.tsv",)}
+
+
+@dataclass(frozen=True)
+class Shape:
+    n_layer: int
+    n_head: int
+    n_embd: int
+    n_senses: int
+    block_size: int
+
+
+def build(model_type, shape, vocab_size, **overrides):
+    """An untrained model of the shape on the meta device: counts without allocating weights."""
+    shape = replace(shape, **overrides)
+    args = dict(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd, block_size=shape.block_size,
+                vocab_size=vocab_size, dropout=0.0)
+    if model_type == "backpack":
+        args["n_senses"] = shape.n_senses
+    with torch.device("meta"):
+        return build_model(model_type, ModelConfig(**args))
+
+
+def param_matched_width(shape, vocab_size):
+    """The Transformer width (a multiple of 2 x n_head: even head dimensions) whose total parameters
+    are nearest the Backpack's, and both totals."""
+    target = build("backpack", shape, vocab_size).param_counts()["total"]
+    step = 2 * shape.n_head
+    widths = range(step, 4 * shape.n_embd + step, step)
+    totals = {w: build("transformer", shape, vocab_size, n_embd=w).param_counts()["total"] for w in widths}
+    width = min(totals, key=lambda w: abs(totals[w] - target))
+    return width, totals[width], target
+
+
+def matched_runs(shape, vocab_size, iters):
+    """{name: train.py settings} of the three Transformer baselines, each with why it is matched."""
+    backpack = build("backpack", shape, vocab_size)
+    transformer = build("transformer", shape, vocab_size)
+    ratio = backpack.flops_per_token() / transformer.flops_per_token()
+    width, total, target = param_matched_width(shape, vocab_size)
+    return {
+        "transformer_tokens": {"max_iters": iters, "n_embd": shape.n_embd,
+                               "why": f"same backbone and tokens ({iters} iterations)"},
+        "transformer_flops": {"max_iters": round(iters * ratio), "n_embd": shape.n_embd,
+                              "why": f"same backbone; iterations x {ratio:.3f}, the ratio of flops_per_token "
+                                     f"({backpack.flops_per_token() / 1e6:.1f}M / {transformer.flops_per_token() / 1e6:.1f}M)"},
+        "transformer_params": {"max_iters": iters, "n_embd": width,
+                               "why": f"width {width} instead of {shape.n_embd}: {total:,} parameters against the "
+                                      f"Backpack's {target:,} ({total / target - 1:+.1%})"},
+    }
+
+
+def standard_set(name, data_root, fetch):
+    """(paths, None) of a standard set found in the layout (fetched when allowed), else (None, why not)."""
+    try:
+        return [resources.locate(rel, data_root, fetch) for rel in STANDARD_SETS[name]], None
+    except resources.ResourceMissing as e:
+        return None, str(e)

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# The study: a Backpack against Transformers matched by tokens, training FLOPs and parameters; SENSIA
+# against its controls; the sense interventions; one report (study.md and figures) whose path is the
+# last line printed. Each step is reused when run again (trainings resume, evaluations are kept while
+# their checkpoint is unchanged), so an interrupted study continues where it stopped.
+#
+#   bash experiments/study.sh                          # Europarl en-fr from the hub, 100k pairs
+#   bash experiments/study.sh --corpus PREFIX ...      # local NAME.en/NAME.fr pairs (or TSV files)
+#   SMOKE=1 bash experiments/study.sh                  # every step on the sample corpus, in minutes
+#
+# Settings (environment): OUT (default out/study), ITERS (Backpack iterations, default 300),
+# SEEDS=2 (a second seed of the Backpack and the token-matched Transformer), SENSIA_PRETRAIN_ITERS
+# (300), SENSIA_ITERS (120), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present).
+# docs/study.md says what each step measures and how long it takes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage="usage: [SMOKE=1] [OUT=DIR] [ITERS=N] [SEEDS=1|2] bash experiments/study.sh [--corpus PREFIX ...]"
+corpus=()
+if [[ $# -gt 0 ]]; then
+  [[ $1 == --corpus && $# -ge 2 ]] || { echo "$usage" >&2; exit 2; }
+  shift
+  corpus=("$@")
+fi
+[[ ${SEEDS:-1} == 1 || ${SEEDS:-1} == 2 ]] || { echo "error: SEEDS must be 1 or 2, got $SEEDS" >&2; exit 2; }
+if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
+  export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
+fi
+
+if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipeline, measures nothing
+  OUT=${OUT:-out/study_smoke}; ITERS=${ITERS:-6}; PRE=${SENSIA_PRETRAIN_ITERS:-6}; ADAPT=${SENSIA_ITERS:-4}
+  ((${#corpus[@]})) || corpus=(data/europarl/sample/parliament)
+  VOCAB=512; MAX_PAIRS=(); SHAPE=(--n_layer=2 --n_head=2 --n_embd=32 --n_senses=4 --block_size=64 --batch_size=4)
+  EVAL=(--translation_samples 4 --max_new_tokens 12 --sentence_pairs 16 --mc_examples 8 --loss_batches 2
+        --geometry_pairs 50 --geometry_sentences 16 --sense_sentences 4 --sense_pairs 50)
+  INTERVENE=(--samples 1 --max_new_tokens 4 --topics 1 --professions 2)
+else
+  OUT=${OUT:-out/study}; ITERS=${ITERS:-300}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-120}
+  VOCAB=16384; MAX_PAIRS=(--max_pairs 100000); SHAPE=()
+  EVAL=(--translation_samples 200 --sentence_pairs 500 --mc_examples 400)
+  INTERVENE=(--samples 4 --max_new_tokens 20)
+fi
+if ((${#corpus[@]})); then source=(--source local --corpus "${corpus[@]}"); else source=(--source europarl); fi
+mkdir -p "$OUT/steps"
+data=$OUT/data/study
+data_en=$OUT/data/study_en
+started=$SECONDS
+step_number=0
+step() {  # progress line of the next step
+  step_number=$((step_number + 1))
+  printf '[study %2d | %s | %3d min] %s\n' "$step_number" "$(date +%H:%M:%S)" $(((SECONDS - started) / 60)) "$*"
+}
+timed() {  # name, command...: run it and append its wall time to $OUT/steps/times.tsv
+  local name=$1 t0=$SECONDS; shift
+  "$@"
+  printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$OUT/steps/times.tsv"
+}
+done_with() {  # name, files...: true when the step already ran on these exact files
+  local key; key=$(stat -c '%n %s %Y' "${@:2}" | sha256sum | cut -c1-16)
+  [[ -f $OUT/steps/$1.done && $(cat "$OUT/steps/$1.done") == "$key" ]]
+}
+mark_done() {
+  stat -c '%n %s %Y' "${@:2}" | sha256sum | cut -c1-16 > "$OUT/steps/$1.done"
+}
+train() {  # out_dir, train.py arguments: a finished run is kept, an interrupted one resumed
+  local out=$1; shift
+  if [[ -f $out/ckpt.pt ]]; then
+    timed "train $(basename "$out")" python train.py --init_from=resume --out_dir="$out"
+  else
+    timed "train $(basename "$out")" python train.py "$@" --out_dir="$out"
+  fi
+}
+
+step "datasets: a ${VOCAB}-token bilingual BPE on ${corpus[*]:-Europarl from the hub}; pairs, and English only for SENSIA"
+for lm in both en; do
+  name=$([[ $lm == en ]] && echo study_en || echo study)
+  languages=(); [[ $lm == en ]] && languages=(--lm_languages en)
+  [[ -f $OUT/data/$name/meta.json ]] || timed "prepare $name" python -m data.europarl.prepare "${source[@]}" \
+    --name "$name" --out_root "$OUT/data" --vocab_size $VOCAB "${MAX_PAIRS[@]}" "${languages[@]}"
+done
+
+step "plan: the Transformers matched to the Backpack by tokens, FLOPs and parameters; the standard test sets"
+python -m experiments.study plan --out "$OUT" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
+source "$OUT/plan.env"  # TRANSFORMER_*_MAX_ITERS, TRANSFORMER_*_N_EMBD, TEST_SET, DICTIONARY
+
+runs=(backpack transformer_tokens transformer_flops transformer_params)
+((${SEEDS:-1} == 2)) && runs+=(backpack_seed2 transformer_tokens_seed2)
+for run in "${runs[@]}"; do
+  step "train $run"
+  case $run in
+    backpack*) settings=(--model_type=backpack --max_iters="$ITERS") ;;
+    transformer_tokens*) settings=(--model_type=transformer --max_iters="$TRANSFORMER_TOKENS_MAX_ITERS") ;;
+    transformer_flops) settings=(--model_type=transformer --max_iters="$TRANSFORMER_FLOPS_MAX_ITERS") ;;
+    transformer_params) settings=(--model_type=transformer --max_iters="$TRANSFORMER_PARAMS_MAX_ITERS"
+                                  --n_embd="$TRANSFORMER_PARAMS_N_EMBD") ;;
+  esac
+  seed=(); [[ $run == *_seed2 ]] && seed=(--seed=2337)
+  iters=${settings[1]#--max_iters=}; [[ $run == backpack* ]] && iters=$ITERS
+  train "$OUT/$run" config/study.py "${SHAPE[@]}" "${settings[@]}" "${seed[@]}" --data_dir="$data" \
+    --warmup_iters=$((iters / 10)) --eval_interval=$(((ITERS + 4) / 5)) --checkpoint_interval=$(((ITERS + 4) / 5))
+done
+
+step "SENSIA: pretrain an English Backpack of the same shape on the English side"
+train "$OUT/sensia/english" config/study.py "${SHAPE[@]}" --model_type=backpack --max_iters="$PRE" --data_dir="$data_en" \
+  --warmup_iters=$((PRE / 10)) --eval_interval=$(((PRE + 4) / 5)) --checkpoint_interval=$(((PRE + 4) / 5))
+for run in sensia lm_only mcl; do
+  step "SENSIA: adapt to French with $run ($ADAPT steps)"
+  train "$OUT/sensia/$run" "config/adapt_${run}_tiny.py" --init_from="$OUT/sensia/english" --data_dir="$data_en" \
+    --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
+    --checkpoint_interval=$(((ADAPT + 3) / 4))
+done
+
+step "evaluate the Backpack and the Transformers (loss, translation, word similarity, BLI, retrieval, XNLI, PAWS-X)"
+dirs=("${runs[@]/#/$OUT/}")
+timed "evaluate models" python compare_models.py --backpack_dir "${dirs[0]}" --transformer_dir "${dirs[1]}" \
+  --extra_dirs "${dirs[@]:2}" --output_dir "$OUT/comparison" --reuse \
+  --tasks loss,translation,wordsim,bli,sentence,senses,xnli,pawsx "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}"
+
+for run in english sensia lm_only mcl; do
+  step "evaluate SENSIA run $run (French loss, recall@1, entropy, topology, Procrustes, mixture, XNLI, PAWS-X)"
+  ckpt=$OUT/sensia/$run/ckpt.pt
+  done_with "evaluate_sensia_$run" "$ckpt" && continue
+  timed "evaluate $run" python evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
+    "${EVAL[@]}" > /dev/null
+  mark_done "evaluate_sensia_$run" "$ckpt"
+done
+
+step "interventions on the Backpack against the token-matched Transformer"
+if ! done_with interventions "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt"; then
+  timed interventions python -m experiments.run_interventions --out_dir "$OUT/backpack" \
+    --baseline_dir "$OUT/transformer_tokens" "${INTERVENE[@]}" > /dev/null
+  mark_done interventions "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt"
+fi
+
+step "report"
+python -m experiments.study report --out "$OUT"
