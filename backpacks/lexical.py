@@ -407,9 +407,10 @@ def word_similarity(vectors, pairs, reps, corpus_words=None):
         in_corpus = np.array([a.lower() in corpus_words and b.lower() in corpus_words for a, b, _ in used])
         result["pairs_in_corpus"] = int(in_corpus.sum())
     result["spearman"] = {}
+    result["gold"] = gold.tolist()  # with each representation's similarities: paired tests between models
     for rep in reps:
         predicted = vectors.pair_similarity(rep, rows1, rows2)
-        entry = metrics.spearman(predicted, gold)
+        entry = {**metrics.spearman(predicted, gold), "similarities": np.round(predicted, 5).tolist()}
         if in_corpus is not None and in_corpus.sum() >= 3:
             entry["in_corpus"] = metrics.spearman(predicted[in_corpus], gold[in_corpus])
         result["spearman"][rep] = entry

@@ -31,15 +31,28 @@ def add_language_losses(sums, logits, targets, languages=None):
     """Add a batch's summed next-token loss and scored-token count to sums['all'] and, given the
     target languages (0 English, 1 French), to sums['en'] and sums['fr']; targets of -1 are not
     scored. Training's val loss and evaluation's test loss both count this way."""
+    losses, masks = token_losses_by_language(logits, targets, languages)
+    for name, mask in masks.items():
+        sums[name][0] += losses[mask].sum().item()
+        sums[name][1] += int(mask.sum().item())
+
+
+def token_losses_by_language(logits, targets, languages=None):
+    """(per-token next-token loss (B,T), {'all', and given languages 'en' and 'fr': mask of the
+    scored tokens (B,T)})."""
     losses = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
                              reduction='none').view_as(targets)
     scored = targets != -1
     masks = {'all': scored}
     if languages is not None:
         masks.update(en=scored & (languages == 0), fr=scored & (languages == 1))
-    for name, mask in masks.items():
-        sums[name][0] += losses[mask].sum().item()
-        sums[name][1] += int(mask.sum().item())
+    return losses, masks
+
+
+def window_language_losses(logits, targets, languages):
+    """{'all', 'en', 'fr': ([summed loss of each window (row)], [its scored tokens])}."""
+    losses, masks = token_losses_by_language(logits, targets, languages)
+    return {name: ((losses * mask).sum(dim=1).tolist(), mask.sum(dim=1).tolist()) for name, mask in masks.items()}
 
 
 def _check_parallel(hypotheses, references):
@@ -213,14 +226,49 @@ def resample_ranks(values, idx):
     return below[rows, drawn] + (counts[rows, drawn] + 1) / 2
 
 
-def bootstrap_spearman_interval(predicted, gold, samples=BOOTSTRAP_SAMPLES, seed=0):
-    """95% bootstrap interval of Spearman rho: all resamples ranked and correlated at once."""
-    idx = bootstrap_indices(len(predicted), samples, seed)
-    ranks = [resample_ranks(np.asarray(x, dtype=np.float64), idx) for x in (predicted, gold)]
+def resampled_spearman(predicted_and_gold, idx):
+    """Spearman rho of every resample (row of idx) of the (predicted, gold) items, all ranked and
+    correlated at once; NaN for a constant resample."""
+    ranks = [resample_ranks(np.asarray(x, dtype=np.float64), idx) for x in predicted_and_gold]
     a, b = (r - r.mean(axis=1, keepdims=True) for r in ranks)
-    with np.errstate(invalid="ignore", divide="ignore"):  # a constant resample has no rho (NaN, left out)
-        rho = (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
-    return percentile_interval(rho)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+
+
+def bootstrap_spearman_interval(predicted, gold, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """95% bootstrap interval of Spearman rho."""
+    return percentile_interval(resampled_spearman((predicted, gold), bootstrap_indices(len(predicted), samples, seed)))
+
+
+def resampled_mean(values, idx):
+    return np.asarray(values, dtype=np.float64)[idx].mean(axis=1)
+
+
+def resampled_ratio(sums_and_counts, idx):
+    """sum(sums) / sum(counts) of every resample: a loss per token over resampled windows."""
+    sums, counts = (np.asarray(x, dtype=np.float64) for x in sums_and_counts)
+    return sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+
+
+def ratio_interval(sums, counts, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """95% bootstrap interval of sum(sums) / sum(counts) over the items (e.g. test windows)."""
+    return percentile_interval(resampled_ratio((sums, counts), bootstrap_indices(len(sums), samples, seed)))
+
+
+def paired_difference(statistic, a, b, n, samples=BOOTSTRAP_SAMPLES, seed=0):
+    """Paired bootstrap test of statistic(a) - statistic(b), two systems measured on the same n items
+    (statistic(data, idx) gives one value per row of resampled item indices, e.g. resampled_mean).
+    Both systems see the same resamples, so item difficulty cancels. p: two-sided, twice the share of
+    resampled differences on the far side of 0 (at most 1; 0 means below 1 / samples)."""
+    idx = bootstrap_indices(n, samples, seed)
+    everything = np.arange(n)[None]
+    point = float(statistic(a, everything)[0] - statistic(b, everything)[0])
+    diff = statistic(a, idx) - statistic(b, idx)
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        return {"difference": point, "ci95": None, "p_value": None, "n": int(n)}
+    p = min(1.0, 2 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
+    return {"difference": point, "ci95": percentile_interval(diff), "p_value": p, "n": int(n)}
 
 
 def intervals_overlap(a, b):
@@ -312,16 +360,22 @@ def precision_at_k(scores, gold, ks=(1, 5), seed=0):
     hits = np.array([[c in g for c in row] for row, g in zip(ranked.tolist(), map(set, gold))])
     found = {k: hits[:, :k].any(axis=1) for k in ks}
     return {**{f"p@{k}": float(found[k].mean()) for k in ks},
-            "ci95": {f"p@{k}": bootstrap_mean_interval(found[k], seed=seed) for k in ks}}
+            "ci95": {f"p@{k}": bootstrap_mean_interval(found[k], seed=seed) for k in ks},
+            "hits@1": found[min(ks)].astype(int).tolist()}  # per query, for paired tests between models
 
 
 # -----------------------------------------------------------------------------
 # sentence retrieval
 
-def recall_at_1(similarities):
-    """Fraction of rows whose most similar column is the row's own index (pair i <-> i)."""
+def hits_at_1(similarities):
+    """Per row: whether its most similar column is the row's own index (pair i <-> i)."""
     similarities = np.asarray(similarities)
-    return float(np.mean(similarities.argmax(axis=1) == np.arange(similarities.shape[0])))
+    return similarities.argmax(axis=1) == np.arange(similarities.shape[0])
+
+
+def recall_at_1(similarities):
+    """Fraction of rows whose most similar column is the row's own index."""
+    return float(np.mean(hits_at_1(similarities)))
 
 
 def random_derangement(n, rng):
@@ -344,13 +398,17 @@ def pair_similarity_vs_derangement(a, b, seed=0):
             "n": int(len(a))}
 
 
-def sentence_retrieval(a, b, seed=0):
-    """Pair cosine vs derangement baseline and recall@1 both ways for aligned rows of a and b."""
+def sentence_retrieval(a, b, seed=0, directions=("a_to_b", "b_to_a")):
+    """Pair cosine vs derangement baseline and recall@1 both ways (named by directions) for aligned
+    rows of a and b, with 95% bootstrap intervals and the per-pair hits (for paired tests)."""
     sims = cosine_matrix(a, b)
     result = pair_similarity_vs_derangement(a, b, seed)
-    result["recall@1_a_to_b"] = recall_at_1(sims)
-    result["recall@1_b_to_a"] = recall_at_1(sims.T)
-    result["chance_recall@1"] = 1.0 / len(a)
+    result.update({"chance_recall@1": 1.0 / len(a), "ci95": {}, "hits": {}})
+    for direction, matrix in zip(directions, (sims, sims.T)):
+        hits = hits_at_1(matrix)
+        result[f"recall@1_{direction}"] = float(hits.mean())
+        result["ci95"][f"recall@1_{direction}"] = bootstrap_mean_interval(hits, seed=seed)
+        result["hits"][f"recall@1_{direction}"] = hits.astype(int).tolist()
     return result
 
 

@@ -28,6 +28,7 @@ def headline_metrics(results, with_intervals=False):
     for lang in ("all", "en", "fr"):
         if lang in loss:
             rows[f"{split} loss ({lang})"] = loss[lang]["loss"]
+            intervals[f"{split} loss ({lang})"] = loss[lang].get("ci95")
     if "all" in loss:
         rows[f"{split} perplexity"] = loss["all"]["perplexity"]
     translation = results.get("translation", {})
@@ -56,6 +57,7 @@ def headline_metrics(results, with_intervals=False):
         if states in sentence:
             entry = sentence[states]["mean"]
             rows[f"sentence {states} mean-pool R@1 en->fr"] = entry["recall@1_en_to_fr"]
+            intervals[f"sentence {states} mean-pool R@1 en->fr"] = entry.get("ci95", {}).get("recall@1_en_to_fr")
             rows[f"sentence {states} mean-pool cos (pair - random)"] = \
                 entry["pair_cosine"]["mean"] - entry["derangement_cosine"]["mean"]
     entropy = results.get("senses", {}).get("alpha_entropy", {})

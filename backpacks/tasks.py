@@ -198,17 +198,24 @@ def task_loss(ctx):
         sampler = BatchSampler(ctx.data_dir, seed=args.seed)
     except DataError as e:
         raise SkipTask(str(e))
-    totals = {"all": [0.0, 0], "en": [0.0, 0], "fr": [0.0, 0]}
+    windows = {"all": ([], []), "en": ([], []), "fr": ([], [])}  # per window: summed loss, scored tokens
     for _ in tqdm(range(args.loss_batches), desc="test loss", leave=False):
         x, y, lang = sampler.get_batch("test", args.batch_size, ctx.block_size, ctx.device, with_language=True)
         logits, _ = ctx.model(x)
-        metrics.add_language_losses(totals, logits, y, lang)
+        for name, (sums, counts) in metrics.window_language_losses(logits, y, lang).items():
+            windows[name][0].extend(sums)
+            windows[name][1].extend(counts)
     result = {"split": "test", "batches": args.loss_batches, "batch_size": args.batch_size,
               "block_size": ctx.block_size, "seed": args.seed,
-              "note": "random windows; per-language = target token inside an English / French segment"}
-    for name, (total, count) in totals.items():
+              "note": "random windows (the same for every model of the dataset and seed); per-language = target "
+                      "token inside an English / French segment; ci95: bootstrap over the windows"}
+    for name, (sums, counts) in windows.items():
+        total, count = sum(sums), sum(counts)
         loss = total / count if count else None
-        result[name] = {"loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "tokens": count}
+        result[name] = {"loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "tokens": count,
+                        "ci95": metrics.ratio_interval(sums, counts) if count else None}
+    result["windows"] = {name: {"loss_sum": [round(v, 4) for v in sums], "tokens": counts}
+                         for name, (sums, counts) in windows.items()}
     return result
 
 
@@ -369,11 +376,8 @@ def task_sentence(ctx):
                          **({"backpack_output": "Backpack output o (before the LM head)"} if len(state_fns) > 1 else {})}}
     for name in state_fns:
         result[name] = {pooling: metrics.sentence_retrieval(states_en[name][pooling], states_fr[name][pooling],
-                                                            seed=args.seed)
+                                                            args.seed, ("en_to_fr", "fr_to_en"))
                         for pooling in ("mean", "first", "last")}
-        for entry in result[name].values():  # name the directions
-            entry["recall@1_en_to_fr"] = entry.pop("recall@1_a_to_b")
-            entry["recall@1_fr_to_en"] = entry.pop("recall@1_b_to_a")
     return result
 
 
