@@ -1,0 +1,112 @@
+"""The study's measures, read from each run's eval/results.json, and the paired tests between runs.
+
+A measure names one number of a run (a test loss, a word-similarity rho, a P@1, a recall@1), its 95%
+interval, and the per-item data behind it, so that two runs evaluated on the same items (the same
+test windows, word pairs, dictionary queries or sentence pairs) can be compared by a paired bootstrap
+(metrics.paired_difference): both runs are resampled together, so the items' difficulty cancels.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+from backpacks import metrics
+
+WORDSIM_SETS = ("multisimlex-en", "multisimlex-fr", "multisimlex-en-fr", "simlex999", "wordsim353")
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    find: Callable  # results -> the entry that holds the value, or None
+    value: Callable  # entry -> float
+    interval: Callable  # entry -> [low, high] or None
+    items: Callable  # entry -> per-item data for the statistic
+    statistic: Callable  # metrics.resampled_*
+    higher_is_better: bool = True
+
+    def read(self, results):
+        """(value, interval, items) of a run, or None where the run does not have it."""
+        try:
+            entry = self.find(results)
+        except (KeyError, TypeError, IndexError):
+            return None
+        if entry is None or self.value(entry) is None:
+            return None
+        return self.value(entry), optional(self.interval, entry), optional(self.items, entry)
+
+
+def optional(read, entry):
+    """read(entry), or None where results of an older evaluate.py do not have it."""
+    try:
+        return read(entry)
+    except (KeyError, TypeError):
+        return None
+
+
+def _get(path):
+    def find(results):
+        for key in path:
+            results = results[key]
+        return results
+    return find
+
+
+def loss_measure(lang):
+    return Measure(f"test loss ({lang})", _get(("loss",)), lambda e: e[lang]["loss"], lambda e: e[lang].get("ci95"),
+                   lambda e: (e["windows"][lang]["loss_sum"], e["windows"][lang]["tokens"]),
+                   metrics.resampled_ratio, higher_is_better=False)
+
+
+def wordsim_measure(name, rep):
+    return Measure(f"word similarity {name} rho ({rep})", _get(("wordsim", "sets", name)),
+                   lambda e: e["spearman"][rep]["rho"], lambda e: e["spearman"][rep].get("rho_ci95"),
+                   lambda e: (e["spearman"][rep]["similarities"], e["gold"]), metrics.resampled_spearman)
+
+
+def bli_measure(direction, rep, method="csls"):
+    key = f"{method}_excluding_identical"
+    return Measure(f"BLI {direction} P@1 {method} ({rep}, non-identical)", _get(("bli", direction, rep, key)),
+                   lambda e: e["p@1"], lambda e: e["ci95"]["p@1"], lambda e: e["hits@1"], metrics.resampled_mean)
+
+
+def retrieval_measure(states, direction="en_to_fr"):
+    key = f"recall@1_{direction}"
+    return Measure(f"sentence retrieval R@1 {direction.replace('_to_', '->')} ({states} mean-pool)",
+                   _get(("sentence", states, "mean")), lambda e: e[key], lambda e: e["ci95"][key],
+                   lambda e: e["hits"][key], metrics.resampled_mean)
+
+
+def paired(a, b):
+    """metrics.paired_difference between two (measure, results) of the same items (a - b), e.g. a
+    Transformer's embedding against the Backpack's sense mean on the same word pairs; (None, why) when
+    there is no test."""
+    (measure_a, results_a), (measure_b, results_b) = a, b
+    read_a, read_b = measure_a.read(results_a), measure_b.read(results_b)
+    if read_a is None or read_b is None:
+        return None, "not measured on both"
+    items_a, items_b = read_a[2], read_b[2]
+    if items_a is None or items_b is None:
+        return None, "no per-item data (evaluate again)"
+    n_a, n_b = (len(x[0]) if isinstance(x, tuple) else len(x) for x in (items_a, items_b))
+    if n_a != n_b:
+        return None, f"different items ({n_a} against {n_b})"
+    return metrics.paired_difference(measure_a.statistic, items_a, items_b, n_a), None
+
+
+def verdict(test, higher_is_better, label_a="a", label_b="b"):
+    """One phrase: which of a and b is better on a paired test (a - b), or that neither is at 5%."""
+    if test is None or test["p_value"] is None:
+        return "no test"
+    if test["p_value"] >= 0.05:
+        return "no significant difference"
+    better = label_a if (test["difference"] > 0) == higher_is_better else label_b
+    return f"{better} better"
+
+
+def fmt_test(test):
+    """'+0.012 [0.004, 0.020], p=0.003' of a paired test."""
+    if test is None:
+        return "n/a"
+    ci = test["ci95"]
+    p = test["p_value"]
+    p_text = "p<0.002" if p == 0 else f"p={p:.3f}"
+    return f"{test['difference']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "") + f", {p_text}"
