@@ -25,20 +25,18 @@ class Measure:
 
     def read(self, results):
         """(value, interval, items) of a run, or None where the run does not have it."""
-        try:
-            entry = self.find(results)
-        except (KeyError, TypeError, IndexError):
+        entry = optional(self.find, results)
+        value = optional(self.value, entry)
+        if value is None:  # not measured: a skipped task, a representation the model does not have
             return None
-        if entry is None or self.value(entry) is None:
-            return None
-        return self.value(entry), optional(self.interval, entry), optional(self.items, entry)
+        return value, optional(self.interval, entry), optional(self.items, entry)
 
 
 def optional(read, entry):
-    """read(entry), or None where results of an older evaluate.py do not have it."""
+    """read(entry), or None where entry lacks it (also results of an older evaluate.py)."""
     try:
         return read(entry)
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, IndexError):
         return None
 
 
