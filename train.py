@@ -93,7 +93,7 @@ sensia_align_end = 0.2       # a: end of the alignment phase, as a fraction of m
 sensia_polish_start = 0.5    # z: start of the polish phase (= a: no joint phase; 1: no polish phase)
 sensia_freeze = True         # freeze the sense and sense-weight networks from the polish phase on
 sensia_context = 'output'    # z_ctx: 'output' o or 'hidden' backbone state at the last token; 'hidden_mean' (MCL)
-sensia_symmetric = True      # symmetric InfoNCE; False: English -> French only
+sensia_symmetric = True      # symmetric InfoNCE (the paper); False: English -> French only (the authors' code)
 sensia_tags = False          # put the language tag before each sentence (the paper uses none)
 sensia_eval_pairs = 500      # val pairs for recall@1, entropy and French perplexity at each eval
 tau_pool = 0.7               # softmax temperature of the sense pooling

@@ -1,6 +1,6 @@
 """SENSIA sense adaptation (Cruz, Adelani, Aji, "Multilinguality as Sense Adaptation"): make an
 English Backpack French-fluent by aligning sense-level and contextual sentence vectors of translation
-pairs with a symmetric InfoNCE loss while training a French LM loss, in three phases.
+pairs with an InfoNCE loss while training a French LM loss, in three phases.
 
     python train.py config/adapt_sensia_tiny.py        # objective='sensia' in train.py's one loop
 
@@ -14,7 +14,13 @@ Notation: senses C (B,k,T,d), alpha (B,k,T,T), per-sense contributions P[b,l,i] 
   weights: cosine ramps align -> mid over p in [0, a), mid -> tail over [a, z), tail after; renormalised
   polish (p >= z): the sense network and the sense-weight network are frozen
 
-Differences from the authors' code (jcblaisecruz02/sensia, utils/training.py) are commented where made.
+InfoNCE direction: the paper writes it symmetric (English->French and French->English, averaged), the
+authors' code runs it one way, English queries against French keys (utils/training.py call_infonce(loss,
+z_src, z_tgt), lines 481 and 492, with info_nce.InfoNCE, run_adaptation.py lines 151-152). Symmetric is
+the default here (sensia_symmetric=True); sensia_symmetric=False is the authors' English->French.
+
+Differences from the authors' code (jcblaisecruz02/sensia, utils/training.py) are commented where made
+and listed in docs/sensia.md.
 """
 import math
 
@@ -67,7 +73,8 @@ def temperature(p, a, start, end):
 
 def info_nce(u, v, tau, symmetric=True):
     """-(1/2B) sum_i [log softmax_j(u_i.v_j/tau)_i + log softmax_j(v_i.u_j/tau)_i] with in-batch
-    negatives (one-directional u -> v when not symmetric)."""
+    negatives, as the paper writes it; not symmetric: only the u -> v term, -(1/B) sum_i log
+    softmax_j(u_i.v_j/tau)_i, as the authors' code runs it (u English, v French)."""
     logits = (u @ v.t()) / tau
     target = torch.arange(len(u), device=u.device)
     loss = F.cross_entropy(logits, target)
