@@ -12,7 +12,8 @@ Notation: senses C (B,k,T,d), alpha (B,k,T,T), per-sense contributions P[b,l,i] 
   z_ctx: o (or the backbone's final hidden state) at the last token, L2-normalised
   L = w_sns InfoNCE(z_sns; tau_sns) + w_ctx InfoNCE(z_ctx; tau_ctx) + w_lm CE(French tokens, smoothing 0.05)
   weights: cosine ramps align -> mid over p in [0, a), mid -> tail over [a, z), tail after; renormalised
-  polish (p >= z): the sense network and the sense-weight network are frozen
+  polish (p >= z): the sense network and the sense-weight network are frozen (and, with
+         sensia_freeze_sense_input, the embedding the sense network reads: see apply_freeze)
 
 InfoNCE direction: the paper writes it symmetric (English->French and French->English, averaged), the
 authors' code runs it one way, English queries against French keys (utils/training.py call_infonce(loss,
@@ -300,6 +301,12 @@ class SensiaObjective:
         # parameters without a grad entirely (no moment update, no weight decay)
         for module in (self.raw_model.sense_network, self.raw_model.sense_weight_net):
             module.requires_grad_(False)
+        # As in the authors' code (utils/training.py:428-440) the sense vectors C(E[x]) still move after
+        # this: E, the sense network's input, is tied to the LM head and trains. sensia_freeze_sense_input
+        # gives the sense network a copy of E taken now (kept in the model's state_dict, so a resumed run
+        # keeps the copy of the first freeze); E itself trains on through the head and the backbone.
+        if self.cfg['sensia_freeze_sense_input']:
+            self.raw_model.freeze_sense_input()
 
     def batch(self):
         return self.sampler.batch(self.sampler.draw(self.cfg['batch_size']), self.device)
@@ -371,6 +378,8 @@ def validate_settings(cfg):
         fail(f"sensia_losses must be a comma-separated subset of {','.join(LOSS_TERMS)}, got {cfg['sensia_losses']!r}")
     if not 0.0 <= cfg['sensia_align_end'] <= cfg['sensia_polish_start'] <= 1.0:
         fail("SENSIA phases need 0 <= sensia_align_end <= sensia_polish_start <= 1")
+    if cfg['sensia_freeze_sense_input'] and not cfg['sensia_freeze']:
+        fail("sensia_freeze_sense_input fixes the sense vectors in the polish phase, which needs sensia_freeze=True")
     if min(cfg['tau_pool'], cfg['tau_sense'], cfg['tau_context']) <= 0 or not 0.0 <= cfg['label_smoothing'] < 1.0:
         fail("tau_pool, tau_sense and tau_context must be > 0 and label_smoothing in [0, 1)")
     if cfg['objective'] == 'sensia' and cfg['batch_size'] < 2:
