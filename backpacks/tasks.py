@@ -92,6 +92,9 @@ def add_eval_arguments(p):
     g.add_argument("--geometry_pairs", type=int, default=1000,
                    help="most frequent dictionary pairs of the training text for topology and Procrustes")
     g.add_argument("--geometry_sentences", type=int, default=500, help="test pairs for recall@1 and the mixture ablation")
+    g.add_argument("--geometry_mixture", choices=sense_geometry.GEOMETRY_MIXTURES, default="norm",
+                   help="Procrustes word vectors: senses weighted by softmax(norm / tau_pool) (the z_sns pooling), or "
+                        "by the sense-weight network's alpha at the word's last piece (the paper's form)")
 
 
 def check_args(args):
@@ -444,7 +447,7 @@ def task_sensia(ctx):
     tau_pool = ctx.ckpt.get("config", {}).get("tau_pool", 0.7)
     try:
         result = sense_geometry.analyse(ctx.model, ctx.tok, word_pairs, encoded, args.batch_size, ctx.device,
-                                        tau_pool, args.seed)
+                                        tau_pool, args.seed, args.geometry_mixture)
     except ValueError as e:
         raise SkipTask(str(e))
     return {"test_set": source, "word_pair_selection": "most frequent dictionary pairs of the training text",
