@@ -88,6 +88,9 @@ def add_eval_arguments(p):
     g.add_argument("--mc_rows", type=int, default=64, help="option sequences per forward pass")
     g.add_argument("--mc_examples", type=int, default=None,
                    help="score only the first N examples of each dev file (default: all)")
+    g.add_argument("--mc_length", choices=tuple(multiple_choice.LENGTH_TERMS), default="exponent",
+                   help="length term, tuned with lambda on the tuning half: s / |A|^alpha (exponent, as the authors' "
+                        "run_eval.py) or s + beta |A| (additive, as the paper)")
     g = p.add_argument_group("SENSIA sense geometry (Backpack; see sense_geometry.py)")
     g.add_argument("--geometry_pairs", type=int, default=1000,
                    help="most frequent dictionary pairs of the training text for topology and Procrustes")
@@ -430,7 +433,7 @@ def task_multiple_choice(ctx, task):
     """XNLI / PAWS-X accuracy with tuned conditional/PMI scoring (multiple_choice.py)."""
     return multiple_choice.evaluate_task(ctx.model, ctx.tok, ctx.ckpt["meta"], task,
                                          lambda relpath: ctx.locate(f"{task}:{relpath}", relpath), ctx.device,
-                                         ctx.args.mc_rows, ctx.args.mc_examples)
+                                         ctx.args.mc_rows, ctx.args.mc_examples, ctx.args.mc_length)
 
 
 def task_sensia(ctx):
