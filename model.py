@@ -408,7 +408,7 @@ class BackpackLM(LanguageModel):
         self._init_weights()
 
     def freeze_sense_input(self):
-        """From now on the sense network reads a copy of today's token embedding instead of E itself.
+        """From now on the sense network reads a copy of the token embedding E as it is now.
         Freezing the sense network alone leaves the sense vectors C(E[x]) moving, since E (tied to the
         LM head) keeps training; with the copy they stay fixed while E trains through its other paths.
         The copy is part of the model (state_dict) from then on; a second call keeps the first copy."""

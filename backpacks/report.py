@@ -89,9 +89,9 @@ def multiple_choice_section(results):
         section = results.get(task, {})
         if "scoring" not in section:
             continue
-        parameter = LENGTH_TERMS[section.get("length_term", "exponent")].parameter  # results before length_term: exponent
-        out += [f"## Multiple choice: {task}", "", f"Scoring `{section['scoring']}`, lambda and {parameter} tuned on the "
-                f"tuning half, accuracy ({section['interval']} interval) on the reporting half.", ""]
+        parameter = LENGTH_TERMS[section.get("length_term", "exponent")].parameter  # older results: exponent
+        out += [f"## Multiple choice: {task}", "", f"Scoring `{section['scoring']}`, lambda and {parameter} tuned "
+                f"on the tuning half, accuracy ({section['interval']} interval) on the reporting half.", ""]
         rows = []
         for line in ("en", "fr", "en->fr"):
             entry = section.get(line, {})
