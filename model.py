@@ -403,11 +403,26 @@ class BackpackLM(LanguageModel):
         self.sense_network = SenseNetwork(config)
         self.sense_weight_net = nn.Module()
         self.sense_weight_net.c_attn = nn.Linear(config.n_embd, 2 * config.n_embd)  # sense queries and keys
+        self.register_buffer('sense_input', None)  # see freeze_sense_input
+        self.register_load_state_dict_pre_hook(_make_room_for_sense_input)
         self._init_weights()
+
+    def freeze_sense_input(self):
+        """From now on the sense network reads a copy of the token embedding E as it is now.
+        Freezing the sense network alone leaves the sense vectors C(E[x]) moving, since E (tied to the
+        LM head) keeps training; with the copy they stay fixed while E trains through its other paths.
+        The copy is part of the model (state_dict) from then on; a second call keeps the first copy."""
+        if self.sense_input is None:
+            self.sense_input = self.backbone.wte.weight.detach().clone()
+
+    def senses(self, idx):
+        """(B,T) ids -> (B,k,T,d) sense vectors, from E or its frozen copy."""
+        table = self.backbone.wte.weight if self.sense_input is None else self.sense_input
+        return self.sense_network(F.embedding(idx, table))
 
     def sense_vectors(self, token_ids):
         """(N,) token ids -> (N, k, d) sense vectors."""
-        return self.sense_network(self.backbone.wte(token_ids)[None])[0].transpose(0, 1)
+        return self.senses(token_ids[None])[0].transpose(0, 1)
 
     def _sense_queries_keys(self, hidden):
         B, T, d = hidden.shape
@@ -416,7 +431,7 @@ class BackpackLM(LanguageModel):
 
     def _senses_and_weights(self, idx, positions, attn_mask, cache):
         """Sense vectors (B,k,T,d), and sense queries and keys (B,k,T,d/k) of all positions so far."""
-        senses = self.sense_network(self.backbone.wte(idx))
+        senses = self.senses(idx)
         q, k = self._sense_queries_keys(self.backbone(idx, positions, attn_mask, cache))
         if cache is not None:
             if cache.senses is not None:
@@ -490,6 +505,8 @@ class BackpackLM(LanguageModel):
 
     def save_pretrained(self, directory):
         """Write config.json and pytorch_model.bin in the backpack-gpt2 format (atomically)."""
+        if self.sense_input is not None:
+            raise ValueError("the backpack-gpt2 format has no place for the frozen copy of E the senses read")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(directory / 'config.json', json.dumps(self._hf_config(), indent=2))
@@ -510,6 +527,12 @@ class BackpackLM(LanguageModel):
             'scale_attn_weights': True, 'scale_attn_by_inverse_layer_idx': c.scale_attn_by_inverse_layer_idx,
             'reorder_and_upcast_attn': False, 'bos_token_id': 50256, 'eos_token_id': 50256,
         }
+
+
+def _make_room_for_sense_input(module, state_dict, prefix, *args):
+    """load_state_dict pre-hook: a checkpoint saved after freeze_sense_input holds the frozen copy."""
+    if prefix + 'sense_input' in state_dict and module.sense_input is None:
+        module.sense_input = torch.empty_like(module.backbone.wte.weight)
 
 
 MODEL_CLASSES = {'backpack': BackpackLM, 'transformer': StandardTransformerLM}

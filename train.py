@@ -92,8 +92,9 @@ sensia_losses = 'sense,context,lm'  # terms kept; the others get weight 0 (ablat
 sensia_align_end = 0.2       # a: end of the alignment phase, as a fraction of max_iters (0: no alignment phase)
 sensia_polish_start = 0.5    # z: start of the polish phase (= a: no joint phase; 1: no polish phase)
 sensia_freeze = True         # freeze the sense and sense-weight networks from the polish phase on
+sensia_freeze_sense_input = False  # also feed the senses a frozen copy of E: sense vectors fixed (see sensia.py)
 sensia_context = 'output'    # z_ctx: 'output' o or 'hidden' backbone state at the last token; 'hidden_mean' (MCL)
-sensia_symmetric = True      # symmetric InfoNCE; False: English -> French only
+sensia_symmetric = True      # symmetric InfoNCE (the paper); False: English -> French only (the authors' code)
 sensia_tags = False          # put the language tag before each sentence (the paper uses none)
 sensia_eval_pairs = 500      # val pairs for recall@1, entropy and French perplexity at each eval
 tau_pool = 0.7               # softmax temperature of the sense pooling
@@ -279,9 +280,11 @@ class Run:
         return self.cfg['gradient_accumulation_steps'] * self.cfg['batch_size'] * self.cfg['block_size']
 
     def wrap(self):
-        """train_model for the parameters that train from here on (DDP must be rebuilt when they change)."""
+        """train_model for the parameters that train from here on (DDP must be rebuilt when they change). The
+        one buffer, BackpackLM.sense_input, is copied from E alike on every process: never broadcast."""
         self.train_model = (DDP(self.fast_model, device_ids=[torch.device(self.device).index]
-                                if self.device.startswith('cuda') else None) if self.ddp else self.fast_model)
+                                if self.device.startswith('cuda') else None, broadcast_buffers=False)
+                            if self.ddp else self.fast_model)
 
 
 def gathered(obj, ddp, world_size):

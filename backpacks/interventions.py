@@ -343,7 +343,7 @@ def topic_edit_of(model, delta, settings=Annealing()):
 def upweighted_annealing(model, idx, delta, settings=Annealing()):
     """(median b, median a) over the (position, sense) pairs that delta upweights, on sequences idx:
     how much of the push annealing lets through at the end of them, and the logit sums it reads."""
-    senses = model.sense_network(model.backbone.wte(idx))
+    senses = model.senses(idx)
     up = delta.to(idx.device)[idx].transpose(1, 2) > 1
     if not up.any():
         return None, None

@@ -3,18 +3,23 @@ Zero-shot multiple-choice evaluation: XNLI and PAWS-X in English and French, ans
 each answer option with the language model (no training, no prompt examples).
 
 Scoring of an answer A after a context C (Holtzman et al. 2021 for the unconditional prior; the
-interpolation and length exponent as in the SENSIA paper's evaluation):
+interpolation and length term as in the SENSIA evaluation):
     LL(A|C)      sum of log-probabilities of A's tokens after C; |A| their number
     LL(A|empty)  the same answer after <eot> [tag] + the template's answer prefix only
-    s = LL(A|C) / |A|^alpha - (1 - lambda) LL(A|empty) / |A|^alpha
+    s = (LL(A|C) - (1 - lambda) LL(A|empty)) / |A|^alpha     --mc_length exponent (default)
+    s = LL(A|C) - (1 - lambda) LL(A|empty) + beta |A|         --mc_length additive
 lambda = 1 is conditional scoring, lambda = 0 is PMI. The options of an example differ only in
 the option word (" Yes, " / " No, " ...) before the shared second sentence. Deliberate
-difference from the SENSIA authors' run_eval.py: their PMI "prior" re-scores the answer inside
-the same full sequence; here the prior is a separate sequence without the first sentence, as in
-Holtzman et al.'s domain-conditional PMI, and lambda weighs the two terms as written above.
+differences from the SENSIA authors' run_eval.py (jcblaisecruz02/sensia): their PMI "prior"
+re-scores the answer inside the same full sequence (lines 362-374); here the prior is a separate
+sequence without the first sentence, as in Holtzman et al.'s domain-conditional PMI, and lambda
+weighs the two terms as written above (theirs: s_cond - lambda s_prior, the prior always divided by
+|A|). Their length term is the exponent alone (_normalize, lines 77-80: --length_alpha, or 1 with
+--use_mean_nll). The paper adds a length term instead: --mc_length additive, here a per-token bonus
+beta |A| (the authors' code has no additive form to follow).
 
 Tuning without leakage: each labelled dev set is split by a seeded shuffle of its line numbers
-into a tuning half and a reporting half; (lambda, alpha) is chosen on the tuning half and the
+into a tuning half and a reporting half; (lambda, alpha or beta) is chosen on the tuning half and the
 accuracy, with a 95% Wilson interval, is reported on the reporting half only. The English and
 French dev sets are line-parallel, so both languages get the same halves by line number and the
 cross-lingual line (tuned on the English tuning half, reported on the French reporting half)
@@ -39,7 +44,24 @@ LANGUAGES = ("en", "fr")
 SPLIT_SEED = 1105  # fixed: the tuning / reporting halves are the same in every run, whatever --seed
 LAMBDAS = np.round(np.linspace(0.0, 1.0, 11), 1)
 ALPHAS = np.array([0.0, 0.5, 1.0])
-SCORING = "s = LL(A|C)/|A|^alpha - (1 - lambda) LL(A|empty)/|A|^alpha"
+BETAS = np.array([0.0, 0.5, 1.0, 2.0, 4.0])  # nats per answer token
+
+
+@dataclass(frozen=True)
+class LengthTerm:
+    """How s accounts for the answer's length |A|: a parameter tuned with lambda on its own grid."""
+    parameter: str
+    grid: np.ndarray
+    scoring: str
+    apply: object  # (s without the length term, |A|, parameter) -> s
+
+
+LENGTH_TERMS = {
+    "exponent": LengthTerm("alpha", ALPHAS, "s = (LL(A|C) - (1 - lambda) LL(A|empty)) / |A|^alpha",
+                           lambda s, length, alpha: s / length ** alpha),
+    "additive": LengthTerm("beta", BETAS, "s = LL(A|C) - (1 - lambda) LL(A|empty) + beta |A|",
+                           lambda s, length, beta: s + beta * length),
+}
 MAX_LABEL_DISAGREEMENT = 0.01  # share of lines whose English and French labels may differ in parallel files
 
 
@@ -207,40 +229,44 @@ def score_components(model, tok, spec, lang, examples, tag, device, rows_per_pas
             "cut": {**cut, "distinct_prior_answers": len(distinct)}}
 
 
-def option_scores(c, lam, alpha):
-    """s for every example and option; lam and alpha broadcast (e.g. the whole grid at once)."""
-    return (c["conditional"] - (1.0 - lam) * c["prior"]) / c["length"] ** alpha
+def option_scores(c, lam, x, length_term="exponent"):
+    """s for every example and option, x the length term's parameter (alpha or beta); lam and x
+    broadcast (e.g. the whole grid at once). Both forms are plain LL(A|C) at lam = 1, x = 0."""
+    return LENGTH_TERMS[length_term].apply(c["conditional"] - (1.0 - lam) * c["prior"], c["length"], x)
 
 
-def grid_accuracies(c, mask):
-    """(len(LAMBDAS), len(ALPHAS)) accuracy of every scoring on the examples selected by mask."""
-    scores = option_scores({k: c[k][mask] for k in ("conditional", "prior", "length")},
-                           LAMBDAS[:, None, None, None], ALPHAS[None, :, None, None])
+def grid_accuracies(c, mask, length_term="exponent"):
+    """(len(LAMBDAS), len(grid)) accuracy of every scoring on the examples selected by mask."""
+    scores = option_scores({k: c[k][mask] for k in ("conditional", "prior", "length")}, LAMBDAS[:, None, None, None],
+                           LENGTH_TERMS[length_term].grid[None, :, None, None], length_term)
     return (scores.argmax(-1) == c["labels"][mask]).mean(-1)
 
 
-def tune(c, mask):
-    """(lambda, alpha) of the best accuracy on the masked examples; ties go to the larger lambda,
-    then the smaller alpha (the simpler scoring)."""
-    acc = grid_accuracies(c, mask)
+def tune(c, mask, length_term="exponent"):
+    """(lambda, alpha or beta) of the best accuracy on the masked examples; ties go to the larger lambda,
+    then the smaller length parameter (the simpler scoring)."""
+    term = LENGTH_TERMS[length_term]
+    acc = grid_accuracies(c, mask, length_term)
     preference = acc[::-1]  # lambda descending
     i, j = np.unravel_index(np.argmax(preference), preference.shape)
-    return {"lambda": float(LAMBDAS[::-1][i]), "alpha": float(ALPHAS[j]), "tuning_accuracy": float(preference[i, j]),
-            "tuning_examples": int(mask.sum()),
-            "grid_tuning_accuracy": {f"lambda={l:.1f}": {f"alpha={a:.1f}": float(acc[li, ai]) for ai, a in enumerate(ALPHAS)}
+    return {"lambda": float(LAMBDAS[::-1][i]), term.parameter: float(term.grid[j]), "length_term": length_term,
+            "tuning_accuracy": float(preference[i, j]), "tuning_examples": int(mask.sum()),
+            "grid_tuning_accuracy": {f"lambda={l:.1f}": {f"{term.parameter}={x:.1f}": float(acc[li, xi])
+                                                         for xi, x in enumerate(term.grid)}
                                      for li, l in enumerate(LAMBDAS)}}
 
 
-def accuracy_with_interval(c, mask, lam, alpha):
-    predicted = option_scores(c, lam, alpha)[mask].argmax(-1)
+def accuracy_with_interval(c, mask, lam, x, length_term="exponent"):
+    predicted = option_scores(c, lam, x, length_term)[mask].argmax(-1)
     return metrics.accuracy_interval(int((predicted == c["labels"][mask]).sum()), int(mask.sum()))
 
 
 def report_half(c, mask, tuned, spec):
     """Accuracy of the tuned scoring on the masked (reporting) examples next to its controls."""
     counts = np.bincount(c["labels"][mask], minlength=len(spec.labels))
-    return {"tuned": {k: tuned[k] for k in ("lambda", "alpha", "tuning_accuracy", "tuning_examples")},
-            "accuracy": accuracy_with_interval(c, mask, tuned["lambda"], tuned["alpha"]),
+    parameter = LENGTH_TERMS[tuned["length_term"]].parameter
+    return {"tuned": {k: tuned[k] for k in ("lambda", parameter, "length_term", "tuning_accuracy", "tuning_examples")},
+            "accuracy": accuracy_with_interval(c, mask, tuned["lambda"], tuned[parameter], tuned["length_term"]),
             "conditional": accuracy_with_interval(c, mask, 1.0, 0.0),
             "chance": 1.0 / len(spec.labels),
             "majority": {"label": spec.labels[int(counts.argmax())], "accuracy": float(counts.max() / mask.sum())}}
@@ -249,14 +275,16 @@ def report_half(c, mask, tuned, spec):
 # -----------------------------------------------------------------------------
 # the task
 
-def evaluate_task(model, tok, meta, task, find, device="cpu", rows_per_pass=64, limit=None):
+def evaluate_task(model, tok, meta, task, find, device="cpu", rows_per_pass=64, limit=None, length_term="exponent"):
     """Results of one task in both languages and the cross-lingual line (dict for results.json).
     find(relpath) gives a dev file's path (evaluate.py: data root, then cache, then download) or
     raises ResourceError.
     limit: score only the first examples of each file (the halves stay those of the whole file).
+    length_term: a key of LENGTH_TERMS.
     A language whose dev file is missing is skipped with the reason; ResourceError if both are."""
-    spec = TASK_SPECS[task]
-    result = {"scoring": SCORING, "grid": {"lambda": LAMBDAS.tolist(), "alpha": ALPHAS.tolist()},
+    spec, term = TASK_SPECS[task], LENGTH_TERMS[length_term]
+    result = {"scoring": term.scoring, "length_term": length_term,
+              "grid": {"lambda": LAMBDAS.tolist(), term.parameter: term.grid.tolist()},
               "split": {"seed": SPLIT_SEED, "method": "seeded shuffle of line numbers; first half tunes, "
                         "second half reports"},
               "interval": "95% Wilson", "dtype": "float32"}
@@ -280,18 +308,18 @@ def evaluate_task(model, tok, meta, task, find, device="cpu", rows_per_pass=64, 
             del components[lang]
             result[lang] = {"skipped": f"all {len(examples)} scored examples fall in one half; score more examples"}
             continue
-        tuned = tune(c, halves[lang])
+        tuned = tune(c, halves[lang], length_term)
         result[lang] = {"data": parsed.summary(), "template": spec.describe(lang),
                         "language_tag": tok.token_str(tag) if tag is not None else None,
                         "examples": len(examples), **c["cut"], **report_half(c, ~halves[lang], tuned, spec),
                         "grid_tuning_accuracy": tuned["grid_tuning_accuracy"], "seconds": time.perf_counter() - t0}
     if not components:
         raise ResourceError(f"{task}: " + "; ".join(result[lang]["skipped"] for lang in LANGUAGES))
-    result["en->fr"] = cross_lingual(components, halves, files, spec)
+    result["en->fr"] = cross_lingual(components, halves, files, spec, length_term)
     return result
 
 
-def cross_lingual(components, halves, files, spec):
+def cross_lingual(components, halves, files, spec, length_term):
     """The en->fr line: tuned on the English tuning half, reported on the French reporting half; or
     skipped with the reason, when a language is missing or the two files are not line-parallel."""
     if len(components) < len(LANGUAGES):
@@ -300,7 +328,7 @@ def cross_lingual(components, halves, files, spec):
     if "skipped" in check:
         return check
     return {"note": "tuned on the English tuning half, reported on the French reporting half", "parallel_check": check,
-            **report_half(components["fr"], ~halves["fr"], tune(components["en"], halves["en"]), spec)}
+            **report_half(components["fr"], ~halves["fr"], tune(components["en"], halves["en"], length_term), spec)}
 
 
 def parallel_check(english, french):

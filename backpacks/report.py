@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 
+from backpacks.multiple_choice import LENGTH_TERMS
+
 
 def json_safe(obj):
     """Replace non-finite floats (NaN, inf) by None so the JSON is standard."""
@@ -89,8 +91,9 @@ def multiple_choice_section(results):
         section = results.get(task, {})
         if "scoring" not in section:
             continue
-        out += [f"## Multiple choice: {task}", "", f"Scoring `{section['scoring']}`, lambda and alpha tuned on the "
-                f"tuning half, accuracy ({section['interval']} interval) on the reporting half.", ""]
+        parameter = LENGTH_TERMS[section.get("length_term", "exponent")].parameter  # older results: exponent
+        out += [f"## Multiple choice: {task}", "", f"Scoring `{section['scoring']}`, lambda and {parameter} tuned "
+                f"on the tuning half, accuracy ({section['interval']} interval) on the reporting half.", ""]
         rows = []
         for line in ("en", "fr", "en->fr"):
             entry = section.get(line, {})
@@ -98,12 +101,12 @@ def multiple_choice_section(results):
                 rows.append([line, f"skipped: {entry['skipped']}"] + [""] * 6)
             elif entry:
                 acc, cond, tuned = entry["accuracy"], entry["conditional"], entry["tuned"]
-                rows.append([line, f"{tuned['lambda']:.1f} / {tuned['alpha']:.1f}", interval_text(acc),
+                rows.append([line, f"{tuned['lambda']:.1f} / {tuned[parameter]:.1f}", interval_text(acc),
                              interval_text(cond), f"{entry['chance']:.3f}",
                              f"{entry['majority']['accuracy']:.3f} ({entry['majority']['label']})", str(acc["n"]),
                              f"{entry['contexts_cut']} / {entry['examples'] * round(1 / entry['chance'])}"
                              if line != "en->fr" else ""])
-        out += [markdown_table(["line", "lambda / alpha", "accuracy [95% CI]", "conditional [95% CI]", "chance",
+        out += [markdown_table(["line", f"lambda / {parameter}", "accuracy [95% CI]", "conditional [95% CI]", "chance",
                                 "majority", "reporting n", "contexts cut / option sequences"], rows), ""]
         out += [f"- template {lang}: `{section[lang]['template']}` (tag {section[lang]['language_tag']})"
                 for lang in ("en", "fr") if "template" in section.get(lang, {})] + [""]

@@ -4,17 +4,23 @@
               are centred and L2-normalised; Spearman rho between the upper triangles of the English and
               the French Gram matrices; mean over pairs with a bootstrap 95% interval, and the same on
               a random pairing of the words (the floor)
-  procrustes: mixture-weighted word vectors e = sum_l pi_l c_l, pi = softmax_l(||c_l|| / tau_pool),
-              mean-centred; Q = orthogonal_procrustes(T, E) (the SVD of T^T E); mean cosine of T Q with E,
-              on the true pairs and on a random pairing (the floor), fitted on all pairs (as the authors)
-              and fitted on one half, scored on the other
+  procrustes: mixture-weighted word vectors, mean-centred; Q = orthogonal_procrustes(T, E) (the SVD of
+              T^T E); mean cosine of T Q with E, on the true pairs and on a random pairing (the floor),
+              fitted on all pairs (as the authors) and fitted on one half, scored on the other. Mixtures
+              (--geometry_mixture): 'norm' (default), e = sum_l pi_l c_l with pi = softmax_l(||c_l|| /
+              tau_pool), the z_sns pooling; 'alpha', the sense-weight network's weights (the paper's
+              form), e = o / k at the word's last piece, o = sum_l sum_j alpha[l,last,j] C_j[l] the
+              Backpack output for the word alone (alpha_mixture_vectors)
   mixture:    French cross-entropy on test sentences with the full sense mixture o = sum_l P[l], the top-1
               sense (largest ||P[l,i]|| at each position, weight 1) and the uniform mean over senses,
               through the model's contributions_fn hook
   pairs:      recall@1 both ways of z_sns and z_ctx, French sense entropy and perplexity on test pairs
 
-Difference from the authors' inspector (utils/inspector.py): they take the senses of aligned words in
-context (word alignments of parallel sentences); the issue asks for context-free dictionary pairs.
+Differences from the authors' inspector (jcblaisecruz02/sensia utils/inspector.py): they take the senses
+of aligned words in context (word alignments of parallel sentences, lines 359-372); the issue asks for
+context-free dictionary pairs. Their Procrustes mixture weights are neither of the two forms here:
+softmax_l(sum_p h_p . C_p[l] / sense_pool_temp), the backbone's final hidden state h at the word's pieces
+p dotted with each sense, in the sentence (_sense_weights_from_context, lines 81-92, used at 336-348).
 """
 import numpy as np
 import torch
@@ -59,12 +65,28 @@ def topology(senses_en, senses_fr, seed=0):
             'random_pairing': bootstrap_mean(rowwise_spearman(upper_en, upper_fr[perm]), seed)}
 
 
-def mixture_vectors(senses, tau_pool):
+def norm_mixture_vectors(senses, tau_pool):
     """e = sum_l pi_l c_l with pi = softmax_l(||c_l|| / tau_pool), for senses (W, k, d)."""
     a = np.linalg.norm(senses, axis=-1) / tau_pool
     pi = np.exp(a - a.max(axis=1, keepdims=True))
     pi /= pi.sum(axis=1, keepdims=True)
     return (pi[..., None] * senses).sum(axis=1)
+
+
+@torch.no_grad()
+def alpha_mixture_vectors(model, pieces, batch_size, device):
+    """(W, d) e = o / k at the last piece of each word read alone, o = sum_l sum_j alpha[l,last,j] C_j[l]:
+    sense l of piece j weighted by alpha[l,last,j] / k. For each sense alpha sums to 1 over the pieces,
+    so every sense weighs 1/k in all and a one-piece word gets the plain mean of its senses; alpha
+    decides how each sense's weight spreads over the word's pieces."""
+    vectors = []
+    for i in range(0, len(pieces), batch_size):
+        idx, lengths = sensia.pad_batch(pieces[i:i + batch_size], 0, device)  # right padding is never attended
+        vectors.append(sensia.last_token(model.output_states(idx).float(), lengths).cpu())
+    return torch.cat(vectors).numpy() / model.config.n_senses
+
+
+GEOMETRY_MIXTURES = ('norm', 'alpha')
 
 
 def procrustes_cosine(T, E, fit=None):
@@ -116,19 +138,28 @@ def mixture_ablation(model, batches):
     return {name: {'loss': total / max(1, count), 'tokens': count} for name, (total, count) in totals.items()}
 
 
-def word_pair_senses(model, tokenizer, pairs):
-    """(senses_en (W,k,d), senses_fr (W,k,d), pairs kept) of word pairs, senses averaged over pieces."""
+def word_pair_vectors(model, tokenizer, pairs):
+    """(WordVectors of the words, pairs kept: both words have pieces)."""
     vectors = lexical.WordVectors(model, tokenizer, [w for pair in pairs for w in pair])
-    kept = [(en, fr) for en, fr in pairs if en in vectors and fr in vectors]
-    return vectors.senses[vectors.rows([e for e, _ in kept])], vectors.senses[vectors.rows([f for _, f in kept])], kept
+    return vectors, [(en, fr) for en, fr in pairs if en in vectors and fr in vectors]
 
 
-def analyse(model, tokenizer, word_pairs, sentence_pairs, batch_size, device, tau_pool=0.7, seed=0):
+def word_mixtures(model, vectors, words, mixture, tau_pool, batch_size, device):
+    """(W, d) mixture-weighted vectors of words (in vectors) for Procrustes."""
+    if mixture == 'norm':
+        return norm_mixture_vectors(vectors.senses[vectors.rows(words)], tau_pool)
+    return alpha_mixture_vectors(model, [vectors.pieces[w] for w in words], batch_size, device)
+
+
+def analyse(model, tokenizer, word_pairs, sentence_pairs, batch_size, device, tau_pool=0.7, seed=0, mixture='norm'):
     """Every analysis above on a Backpack: word_pairs [(en, fr)] of the dictionary, sentence_pairs
-    [(en ids, fr ids)] of the test split (no tags)."""
-    senses_en, senses_fr, kept = word_pair_senses(model, tokenizer, word_pairs)
+    [(en ids, fr ids)] of the test split (no tags); mixture: Procrustes' word vectors (GEOMETRY_MIXTURES)."""
+    vectors, kept = word_pair_vectors(model, tokenizer, word_pairs)
     if len(kept) < 4:
         raise ValueError(f"only {len(kept)} dictionary pairs have both words in the vocabulary (need 4)")
+    english, french = [e for e, _ in kept], [f for _, f in kept]
+    mixed = [word_mixtures(model, vectors, words, mixture, tau_pool, batch_size, device)
+             for words in (english, french)]
     pad = tokenizer.eot_id
 
     def batches(both_sides):
@@ -138,7 +169,7 @@ def analyse(model, tokenizer, word_pairs, sentence_pairs, batch_size, device, ta
             yield sensia.pad_batch(seqs, pad, device)
 
     return {'word_pairs': len(kept), 'sentence_pairs': len(sentence_pairs), 'tau_pool': tau_pool,
-            'topology': topology(senses_en, senses_fr, seed),
-            'procrustes': procrustes(mixture_vectors(senses_en, tau_pool), mixture_vectors(senses_fr, tau_pool), seed),
+            'topology': topology(vectors.senses[vectors.rows(english)], vectors.senses[vectors.rows(french)], seed),
+            'procrustes': {**procrustes(*mixed, seed), 'mixture': mixture},
             'mixture_ablation': mixture_ablation(model, batches(False)),
             'test_pairs': sensia.pair_metrics(model, batches(True), tau_pool)}

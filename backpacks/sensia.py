@@ -1,6 +1,6 @@
 """SENSIA sense adaptation (Cruz, Adelani, Aji, "Multilinguality as Sense Adaptation"): make an
 English Backpack French-fluent by aligning sense-level and contextual sentence vectors of translation
-pairs with a symmetric InfoNCE loss while training a French LM loss, in three phases.
+pairs with an InfoNCE loss while training a French LM loss, in three phases.
 
     python train.py config/adapt_sensia_tiny.py        # objective='sensia' in train.py's one loop
 
@@ -12,9 +12,16 @@ Notation: senses C (B,k,T,d), alpha (B,k,T,T), per-sense contributions P[b,l,i] 
   z_ctx: o (or the backbone's final hidden state) at the last token, L2-normalised
   L = w_sns InfoNCE(z_sns; tau_sns) + w_ctx InfoNCE(z_ctx; tau_ctx) + w_lm CE(French tokens, smoothing 0.05)
   weights: cosine ramps align -> mid over p in [0, a), mid -> tail over [a, z), tail after; renormalised
-  polish (p >= z): the sense network and the sense-weight network are frozen
+  polish (p >= z): the sense network and the sense-weight network are frozen (and, with
+         sensia_freeze_sense_input, the embedding the sense network reads: see apply_freeze)
 
-Differences from the authors' code (jcblaisecruz02/sensia, utils/training.py) are commented where made.
+InfoNCE direction: the paper writes it symmetric (English->French and French->English, averaged), the
+authors' code runs it one way, English queries against French keys (utils/training.py call_infonce(loss,
+z_src, z_tgt), lines 481 and 492, with info_nce.InfoNCE, run_adaptation.py lines 151-152). Symmetric is
+the default here (sensia_symmetric=True); sensia_symmetric=False is the authors' English->French.
+
+Differences from the authors' code (jcblaisecruz02/sensia, utils/training.py) are commented where made
+and listed in docs/sensia.md.
 """
 import math
 
@@ -67,7 +74,8 @@ def temperature(p, a, start, end):
 
 def info_nce(u, v, tau, symmetric=True):
     """-(1/2B) sum_i [log softmax_j(u_i.v_j/tau)_i + log softmax_j(v_i.u_j/tau)_i] with in-batch
-    negatives (one-directional u -> v when not symmetric)."""
+    negatives, as the paper writes it; not symmetric: only the u -> v term, -(1/B) sum_i log
+    softmax_j(u_i.v_j/tau)_i, as the authors' code runs it (u English, v French)."""
     logits = (u @ v.t()) / tau
     target = torch.arange(len(u), device=u.device)
     loss = F.cross_entropy(logits, target)
@@ -293,6 +301,12 @@ class SensiaObjective:
         # parameters without a grad entirely (no moment update, no weight decay)
         for module in (self.raw_model.sense_network, self.raw_model.sense_weight_net):
             module.requires_grad_(False)
+        # As in the authors' code (utils/training.py:428-440) the sense vectors C(E[x]) still move after
+        # this: E, the sense network's input, is tied to the LM head and trains. sensia_freeze_sense_input
+        # gives the sense network a copy of E taken now (kept in the model's state_dict, so a resumed run
+        # keeps the copy of the first freeze); E itself trains on through the head and the backbone.
+        if self.cfg['sensia_freeze_sense_input']:
+            self.raw_model.freeze_sense_input()
 
     def batch(self):
         return self.sampler.batch(self.sampler.draw(self.cfg['batch_size']), self.device)
@@ -364,6 +378,8 @@ def validate_settings(cfg):
         fail(f"sensia_losses must be a comma-separated subset of {','.join(LOSS_TERMS)}, got {cfg['sensia_losses']!r}")
     if not 0.0 <= cfg['sensia_align_end'] <= cfg['sensia_polish_start'] <= 1.0:
         fail("SENSIA phases need 0 <= sensia_align_end <= sensia_polish_start <= 1")
+    if cfg['sensia_freeze_sense_input'] and not cfg['sensia_freeze']:
+        fail("sensia_freeze_sense_input fixes the sense vectors in the polish phase, which needs sensia_freeze=True")
     if min(cfg['tau_pool'], cfg['tau_sense'], cfg['tau_context']) <= 0 or not 0.0 <= cfg['label_smoothing'] < 1.0:
         fail("tau_pool, tau_sense and tau_context must be > 0 and label_smoothing in [0, 1)")
     if cfg['objective'] == 'sensia' and cfg['batch_size'] < 2:

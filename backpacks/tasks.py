@@ -88,10 +88,16 @@ def add_eval_arguments(p):
     g.add_argument("--mc_rows", type=int, default=64, help="option sequences per forward pass")
     g.add_argument("--mc_examples", type=int, default=None,
                    help="score only the first N examples of each dev file (default: all)")
+    g.add_argument("--mc_length", choices=tuple(multiple_choice.LENGTH_TERMS), default="exponent",
+                   help="length term, tuned with lambda on the tuning half: s / |A|^alpha (exponent, as the authors' "
+                        "run_eval.py) or s + beta |A| (additive, as the paper)")
     g = p.add_argument_group("SENSIA sense geometry (Backpack; see sense_geometry.py)")
     g.add_argument("--geometry_pairs", type=int, default=1000,
                    help="most frequent dictionary pairs of the training text for topology and Procrustes")
     g.add_argument("--geometry_sentences", type=int, default=500, help="test pairs for recall@1 and the mixture ablation")
+    g.add_argument("--geometry_mixture", choices=sense_geometry.GEOMETRY_MIXTURES, default="norm",
+                   help="Procrustes word vectors: senses weighted by softmax(norm / tau_pool) (the z_sns pooling), or "
+                        "by the sense-weight network's alpha at the word's last piece (the paper's form)")
 
 
 def check_args(args):
@@ -431,7 +437,7 @@ def task_multiple_choice(ctx, task):
     """XNLI / PAWS-X accuracy with tuned conditional/PMI scoring (multiple_choice.py)."""
     return multiple_choice.evaluate_task(ctx.model, ctx.tok, ctx.ckpt["meta"], task,
                                          lambda relpath: ctx.locate(f"{task}:{relpath}", relpath), ctx.device,
-                                         ctx.args.mc_rows, ctx.args.mc_examples)
+                                         ctx.args.mc_rows, ctx.args.mc_examples, ctx.args.mc_length)
 
 
 def task_sensia(ctx):
@@ -448,7 +454,7 @@ def task_sensia(ctx):
     tau_pool = ctx.ckpt.get("config", {}).get("tau_pool", 0.7)
     try:
         result = sense_geometry.analyse(ctx.model, ctx.tok, word_pairs, encoded, args.batch_size, ctx.device,
-                                        tau_pool, args.seed)
+                                        tau_pool, args.seed, args.geometry_mixture)
     except ValueError as e:
         raise SkipTask(str(e))
     return {"test_set": source, "word_pair_selection": "most frequent dictionary pairs of the training text",

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import evaluate
 from backpacks import multiple_choice as mc
+from backpacks import report
 from model import ModelConfig, build_model
 
 
@@ -106,6 +107,35 @@ def test_tuning_prefers_the_simplest_scoring_on_ties():
          "length": np.ones((1, 2)), "labels": np.array([0])}
     tuned = mc.tune(c, np.ones(1, dtype=bool))  # every scoring is right
     assert (tuned["lambda"], tuned["alpha"]) == (1.0, 0.0)
+
+
+def test_additive_and_exponent_length_terms_pick_different_answers():
+    """Option 1 is twice as long and less likely per token (-3.25 against -3): no exponent <= 1 makes it win,
+    a per-token bonus of 4 does. Each form is tuned on its own grid and says which it is."""
+    c = {"conditional": np.array([[-3.0, -6.5]] * 4), "prior": np.zeros((4, 2)),
+         "length": np.array([[1.0, 2.0]] * 4), "labels": np.array([1, 1, 1, 1])}
+    assert mc.option_scores(c, 1.0, 1.0, "exponent")[0].argmax() == 0  # -3 > -3.25
+    assert mc.option_scores(c, 1.0, 4.0, "additive")[0].argmax() == 1  # 1 < 1.5
+    everything = np.ones(4, dtype=bool)
+    exponent, additive = mc.tune(c, everything, "exponent"), mc.tune(c, everything, "additive")
+    assert exponent["tuning_accuracy"] == 0.0 and (exponent["lambda"], exponent["alpha"]) == (1.0, 0.0)
+    assert additive["tuning_accuracy"] == 1.0 and (additive["lambda"], additive["beta"]) == (1.0, 4.0)
+    assert additive["length_term"] == "additive" and set(additive["grid_tuning_accuracy"]["lambda=0.5"]) == {
+        f"beta={b:.1f}" for b in mc.BETAS}
+    assert mc.accuracy_with_interval(c, everything, 1.0, 4.0, "additive")["accuracy"] == 1.0
+
+
+def test_the_length_term_is_recorded_in_results_and_report(tiny_model, tmp_path):
+    labels = mc.TASK_SPECS["xnli"].labels
+    rows = [f"premise {i}\thypothesis {i}\t{labels[i % 3]}" for i in range(12)]
+    write_xling(tmp_path, "xnli", "en", rows)
+    meta = {"special_tokens": {"en": 1, "fr": 2, "eot": 0}}
+    result = mc.evaluate_task(tiny_model, CharTokenizer(), meta, "xnli", lambda rel: tmp_path / rel,
+                              length_term="additive")
+    assert result["length_term"] == "additive" and "beta |A|" in result["scoring"]
+    assert result["grid"]["beta"] == mc.BETAS.tolist() and "alpha" not in result["grid"]
+    assert result["en"]["tuned"]["length_term"] == "additive" and result["en"]["tuned"]["beta"] in mc.BETAS
+    assert "| line | lambda / beta |" in "\n".join(report.multiple_choice_section({"xnli": result}))
 
 
 def test_halves_are_disjoint_stable_and_parallel(enfr_data_root):

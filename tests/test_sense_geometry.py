@@ -44,7 +44,30 @@ def test_procrustes_recovers_a_random_rotation():
 def test_mixture_vectors_weight_senses_by_norm():
     senses = np.array([[[3.0, 0.0], [0.0, 1.0]]])  # norms 3 and 1
     pi = np.exp([3 / 0.7, 1 / 0.7]) / np.exp([3 / 0.7, 1 / 0.7]).sum()
-    np.testing.assert_allclose(sense_geometry.mixture_vectors(senses, 0.7), [[3 * pi[0], pi[1]]])
+    np.testing.assert_allclose(sense_geometry.norm_mixture_vectors(senses, 0.7), [[3 * pi[0], pi[1]]])
+
+
+def test_alpha_mixture_weighs_senses_and_pieces_by_the_sense_weight_network():
+    """The alpha form weighs sense l of piece j by alpha[l,last,j] / k: a one-piece word gets the plain mean
+    of its senses (weights 1/k), where the norm form weighs senses by softmax(||c_l|| / tau_pool)."""
+    torch.manual_seed(0)
+    model = BackpackLM(ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)).eval()
+    with torch.no_grad():
+        model.sense_weight_net.c_attn.weight *= 30  # alpha far from uniform over a word's pieces
+        model.sense_network.final_mlp.c_proj.weight[:16] *= 200  # sense 0 (the first d outputs): a large norm
+        pieces = [[7], [3, 11, 5]]  # a one-piece and a three-piece word, batched with right padding
+        one, three = sense_geometry.alpha_mixture_vectors(model, pieces, batch_size=2, device='cpu')
+        senses = model.sense_vectors(torch.tensor([7]))[0]  # (k, d)
+        np.testing.assert_allclose(one, senses.mean(dim=0).numpy(), rtol=1e-5, atol=1e-6)
+        pi = torch.softmax(senses.norm(dim=-1) / 0.7, dim=0)
+        assert pi[0] > 0.9  # the norm form all but picks sense 0
+        np.testing.assert_allclose(sense_geometry.norm_mixture_vectors(senses[None].numpy(), 0.7)[0],
+                                   (pi[:, None] * senses).sum(0).numpy(), rtol=1e-5, atol=1e-6)
+        assert np.abs((pi[:, None] * senses).sum(0).numpy() - one).max() > 0.1
+        alpha = model.contextualization(torch.tensor([pieces[1]]))[0, :, -1]  # (k, 3): the last piece's row
+        assert (alpha - 1 / 3).abs().max() > 0.2
+        by_hand = torch.einsum('lj,jld->d', alpha, model.sense_vectors(torch.tensor(pieces[1]))) / 4
+        np.testing.assert_allclose(three, by_hand.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_top1_and_uniform_ablations_equal_a_hand_computation():
@@ -80,6 +103,6 @@ def test_evaluate_task(sample_dataset, tmp_path, repo_root, make_checkpoint, enf
     assert result.returncode == 0, result.stderr[-2000:]
     r = json.loads((out / 'eval' / 'results.json').read_text())['sensia']
     assert 4 <= r['word_pairs'] <= 50 and r['sentence_pairs'] == 25
-    assert set(r['mixture_ablation']) == {'full', 'top1', 'uniform'}
+    assert set(r['mixture_ablation']) == {'full', 'top1', 'uniform'} and r['procrustes']['mixture'] == 'norm'
     assert r['test_pairs']['recall@1_chance'] == pytest.approx(1 / 25)
     assert -1 <= r['topology']['pairs']['mean'] <= 1

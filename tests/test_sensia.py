@@ -1,5 +1,5 @@
 """sensia.py: InfoNCE, sense pooling, the three-phase schedule, recall@1, freezing in the polish phase
-(also across a kill and resume), and a two-process gloo DDP step against the single-process one."""
+(also across a kill and resume, and of the sense vectors themselves), and a two-process gloo DDP step against the single-process one."""
 import math
 import os
 import signal
@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from backpacks import sensia
 import train
-from backpacks.checkpoint import load_checkpoint, save_checkpoint
+from backpacks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from backpacks.dataset import load_meta
 from model import BackpackLM, ModelConfig
 from test_train import write_synthetic_dataset
 
@@ -179,11 +180,45 @@ def test_ddp_step_equals_single_process_step(sample_dataset, tmp_path, repo_root
         torch.testing.assert_close(b[name], a[name], atol=2e-6 * scale, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize('fixed', [False, True])
+def test_sensia_freeze_sense_input_keeps_the_sense_vectors_fixed(sample_dataset, tmp_path, fixed):
+    """Freezing the sense networks (both codebases) leaves the sense vectors moving with the tied embedding;
+    sensia_freeze_sense_input keeps them bit-identical through a training step while E still gets a
+    gradient, and a model rebuilt from the weights (a resume) reads the same frozen copy."""
+    meta = load_meta(sample_dataset)
+    cfg = {**train.DEFAULTS, 'objective': 'sensia', 'batch_size': 4, 'block_size': 32, 'max_iters': 10,
+           'sensia_freeze_sense_input': fixed}
+    torch.manual_seed(0)
+    model = BackpackLM(ModelConfig(vocab_size=meta['vocab_size'], block_size=32, n_layer=1, n_head=2, n_embd=16,
+                                   n_senses=4))
+    objective = sensia.SensiaObjective(cfg, model, sample_dataset, meta, 'cpu', seed=0)
+    optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
+    ids = torch.arange(meta['vocab_size'])
+    assert not objective.prepare(model, 4) and objective.prepare(model, 5)  # p = 0.5: the polish phase starts
+    before = model.sense_vectors(ids).detach().clone()
+    loss, _ = objective.loss(model, objective.batch(), 5)
+    loss.backward()
+    assert model.token_embeddings.grad.abs().sum() > 0
+    optimizer.step()
+    after = model.sense_vectors(ids).detach()
+    assert torch.equal(before, after) == fixed
+    state = {'model': model.state_dict(), 'model_type': 'backpack', 'model_args': vars(model.config)}
+    assert ('sense_input' in state['model']) == fixed
+    rebuilt = model_from_checkpoint(state)
+    sensia.SensiaObjective(cfg, rebuilt, sample_dataset, meta, 'cpu', seed=0).load_state_dict(objective.state_dict())
+    assert torch.equal(rebuilt.sense_vectors(ids), after)  # the copy of the first freeze, not of E now
+    if fixed:
+        with pytest.raises(ValueError, match='no place for the frozen copy'):
+            rebuilt.save_pretrained(tmp_path)
+
+
 def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpoint):
     with pytest.raises(SystemExit, match='sensia_losses must be'):
         train.main(['--objective=sensia', '--sensia_losses=sense,typo'])
     with pytest.raises(SystemExit, match='sensia_align_end <= sensia_polish_start'):
         train.main(['--objective=sensia', '--sensia_align_end=0.6'])
+    with pytest.raises(SystemExit, match='needs sensia_freeze=True'):
+        train.main(['--objective=sensia', '--sensia_freeze=False', '--sensia_freeze_sense_input=True'])
     transformer = make_checkpoint(tmp_path / 'tf', sample_dataset, model_type='transformer')
     with pytest.raises(SystemExit, match='is a transformer; objective .sensia. adapts'):
         train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={transformer}', f'--out_dir={tmp_path / "o"}'])
