@@ -201,15 +201,14 @@ def main_section(data, figure_names):
 
 # ----------------------------------------------------------------------------- SENSIA
 
-def sensia_section(data, figure_names):
-    runs = evaluated(data["sensia"])
-    if not runs:
-        return "## SENSIA\n\nNo SENSIA run was evaluated.\n"
+def sensia_table(runs):
+    """Markdown table of SENSIA runs' evaluations ({name: results.json}): French perplexity, recall@1,
+    entropy, topology and Procrustes against their random pairings, the mixture ablation, XNLI / PAWS-X fr."""
     rows = []
     for name, results in runs.items():
         s = results.get("sensia", {})
         if "test_pairs" not in s:
-            rows.append([name] + [f"skipped: {s.get('skipped', 'not evaluated')}"] + [""] * 8)
+            rows.append([name, f"skipped: {s.get('skipped', 'not evaluated')}"] + [""] * 8)
             continue
         t, p, m = s["test_pairs"], s["procrustes"], s["mixture_ablation"]
         acc = multiple_choice_accuracies(results)
@@ -222,18 +221,24 @@ def sensia_section(data, figure_names):
                      f"{p['held_out_half']:.3f} ({p['held_out_half_random_pairing']:.3f})",
                      " / ".join(f"{m[k]['loss']:.3f}" for k in ("full", "top1", "uniform")),
                      " / ".join(f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]" if a else "n/a" for a in mc)])
-    first = next(iter(runs.values())).get("sensia", {}).get("test_pairs", {})
     header = ["run", "French ppl (test)", "R@1 z_sns / z_ctx", "sense entropy fr / ln k", "topology rho [95%]",
               "random pairing [95%]", "Procrustes in-sample (random)", "Procrustes held-out (random)",
               "French CE full / top-1 / uniform", "XNLI fr / PAWS-X fr (tuned) [95%]"]
+    first = next((r["sensia"]["test_pairs"] for r in runs.values() if "test_pairs" in r.get("sensia", {})), {})
+    note = (f"{first.get('pairs', 'n/a')} test pairs (R@1 chance {fmt(first.get('recall@1_chance'))}); sense entropy "
+            "against its maximum ln k; topology and Procrustes against a random pairing of the same words.")
+    return markdown_table(header, rows) + "\n\n" + note
+
+
+def sensia_section(data, figure_names):
+    runs = evaluated(data["sensia"])
+    if not runs:
+        return "## SENSIA\n\nNo SENSIA run was evaluated.\n"
     return "\n".join([
         "## SENSIA", "",
         "An English-only Backpack of the same shape (english), then SENSIA, the LM-only control (the same data, "
         "steps, schedule and freezing, only the French LM loss) and MCL (mean-pooled contrastive baseline), each "
-        f"evaluated at its last step. {first.get('pairs', 'n/a')} test pairs (R@1 chance "
-        f"{fmt(first.get('recall@1_chance'))}); sense entropy against its maximum ln k; topology and Procrustes "
-        "against a random pairing of the same words.", "",
-        markdown_table(header, rows), "", *(f"![{name}]({name})" for name in figure_names), ""])
+        "evaluated at its last step.", "", sensia_table(runs), "", *(f"![{name}]({name})" for name in figure_names), ""])
 
 
 # ----------------------------------------------------------------------------- interventions and senses
@@ -278,13 +283,16 @@ def topic_lines(summary):
             weakest, strongest = sorted(curve, key=float)[0], sorted(curve, key=float)[-1]
             bonus = (entry.get("matched") or {}).get(annealing, {}).get(strongest, {}).get("mass")
             baseline = entry["transformer"].get(str(float(bonus))) if bonus is not None else None
-            rows.append([lang, annealing, mean_se(curve[weakest]["mass"]), strongest, mean_se(curve[strongest]["mass"]),
-                         mean_se(curve[strongest]["nll"]), fmt(bonus),
-                         mean_se(baseline["mass"]) if baseline else "n/a", mean_se(baseline["nll"]) if baseline else "n/a"])
-    return ["**Topic control** (probability mass of the topic's bag words on the next token; NLL: nats/token of the "
-            "samples under the unedited model, the fluency cost):", "",
-            markdown_table(["lang", "annealing", "mass unedited", "strength", "mass edited", "NLL edited",
-                            "Transformer bonus", "Transformer mass", "Transformer NLL"], rows), ""]
+            rows.append([lang, annealing, mean_se(curve[weakest]["mass"]), mean_se(curve[weakest]["rate"]), strongest,
+                         mean_se(curve[strongest]["mass"]), mean_se(curve[strongest]["rate"]),
+                         mean_se(curve[strongest]["nll"]), fmt(bonus)]
+                        + [mean_se(baseline[key]) if baseline else "n/a" for key in ("mass", "rate", "nll")])
+    return ["**Topic control** (mass: probability of the topic's bag words on the next token; rate: share of the "
+            "sampled words that are bag words; NLL: nats/token of the samples under the unedited model, the fluency "
+            "cost; the Transformer gets the logit bonus on the bag words whose mass is closest):", "",
+            markdown_table(["lang", "annealing", "mass unedited", "rate unedited", "strength", "mass edited",
+                            "rate edited", "NLL edited", "Transformer bonus", "Transformer mass", "Transformer rate",
+                            "Transformer NLL"], rows), ""]
 
 
 def steering_lines(steering):

@@ -48,34 +48,11 @@ done
 python - "$OUT" "$corpus" "${runs[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-from backpacks.report import markdown_table, fmt
+from backpacks.study_report import sensia_table
 out, corpus, runs = Path(sys.argv[1]), sys.argv[2], ['english'] + sys.argv[3:]
-res = {run: json.loads((out / run / 'eval' / 'results.json').read_text()) for run in runs}
-def ci(entry):
-    return f"{entry['mean']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
-rows = []
-for run, r in res.items():
-    s = r['sensia']
-    if 'skipped' in s:
-        rows.append([run] + ['n/a'] * 9)
-        continue
-    t, p, m = s['test_pairs'], s['procrustes'], s['mixture_ablation']
-    rows.append([run, fmt(t['ppl_fr']), fmt(t['recall@1_sns']), fmt(t['recall@1_ctx']),
-                 f"{t['sense_entropy_fr']:.2f} / {t['sense_entropy_max']:.2f}",
-                 ci(s['topology']['pairs']), ci(s['topology']['random_pairing']),
-                 f"{p['in_sample']:.3f} ({p['in_sample_random_pairing']:.3f})",
-                 f"{p['held_out_half']:.3f} ({p['held_out_half_random_pairing']:.3f})",
-                 ' / '.join(f"{m[k]['loss']:.3f}" for k in ('full', 'top1', 'uniform'))])
-header = ['run', 'French ppl (test)', 'R@1 z_sns', 'R@1 z_ctx', 'entropy fr / ln k', 'topology rho [95% CI]',
-          'topology, random pairing', 'Procrustes cos (random)', 'Procrustes held-out (random)',
-          'French CE full / top-1 / uniform']
-first = res[runs[0]]['sensia']
-note = (f"corpus {corpus}; {first.get('test_pairs', {}).get('pairs')} test pairs (R@1 chance "
-        f"{first.get('test_pairs', {}).get('recall@1_chance', float('nan')):.3f}), {first.get('word_pairs')} dictionary pairs; "
-        "english = the starting point before adaptation")
-if any('xnli' in r for r in res.values()):
-    note += "; multiple-choice accuracies (xnli, pawsx): " + ", ".join(str(out / run / 'eval' / 'report.md') for run in runs)
-table = markdown_table(header, rows) + "\n\n" + note + "\n"
+results = {run: json.loads((out / run / 'eval' / 'results.json').read_text()) for run in runs}
+table = (sensia_table(results) + f"\n\ncorpus {corpus}; english = the starting point before adaptation; "
+         "multiple-choice details: " + ", ".join(str(out / run / 'eval' / 'report.md') for run in runs) + "\n")
 (out / 'comparison.md').write_text(table)
 print(table)
 PY

@@ -64,11 +64,15 @@ mark_done() {
 }
 train() {  # out_dir, train.py arguments: a finished run is kept, an interrupted one resumed
   local out=$1; shift
-  if [[ -f $out/ckpt.pt ]]; then
+  local finished=$OUT/steps/trained_$(basename "$out")
+  if [[ -f $finished && -f $out/ckpt.pt ]]; then
+    echo "  reusing the finished run $out"
+  elif [[ -f $out/ckpt.pt ]]; then
     timed "train $(basename "$out")" python train.py --init_from=resume --out_dir="$out"
   else
     timed "train $(basename "$out")" python train.py "$@" --out_dir="$out"
   fi
+  touch "$finished"
 }
 
 step "datasets: a ${VOCAB}-token bilingual BPE on ${corpus[*]:-Europarl from the hub}; pairs, and English only for SENSIA"
