@@ -66,6 +66,10 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     assert loss["split"] == "test" and "test loss (all)" in result.stdout
     assert loss["all"]["tokens"] > 0 and loss["all"]["perplexity"] > 1
     assert loss["en"]["tokens"] > 0 and loss["fr"]["tokens"] > 0
+    low, high = loss["all"]["ci95"]  # per-window values: an interval, and paired tests between models
+    assert low <= loss["all"]["loss"] <= high
+    windows = loss["windows"]["fr"]
+    assert len(windows["tokens"]) == loss["batches"] * loss["batch_size"] and sum(windows["tokens"]) == loss["fr"]["tokens"]
 
     translation = results["translation"]
     assert translation["samples_asked"] == 8 and translation["samples_used"] == 8
@@ -85,6 +89,7 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     assert set(msl["spearman"]) >= {"embedding", "mean", "minpair", "maxpair", "sense:0", "sense:3"}
     assert -1 <= msl["spearman"]["mean"]["rho"] <= 1 and 0 <= msl["spearman"]["mean"]["p_value"] <= 1
     assert msl["words"]["single_piece"] <= msl["words"]["words"]
+    assert len(msl["gold"]) == len(msl["spearman"]["mean"]["similarities"]) == msl["pairs_used"]
     assert wordsim["wordsim353-sim"]["resource"]["malformed"] == 1  # the shared CSV's last line has no words
 
     bli = results["bli"]
@@ -93,7 +98,8 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
         for rep in ("embedding", "mean", "random_pieces"):
             assert set(bli[direction][rep]) <= {"cosine", "csls", "cosine_excluding_identical", "csls_excluding_identical"}
             csls = bli[direction][rep]["csls"]
-            assert set(csls) == {"p@1", "p@5", "ci95"} and csls["ci95"]["p@1"][0] <= csls["p@1"] <= csls["ci95"]["p@1"][1]
+            assert set(csls) == {"p@1", "p@5", "ci95", "hits@1"} and csls["ci95"]["p@1"][0] <= csls["p@1"] <= csls["ci95"]["p@1"][1]
+            assert len(csls["hits@1"]) == bli[direction]["queries"] and sum(csls["hits@1"]) / len(csls["hits@1"]) == csls["p@1"]
     assert bli["dictionary_split"].startswith("MUSE 0-5000: MUSE's training dictionary")
     assert bli["candidates_asked"] == 300
 
@@ -103,6 +109,8 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
         for pooling in ("mean", "first", "last"):
             entry = sentence[states][pooling]
             assert 0 <= entry["recall@1_en_to_fr"] <= 1 and 0 <= entry["recall@1_fr_to_en"] <= 1
+            assert entry["ci95"]["recall@1_en_to_fr"][0] <= entry["recall@1_en_to_fr"] <= entry["ci95"]["recall@1_en_to_fr"][1]
+            assert sum(entry["hits"]["recall@1_fr_to_en"]) / 16 == entry["recall@1_fr_to_en"]
             assert "mean" in entry["derangement_cosine"]
 
     senses = results["senses"]
