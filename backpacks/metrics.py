@@ -361,7 +361,7 @@ def precision_at_k(scores, gold, ks=(1, 5), seed=0):
     found = {k: hits[:, :k].any(axis=1) for k in ks}
     return {**{f"p@{k}": float(found[k].mean()) for k in ks},
             "ci95": {f"p@{k}": bootstrap_mean_interval(found[k], seed=seed) for k in ks},
-            "hits@1": found[min(ks)].astype(int).tolist()}  # per query, for paired tests between models
+            **({"hits@1": found[1].astype(int).tolist()} if 1 in ks else {})}  # per query, for paired tests
 
 
 # -----------------------------------------------------------------------------

@@ -32,15 +32,20 @@ class Shape:
     block_size: int
 
 
+def meta_model(model_type, **config):
+    """An untrained model on the meta device: its parameter and FLOP counts without allocating weights."""
+    with torch.device("meta"):
+        return build_model(model_type, ModelConfig(**config))
+
+
 def build(model_type, shape, vocab_size, **overrides):
-    """An untrained model of the shape on the meta device: counts without allocating weights."""
+    """meta_model of a study shape."""
     shape = replace(shape, **overrides)
     args = dict(n_layer=shape.n_layer, n_head=shape.n_head, n_embd=shape.n_embd, block_size=shape.block_size,
                 vocab_size=vocab_size, dropout=0.0)
     if model_type == "backpack":
         args["n_senses"] = shape.n_senses
-    with torch.device("meta"):
-        return build_model(model_type, ModelConfig(**args))
+    return meta_model(model_type, **args)
 
 
 def param_matched_width(shape, vocab_size):

@@ -8,9 +8,8 @@ import numpy as np  # noqa: E402
 
 from backpacks import study_measures as sm  # noqa: E402
 from backpacks.atomic import atomic_write  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
-
-import torch  # noqa: E402  (isort: after model, which imports it anyway)
+from backpacks.study import meta_model  # noqa: E402
+from backpacks.study_measures import LABELS, word_vector  # noqa: E402
 
 STYLE = {"backpack": ("C0", "-"), "transformer_tokens": ("C1", "-"), "transformer_flops": ("C2", "-"),
          "transformer_params": ("C3", "-"), "backpack_seed2": ("C0", ":"), "transformer_tokens_seed2": ("C1", ":"),
@@ -24,15 +23,13 @@ def save(fig, path):
 
 
 def flops_per_token(run):
-    """Training FLOPs per token of an evaluated run's model (model.flops_per_token), built on the meta device."""
-    with torch.device("meta"):
-        return build_model(run["model_type"], ModelConfig(**run["model_args"])).flops_per_token()
+    """Training FLOPs per token of an evaluated run's model (model.flops_per_token)."""
+    return meta_model(run["model_type"], **run["model_args"]).flops_per_token()
 
 
 def loss_figures(out, data, tokens_per_iter):
     """Validation loss against training tokens and against training FLOPs, every model."""
-    from backpacks.study_report import LABELS, evaluated
-    runs = evaluated(data["runs"])
+    runs = sm.evaluated(data["runs"])
     if not runs or not tokens_per_iter:
         return []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -56,7 +53,8 @@ def interval_bars(ax, groups, series):
     x = np.arange(len(groups))
     for i, (label, points) in enumerate(series.items()):
         values = np.array([p[0] if p else np.nan for p in points], dtype=float)
-        errors = np.array([[p[0] - p[1][0], p[1][1] - p[0]] if p and p[1] else [0, 0] for p in points]).T
+        errors = np.array([[p[0] - p[1][0], p[1][1] - p[0]] if p and p[1] else [0, 0] for p in points], dtype=float).T
+        errors = np.clip(np.nan_to_num(errors), 0, None)  # a percentile interval may leave out its point estimate
         ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x)
     ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
@@ -65,8 +63,7 @@ def interval_bars(ax, groups, series):
 
 def main_figures(out, data):
     """Word similarity and lexicon induction: each model's vector, and the random-pieces control."""
-    from backpacks.study_report import BACKPACK_VECTOR, LABELS, evaluated
-    runs = evaluated(data["runs"])
+    runs = sm.evaluated(data["runs"])
     if "backpack" not in runs:
         return []
     panels = [("word similarity: Spearman rho", sm.WORDSIM_SETS,
@@ -77,7 +74,7 @@ def main_figures(out, data):
     for ax, (title, groups, measure) in zip(axes, panels):
         series = {}
         for name, results in runs.items():
-            rep = BACKPACK_VECTOR if name.startswith("backpack") else "embedding"
+            rep = word_vector(name)
             series[f"{LABELS[name]} ({rep})"] = [measure(g, rep).read(results) for g in groups]
         series["random pieces (Backpack's pieces)"] = [measure(g, "random_pieces").read(runs["backpack"]) for g in groups]
         interval_bars(ax, groups, series)

@@ -14,18 +14,13 @@ from pathlib import Path
 from backpacks import study_figures as figures
 from backpacks import study_measures as sm
 from backpacks.atomic import atomic_write_text
-from backpacks.metrics import intervals_overlap
+from backpacks.metrics import accuracy_interval, intervals_overlap
 from backpacks.report import fmt, fmt_interval, markdown_table, multiple_choice_accuracies
+from backpacks.study_measures import BACKPACK_VECTOR, LABELS, evaluated, word_vector
 
 MAIN_RUNS = ("backpack", "transformer_tokens", "transformer_flops", "transformer_params")
 SEED_RUNS = ("backpack_seed2", "transformer_tokens_seed2")
 SENSIA_RUNS = ("english", "sensia", "lm_only", "mcl")
-LABELS = {"backpack": "Backpack", "transformer_tokens": "T tokens", "transformer_flops": "T FLOPs",
-          "transformer_params": "T params", "backpack_seed2": "Backpack seed 2",
-          "transformer_tokens_seed2": "T tokens seed 2"}
-# the Backpack's word vector against the Transformer's embedding, declared before any result: the mean
-# of its senses (the Backpack's own lexical representation); the embedding row compares like with like
-BACKPACK_VECTOR = "mean"
 SECTIONS = ("Summary", "Setup", "Models", "Main comparison", "SENSIA", "Interventions", "Senses")
 
 
@@ -49,10 +44,6 @@ def load(out):
             "plan": read_json(out / "plan.json") or {}, "times": times,
             "comparison": read_json(out / "comparison" / "comparison.json") or {},
             "interventions": read_json(out / "backpack" / "interventions" / "interventions.json")}
-
-
-def evaluated(runs):
-    return {name: run["results"] for name, run in runs.items() if run["results"]}
 
 
 # ----------------------------------------------------------------------------- setup and models
@@ -89,7 +80,10 @@ def models_section(data, figure_names):
     for name, results in evaluated(data["runs"]).items():
         run, log = results["run"], data["runs"][name]["log"] or [{"iter": results["run"]["iter_num"]}]
         iters = log[-1]["iter"]
+        planned = matched.get(name.replace("_seed2", ""), {}).get("max_iters", data["plan"].get("iters"))
         why = matched.get(name.replace("_seed2", ""), {}).get("why", "the reference")
+        if planned is not None and iters != planned:
+            why = f"NOT matched: trained {iters} of the {planned} iterations the plan asks"
         rows.append([LABELS[name], f"{run['params']['total']:,}", f"{iters:,}", f"{iters * per_iter / 1e6:.2f}M",
                      f"{iters * per_iter * figures.flops_per_token(run) / 1e15:.3f}", fmt(run.get("best", {}).get("value")),
                      f"{run['iter_num']:,}", why + (", second seed" if name.endswith("seed2") else "")])
@@ -103,41 +97,41 @@ def models_section(data, figure_names):
 # ----------------------------------------------------------------------------- main comparison
 
 def row_measures():
-    """(row label, the Backpack's measure, the Transformer's measure) of the main table."""
-    rows = [(f"test loss ({lang})", m, m) for lang in ("all", "en", "fr") for m in [sm.loss_measure(lang)]]
+    """(row label, the Backpack's measure, the Transformer's measure, in the summary) of the main table."""
+    rows = [(f"test loss ({lang})", m, m, lang == "all") for lang in ("all", "en", "fr") for m in [sm.loss_measure(lang)]]
+    mixed = "sense mean (B) / embedding (T)"
     for name in sm.WORDSIM_SETS:
-        rows += [(f"{name} rho: sense mean (B) / embedding (T)", sm.wordsim_measure(name, BACKPACK_VECTOR),
-                  sm.wordsim_measure(name, "embedding"))]
-        rows += [(f"{name} rho: {rep}", m, m) for rep in ("embedding", "random_pieces")
-                 for m in [sm.wordsim_measure(name, rep)]]
+        rows.append((f"{name} rho: {mixed}", sm.wordsim_measure(name, BACKPACK_VECTOR), sm.wordsim_measure(name, "embedding"), True))
+        rows += [(f"{name} rho: {rep}", m, m, False) for rep in ("embedding", "random_pieces") for m in [sm.wordsim_measure(name, rep)]]
     for direction in ("en-fr", "fr-en"):
-        rows += [(f"BLI {direction} P@1 CSLS: sense mean (B) / embedding (T)", sm.bli_measure(direction, BACKPACK_VECTOR),
-                  sm.bli_measure(direction, "embedding"))]
-        rows += [(f"BLI {direction} P@1 CSLS: {rep}", m, m) for rep in ("embedding", "random_pieces")
+        rows.append((f"BLI {direction} P@1 CSLS: {mixed}", sm.bli_measure(direction, BACKPACK_VECTOR),
+                     sm.bli_measure(direction, "embedding"), True))
+        rows += [(f"BLI {direction} P@1 CSLS: {rep}", m, m, False) for rep in ("embedding", "random_pieces")
                  for m in [sm.bli_measure(direction, rep)]]
     retrieval = sm.retrieval_measure("backbone")
-    return rows + [("sentence retrieval R@1 en->fr (backbone mean-pool)", retrieval, retrieval)]
+    return rows + [("sentence retrieval R@1 en->fr (backbone mean-pool)", retrieval, retrieval, True)]
 
 
 def measure_of(run_name, backpack_measure, transformer_measure):
-    return backpack_measure if run_name.startswith("backpack") else transformer_measure
+    return backpack_measure if word_vector(run_name) == BACKPACK_VECTOR else transformer_measure
 
 
 def paired_rows(runs):
-    """(value rows, test rows) of the measures with per-item data: each run's value [95% interval],
-    and each other run minus the Backpack by a paired bootstrap."""
+    """(value rows, test rows, summary tests) of the measures with per-item data: each run's value [95%
+    interval], and each other run minus the Backpack by a paired bootstrap."""
     reference, others = runs["backpack"], [name for name in runs if name != "backpack"]
-    values, tests, verdicts = [], [], {}
-    for label, mb, mt in row_measures():
+    values, tests, summary = [], [], {}
+    for label, mb, mt, key in row_measures():
         reads = [measure_of(name, mb, mt).read(results) for name, results in runs.items()]
         values.append([label] + [fmt_interval(r[0], r[1]) if r else "n/a" for r in reads])
         row = [label]
         for name in others:
             test, why = sm.paired((measure_of(name, mb, mt), runs[name]), (mb, reference))
             row.append(sm.fmt_test(test) if test else why)
-            verdicts[(label, name)] = sm.verdict(test, mb.higher_is_better, LABELS[name], "Backpack")
+            if key:
+                summary[(label, name)] = (test, mb.higher_is_better)
         tests.append(row)
-    return values, tests, verdicts
+    return values, tests, summary
 
 
 def translation_rows(runs, comparison):
@@ -180,7 +174,7 @@ def main_section(data, figure_names):
     runs = evaluated(data["runs"])
     if "backpack" not in runs:
         return "## Main comparison\n\nThe Backpack was not evaluated: no comparison.\n", {}
-    values, tests, verdicts = paired_rows(runs)
+    values, tests, summary = paired_rows(runs)
     for rows in (translation_rows(runs, data["comparison"]), choice_rows(runs)):
         values += rows[0]
         tests += rows[1]
@@ -196,7 +190,7 @@ def main_section(data, figure_names):
         "two-sided p (for losses, lower is better). Accuracies of XNLI / PAWS-X were not stored per item: "
         "there, overlapping intervals (a conservative test).", "",
         markdown_table(["measure"] + [f"{label} - Backpack" for label in labels[1:]], tests), "",
-        *(f"![{name}]({name})" for name in figure_names), ""]), verdicts
+        *(f"![{name}]({name})" for name in figure_names), ""]), summary
 
 
 # ----------------------------------------------------------------------------- SENSIA
@@ -213,7 +207,7 @@ def sensia_table(runs):
         t, p, m = s["test_pairs"], s["procrustes"], s["mixture_ablation"]
         acc = multiple_choice_accuracies(results)
         mc = [acc.get(f"{task} fr accuracy (tuned)") for task in ("xnli", "pawsx")]
-        rows.append([name, fmt(t["ppl_fr"]), f"{t['recall@1_sns']:.3f} / {t['recall@1_ctx']:.3f}",
+        rows.append([name, fmt(t["ppl_fr"]), " / ".join(recall_text(t, key) for key in ("recall@1_sns", "recall@1_ctx")),
                      f"{t['sense_entropy_fr']:.2f} / {t['sense_entropy_max']:.2f}",
                      fmt_interval(s["topology"]["pairs"]["mean"], s["topology"]["pairs"]["ci95"]),
                      fmt_interval(s["topology"]["random_pairing"]["mean"], s["topology"]["random_pairing"]["ci95"]),
@@ -221,13 +215,20 @@ def sensia_table(runs):
                      f"{p['held_out_half']:.3f} ({p['held_out_half_random_pairing']:.3f})",
                      " / ".join(f"{m[k]['loss']:.3f}" for k in ("full", "top1", "uniform")),
                      " / ".join(f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]" if a else "n/a" for a in mc)])
-    header = ["run", "French ppl (test)", "R@1 z_sns / z_ctx", "sense entropy fr / ln k", "topology rho [95%]",
+    header = ["run", "French ppl (test)", "R@1 z_sns / z_ctx [95%]", "sense entropy fr / ln k", "topology rho [95%]",
               "random pairing [95%]", "Procrustes in-sample (random)", "Procrustes held-out (random)",
               "French CE full / top-1 / uniform", "XNLI fr / PAWS-X fr (tuned) [95%]"]
     first = next((r["sensia"]["test_pairs"] for r in runs.values() if "test_pairs" in r.get("sensia", {})), {})
     note = (f"{first.get('pairs', 'n/a')} test pairs (R@1 chance {fmt(first.get('recall@1_chance'))}); sense entropy "
             "against its maximum ln k; topology and Procrustes against a random pairing of the same words.")
     return markdown_table(header, rows) + "\n\n" + note
+
+
+def recall_text(pairs, key):
+    """recall@1 over both directions (2 x pairs queries) with its Wilson interval."""
+    n = 2 * pairs["pairs"]
+    interval = accuracy_interval(round(pairs[key] * n), n)
+    return f"{pairs[key]:.3f} [{interval['ci_low']:.3f}, {interval['ci_high']:.3f}]"
 
 
 def sensia_section(data, figure_names):
@@ -262,8 +263,8 @@ def interventions_section(data, figure_names):
         for model, s in entry.get("summary", {}).get("all", {}).items():
             rows.append([lang, model, mean_se(s.get("unmodified_per_piece")), mean_se(s.get("removed_per_piece")),
                          mean_se(s.get("optimised_per_piece"))])
-    lines += ["**Gender bias** (per piece; 1 is unbiased; the Backpack's gender sense removed or scaled by its "
-              "fitted p; the Transformer row is its own unmodified bias):", "",
+    lines += ["**Gender bias** (max(p(he)/p(she), p(she)/p(he)) per piece, 1 unbiased; the Backpack's gender sense "
+              "removed or scaled by the optimised p; the Transformer's rows edit its own he-she direction alike):", "",
               markdown_table(["lang", "model", "unmodified", "sense removed", "optimised"], rows), ""]
     rows = [[lang, mean_se(s.get("margin_change")), mean_se(s.get("projection")), mean_se(s.get("collateral_kl"))]
             for lang, s in iv.get("knowledge", {}).get("summary", {}).items()]
@@ -296,14 +297,26 @@ def topic_lines(summary):
 
 
 def steering_lines(steering):
+    """Share of the target language in samples from prompts in the other language, the Backpack's senses
+    of the target language scaled (1 is the unedited model), against the Transformer's random directions."""
     rows = []
-    for target, by_strength in steering.get("backpack", {}).items():
-        strengths = sorted(by_strength, key=float)
-        rows.append([target, mean_se(by_strength[strengths[0]].get(target)),
-                     mean_se(by_strength[strengths[-1]].get(target)), strengths[-1]])
-    return ["**Language steering** (share of generated words in the target language; the senses most tied to that "
-            "language scaled up):", "",
-            markdown_table(["target", "unedited", "strongest", "strength"], rows) if rows else "did not run", ""]
+    for target, by_scale in steering.get("backpack", {}).items():
+        prompt = "fr" if target == "en" else "en"  # steering has room to show where the prompt pulls the other way
+
+        def share(entry):  # the results hold the French share of the generated words
+            if not entry:
+                return "n/a"
+            mean = entry["mean"] if target == "fr" else 1 - entry["mean"]
+            return f"{mean:.3f}" + (f" ± {entry['se']:.2g}" if entry.get("se") is not None else "")
+        strongest = max(by_scale, key=float)
+        control = steering.get("transformer", {}).get(strongest, {})
+        rows.append([target, prompt, share(by_scale.get("1.0", {}).get(prompt)), strongest,
+                     share(by_scale[strongest].get(prompt)), share(control.get(prompt))])
+    return ["**Language steering** (share of the generated words in the target language, from prompts in the other "
+            "language; the senses most tied to the target language scaled; control: the Transformer with as many "
+            "random input directions scaled alike):", "",
+            markdown_table(["target", "prompts", "unedited (scale 1)", "scale", "edited", "Transformer control"], rows)
+            if rows else "did not run", ""]
 
 
 def token_text(token):
@@ -327,31 +340,27 @@ def senses_section(results, words=4, top=6):
 
 # ----------------------------------------------------------------------------- summary
 
-KEY_ROWS = ("test loss (all)", "multisimlex-en rho: sense mean (B) / embedding (T)",
-            "multisimlex-fr rho: sense mean (B) / embedding (T)", "multisimlex-en-fr rho: sense mean (B) / embedding (T)",
-            "simlex999 rho: sense mean (B) / embedding (T)", "wordsim353 rho: sense mean (B) / embedding (T)",
-            "BLI en-fr P@1 CSLS: sense mean (B) / embedding (T)", "BLI fr-en P@1 CSLS: sense mean (B) / embedding (T)",
-            "sentence retrieval R@1 en->fr (backbone mean-pool)")
+def adjusted_verdicts(tests, label_of):
+    """{key: phrase} of a family of paired tests {key: (test, higher_is_better)}, Holm-adjusted together."""
+    keys = list(tests)
+    adjusted = sm.holm([tests[k][0]["p_value"] if tests[k][0] else None for k in keys])
+    return {k: sm.verdict(tests[k][0], tests[k][1], *label_of(k), p_value=p) for k, p in zip(keys, adjusted)}
 
 
-def against_control(test):
-    if test is None or test["p_value"] is None:
-        return "no test"
-    if test["p_value"] >= 0.05:
-        return "not different from the control"
-    return "above the control" if test["difference"] > 0 else "below the control"
+def tested(tests):
+    return sum(1 for test, _ in tests.values() if test and test["p_value"] is not None)
 
 
 def control_verdicts(runs):
-    """For each run: whether its word vector beats the random-pieces control, paired on the same items."""
+    """For each run: whether its word vector beats the random-pieces control, paired on the same items
+    (Holm-adjusted over the table)."""
     groups = [(name, sm.wordsim_measure) for name in sm.WORDSIM_SETS] + [(d, sm.bli_measure) for d in ("en-fr", "fr-en")]
-    rows = []
-    for name, results in runs.items():
-        rep = BACKPACK_VECTOR if name.startswith("backpack") else "embedding"
-        rows.append([f"{LABELS[name]} ({rep})"] + [
-            against_control(sm.paired((measure(group, rep), results), (measure(group, "random_pieces"), results))[0])
-            for group, measure in groups])
-    return markdown_table(["model"] + [g for g, _ in groups[:-2]] + ["BLI en-fr", "BLI fr-en"], rows)
+    tests = {(name, group): (sm.paired((measure(group, word_vector(name)), results),
+                                       (measure(group, "random_pieces"), results))[0], True)
+             for name, results in runs.items() for group, measure in groups}
+    phrases = adjusted_verdicts(tests, lambda key: ("above the control", "below the control", "not different from the control"))
+    rows = [[f"{LABELS[name]} ({word_vector(name)})"] + [phrases[(name, group)] for group, _ in groups] for name in runs]
+    return markdown_table(["model"] + [g for g, _ in groups[:-2]] + ["BLI en-fr", "BLI fr-en"], rows), tested(tests)
 
 
 def sensia_findings(sensia_runs):
@@ -360,34 +369,41 @@ def sensia_findings(sensia_runs):
     if not runs.get("sensia") or not runs.get("lm_only"):
         return ["- SENSIA: not evaluated against its LM-only control."]
     a, b = runs["sensia"], runs["lm_only"]
-    return [f"- SENSIA against the LM-only control ({a['pairs']} test pairs, chance {a['recall@1_chance']:.3f}): "
-            f"R@1 z_sns {a['recall@1_sns']:.3f} against {b['recall@1_sns']:.3f}, z_ctx {a['recall@1_ctx']:.3f} against "
-            f"{b['recall@1_ctx']:.3f}; French perplexity {a['ppl_fr']:.1f} against {b['ppl_fr']:.1f}."]
+    return [f"- SENSIA against the LM-only control ({a['pairs']} test pairs, chance {a['recall@1_chance']:.3f}; "
+            f"Wilson 95% intervals): R@1 z_sns {recall_text(a, 'recall@1_sns')} against {recall_text(b, 'recall@1_sns')}, "
+            f"z_ctx {recall_text(a, 'recall@1_ctx')} against {recall_text(b, 'recall@1_ctx')}; French test perplexity "
+            f"{a['ppl_fr']:.1f} against {b['ppl_fr']:.1f}."]
 
 
-def summary_section(verdicts, data):
+def summary_section(tests, data):
     runs = evaluated(data["runs"])
-    if not verdicts:
+    if not tests:
         return "## Summary\n\nNo paired comparison could be made (the Backpack was not evaluated).\n"
     others = [n for n in runs if n != "backpack"]
-    rows = [[row] + [verdicts.get((row, name), "no test") for name in others] for row in KEY_ROWS]
+    phrases = adjusted_verdicts(tests, lambda key: (f"{LABELS[key[1]]} better", "Backpack better",
+                                                    "no significant difference"))
+    labels = list(dict.fromkeys(label for label, _ in tests))
+    rows = [[label] + [phrases.get((label, name), "no test") for name in others] for label in labels]
+    control_table, control_tests = control_verdicts(runs)
     return "\n".join([
         "## Summary", "",
-        "Paired bootstrap tests at 5%, each model against the Backpack on the same items (the main comparison has "
-        "the differences and intervals). 'no significant difference' is a finding, not a failure to run.", "",
+        f"Paired bootstrap tests, each model against the Backpack on the same items, at 5% after Holm's adjustment "
+        f"over the {tested(tests)} tests of this table (the main comparison has the differences, intervals and "
+        "unadjusted p-values). 'no significant difference' is a finding, not a failure to run.", "",
         markdown_table(["measure"] + [LABELS[n] for n in others], rows), "",
-        "Against the spelling control (random vectors per subword piece, the same pieces), paired on the same "
-        "word pairs or queries:", "", control_verdicts(runs), "", *sensia_findings(data["sensia"]), ""])
+        f"Against the spelling control (random vectors over the same subword pieces), paired on the same word pairs "
+        f"or queries, Holm-adjusted over the {control_tests} tests of this table:", "", control_table, "",
+        *sensia_findings(data["sensia"]), ""])
 
 
 def write_report(out):
     """Write out/study.md and its figures; return the report's path."""
     data = load(out)
     runs = evaluated(data["runs"])
-    main, verdicts = main_section(data, figures.main_figures(out, data))
+    main, tests = main_section(data, figures.main_figures(out, data))
     parts = [f"# The study: Backpack against matched Transformers, SENSIA against its controls, sense interventions",
              "", f"Written {datetime.date.today().isoformat()} by `bash experiments/study.sh` (docs/study.md).", "",
-             summary_section(verdicts, data), setup_section(data),
+             summary_section(tests, data), setup_section(data),
              models_section(data, figures.loss_figures(out, data, tokens_per_iter(data["plan"]))),
              main, sensia_section(data, figures.sensia_figures(out, data)),
              interventions_section(data, figures.intervention_figures(out, data)),

@@ -473,7 +473,7 @@ def render_steering(steer):
         if steer['transformer']:
             row += [pm(steer['transformer'][scale][lang]) for lang in LANGS]
         rows.append(row)
-    header = ['scale', 'fr senses, EN prompt', 'fr senses, FR prompt', 'en senses, EN prompt', 'en senses, FR prompt']
+    header = ['scale'] + [f'{target} senses, {lang.upper()} prompt' for target in LANGS for lang in LANGS]
     header += ['random dirs, EN prompt', 'random dirs, FR prompt'] if steer['transformer'] else []
     return lines + [markdown_table(header, rows), ""]
 

@@ -23,6 +23,9 @@ if [[ $# -gt 0 ]]; then
   corpus=("$@")
 fi
 [[ ${SEEDS:-1} == 1 || ${SEEDS:-1} == 2 ]] || { echo "error: SEEDS must be 1 or 2, got $SEEDS" >&2; exit 2; }
+for count in ITERS SENSIA_PRETRAIN_ITERS SENSIA_ITERS; do
+  [[ -z ${!count:-} || ${!count} =~ ^[1-9][0-9]*$ ]] || { echo "error: $count must be a positive integer, got ${!count}" >&2; exit 2; }
+done
 if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
   export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
 fi
@@ -50,38 +53,59 @@ step() {  # progress line of the next step
   step_number=$((step_number + 1))
   printf '[study %2d | %s | %3d min] %s\n' "$step_number" "$(date +%H:%M:%S)" $(((SECONDS - started) / 60)) "$*"
 }
+fail() { echo "error: $*" >&2; exit 1; }
 timed() {  # name, command...: run it and append its wall time to $OUT/steps/times.tsv
   local name=$1 t0=$SECONDS; shift
-  "$@"
+  "$@" || return
   printf '%s\t%d\n' "$name" $((SECONDS - t0)) >> "$OUT/steps/times.tsv"
 }
-done_with() {  # name, files...: true when the step already ran on these exact files
-  local key; key=$(stat -c '%n %s %Y' "${@:2}" | sha256sum | cut -c1-16)
-  [[ -f $OUT/steps/$1.done && $(cat "$OUT/steps/$1.done") == "$key" ]]
+key_of() {  # the settings (and input files) a step ran with, as a short key
+  printf '%s\n' "$@" | sha256sum | cut -c1-16
+}
+files() {  # input files by name, size and time: a retrained checkpoint changes the key
+  stat -c '%n %s %Y' "$@"
+}
+is_done() {  # step name, key: the step finished with exactly these settings
+  [[ -f $OUT/steps/$1.done && $(cat "$OUT/steps/$1.done") == "$2" ]]
 }
 mark_done() {
-  stat -c '%n %s %Y' "${@:2}" | sha256sum | cut -c1-16 > "$OUT/steps/$1.done"
+  echo "$2" > "$OUT/steps/$1.done"
 }
-train() {  # out_dir, train.py arguments: a finished run is kept, an interrupted one resumed
-  local out=$1; shift
-  local finished=$OUT/steps/trained_$(basename "$out")
-  if [[ -f $finished && -f $out/ckpt.pt ]]; then
+finished() {  # out_dir, iterations: its training log reached the last iteration
+  python -c 'import json, sys; log = json.load(open(sys.argv[1])); sys.exit(not log or log[-1]["iter"] < int(sys.argv[2]))' \
+    "$1/training_log.json" "$2" 2> /dev/null
+}
+train() {  # step name, out_dir, iterations, train.py arguments: a finished run is kept, an interrupted one resumed
+  local name=$1 out=$2 iters=$3; shift 3
+  local key; key=$(key_of "$@")
+  if is_done "train_$name" "$key"; then
     echo "  reusing the finished run $out"
-  elif [[ -f $out/ckpt.pt ]]; then
-    timed "train $(basename "$out")" python train.py --init_from=resume --out_dir="$out"
-  else
-    timed "train $(basename "$out")" python train.py "$@" --out_dir="$out"
+    return
   fi
-  touch "$finished"
+  if [[ -f $out/ckpt.pt ]]; then
+    [[ $(cat "$OUT/steps/train_$name.started" 2> /dev/null) == "$key" ]] \
+      || fail "$out was trained with other settings than this study's now; remove it or choose another OUT"
+    timed "train $name" python train.py --init_from=resume --out_dir="$out"
+  else
+    echo "$key" > "$OUT/steps/train_$name.started"
+    timed "train $name" python train.py "$@" --out_dir="$out"
+  fi
+  finished "$out" "$iters" || fail "$out stopped before iteration $iters (interrupted?); run the study again to resume it"
+  mark_done "train_$name" "$key"
+}
+prepare() {  # dataset name, prepare.py options: prepared once; other settings later are refused
+  local key; key=$(key_of "$@")
+  if [[ -f $OUT/data/$1/meta.json ]]; then
+    is_done "prepare_$1" "$key" || fail "$OUT/data/$1 was prepared from another corpus or settings; choose another OUT"
+    return
+  fi
+  timed "prepare $1" python -m data.europarl.prepare --name "$1" --out_root "$OUT/data" "${@:2}"
+  mark_done "prepare_$1" "$key"
 }
 
 step "datasets: a ${VOCAB}-token bilingual BPE on ${corpus[*]:-Europarl from the hub}; pairs, and English only for SENSIA"
-for lm in both en; do
-  name=$([[ $lm == en ]] && echo study_en || echo study)
-  languages=(); [[ $lm == en ]] && languages=(--lm_languages en)
-  [[ -f $OUT/data/$name/meta.json ]] || timed "prepare $name" python -m data.europarl.prepare "${source[@]}" \
-    --name "$name" --out_root "$OUT/data" --vocab_size $VOCAB "${MAX_PAIRS[@]}" "${languages[@]}"
-done
+prepare study "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}"
+prepare study_en "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}" --lm_languages en
 
 step "plan: the Transformers matched to the Backpack by tokens, FLOPs and parameters; the standard test sets"
 python -m experiments.study plan --out "$OUT" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
@@ -92,48 +116,52 @@ runs=(backpack transformer_tokens transformer_flops transformer_params)
 for run in "${runs[@]}"; do
   step "train $run"
   case $run in
-    backpack*) settings=(--model_type=backpack --max_iters="$ITERS") ;;
-    transformer_tokens*) settings=(--model_type=transformer --max_iters="$TRANSFORMER_TOKENS_MAX_ITERS") ;;
-    transformer_flops) settings=(--model_type=transformer --max_iters="$TRANSFORMER_FLOPS_MAX_ITERS") ;;
-    transformer_params) settings=(--model_type=transformer --max_iters="$TRANSFORMER_PARAMS_MAX_ITERS"
-                                  --n_embd="$TRANSFORMER_PARAMS_N_EMBD") ;;
+    backpack*) iters=$ITERS settings=(--model_type=backpack) ;;
+    transformer_tokens*) iters=$TRANSFORMER_TOKENS_MAX_ITERS settings=(--model_type=transformer) ;;
+    transformer_flops) iters=$TRANSFORMER_FLOPS_MAX_ITERS settings=(--model_type=transformer) ;;
+    transformer_params) iters=$TRANSFORMER_PARAMS_MAX_ITERS settings=(--model_type=transformer --n_embd="$TRANSFORMER_PARAMS_N_EMBD") ;;
   esac
   seed=(); [[ $run == *_seed2 ]] && seed=(--seed=2337)
-  iters=${settings[1]#--max_iters=}; [[ $run == backpack* ]] && iters=$ITERS
-  train "$OUT/$run" config/study.py "${SHAPE[@]}" "${settings[@]}" "${seed[@]}" --data_dir="$data" \
-    --warmup_iters=$((iters / 10)) --eval_interval=$(((ITERS + 4) / 5)) --checkpoint_interval=$(((ITERS + 4) / 5))
+  train "$run" "$OUT/$run" "$iters" config/study.py "${SHAPE[@]}" "${settings[@]}" "${seed[@]}" --max_iters="$iters" \
+    --data_dir="$data" --warmup_iters=$((iters / 10)) --eval_interval=$(((ITERS + 4) / 5)) \
+    --checkpoint_interval=$(((ITERS + 4) / 5))
 done
 
 step "SENSIA: pretrain an English Backpack of the same shape on the English side"
-train "$OUT/sensia/english" config/study.py "${SHAPE[@]}" --model_type=backpack --max_iters="$PRE" --data_dir="$data_en" \
-  --warmup_iters=$((PRE / 10)) --eval_interval=$(((PRE + 4) / 5)) --checkpoint_interval=$(((PRE + 4) / 5))
+train sensia_english "$OUT/sensia/english" "$PRE" config/study.py "${SHAPE[@]}" --model_type=backpack --max_iters="$PRE" \
+  --data_dir="$data_en" --warmup_iters=$((PRE / 10)) --eval_interval=$(((PRE + 4) / 5)) --checkpoint_interval=$(((PRE + 4) / 5))
 for run in sensia lm_only mcl; do
   step "SENSIA: adapt to French with $run ($ADAPT steps)"
-  train "$OUT/sensia/$run" "config/adapt_${run}_tiny.py" --init_from="$OUT/sensia/english" --data_dir="$data_en" \
-    --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
+  train "sensia_$run" "$OUT/sensia/$run" "$ADAPT" "config/adapt_${run}_tiny.py" --init_from="$OUT/sensia/english" \
+    --data_dir="$data_en" --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
     --checkpoint_interval=$(((ADAPT + 3) / 4))
 done
 
 step "evaluate the Backpack and the Transformers (loss, translation, word similarity, BLI, retrieval, XNLI, PAWS-X)"
 dirs=("${runs[@]/#/$OUT/}")
-timed "evaluate models" python compare_models.py --backpack_dir "${dirs[0]}" --transformer_dir "${dirs[1]}" \
-  --extra_dirs "${dirs[@]:2}" --output_dir "$OUT/comparison" --reuse \
-  --tasks loss,translation,wordsim,bli,sentence,senses,xnli,pawsx "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}"
+key=$(key_of "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}" "$(files "${dirs[@]/%//best.pt}")")
+if ! is_done evaluate_models "$key" || [[ ! -f $OUT/comparison/comparison.json ]]; then
+  timed "evaluate models" python compare_models.py --backpack_dir "${dirs[0]}" --transformer_dir "${dirs[1]}" \
+    --extra_dirs "${dirs[@]:2}" --output_dir "$OUT/comparison" --reuse \
+    --tasks loss,translation,wordsim,bli,sentence,senses,xnli,pawsx "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}"
+  mark_done evaluate_models "$key"
+fi
 
 for run in english sensia lm_only mcl; do
   step "evaluate SENSIA run $run (French loss, recall@1, entropy, topology, Procrustes, mixture, XNLI, PAWS-X)"
-  ckpt=$OUT/sensia/$run/ckpt.pt
-  done_with "evaluate_sensia_$run" "$ckpt" && continue
+  key=$(key_of "${EVAL[@]}" "$(files "$OUT/sensia/$run/ckpt.pt")")
+  is_done "evaluate_sensia_$run" "$key" && [[ -f $OUT/sensia/$run/eval/results.json ]] && continue
   timed "evaluate $run" python evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
     "${EVAL[@]}" > /dev/null
-  mark_done "evaluate_sensia_$run" "$ckpt"
+  mark_done "evaluate_sensia_$run" "$key"
 done
 
 step "interventions on the Backpack against the token-matched Transformer"
-if ! done_with interventions "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt"; then
+key=$(key_of "${INTERVENE[@]}" "$(files "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt")")
+if ! is_done interventions "$key" || [[ ! -f $OUT/backpack/interventions/interventions.json ]]; then
   timed interventions python -m experiments.run_interventions --out_dir "$OUT/backpack" \
     --baseline_dir "$OUT/transformer_tokens" "${INTERVENE[@]}" > /dev/null
-  mark_done interventions "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt"
+  mark_done interventions "$key"
 fi
 
 step "report"

@@ -70,7 +70,14 @@ def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_pa
     for figure in ("loss_curves.png", "lexical.png", "sensia_curves.png", "topic_control.png"):
         assert (tmp_path / "study" / figure).stat().st_size > 1000 and f"]({figure})" in text
     assert "no per-item data" not in text  # the paired tests ran
-    # a second run reuses every step: nothing is trained or evaluated again
+    # a second run reuses every step: nothing is prepared, trained or evaluated again
+    times = (tmp_path / "study" / "steps" / "times.tsv").read_text()
     again = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                            timeout=300)
-    assert again.returncode == 0 and "evaluating" not in again.stdout.lower().replace("not evaluating", "")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "study" / "steps" / "times.tsv").read_text() == times
+    assert again.stdout.count("reusing the finished run") == 8
+    # another corpus for the same study directory is refused, not mixed in
+    other = subprocess.run(["bash", "experiments/study.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
+                           cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and "prepared from another corpus" in other.stderr

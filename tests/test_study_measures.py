@@ -27,7 +27,7 @@ def test_the_run_that_tracks_human_scores_wins_the_paired_word_similarity_test(t
     measure = sm.wordsim_measure("simlex999", "embedding")
     test, why = sm.paired((measure, poor), (measure, good))
     assert why is None and test["difference"] < 0 and test["ci95"][1] < 0 and test["p_value"] < 0.01
-    assert sm.verdict(test, True, "poor", "good") == "good better"
+    assert sm.verdict(test, True, "poor", "good") == "good"
 
 
 def test_lower_loss_is_better(two_runs):
@@ -36,7 +36,7 @@ def test_lower_loss_is_better(two_runs):
     assert not measure.higher_is_better
     test, _ = sm.paired((measure, poor), (measure, good))
     assert test["difference"] == pytest.approx(0.3, abs=0.06) and test["p_value"] < 0.01
-    assert sm.verdict(test, False, "poor", "good") == "good better"
+    assert sm.verdict(test, False, "poor", "good") == "good"
 
 
 def test_no_test_without_per_item_data_or_on_different_items(two_runs):
@@ -47,6 +47,11 @@ def test_no_test_without_per_item_data_or_on_different_items(two_runs):
     shorter = results_with([0.1, 0.2, 0.3], [1, 2, 3], [1.0])
     assert sm.paired((measure, shorter), (measure, good))[1] == "different items (3 against 400)"
     assert sm.paired((sm.bli_measure("en-fr", "embedding"), good), (measure, good)) == (None, "not measured on both")
+    other_gold = results_with(list(range(400)), list(range(400)), [1.0])
+    assert sm.paired((measure, other_gold), (measure, good))[1] == "different items (other gold scores or window lengths)"
+    other_data = {**good, "run": {"data_sha256": "a"}}
+    assert sm.paired((measure, other_data), (measure, {**good, "run": {"data_sha256": "b"}}))[1] == \
+        "other data: not the same items"
     assert sm.verdict(None, True) == "no test"
 
 
@@ -58,3 +63,10 @@ def test_a_difference_within_noise_is_reported_as_such():
     test, _ = sm.paired((measure, a), (measure, b))
     assert test["p_value"] >= 0.05 and sm.verdict(test, True) == "no significant difference"
     assert sm.fmt_test(test).startswith(("+", "-")) and "p=" in sm.fmt_test(test)
+
+
+def test_holm_adjusts_a_family_and_can_turn_a_nominal_win_into_none():
+    assert sm.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
+    test = {"difference": 0.1, "p_value": 0.04}
+    assert sm.verdict(test, True, "a", "b") == "a"
+    assert sm.verdict(test, True, "a", "b", p_value=sm.holm([0.04, 0.5])[0]) == "no significant difference"
