@@ -10,7 +10,7 @@
 #
 # Settings (environment): OUT (default out/study), ITERS (Backpack iterations, default 300),
 # SEEDS=2 (a second seed of the Backpack and the token-matched Transformer), SENSIA_PRETRAIN_ITERS
-# (300), SENSIA_ITERS (120), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present).
+# (300), SENSIA_ITERS (60), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present).
 # docs/study.md says what each step measures and how long it takes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,16 +32,20 @@ fi
 
 if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipeline, measures nothing
   OUT=${OUT:-out/study_smoke}; ITERS=${ITERS:-6}; PRE=${SENSIA_PRETRAIN_ITERS:-6}; ADAPT=${SENSIA_ITERS:-4}
+  ADAPT_BATCH=(--batch_size=8 --sensia_eval_pairs=16)
   ((${#corpus[@]})) || corpus=(data/europarl/sample/parliament)
   VOCAB=512; MAX_PAIRS=(); SHAPE=(--n_layer=2 --n_head=2 --n_embd=32 --n_senses=4 --block_size=64 --batch_size=4)
   EVAL=(--translation_samples 4 --max_new_tokens 12 --sentence_pairs 16 --mc_examples 8 --loss_batches 2
         --geometry_pairs 50 --geometry_sentences 16 --sense_sentences 4 --sense_pairs 50)
   INTERVENE=(--samples 1 --max_new_tokens 4 --topics 1 --professions 2)
 else
-  OUT=${OUT:-out/study}; ITERS=${ITERS:-300}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-120}
+  OUT=${OUT:-out/study}; ITERS=${ITERS:-300}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-60}
   VOCAB=16384; MAX_PAIRS=(--max_pairs 100000); SHAPE=()
-  EVAL=(--translation_samples 200 --sentence_pairs 500 --mc_examples 400)
+  # sized for about two hours on 2 AVX2 cores: 100 translations each way, 200 multiple-choice examples per set
+  # (100 reported), 500 dictionary pairs and 200 test pairs for SENSIA's geometry
+  EVAL=(--translation_samples 100 --sentence_pairs 500 --mc_examples 200 --geometry_pairs 500 --geometry_sentences 200)
   INTERVENE=(--samples 4 --max_new_tokens 20)
+  ADAPT_BATCH=(--batch_size=16 --sensia_eval_pairs=200)  # 16 pairs: 15 negatives per InfoNCE row
 fi
 if ((${#corpus[@]})); then source=(--source local --corpus "${corpus[@]}"); else source=(--source europarl); fi
 mkdir -p "$OUT/steps"
@@ -133,7 +137,7 @@ train sensia_english "$OUT/sensia/english" "$PRE" config/study.py "${SHAPE[@]}" 
 for run in sensia lm_only mcl; do
   step "SENSIA: adapt to French with $run ($ADAPT steps)"
   train "sensia_$run" "$OUT/sensia/$run" "$ADAPT" "config/adapt_${run}_tiny.py" --init_from="$OUT/sensia/english" \
-    --data_dir="$data_en" --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
+    --data_dir="$data_en" "${ADAPT_BATCH[@]}" --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
     --checkpoint_interval=$(((ADAPT + 3) / 4))
 done
 
