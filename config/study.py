@@ -1,6 +1,7 @@
 # The study's models (experiments/study.sh): a 4-layer, 256-wide Backpack with 16 senses on a 16k
 # bilingual BPE, and the Transformers matched to it (study.sh passes model_type, width, iterations,
 # data and out_dir). The same schedule for all: linear warmup over the first tenth, cosine to a tenth.
+out_dir = 'out/study/backpack'
 model_type = 'backpack'
 n_layer = 4
 n_head = 4

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from backpacks import study
+from backpacks import resources, study
 from experiments import study as study_cli
 
 SHAPE = study.Shape(n_layer=2, n_head=2, n_embd=32, n_senses=4, block_size=64)
@@ -30,7 +30,8 @@ def test_parameter_matched_width_is_the_nearest_total():
     assert study.matched_runs(SHAPE, 512, 100)["transformer_params"]["n_embd"] == width
 
 
-def test_standard_sets_are_used_when_present_and_replaced_with_a_reason_when_not(tmp_path):
+def test_standard_sets_are_used_when_present_and_replaced_with_a_reason_when_not(tmp_path, monkeypatch):
+    monkeypatch.setenv(resources.CACHE_VARIABLE, str(tmp_path / "empty cache"))  # other tests fill the session's
     paths, why = study.standard_set("flores200", tmp_path, fetch=False)
     assert paths is None and "fetching is off" in why
     for rel in study.STANDARD_SETS["flores200"]:
