@@ -90,15 +90,20 @@ def retrieval_measure(states, direction="en_to_fr"):
                    lambda e: e["hits"][key], metrics.resampled_mean)
 
 
+def item_count(items):
+    """Items behind a measure: a list, or a tuple of parallel lists (values, gold scores / window lengths)."""
+    return len(items[0]) if isinstance(items, tuple) else len(items)
+
+
 def same_items(a, b):
-    """Why two runs' per-item data are not over the same items, or None: other data or tokenizer (other
-    test windows, queries, pairs), or other gold scores or window lengths."""
-    (measure_a, results_a, items_a), (measure_b, results_b, items_b) = a, b
+    """Why two runs' per-item data, each (results, items), are not over the same items, or None: other
+    data or tokenizer (other test windows, queries, pairs), or other gold scores or window lengths."""
+    (results_a, items_a), (results_b, items_b) = a, b
     runs = [r.get("run", {}) for r in (results_a, results_b)]
     for key, what in (("data_sha256", "data"), ("tokenizer_sha256", "tokenizer")):
         if None not in (runs[0].get(key), runs[1].get(key)) and runs[0][key] != runs[1][key]:
             return f"other {what}: not the same items"
-    n_a, n_b = (len(x[0]) if isinstance(x, tuple) else len(x) for x in (items_a, items_b))
+    n_a, n_b = item_count(items_a), item_count(items_b)
     if n_a != n_b:
         return f"different items ({n_a} against {n_b})"
     if isinstance(items_a, tuple) and list(items_a[1]) != list(items_b[1]):  # gold scores / window lengths
@@ -117,11 +122,10 @@ def paired(a, b):
     items_a, items_b = read_a[2], read_b[2]
     if items_a is None or items_b is None:
         return None, "no per-item data (evaluate again)"
-    why = same_items((measure_a, results_a, items_a), (measure_b, results_b, items_b))
+    why = same_items((results_a, items_a), (results_b, items_b))
     if why:
         return None, why
-    return metrics.paired_difference(measure_a.statistic, items_a, items_b, len(items_a[0]) if isinstance(
-        items_a, tuple) else len(items_a)), None
+    return metrics.paired_difference(measure_a.statistic, items_a, items_b, item_count(items_a)), None
 
 
 def holm(p_values):

@@ -401,7 +401,7 @@ def write_report(out):
     data = load(out)
     runs = evaluated(data["runs"])
     main, tests = main_section(data, figures.main_figures(out, data))
-    parts = [f"# The study: Backpack against matched Transformers, SENSIA against its controls, sense interventions",
+    parts = ["# The study: Backpack against matched Transformers, SENSIA against its controls, sense interventions",
              "", f"Written {datetime.date.today().isoformat()} by `bash experiments/study.sh` (docs/study.md).", "",
              summary_section(tests, data), setup_section(data),
              models_section(data, figures.loss_figures(out, data, tokens_per_iter(data["plan"]))),
