@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 from backpacks.devices import resolve_device
 from backpacks.errors import fail
 from backpacks.hardware import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
-                                matmul_flops, resolve_dtype, synchronize)
+                                matmul_flops, resolve_dtype, synchronize, use_tensor_cores_for_float32)
 from model import ModelConfig, build_model
 
 
@@ -85,6 +85,8 @@ def parse_args():
     p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
     args = p.parse_args()
     args.device = resolve_device(args.device)
+    if args.device.startswith('cuda'):
+        use_tensor_cores_for_float32()  # as train.py: the float32 rates are TF32 ones
     try:
         args.dtype, args.dtype_reason = resolve_dtype(args.dtype, device_type_of(args.device))
     except DeviceError as e:

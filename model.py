@@ -102,8 +102,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
+        y = fused_attention(q, k, v, attn_mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), (k, v)
 
@@ -297,11 +296,6 @@ class LanguageModel(nn.Module):
         cfg, T = self.config, seq_len or self.config.block_size
         return 6 * self._matmul_params() + 12 * cfg.n_layer * cfg.n_embd * T
 
-    def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops):
-        """Model FLOPs utilisation of block_size-long sequences against peak_flops (hardware.peak_flops)."""
-        flops = self.flops_per_token() * self.config.block_size * fwdbwd_per_iter
-        return flops / dt / peak_flops
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW, decaying only matrices (weights, embeddings), fused on CUDA and CPU when available
         (on the bench shape's CPU step the fused update takes a third of the for-loop one's time)."""
@@ -364,11 +358,31 @@ class SenseNetwork(nn.Module):
         return senses.view(B, T, self.n_senses, -1).transpose(1, 2)
 
 
+FUSED_SDPA_DEVICES = ('cuda',)  # device types whose SDPA has fused kernels: attention padded for them, mixing in SDPA
+FUSED_SDPA_ALIGNMENT = 8        # head sizes every fused CUDA kernel accepts, in half and float32 alike
+
+
+def fused_attention(q, k, v, attn_mask=None, dropout_p=0.0, scale=None):
+    """scaled_dot_product_attention (causal when attn_mask is None), in a fused kernel on CUDA. There the flash
+    and memory-efficient kernels take only head sizes that are multiples of 16 bytes (8 in half precision;
+    PyTorch's sdp_utils.cpp, check_head_dim_size_flash and check_head_dim_size_mem_efficient), and any other
+    size falls back silently to the math kernel, which materialises the (B,h,T,T) weights. So q, k and v
+    are zero-padded to a multiple of FUSED_SDPA_ALIGNMENT there: zeros leave q.k unchanged, the scale
+    stays that of the true size, and the output's padding is cut off."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    width = v.shape[-1]
+    if q.device.type in FUSED_SDPA_DEVICES:
+        q, k, v = (F.pad(t, (0, -t.shape[-1] % FUSED_SDPA_ALIGNMENT)) for t in (q, k, v))
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                       dropout_p=dropout_p, scale=scale)
+    return y if y.shape[-1] == width else y[..., :width]
+
+
 def sdpa_mixing(q, k, senses, attn_mask):
     """The CUDA sense mixing, o (B,T,d): the k sense heads as attention heads, the senses as values.
     The memory-efficient kernel accepts values wider than queries (d against d/k) and keeps no
-    (B,k,T,T) tensor. A plain function, so that it also runs (in SDPA's math kernel) on the CPU."""
-    return F.scaled_dot_product_attention(q, k, senses, attn_mask=attn_mask, is_causal=attn_mask is None).sum(dim=1)
+    (B,k,T,T) tensor (flash needs equal widths). A plain function, so that it also runs on the CPU."""
+    return fused_attention(q, k, senses, attn_mask).sum(dim=1)
 
 
 def product_mixing(q, k, senses, attn_mask):
@@ -465,7 +479,7 @@ class BackpackLM(LanguageModel):
 
     def _mix(self, q, k, senses, attn_mask):
         """o (B,T,d) = sum_l alpha_l C_l, without the per-sense (B,k,T,d) products the reference sums."""
-        return (sdpa_mixing if q.is_cuda else product_mixing)(q, k, senses, attn_mask)
+        return (sdpa_mixing if q.device.type in FUSED_SDPA_DEVICES else product_mixing)(q, k, senses, attn_mask)
 
     def contextualization(self, idx):
         """alpha (B,k,T,T): how much sense l of token j contributes at position i."""

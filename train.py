@@ -43,7 +43,8 @@ from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_c
 from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, unigram_entropy
 from backpacks.devices import check_device_name, process_device, resolve_device
 from backpacks.errors import fail
-from backpacks.hardware import DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype
+from backpacks.hardware import (DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype,
+                                use_tensor_cores_for_float32)
 from backpacks.live_log import open_live_log, require_wandb
 from backpacks.rundir import no_checkpoint_to_resume, run_directory
 from backpacks.starting_points import model_from_run, pretrained_backpack
@@ -179,9 +180,8 @@ def resolve_model_type(cfg, explicit):
 def setup_processes(requested_device):
     """(ddp, rank, world_size, device) from torchrun's environment (one process otherwise)."""
     ddp, rank, local_rank, world_size = configurator.torchrun_environment()
-    device = resolve_device(requested_device)
-    if ddp:
-        device = process_device(device, local_rank, int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
+    device = process_device(resolve_device(requested_device), local_rank if ddp else None,
+                            int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
     if device.startswith('cuda'):
         torch.cuda.set_device(device)
     if ddp:
@@ -243,6 +243,7 @@ class Run:
     world_size: int
     raw_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    dtype: str                           # what --dtype resolved to on this machine (cfg keeps the request)
     scaler: torch.amp.GradScaler
     autocast: object
     objective: object
@@ -256,8 +257,8 @@ class Run:
     saved: dict = dataclasses.field(default_factory=dict)  # {file name: iteration} of the checkpoints holding a good state
     elapsed_before: float = 0.0          # seconds spent before a resume
     t_start: float = 0.0
-    window_iters: int = 0                # iterations and seconds since the last evaluation (tokens/s, MFU)
-    window_time: float = 0.0
+    window_time: float = 0.0             # seconds of training steps since the last evaluation (tokens/s, MFU),
+    window_positions: dict = dataclasses.field(default_factory=dict)  # and {sequence length: positions computed}
     mfu_peak: float = None
     mfu_yardstick: str = None
     log: object = print
@@ -274,10 +275,6 @@ class Run:
     @property
     def micro_steps(self):
         return self.cfg['gradient_accumulation_steps'] // self.world_size
-
-    @property
-    def tokens_per_iter(self):
-        return self.cfg['gradient_accumulation_steps'] * self.cfg['batch_size'] * self.cfg['block_size']
 
     def wrap(self):
         """train_model for the parameters that train from here on (DDP must be rebuilt when they change). The
@@ -325,27 +322,24 @@ def learning_rate_at(it, cfg):
 @torch.no_grad()
 def estimate_losses(model, sampler, cfg, autocast, device, ddp):
     """Mean per-token loss on eval_iters batches of train and of val, and the val loss on English-target
-    and French-target tokens (None when there are none), averaged over all processes."""
+    and French-target tokens (None when there are none), averaged over all processes. The sums stay on
+    the device: one host sync per evaluation (float64 where the device has it; MPS has not)."""
     model.eval()
-    sums = {'train': {'all': [0.0, 0]}, 'val': {'all': [0.0, 0], 'en': [0.0, 0], 'fr': [0.0, 0]}}
+    dtype = torch.float32 if torch.device(device).type == 'mps' else torch.float64
+    sums = {split: torch.zeros(len(metrics.LOSS_PARTS), 2, dtype=dtype, device=device) for split in ('train', 'val')}
     for split in ('train', 'val'):
         for _ in range(cfg['eval_iters']):
-            if split == 'val':
-                x, y, lang = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device, with_language=True)
-            else:
-                (x, y), lang = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device), None
+            x, y, *lang = sampler.get_batch(split, cfg['batch_size'], cfg['block_size'], device,
+                                            with_language=split == 'val')
             with autocast:
                 logits, _ = model(x)
-            metrics.add_language_losses(sums[split], logits, y, lang)
-    names = {('train', 'all'): 'train_loss', ('val', 'all'): 'val_loss', ('val', 'en'): 'val_loss_en',
-             ('val', 'fr'): 'val_loss_fr'}
-    pairs = [sums[split][part] for split, part in names]
+            sums[split] += metrics.language_loss_sums(logits, y, *lang)
+    totals = torch.cat([sums['train'][:1], sums['val']])  # train all; val all, en, fr
     if ddp:
-        totals = torch.tensor([v for pair in pairs for v in pair], dtype=torch.float64, device=device)
         dist.all_reduce(totals)
-        pairs = totals.view(-1, 2).tolist()
     model.train()
-    return {name: total / count if count else None for name, (total, count) in zip(names.values(), pairs)}
+    names = ('train_loss', 'val_loss', 'val_loss_en', 'val_loss_fr')
+    return {name: total / count if count else None for name, (total, count) in zip(names, totals.tolist())}
 
 
 def diverged(problem, out_path, saved):
@@ -438,10 +432,11 @@ def start(cfg, explicit, ckpt_path):
 
 def configure_torch(cfg, device, rank, world_size):
     """Seed, precision and determinism settings; the run's first line names the machine, its threads,
-    and the dtype chosen and why."""
+    and the dtype chosen and why. Returns that dtype: cfg keeps the request ('auto' stays 'auto'), so a
+    run resumed on another GPU (a Colab reconnect from an A100 to a T4) resolves it there again."""
     device_type = device_type_of(device)
     try:
-        cfg['dtype'], dtype_reason = resolve_dtype(cfg['dtype'], device_type)
+        dtype, dtype_reason = resolve_dtype(cfg['dtype'], device_type)
     except DeviceError as e:
         fail(str(e))
     if cfg['gradient_accumulation_steps'] % world_size:
@@ -452,11 +447,11 @@ def configure_torch(cfg, device, rank, world_size):
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        use_tensor_cores_for_float32()
     torch.manual_seed(cfg['seed'] + rank)
     if rank == 0:
-        print(f"machine: {describe_machine(device)}; dtype {cfg['dtype']} ({dtype_reason})")
+        print(f"machine: {describe_machine(device)}; dtype {dtype} ({dtype_reason})")
+    return dtype
 
 
 def starting_model(cfg, explicit, meta, data_path, resume):
@@ -476,7 +471,9 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     # decided before any work (and before the objective is built, so that it is built once)
     reseed = resume is not None and needs_reseed(resume, world_size, cfg)
     device_type = device_type_of(device)
-    configure_torch(cfg, device, rank, world_size)
+    dtype = configure_torch(cfg, device, rank, world_size)
+    if resume is not None:
+        check_resumed_dtype(resume, dtype, cfg, rank)
     model = starting_model(cfg, explicit, meta, data_path, resume)
     cfg.update(model_type=model.model_type, **{k: getattr(model.config, k) for k in ARCH_KEYS})
     raw_model = model.to(device)
@@ -484,10 +481,10 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
                                                (cfg['beta1'], cfg['beta2']), device_type)
     stream_seed = cfg['seed'] + rank + (1000 * resume['iter_num'] if reseed else 0)
     run = Run(cfg=cfg, meta=meta, data_path=data_path, device=device, ddp=ddp, rank=rank, world_size=world_size,
-              raw_model=raw_model, optimizer=optimizer,
-              scaler=torch.amp.GradScaler(device_type, enabled=cfg['dtype'] == 'float16'),
-              autocast=(contextlib.nullcontext() if cfg['dtype'] == 'float32'
-                        else torch.autocast(device_type=device_type, dtype=DTYPES[cfg['dtype']])),
+              raw_model=raw_model, optimizer=optimizer, dtype=dtype,
+              scaler=torch.amp.GradScaler(device_type, enabled=dtype == 'float16'),
+              autocast=(contextlib.nullcontext() if dtype == 'float32'
+                        else torch.autocast(device_type=device_type, dtype=DTYPES[dtype])),
               objective=objectives.make_objective(cfg, raw_model, data_path, meta, device, stream_seed),
               eval_sampler=BatchSampler(data_path, seed=cfg['seed'] + EVAL_SEED_OFFSET + rank))
     run.eval_start = run.eval_sampler.state_dict()
@@ -497,10 +494,24 @@ def setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, dev
     run.objective.prepare(raw_model, run.iter_num)  # DDP is built for the parameters that train from here on
     run.wrap()
     if run.master:
-        run.mfu_peak, run.mfu_yardstick = peak_flops(device, cfg['dtype'], n=1024, seconds=0.2)
+        run.mfu_peak, run.mfu_yardstick = peak_flops(device, dtype)
         describe(run)
         run.live_log = open_live_log(cfg)
     return run
+
+
+def check_resumed_dtype(resume, dtype, cfg, rank):
+    """A run resumed in another dtype than it trained in (dtype=auto on another GPU) continues, but not
+    bitwise: said in one line, and refused with deterministic=True, which promises a bitwise continuation."""
+    saved = resume.get('dtype', resume['config']['dtype'])
+    if saved == dtype:
+        return
+    if cfg['deterministic']:
+        fail(f"{Path(cfg['out_dir']) / 'ckpt.pt'} trained in {saved} and this machine resolves dtype="
+             f"{cfg['dtype']} to {dtype}: deterministic=True cannot continue it bitwise; resume with "
+             f"--dtype={saved} where the device runs it, or with --deterministic=False")
+    if rank == 0:
+        print(f"warning: the run trained in {saved} and continues in {dtype} here: not a bitwise continuation")
 
 
 def needs_reseed(resume, world_size, cfg):
@@ -538,13 +549,21 @@ def restore(run, resume, reseed_to=None):
     resume.clear()  # frees the loaded tensors now that they are copied into the model
 
 
+def batch_text(cfg):
+    """What one iteration trains on: block_size windows, or SENSIA's translation pairs (of varying length)."""
+    sequences = cfg['gradient_accumulation_steps'] * cfg['batch_size']
+    if cfg['objective'] == 'sensia':
+        return f"{sequences} translation pairs"
+    return f"{sequences * cfg['block_size']:,} tokens"
+
+
 def describe(run):
     """The run's first lines: model size, data, batch, yardstick and the unigram baseline."""
     cfg, counts = run.cfg, run.raw_model.param_counts()
     print(f"{run.raw_model.model_type}: {counts['total'] / 1e6:.2f}M parameters ({counts['embedding'] / 1e6:.2f}M "
           f"embedding, {counts['non_embedding'] / 1e6:.2f}M non-embedding), vocab {run.meta['vocab_size']}, "
-          f"block {cfg['block_size']}; {run.world_size} process(es) on {run.device}, {cfg['dtype']}; "
-          f"{run.tokens_per_iter:,} tokens per iteration; iterations {run.iter_num} -> {cfg['max_iters']}")
+          f"block {cfg['block_size']}; {run.world_size} process(es) on {run.device}, {run.dtype}; "
+          f"{batch_text(cfg)} per iteration; iterations {run.iter_num} -> {cfg['max_iters']}")
     print(f"MFU yardstick: {run.mfu_yardstick}")
     print(f"data {run.data_path}: unigram entropy of train.bin {unigram_entropy(run.data_path, run.meta):.4f} "
           f"nats/token (the loss of a model that ignores context)")
@@ -564,7 +583,8 @@ def save(run, name):
     try:
         save_checkpoint({
             'model': run.raw_model.state_dict(), 'model_type': run.raw_model.model_type,
-            'model_args': dataclasses.asdict(run.raw_model.config), 'config': run.cfg, 'meta': run.meta,
+            'model_args': dataclasses.asdict(run.raw_model.config), 'config': run.cfg, 'dtype': run.dtype,
+            'meta': run.meta,
             'data_dir': str(run.data_path), 'iter_num': run.iter_num, 'best_val_loss': run.best_val_loss,
             'selection_key': run.objective.selection_key,
             'optimizer': run.optimizer.state_dict(), 'scaler': run.scaler.state_dict(), 'rng': rngs,
@@ -573,6 +593,26 @@ def save(run, name):
     except OSError as e:
         unwritable(path, e)
     run.saved[name] = run.iter_num
+
+
+def throughput(run):
+    """(tokens/s over all processes, this process's MFU) of the training steps since the last evaluation,
+    from the positions they computed (SENSIA's padded pairs are shorter than block_size); None before any."""
+    positions = sum(run.window_positions.values())
+    if not positions:
+        return None, None
+    flops = sum(run.raw_model.flops_per_token(length) * n for length, n in run.window_positions.items())
+    mfu = flops / run.window_time / run.mfu_peak if run.master else None  # the yardstick is measured on rank 0
+    return positions * run.world_size / run.window_time, mfu
+
+
+def broadcast_from_master(obj, ddp):
+    """Rank 0's obj on every process (obj itself without DDP)."""
+    if not ddp:
+        return obj
+    objs = [obj]
+    dist.broadcast_object_list(objs, src=0)
+    return objs[0]
 
 
 def evaluate_and_log(run, lr, first):
@@ -586,13 +626,14 @@ def evaluate_and_log(run, lr, first):
     if not all(math.isfinite(losses[k]) for k in ('train_loss', 'val_loss')):
         diverged(f"loss is not finite at iteration {run.iter_num} (train {losses['train_loss']}, "
                  f"val {losses['val_loss']})", run.out_path, run.saved)
-    tokens_per_s = run.window_iters * run.tokens_per_iter / run.window_time if run.window_iters else None
-    mfu = (run.raw_model.estimate_mfu(cfg['batch_size'] * run.micro_steps, run.window_time / run.window_iters,
-                                      run.mfu_peak) if run.window_iters and run.master else None)
-    run.training_log.append({'iter': run.iter_num, **losses, **run.objective.evaluate(run.fast_model, run.iter_num),
-                             'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu, 'mfu_yardstick': run.mfu_yardstick,
-                             'elapsed_s': run.elapsed_before + time.time() - run.t_start})
-    run.window_iters, run.window_time = 0, 0.0
+    with run.autocast:  # the objective's own measures, in the dtype the model trains in
+        measures = run.objective.evaluate(run.fast_model, run.iter_num)
+    tokens_per_s, mfu = throughput(run)
+    entry = {'iter': run.iter_num, **losses, **measures, 'lr': lr, 'tokens_per_s': tokens_per_s, 'mfu': mfu,
+             'mfu_yardstick': run.mfu_yardstick, 'elapsed_s': run.elapsed_before + time.time() - run.t_start}
+    # every process decides on best.pt, a collective save, from the same numbers: rank 0's
+    run.training_log.append(broadcast_from_master(entry, run.ddp))
+    run.window_time, run.window_positions = 0.0, {}
     by_language = ', '.join(f"{lang} {losses[f'val_loss_{lang}']:.4f}" for lang in ('en', 'fr')
                             if losses[f'val_loss_{lang}'] is not None)
     key = run.objective.selection_key
@@ -616,6 +657,8 @@ def training_step(run, stop):
     loss_sum = torch.zeros((), device=run.device)
     for micro_step in range(run.micro_steps):
         batch = run.objective.batch()
+        rows, length = batch[0].shape
+        run.window_positions[length] = run.window_positions.get(length, 0) + rows * length
         # gradients are all-reduced once per iteration, on the last micro-step
         last_micro_step = micro_step == run.micro_steps - 1
         with run.train_model.no_sync() if run.ddp and not last_micro_step else contextlib.nullcontext():
@@ -668,7 +711,7 @@ def train(run):
             loss, scalars, stop_requested = training_step(run, stop)
             run.iter_num += 1
             dt = time.time() - t0
-            run.window_iters, run.window_time = run.window_iters + 1, run.window_time + dt
+            run.window_time += dt
             if bar:
                 bar.update(1)
             if run.iter_num % cfg['log_interval'] == 0:

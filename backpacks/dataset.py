@@ -206,13 +206,16 @@ class BatchSampler:
         if int(xy.max()) >= self.meta["vocab_size"]:  # in a file too large to be scanned up front
             raise DataError(f"{split}.bin of {self.data_dir} holds token id {int(xy.max())}, outside the "
                             f"vocabulary of {self.meta['vocab_size']} that meta.json gives: prepare the dataset again")
-        batch = [xy[:, :-1], xy[:, 1:]]
+        tensors = [xy]
         if with_language:  # the label of each target y, i.e. of positions 1..block_size of the window
-            batch.append(torch.from_numpy(self.language_labels(split)[window[:, 1:]]))
-        device = torch.device(device)
-        if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return tuple(t.pin_memory().to(device, non_blocking=True) for t in batch)
-        return tuple(t.to(device) for t in batch)
+            tensors.append(torch.from_numpy(self.language_labels(split)[window[:, 1:]]))
+        if torch.device(device).type == "cuda":
+            # whole, contiguous buffers, pinned: the copy then overlaps compute (a strided slice such as
+            # xy[:, :-1] would be staged through pageable memory, synchronously); x and y are cut on the GPU
+            tensors = [t.pin_memory().to(device, non_blocking=True) for t in tensors]
+        else:
+            tensors = [t.to(device) for t in tensors]
+        return (tensors[0][:, :-1], tensors[0][:, 1:], *tensors[1:])
 
     def state_dict(self):
         return {"generator": self.generator.get_state()}

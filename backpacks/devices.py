@@ -32,10 +32,14 @@ def resolve_device(requested):
     return requested
 
 
-def process_device(device, local_rank, local_world_size):
-    """The device of process local_rank under torchrun: cuda:local_rank, which this machine must have."""
+def process_device(device, local_rank=None, local_world_size=1):
+    """The indexed device this process computes on. 'cuda' is cuda:local_rank under torchrun (this machine must
+    have that many GPUs) and the current CUDA device, cuda:N, for a single process: torch.cuda.set_device and
+    DDP's device_ids take an index, and torch.cuda.set_device('cuda') raises ValueError."""
     if device != 'cuda':
         return device
+    if local_rank is None:
+        return f'cuda:{torch.cuda.current_device()}'
     if local_world_size > torch.cuda.device_count():
         fail(f"{local_world_size} processes per node but this machine has {torch.cuda.device_count()} CUDA "
              f"device(s): use --nproc_per_node={torch.cuda.device_count()} or fewer")

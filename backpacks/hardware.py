@@ -20,15 +20,22 @@ DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch
 # bfloat16 is emulated and slower than float32.
 CPU_BF16_FLAGS = {'amx_bf16': 'AMX-BF16', 'avx512_bf16': 'AVX512-BF16'}
 
-# Dense (no sparsity) bfloat16/float16 tensor-core peaks with float32 accumulation, from NVIDIA's
-# datasheets and architecture whitepapers. Matched in order against torch.cuda.get_device_name(), so
-# more specific names come first. A GPU that is not listed is measured instead.
-CUDA_PEAKS = (('GB200', 2500e12), ('B200', 2250e12), ('H200', 989e12), ('H100 PCIe', 756e12),
-              ('H100 NVL', 835e12), ('H100', 989e12), ('GH200', 989e12), ('A100', 312e12),
-              ('L40S', 362e12), ('L40', 181e12), ('L4', 121e12), ('A10G', 70e12), ('A10', 125e12),
-              ('RTX 6000 Ada', 364e12), ('A6000', 155e12), ('RTX 4090', 165e12), ('RTX 3090', 36e12),
-              ('V100', 125e12), ('T4', 65e12))
-FP16_ONLY = ('V100', 'T4')  # no bfloat16 tensor cores
+# Dense (no sparsity) datasheet peaks in TFLOP/s, from NVIDIA's datasheets and architecture whitepapers:
+# (bfloat16/float16 tensor cores with float32 accumulation, TF32 tensor cores, float32 CUDA cores). A None is
+# not offered (bfloat16 on V100/T4, TF32 before Ampere) or not known here. Matched in order against
+# torch.cuda.get_device_name(), so more specific names come first. Missing peaks are measured instead.
+CUDA_PEAKS = (('GB200', (2500, 1250, None)), ('B200', (2250, 1100, None)), ('H200', (989, 495, 67)),
+              ('H100 PCIe', (756, 378, 51)), ('H100 NVL', (835, 418, 60)), ('H100', (989, 495, 67)),
+              ('GH200', (989, 495, 67)), ('A100', (312, 156, 19.5)), ('L40S', (362, 183, 91.6)),
+              ('L40', (181, 90.5, 90.5)), ('L4', (121, 60, 30.3)), ('A10G', (70, 35, 31.2)),
+              ('A10', (125, 62.5, 31.2)), ('RTX 6000 Ada', (364, 91.1, 91.1)), ('A6000', (155, 77.4, 38.7)),
+              ('RTX 4090', (165, 82.6, 82.6)), ('RTX 3090', (36, 35.6, 35.6)), ('V100', (None, None, 15.7)),
+              ('T4', (None, None, 8.1)))
+FP16_ONLY = {'V100': 125, 'T4': 65}  # float16 tensor cores, no bfloat16 ones
+# (size, seconds) of the measured matmul: an unlisted GPU needs a large one to reach its peak (1024 does not);
+# a CPU is at its peak from 1024, in a fifth of a second
+CUDA_YARDSTICK = (8192, 0.5)
+CPU_YARDSTICK = (1024, 0.2)
 
 
 def cpu_flags():
@@ -134,6 +141,13 @@ def describe_machine(device):
     return f"{cpu_name()}, {bf16}, {torch.get_num_threads()} threads"
 
 
+def use_tensor_cores_for_float32():
+    """float32 matrix products and convolutions in TF32 on the GPUs that have it (Ampere on), as train.py and
+    bench.py run them: about 8x the float32 rate, with a 10-bit mantissa in the products only."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def device_type_of(device):
     """'cuda' for 'cuda:1', as torch.autocast and GradScaler want it."""
     return str(device).split(':')[0]
@@ -149,8 +163,8 @@ def synchronize(device):
 
 def matmul_flops(device, dtype='float32', n=2048, seconds=0.3):
     """Achieved FLOP/s of n x n matmuls in dtype on device, timed for about `seconds` after warm-up."""
-    generator = torch.Generator(device=device).manual_seed(0)  # leaves the run's random streams alone
-    a, b = (torch.randn(n, n, device=device, dtype=DTYPES[dtype], generator=generator) for _ in range(2))
+    generator = torch.Generator().manual_seed(0)  # a CPU generator: leaves the run's random streams alone
+    a, b = (torch.randn(n, n, generator=generator).to(device, DTYPES[dtype]) for _ in range(2))
     for _ in range(2):
         a @ b
     synchronize(device)
@@ -164,23 +178,32 @@ def matmul_flops(device, dtype='float32', n=2048, seconds=0.3):
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
-def cuda_datasheet_peak(name, dtype):
-    """Datasheet peak FLOP/s of the GPU called name in dtype (bfloat16/float16), or None if unknown."""
-    if dtype not in ('bfloat16', 'float16'):
-        return None
-    for key, peak in CUDA_PEAKS:
-        if key in name:
-            return None if dtype == 'bfloat16' and key in FP16_ONLY else peak
-    return None
+def cuda_datasheet_peak(name, dtype, tf32=True):
+    """Datasheet peak FLOP/s of the GPU called name for matrix products in dtype, or None if unknown.
+    float32 products run on TF32 tensor cores where the GPU has them and tf32 is allowed (train.py allows
+    it), else on the CUDA cores."""
+    key, (half, tf32_peak, fp32) = datasheet_row(name)
+    if dtype == 'float16' and key in FP16_ONLY:
+        return FP16_ONLY[key] * 1e12
+    peak = half if dtype in ('bfloat16', 'float16') else tf32_peak if tf32 and tf32_peak else fp32
+    return None if peak is None else peak * 1e12
 
 
-def peak_flops(device, dtype, n=2048, seconds=0.3):
-    """(FLOP/s, yardstick): the rate MFU divides by. A known GPU's datasheet peak in bfloat16/float16;
-    otherwise (CPUs, float32, unlisted GPUs) the measured rate of an n x n matmul in the run's dtype."""
+def datasheet_row(name):
+    """(key, (half, TF32, float32) peaks in TFLOP/s) of the first CUDA_PEAKS entry in name, or (None, Nones)."""
+    return next(((key, peaks) for key, peaks in CUDA_PEAKS if key in name), (None, (None, None, None)))
+
+
+def peak_flops(device, dtype):
+    """(FLOP/s, yardstick): the rate MFU divides by. A listed GPU's datasheet peak in dtype (float32: TF32 if
+    torch allows it); otherwise the measured rate of a matmul in the run's dtype (CUDA_YARDSTICK, CPU_YARDSTICK)."""
     if str(device).startswith('cuda'):
         name = torch.cuda.get_device_name(device)
-        peak = cuda_datasheet_peak(name, dtype)
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        peak = cuda_datasheet_peak(name, dtype, tf32)
         if peak is not None:
-            return peak, f"{name} {dtype} datasheet peak, {peak / 1e12:,.0f} TFLOP/s"
+            unit = 'TF32' if dtype == 'float32' and tf32 and datasheet_row(name)[1][1] else dtype
+            return peak, f"{name} {unit} datasheet peak, {peak / 1e12:,.0f} TFLOP/s"
+    n, seconds = CUDA_YARDSTICK if str(device).startswith('cuda') else CPU_YARDSTICK
     rate = matmul_flops(device, dtype, n, seconds)
     return rate, f"measured {dtype} {n}x{n} matmul on {device}, {rate / 1e9:,.0f} GFLOP/s"

@@ -14,6 +14,7 @@ a word of its own and the same tokenization is used everywhere.
 import warnings
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
@@ -27,14 +28,21 @@ def words(text):
     return _tokenize_13a(text.strip()).split()
 
 
-def add_language_losses(sums, logits, targets, languages=None):
-    """Add a batch's summed next-token loss and scored-token count to sums['all'] and, given the
-    target languages (0 English, 1 French), to sums['en'] and sums['fr']; targets of -1 are not
-    scored. Training's val loss and evaluation's test loss both count this way."""
+LOSS_PARTS = ('all', 'en', 'fr')
+
+
+def language_loss_sums(logits, targets, languages=None):
+    """(3, 2) tensor on the logits' device: [summed next-token loss, scored tokens] of all targets and,
+    given the target languages (0 English, 1 French), of the English and the French ones (rows of
+    LOSS_PARTS; zeros without languages); targets of -1 are not scored. Kept on the device so that a
+    loop over batches syncs with the host once, at its end. Training's val loss and evaluation's test
+    loss both count this way."""
     losses, masks = token_losses_by_language(logits, targets, languages)
-    for name, mask in masks.items():
-        sums[name][0] += losses[mask].sum().item()
-        sums[name][1] += int(mask.sum().item())
+    sums = torch.zeros(len(LOSS_PARTS), 2, device=losses.device)
+    for row, name in enumerate(LOSS_PARTS):
+        if name in masks:
+            sums[row, 0], sums[row, 1] = torch.where(masks[name], losses, 0).sum(), masks[name].sum()
+    return sums
 
 
 def token_losses_by_language(logits, targets, languages=None):

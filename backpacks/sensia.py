@@ -76,7 +76,10 @@ def info_nce(u, v, tau, symmetric=True):
     """-(1/2B) sum_i [log softmax_j(u_i.v_j/tau)_i + log softmax_j(v_i.u_j/tau)_i] with in-batch
     negatives, as the paper writes it; not symmetric: only the u -> v term, -(1/B) sum_i log
     softmax_j(u_i.v_j/tau)_i, as the authors' code runs it (u English, v French)."""
-    logits = (u @ v.t()) / tau
+    # similarities in float32, outside autocast: at tau 0.05, bfloat16's 8-bit mantissa would put about
+    # 0.1 of noise on each logit
+    with torch.autocast(u.device.type, enabled=False):
+        logits = (u.float() @ v.float().t()) / tau
     target = torch.arange(len(u), device=u.device)
     loss = F.cross_entropy(logits, target)
     return (loss + F.cross_entropy(logits.t(), target)) / 2 if symmetric else loss
@@ -134,7 +137,8 @@ def pad_batch(seqs, pad, device):
 
 def bidirectional_recall(en, fr):
     """Recall@1 English -> French, French -> English and their mean, for aligned rows of unit vectors."""
-    sims = (en @ fr.t()).numpy()
+    with torch.autocast(en.device.type, enabled=False):  # the run's evaluation may be under autocast
+        sims = (en.float() @ fr.float().t()).numpy()
     forward, backward = metrics.recall_at_1(sims), metrics.recall_at_1(sims.T)
     return {'en_fr': forward, 'fr_en': backward, 'mean': (forward + backward) / 2}
 
@@ -281,8 +285,18 @@ class SensiaObjective:
         self.val = PairSampler(data_path, 'val', meta, 0, cfg['block_size'], cfg['sensia_tags'])
         self.frozen = False
         self.hidden = None  # the backbone's final hidden states of the last forward pass, when needed
+        for module in self.idle_modules():
+            module.requires_grad_(False)
         if cfg['sensia_context'] != 'output':
             raw_model.backbone.register_forward_hook(lambda module, inputs, output: setattr(self, 'hidden', output))
+
+    def idle_modules(self):
+        """The modules no enabled loss reaches: the sense network and the sense-weight network when only the
+        context InfoNCE trains, on the backbone's state. They would get no gradient, which DDP refuses at
+        its second step (without the cost of find_unused_parameters); frozen, they train as before: not."""
+        if self.enabled[0] or self.enabled[2] or self.cfg['sensia_context'] == 'output':
+            return []
+        return [self.raw_model.sense_network, self.raw_model.sense_weight_net]
 
     def progress(self, iter_num):
         return iter_num / max(1, self.cfg['max_iters'])

@@ -153,3 +153,12 @@ def make_checkpoint():
         return out_dir
 
     return make
+
+
+@pytest.fixture
+def fake_gpu():
+    """One CUDA GPU stood in for by the CPU (tests/cuda_standin.py): an A100 unless the test configures
+    another. The lines that run only on a GPU run here, under the contracts of torch.cuda's real entry points."""
+    from cuda_standin import fake_cuda
+    with fake_cuda() as gpu:
+        yield gpu

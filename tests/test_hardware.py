@@ -88,11 +88,18 @@ def test_cpu_flags_are_found_here():
     ('NVIDIA GeForce RTX 4090', 'bfloat16', 165e12),
     ('Tesla T4', 'float16', 65e12),
     ('Tesla T4', 'bfloat16', None),         # no bf16 tensor cores: measured instead
-    ('NVIDIA A100-SXM4-40GB', 'float32', None),
+    ('NVIDIA A100-SXM4-40GB', 'float32', 156e12),  # TF32 tensor cores, which train.py allows
+    ('NVIDIA H100 80GB HBM3', 'float32', 495e12),
+    ('Tesla T4', 'float32', 8.1e12),               # no TF32: the CUDA cores
+    ('Tesla V100-SXM2-16GB', 'float16', 125e12),
     ('Some Future GPU', 'bfloat16', None),
 ])
 def test_cuda_datasheet_peaks(name, dtype, expected):
-    assert hardware.cuda_datasheet_peak(name, dtype) == expected
+    assert hardware.cuda_datasheet_peak(name, dtype) == pytest.approx(expected)
+
+
+def test_float32_without_tf32_is_measured_against_the_cuda_cores():
+    assert hardware.cuda_datasheet_peak('NVIDIA A100-SXM4-40GB', 'float32', tf32=False) == pytest.approx(19.5e12)
 
 
 def test_cpu_yardstick_is_a_measured_matmul_in_the_run_dtype(monkeypatch):
@@ -100,7 +107,8 @@ def test_cpu_yardstick_is_a_measured_matmul_in_the_run_dtype(monkeypatch):
     real = hardware.matmul_flops
     monkeypatch.setattr(hardware, 'matmul_flops',
                         lambda device, dtype, n, seconds: measured.append(dtype) or real(device, dtype, n, seconds))
-    peak, yardstick = hardware.peak_flops('cpu', 'bfloat16', n=128, seconds=0.01)
+    monkeypatch.setattr(hardware, 'CPU_YARDSTICK', (128, 0.01))
+    peak, yardstick = hardware.peak_flops('cpu', 'bfloat16')
     assert measured == ['bfloat16'] and peak > 1e8
     assert yardstick.startswith('measured bfloat16 128x128 matmul on cpu, ')
 

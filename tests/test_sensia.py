@@ -287,3 +287,65 @@ def test_resume_on_another_process_count_hooks_the_backbone_once(sample_dataset,
     monkeypatch.setattr(torch.nn.Module, 'register_forward_hook', register)
     train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=10', '--deterministic=False'])
     assert hooked == ['GPT2Backbone']
+
+
+def test_info_nce_is_computed_in_float32_under_autocast():
+    """At tau 0.05 a bfloat16 similarity would carry about 0.1 of noise per logit."""
+    torch.manual_seed(0)
+    u, v = F.normalize(torch.randn(32, 64), dim=-1), F.normalize(torch.randn(32, 64), dim=-1)
+    exact = sensia.info_nce(u, v, 0.05)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert torch.equal(sensia.info_nce(u, v, 0.05), exact)
+
+
+@pytest.mark.parametrize('losses', ['sense', 'context', 'lm', 'sense,context', 'context,lm', 'sense,context,lm'])
+@pytest.mark.parametrize('context', sensia.CONTEXT_STATES)
+def test_every_trainable_parameter_gets_a_gradient(sample_dataset, losses, context):
+    """DDP's contract without find_unused_parameters: a parameter that trains must get a gradient every step
+    (else the second step fails). With only the context loss on the backbone's state, the sense networks are
+    frozen: they would not have moved anyway."""
+    meta = load_meta(sample_dataset)
+    cfg = {**train.DEFAULTS, 'objective': 'sensia', 'batch_size': 4, 'block_size': 32, 'max_iters': 10,
+           'sensia_losses': losses, 'sensia_context': context}
+    torch.manual_seed(0)
+    model = BackpackLM(ModelConfig(vocab_size=meta['vocab_size'], block_size=32, n_layer=1, n_head=2, n_embd=16,
+                                   n_senses=4))
+    objective = sensia.SensiaObjective(cfg, model, sample_dataset, meta, 'cpu', seed=0)
+    loss, _ = objective.loss(model, objective.batch(), iter_num=3)  # the joint phase: every enabled term
+    loss.backward()
+    assert [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    frozen = not any(p.requires_grad for p in model.sense_network.parameters())
+    assert frozen == (losses == 'context' and context != 'output')
+
+
+RANK_DEPENDENT_WORKER = '''
+import os, sys
+import train
+from backpacks import sensia
+real = sensia.SensiaObjective.evaluate
+
+def evaluate(self, model, iter_num):  # rank 0's selection loss rises, rank 1's falls: they disagree on best.pt
+    result = real(self, model, iter_num)
+    result['val_loss_fr_pairs'] = float(iter_num if os.environ['RANK'] == '0' else -iter_num)
+    return result
+sensia.SensiaObjective.evaluate = evaluate
+train.main(sys.argv[1:])
+'''
+
+
+@pytest.mark.slow
+def test_ddp_processes_agree_on_best_pt_and_train_the_context_loss_alone(sample_dataset, tmp_path, repo_root):
+    """Saving is collective, so every process must decide "improved" alike (rank 0's numbers); and with only
+    the context loss on the backbone's state the sense networks get no gradient, which DDP refuses at its
+    second step unless they are frozen. Before either fix this run hung or failed."""
+    worker = tmp_path / 'worker.py'
+    worker.write_text(RANK_DEPENDENT_WORKER)
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(worker)]
+    settings = [*TINY, f'--data_dir={sample_dataset}', '--max_iters=4', '--eval_interval=2', '--batch_size=4',
+                '--gradient_accumulation_steps=2', '--sensia_losses=context', '--sensia_context=hidden',
+                f'--out_dir={tmp_path / "out"}']
+    result = subprocess.run([*torchrun, *settings], cwd=repo_root, env={**os.environ, 'OMP_NUM_THREADS': '1',
+                            'PYTHONPATH': str(repo_root)}, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(tmp_path / 'out' / 'best.pt')['iter_num'] == 0  # rank 0's lowest
+    assert load_checkpoint(tmp_path / 'out' / 'ckpt.pt')['iter_num'] == 4
