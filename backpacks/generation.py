@@ -116,9 +116,10 @@ def batch_steps(model, seqs, budgets):
 
 
 @torch.no_grad()
-def greedy_batch(model, prompts, budgets, stops, pad_id, use_cache=True):
+def greedy_batch(model, prompts, budgets, stops, pad_id, use_cache=True, decoder=None):
     """Greedy continuation of each prompt until a stop token or the end of its budget.
-    Finished rows leave the batch. Returns the generated ids per prompt, stop token excluded."""
+    Finished rows leave the batch. Returns the generated ids per prompt, stop token excluded.
+    decoder: one to use instead of Decoder(model, use_cache) (experiments/bench_translation checks the cache so)."""
     device = next(model.parameters()).device
     seqs, mask = left_pad(prompts, pad_id, device)
     n_steps = batch_steps(model, seqs, budgets)
@@ -126,7 +127,7 @@ def greedy_batch(model, prompts, budgets, stops, pad_id, use_cache=True):
     budgets = torch.tensor(budgets, device=device)
     stop_t = torch.tensor(sorted(stops), device=device)
     outputs = [[] for _ in prompts]
-    decoder = Decoder(model, use_cache)
+    decoder = Decoder(model, use_cache) if decoder is None else decoder
     for step in range(n_steps):
         tokens = decoder.next_logits(seqs, mask).argmax(dim=-1)
         stopped = torch.isin(tokens, stop_t)

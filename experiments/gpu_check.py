@@ -4,7 +4,7 @@ The checks of experiments/gpu_check.sh, each printing one line: `ok   NAME: ...`
 and hands their outputs to these checks; `sdpa` runs its own.
 
     python -m experiments.gpu_check machine                 # the GPU (or its absence), torch and CUDA
-    python -m experiments.gpu_check sdpa --device cuda      # the SDPA kernel the Backpack's mixing gets
+    python -m experiments.gpu_check sdpa --device cuda      # the SDPA kernel the Backpack's mixing gets, per shape
     python -m experiments.gpu_check training RUN_DIR        # tokens/s and MFU of a run's last window
     python -m experiments.gpu_check memory BENCH_LOG        # bench.py's peak memory of both models
     python -m experiments.gpu_check translation BENCH_LOG   # bench_translation's sentences/s
@@ -12,27 +12,36 @@ and hands their outputs to these checks; `sdpa` runs its own.
     python -m experiments.gpu_check torchrun LOG RUN_DIR    # a torchrun training finished on CUDA
 """
 import argparse
+import dataclasses
 import json
+import runpy
 import sys
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+import configurator
+import model as model_module
 from backpacks.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from backpacks.devices import resolve_device
 from backpacks.hardware import DTYPES, cuda_datasheet_peak, describe_machine, resolve_dtype
-from model import _positions_and_mask, build_model, preset_config, product_mixing, sdpa_mixing
+from model import ModelConfig, build_model, preset_config, product_mixing, sdpa_mixing
 
 # SDPA's fused kernels, tried before MATH, the fallback that materialises the (B,k,T,T) weights
 FUSED_BACKENDS = ('FLASH_ATTENTION', 'CUDNN_ATTENTION', 'EFFICIENT_ATTENTION')
+# the autograd node each fused kernel leaves (ScaledDotProductFlashAttentionBackward0, ...); MATH leaves matmuls
+GRAD_NODES = {'FlashAttention': 'FLASH_ATTENTION', 'CudnnAttention': 'CUDNN_ATTENTION',
+              'EfficientAttention': 'EFFICIENT_ATTENTION'}
+# the largest max |o - reference| accepted, relative to max |reference|: rounding, not a wrong kernel
+MIXING_RTOL = {'float32': 1e-4, 'float16': 1e-2, 'bfloat16': 5e-2}
+VOCAB = 16384  # the BPE of the main job's and the study's data (the mixing does not depend on it)
 
 
 def say(status, text, name):
     print(f"{status:<4} {name}: {text}", flush=True)
-    if status == 'FAIL':
-        raise SystemExit(1)
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -49,15 +58,41 @@ def machine_line():
 
 # ----------------------------------------------------------------------------- SDPA kernel of the mixing
 
-def mixing_inputs(device, dtype, batch_size, block_size):
-    """The sense queries, keys and senses backpack-micro hands to sdpa_mixing, as its forward makes them
-    (their layout and strides included, which the kernels' eligibility depends on)."""
+def mixing_shapes():
+    """(name, ModelConfig, batch size) of the Backpacks whose mixing the sdpa check runs, as they train on a GPU:
+    backpack-micro (experiments/gpu_check.sh), the study, the main job, and a sense head size (n_embd / n_senses)
+    that is no multiple of 8, which the fused kernels take only padded."""
+    shapes = [('backpack-micro', preset_config('backpack-micro', vocab_size=VOCAB, block_size=512)[1], 8)]
+    for name in ('study', 'train_europarl_scratch'):
+        settings = runpy.run_path(str(configurator.config_file(name)))
+        dims = {key: settings[key] for key in ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size')}
+        shapes.append((name, ModelConfig(vocab_size=VOCAB, **dims), settings['batch_size']))
+    shapes.append(('head size 6', ModelConfig(vocab_size=VOCAB, block_size=512, n_layer=2, n_head=4, n_embd=96,
+                                              n_senses=16), 8))
+    return shapes
+
+
+class MixingReached(Exception):
+    """Stops the forward at the mixing, carrying its inputs (the LM head after it is not needed)."""
+
+
+def mixing_inputs(config, batch_size, device, dtype):
+    """The sense queries, keys and senses a Backpack of this config hands to its mixing (sdpa_mixing on CUDA,
+    product_mixing on the CPU), taken at the call: their layout and strides included, which the kernels'
+    eligibility depends on."""
     torch.manual_seed(0)
-    model = build_model(*preset_config('backpack-micro', vocab_size=16384, block_size=block_size)).to(device)
-    idx = torch.randint(0, 16384, (batch_size, block_size), device=device)
-    positions, mask = _positions_and_mask(idx, 0, None)
-    with torch.autocast(device.split(':')[0], dtype=DTYPES[dtype], enabled=dtype != 'float32'):
-        return model._senses_and_weights(idx, positions, mask, None)
+    backpack = build_model('backpack', config).to(device)
+    idx = torch.randint(0, config.vocab_size, (batch_size, config.block_size), device=device)
+
+    def reached(q, k, senses, attn_mask):
+        raise MixingReached(q, k, senses)
+    autocast = torch.autocast(device.split(':')[0], dtype=DTYPES[dtype], enabled=dtype != 'float32')
+    with mock.patch.multiple(model_module, sdpa_mixing=reached, product_mixing=reached), torch.no_grad(), autocast:
+        try:
+            backpack(idx)
+        except MixingReached as inputs:
+            return inputs.args
+    raise RuntimeError("the Backpack's forward called neither model.sdpa_mixing nor model.product_mixing")
 
 
 def runs_under(backend, q, k, senses):
@@ -72,31 +107,40 @@ def runs_under(backend, q, k, senses):
     return True
 
 
-def dispatched_backend(q, k, senses):
-    """The kernel PyTorch's dispatcher picks with every kernel allowed (its private _fused_sdp_choice), or
-    None where this torch does not say."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            choice = torch._fused_sdp_choice(q, k, senses, None, 0.0, True)
-    except (AttributeError, RuntimeError):
-        return None
-    return next((name for name, backend in SDPBackend.__members__.items() if int(backend.value) == choice), None)
+def kernel_of(o):
+    """The SDPA kernel that computed o, after whatever padding sdpa_mixing did to its inputs: the fused kernel
+    whose backward node o's autograd graph holds, else MATH."""
+    nodes, seen = [o.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        kernel = next((kernel for key, kernel in GRAD_NODES.items() if key in node.name()), None)
+        if kernel:
+            return kernel
+        nodes += [parent for parent, _ in node.next_functions]
+    return 'MATH'
 
 
-def sdpa_report(device, dtype, batch_size, block_size):
-    """(status, text): the kernel the Backpack's mixing gets (the dispatcher's pick, else the first that
-    runs in the dispatcher's order), every kernel that can run it when restricted to it alone, and how far
-    its output is from the reference product."""
-    senses, q, k = mixing_inputs(device, dtype, batch_size, block_size)
-    working = [b for b in (*FUSED_BACKENDS, 'MATH') if runs_under(b, q, k, senses)]
-    shape = f"backpack-micro, batch {batch_size}, block {block_size}, {dtype} on {device}, forward + backward"
-    if not working:
+def sdpa_report(config, batch_size, device, dtype):
+    """(status, text): the kernel the Backpack's mixing gets at this shape, whether each kernel runs it when
+    restricted to it alone, and how far its output is from the reference product."""
+    q, k, senses = mixing_inputs(config, batch_size, device, dtype)
+    runs = {backend: runs_under(backend, q, k, senses) for backend in (*FUSED_BACKENDS, 'MATH')}
+    shape = (f"n_embd {config.n_embd}, {config.n_senses} senses of {config.n_embd // config.n_senses}, batch "
+             f"{batch_size}, block {config.block_size}, {dtype} on {device}, forward + backward")
+    if not any(runs.values()):
         return 'FAIL', f"no SDPA kernel runs the mixing ({shape})"
+    o = sdpa_mixing(*(t.detach().requires_grad_() for t in (q, k, senses)), None)  # every kernel allowed
+    chosen = kernel_of(o)
     with torch.no_grad():
-        error = (sdpa_mixing(q, k, senses, None).float() - product_mixing(q.float(), k.float(), senses.float(), None)).abs().max()
-    chosen = dispatched_backend(q, k, senses) or working[0]
-    text = f"{chosen} ({shape}); kernels that run it: {', '.join(working)}; max |o - reference| {error:.1e}"
+        reference = product_mixing(q.float(), k.float(), senses.float(), None)
+        error = (o.detach().float() - reference).abs().max() / reference.abs().max()
+    kernels = ', '.join(f"{backend} {'yes' if ok else 'no'}" for backend, ok in runs.items())
+    text = f"{chosen} ({shape}); runs under {kernels}; max |o - reference| {error:.1e} of max |reference|"
+    if error > MIXING_RTOL[dtype]:
+        return 'FAIL', f"{text}, above the {dtype} tolerance {MIXING_RTOL[dtype]:g}"
     if chosen != 'MATH':
         return 'ok', text
     note = ("the math fallback, which materialises the (B,k,T,T) weights" if device.startswith('cuda')
@@ -128,8 +172,8 @@ def training_report(run_dir, gpu_name):
     flops = model.flops_per_token() * last['tokens_per_s']
     compiled = ', compiled' if cfg['compile'] else ''
     return 'ok', (f"{model.param_counts()['total'] / 1e6:.1f}M parameters, vocab {model.config.vocab_size}, block "
-                  f"{model.config.block_size}, {cfg['dtype']}{compiled}: {last['tokens_per_s']:,.0f} tokens/s over the "
-                  f"last {window} of {last['iter']} iterations, {mfu_text(flops, gpu_name, cfg['dtype'])}; "
+                  f"{model.config.block_size}, {ckpt['dtype']}{compiled}: {last['tokens_per_s']:,.0f} tokens/s over the "
+                  f"last {window} of {last['iter']} iterations, {mfu_text(flops, gpu_name, ckpt['dtype'])}; "
                   f"val loss {last['val_loss']:.3f}")
 
 
@@ -154,13 +198,19 @@ def memory_report(bench_log):
 
 
 def translation_report(bench_log):
-    runs = {r['kv_cache']: r for r in json_lines(bench_log) if 'kv_cache' in r}
-    if set(runs) != {True, False}:
-        return 'FAIL', f"{bench_log} lacks the cached or the uncached run"
+    lines = json_lines(bench_log)
+    runs = {r['kv_cache']: r for r in lines if 'kv_cache' in r}
+    check = next((r for r in lines if 'cache_check' in r), None)
+    if set(runs) != {True, False} or check is None:
+        return 'FAIL', f"{bench_log} lacks the cached or the uncached run, or the check of the cache"
     cached, uncached = runs[True], runs[False]
-    return 'ok', (f"{cached['model']}, {cached['sentences']} sentences greedy en-fr: {cached['sentences_per_s']} "
-                  f"sentences/s with the KV cache, {uncached['sentences_per_s']} without "
-                  f"({uncached['seconds'] / cached['seconds']:.1f}x), identical translations")
+    ties = f", {check['near_tie_divergences']} of them at near-ties" if check['divergences'] else ""
+    return ('ok' if check['cache_check'] == 'ok' else 'FAIL'), (
+        f"{cached['model']}, {cached['sentences']} sentences greedy en-fr: {cached['sentences_per_s']} sentences/s "
+        f"with the KV cache, {uncached['sentences_per_s']} without ({uncached['seconds'] / cached['seconds']:.1f}x); "
+        f"next-token logits at most {check['max_relative_logit_diff']:.1e} of their scale apart ({check['dtype']} "
+        f"tolerance {check['tolerance']:g}), {check['divergences']} greedy divergence(s){ties}, "
+        f"{check['identical_translations']} of {cached['sentences']} translations identical")
 
 
 # ----------------------------------------------------------------------------- resume and torchrun
@@ -178,7 +228,7 @@ def differences(a, b):
 def bitwise_report(straight_dir, resumed_dir):
     a, b = (load_checkpoint(Path(d) / 'ckpt.pt') for d in (straight_dir, resumed_dir))
     differ = differences(a, b)
-    what = f"{a['config']['dtype']} on {a['config']['device']}, iteration {a['iter_num']}"
+    what = f"{a['dtype']} on {a['config']['device']}, iteration {a['iter_num']}"
     if differ:
         return 'FAIL', f"the resumed run differs from the straight one ({what}): {', '.join(differ[:5])}"
     scaler = a['scaler']
@@ -204,8 +254,8 @@ def parse_args(argv):
     sub.add_parser('machine')
     sdpa = sub.add_parser('sdpa')
     sdpa.add_argument('--device', default='auto')
-    sdpa.add_argument('--batch_size', type=int, default=None, help='default: 8 on CUDA, 2 on the CPU')
-    sdpa.add_argument('--block_size', type=int, default=None, help='default: 512 on CUDA, 128 on the CPU')
+    sdpa.add_argument('--batch_size', type=int, default=None, help="for every shape (default: its own; 2 on the CPU)")
+    sdpa.add_argument('--block_size', type=int, default=None, help="for every shape (default: its own; 128 on the CPU)")
     sub.add_parser('training').add_argument('run_dir')
     for name in ('memory', 'translation'):
         sub.add_parser(name).add_argument('log')
@@ -218,16 +268,21 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def sdpa_check(args):
-    """sdpa_report with the shape and dtype this device trains in (a smaller shape on the CPU)."""
+def sdpa_lines(args):
+    """(name, status, text) of each shape's sdpa_report, in the dtype this device trains in (on the CPU, where
+    only the math kernel runs the mixing, in a smaller batch and block)."""
     device = resolve_device(args.device)
     on_gpu = device.startswith('cuda')
     dtype = resolve_dtype('auto', 'cuda')[0] if on_gpu else 'float32'
-    return sdpa_report(device, dtype, args.batch_size or (8 if on_gpu else 2), args.block_size or (512 if on_gpu else 128))
+    lines = []
+    for name, config, batch_size in mixing_shapes():
+        config = dataclasses.replace(config, block_size=args.block_size or (config.block_size if on_gpu else 128))
+        batch_size = args.batch_size or (batch_size if on_gpu else 2)
+        lines.append((f"sdpa mixing {name}", *sdpa_report(config, batch_size, device, dtype)))
+    return lines
 
 
 CHECKS = {  # check -> (the name its line gives, the report from the parsed arguments)
-    'sdpa': ('sdpa mixing', sdpa_check),
     'training': (None, lambda a: training_report(a.run_dir, torch.cuda.get_device_name())),
     'memory': ('peak memory at block 512', lambda a: memory_report(a.log)),
     'translation': ('KV-cache translation', lambda a: translation_report(a.log)),
@@ -240,9 +295,16 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.check == 'machine':
         print(machine_line())
+        return
+    if args.check == 'sdpa':
+        lines = sdpa_lines(args)
     else:
         name, report = CHECKS[args.check]
-        say(*report(args), name=name or f"train {Path(args.run_dir).name}")
+        lines = [(name or f"train {Path(args.run_dir).name}", *report(args))]
+    for name, status, text in lines:
+        say(status, text, name)
+    if any(status == 'FAIL' for _, status, _ in lines):
+        raise SystemExit(1)
 
 
 if __name__ == '__main__':

@@ -4,9 +4,13 @@
 #   - backpack-micro and transformer-micro trained 200 iterations on the sample corpus (a 16k BPE, as many
 #     ids as its 450 pairs yield) at block 512 with --dtype=auto --compile: tokens/s and MFU against the
 #     GPU's datasheet peak (unknown for a GPU missing from backpacks/hardware.py);
-#   - the SDPA kernel the Backpack's sense mixing gets (each kernel tried alone; a math fallback is a WARN);
+#   - the SDPA kernel the Backpack's sense mixing gets, one line per shape: backpack-micro, the study
+#     (config/study.py), the main job (config/train_europarl_scratch.py) and a sense head size of 6, which the
+#     fused kernels take only padded; FLASH, CUDNN, EFFICIENT and MATH each tried alone, the output compared
+#     with the reference product (off by more than the dtype's rounding: FAIL; a math fallback: WARN);
 #   - peak memory of a training step of both models at block 512 (bench.py);
-#   - KV-cache translation throughput (experiments/bench_translation.py);
+#   - KV-cache translation throughput (experiments/bench_translation.py), and the cache's next-token logits
+#     against the uncached forward's, within the dtype's tolerance (greedy choices may differ at near-ties);
 #   - float16 with GradScaler, stopped and resumed, bitwise equal to a straight run;
 #   - torchrun --standalone --nproc_per_node=1, DDP on nccl.
 # Without CUDA it runs the checks that need no GPU (the mixing kernel and a bitwise resume, on the CPU),

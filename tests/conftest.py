@@ -147,6 +147,7 @@ def make_checkpoint():
         out_dir.mkdir(parents=True, exist_ok=True)
         save_checkpoint({"model": model.state_dict(), "model_type": model_type,
                          "model_args": dataclasses.asdict(config), "config": {"dataset": str(data_dir)},
+                         "dtype": "float32",
                          "meta": meta, "data_dir": str(data_dir.resolve()), "iter_num": 0, "best_val_loss": 10.0,
                          "optimizer": optimizer.state_dict(), "scaler": {}, "rng": {"torch": torch.get_rng_state()},
                          "sampler": BatchSampler(data_dir).state_dict(), "training_log": []}, out_dir / "best.pt")

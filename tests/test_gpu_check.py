@@ -7,9 +7,11 @@ import subprocess
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from backpacks.checkpoint import save_checkpoint
 from experiments import gpu_check
+from model import ModelConfig, sdpa_mixing
 
 LINE = re.compile(r"^(ok  |WARN|FAIL) [\w .+-]+: ")
 
@@ -23,11 +25,73 @@ def test_mfu_against_the_datasheet_or_unknown():
 
 
 def test_sdpa_probe_names_the_kernel_and_its_accuracy():
-    status, text = gpu_check.sdpa_report('cpu', 'float32', batch_size=1, block_size=16)
-    assert status == 'ok' and text.startswith('MATH (backpack-micro, batch 1, block 16, float32 on cpu')
-    assert 'kernels that run it: MATH;' in text and 'the CPU trains with product_mixing instead' in text
-    error = float(re.search(r"max \|o - reference\| (\S+) --", text).group(1))
+    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, n_senses=4)
+    status, text = gpu_check.sdpa_report(config, 1, 'cpu', 'float32')
+    assert status == 'ok' and text.startswith('MATH (n_embd 32, 4 senses of 8, batch 1, block 16, float32 on cpu')
+    assert ('runs under FLASH_ATTENTION no, CUDNN_ATTENTION no, EFFICIENT_ATTENTION no, MATH yes;' in text
+            and 'the CPU trains with product_mixing instead' in text)
+    error = float(re.search(r"max \|o - reference\| (\S+) of max \|reference\| --", text).group(1))
     assert error < 1e-5
+
+
+def test_sdpa_probe_fails_a_kernel_that_computes_the_mixing_wrong(monkeypatch):
+    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, n_senses=4)
+    monkeypatch.setattr(gpu_check, 'sdpa_mixing', lambda q, k, senses, mask: 1.01 * sdpa_mixing(q, k, senses, mask))
+    status, text = gpu_check.sdpa_report(config, 1, 'cpu', 'float32')
+    assert status == 'FAIL' and re.search(r"max \|o - reference\| 1\.0e-02 of max \|reference\|, above the float32 "
+                                          r"tolerance 0\.0001$", text)
+
+
+def test_the_mixing_inputs_are_taken_from_the_forward():
+    """What the Backpack's forward hands to its mixing: sense queries and keys (B,k,T,d/k), senses (B,k,T,d)."""
+    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, n_senses=4)
+    q, k, senses = gpu_check.mixing_inputs(config, 3, 'cpu', 'float32')
+    assert q.shape == k.shape == (3, 4, 16, 8) and senses.shape == (3, 4, 16, 32)
+    assert not torch.equal(q, k) and q.dtype == senses.dtype == torch.float32
+
+
+def test_the_kernel_is_read_from_the_autograd_graph():
+    """The CPU's fused kernel takes equal widths only: q, k, v of 8 -> FLASH_ATTENTION; v of 32 -> MATH."""
+    q, k = (torch.randn(1, 2, 4, 8, requires_grad=True) for _ in range(2))
+    for width, kernel in ((8, 'FLASH_ATTENTION'), (32, 'MATH')):
+        v = torch.randn(1, 2, 4, width, requires_grad=True)
+        assert gpu_check.kernel_of(F.scaled_dot_product_attention(q, k, v, is_causal=True).sum(dim=1)) == kernel
+
+
+def test_the_sdpa_shapes_are_the_configs():
+    """backpack-micro, the study's and the main job's Backpack as their configs set them, and a sense head size
+    that is no multiple of 8."""
+    shapes = {name: (config, batch) for name, config, batch in gpu_check.mixing_shapes()}
+    dims = lambda c: (c.n_layer, c.n_embd, c.n_senses, c.block_size, c.vocab_size)
+    assert list(shapes) == ['backpack-micro', 'study', 'train_europarl_scratch', 'head size 6']
+    assert (dims(shapes['backpack-micro'][0]), shapes['backpack-micro'][1]) == ((6, 384, 16, 512, 16384), 8)
+    assert (dims(shapes['study'][0]), shapes['study'][1]) == ((4, 256, 16, 128, 16384), 16)
+    main_job, batch = shapes['train_europarl_scratch']
+    assert (dims(main_job), batch) == ((6, 384, 16, 512, 16384), 32)
+    head = shapes['head size 6'][0]
+    assert head.n_embd // head.n_senses == 6 and head.n_embd % head.n_senses == 0
+
+
+def test_the_sdpa_check_prints_one_line_per_shape(capsys):
+    """On the CPU, small: every shape's line, with its sense head size; the CUDNN kernel is reported too."""
+    gpu_check.main(['sdpa', '--device', 'cpu', '--batch_size', '1', '--block_size', '8'])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(':')[0] for line in lines] == [
+        'ok   sdpa mixing backpack-micro', 'ok   sdpa mixing study', 'ok   sdpa mixing train_europarl_scratch',
+        'ok   sdpa mixing head size 6'] and all(map(LINE.match, lines))
+    widths = ('n_embd 384, 16 senses of 24', 'n_embd 256, 16 senses of 16', 'n_embd 384, 16 senses of 24',
+              'n_embd 96, 16 senses of 6')
+    for line, width in zip(lines, widths):
+        assert f"MATH ({width}, batch 1, block 8, float32 on cpu" in line and 'CUDNN_ATTENTION no' in line
+
+
+def test_a_failing_shape_fails_the_check_after_every_line(monkeypatch, capsys):
+    reports = iter([('ok', 'fine'), ('FAIL', 'wrong'), ('WARN', 'slow'), ('ok', 'fine')])
+    monkeypatch.setattr(gpu_check, 'sdpa_report', lambda *args: next(reports))
+    with pytest.raises(SystemExit) as stopped:
+        gpu_check.main(['sdpa', '--device', 'cpu'])
+    assert stopped.value.code == 1
+    assert [line[:4] for line in capsys.readouterr().out.splitlines()] == ['ok  ', 'FAIL', 'WARN', 'ok  ']
 
 
 def checkpoint_pair(tmp_path, make_checkpoint, sample_dataset):
@@ -35,8 +99,8 @@ def checkpoint_pair(tmp_path, make_checkpoint, sample_dataset):
     run = make_checkpoint(tmp_path / 'a', sample_dataset)
     ckpt = torch.load(run / 'best.pt', weights_only=True)
     ckpt.update(optimizer={'state': {0: {'exp_avg': torch.ones(2), 'exp_avg_sq': torch.ones(2)}}, 'param_groups': []},
-                scaler={'scale': 1024.0, '_growth_tracker': 8}, config={'dtype': 'float16', 'device': 'cuda'},
-                iter_num=8)
+                scaler={'scale': 1024.0, '_growth_tracker': 8}, config={'dtype': 'auto', 'device': 'cuda'},
+                dtype='float16', iter_num=8)
     for name in ('a', 'b'):
         (tmp_path / name).mkdir(exist_ok=True)
         save_checkpoint(ckpt, tmp_path / name / 'ckpt.pt')
@@ -56,7 +120,7 @@ def test_bitwise_report_finds_any_difference(tmp_path, make_checkpoint, sample_d
 
 def test_training_report_gives_throughput_and_mfu(tmp_path, make_checkpoint, sample_dataset):
     ckpt = checkpoint_pair(tmp_path, make_checkpoint, sample_dataset)
-    ckpt.update(config={'dtype': 'bfloat16', 'compile': True}, training_log=[
+    ckpt.update(config={'dtype': 'auto', 'compile': True}, dtype='bfloat16', training_log=[
         {'iter': 100, 'val_loss': 5.0, 'tokens_per_s': 1000.0}, {'iter': 200, 'val_loss': 4.0, 'tokens_per_s': 2e6}])
     save_checkpoint(ckpt, tmp_path / 'a' / 'ckpt.pt')
     status, text = gpu_check.training_report(tmp_path / 'a', 'NVIDIA A100-SXM4-80GB')
@@ -72,13 +136,19 @@ def test_benchmark_reports_read_the_scripts_json_lines(tmp_path):
     assert gpu_check.memory_report(bench) == ('ok', "peak memory of a training step: Backpack 3,300 MiB (60,000 "
                                                     "tokens/s), Transformer 2,100 MiB (90,000 tokens/s)")
     translation = tmp_path / 'translation.log'
-    translation.write_text('\n'.join(json.dumps({'model': 'backpack', 'kv_cache': cached, 'sentences': 256,
-                                                 'seconds': seconds, 'sentences_per_s': round(256 / seconds, 1)})
-                                     for cached, seconds in ((True, 2.0), (False, 10.0))))
+    runs = [{'model': 'backpack', 'kv_cache': cached, 'sentences': 256, 'seconds': seconds,
+             'sentences_per_s': round(256 / seconds, 1)} for cached, seconds in ((True, 2.0), (False, 10.0))]
+    check = {'cache_check': 'ok', 'dtype': 'bfloat16', 'tolerance': 0.05, 'predictions_compared': 4000,
+             'max_logit_diff': 0.03, 'max_relative_logit_diff': 0.002, 'divergences': 2, 'near_tie_divergences': 2,
+             'identical_translations': 254}
+    translation.write_text('\n'.join(json.dumps(line) for line in (*runs, check)))
     assert gpu_check.translation_report(translation) == (
-        'ok', "backpack, 256 sentences greedy en-fr: 128.0 sentences/s with the KV cache, 25.6 without (5.0x), "
-              "identical translations")
+        'ok', "backpack, 256 sentences greedy en-fr: 128.0 sentences/s with the KV cache, 25.6 without (5.0x); "
+              "next-token logits at most 2.0e-03 of their scale apart (bfloat16 tolerance 0.05), 2 greedy "
+              "divergence(s), 2 of them at near-ties, 254 of 256 translations identical")
     assert gpu_check.memory_report(translation)[0] == 'FAIL'
+    translation.write_text('\n'.join(json.dumps(line) for line in runs))
+    assert gpu_check.translation_report(translation)[0] == 'FAIL'
 
 
 @pytest.mark.slow
@@ -91,4 +161,6 @@ def test_without_cuda_the_script_says_so_and_exits_0(repo_root, tmp_path):
     assert lines[0].startswith('no CUDA GPU here (torch ')
     assert lines[-1].startswith('no CUDA GPU: the CUDA tests, micro-model training and MFU')
     checks = lines[1:-1]
-    assert [line.split(':')[0] for line in checks] == ['ok   sdpa mixing', 'ok   resume'] and all(map(LINE.match, checks))
+    assert [line.split(':')[0] for line in checks] == [
+        'ok   sdpa mixing backpack-micro', 'ok   sdpa mixing study', 'ok   sdpa mixing train_europarl_scratch',
+        'ok   sdpa mixing head size 6', 'ok   resume'] and all(map(LINE.match, checks))

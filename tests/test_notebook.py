@@ -1,12 +1,15 @@
 """train_tiny_gpu.ipynb: valid nbformat, every step present, code cells compile, and every command it
 runs matches the real CLIs (scripts exist, flags and values are accepted by the scripts' own parsers,
-the out_dirs line up from training to comparison). No notebook cell is executed."""
+the out_dirs line up from training to comparison). One cell is executed: the code's setup, against a
+local repository standing in for the remote."""
 import ast
 import contextlib
 import importlib
 import io
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -71,13 +74,13 @@ def python_commands(nb):
     return commands
 
 
-def substituted(argv):
+def substituted(argv, values=PLACEHOLDER_VALUES):
     """argv with {NAME} placeholders replaced by the test values."""
     out = []
     for arg in argv:
         for name in re.findall(r"\{(\w+)\}", arg):
-            assert name in PLACEHOLDER_VALUES, f"placeholder {{{name}}} in {arg!r}: add a test value to PLACEHOLDER_VALUES"
-            arg = arg.replace("{" + name + "}", PLACEHOLDER_VALUES[name])
+            assert name in values, f"placeholder {{{name}}} in {arg!r}: add a test value to PLACEHOLDER_VALUES"
+            arg = arg.replace("{" + name + "}", values[name])
         out.append(arg)
     return out
 
@@ -147,7 +150,8 @@ def test_every_code_cell_compiles(nb):
 @pytest.mark.parametrize("step, needle", [
     ("GPU check", "nvidia-smi"),
     ("GPU check", "torch.cuda.is_available()"),
-    ("clone", "git clone {REPO_URL} multilingual-backpack"),
+    ("clone", "git clone -q {REPO_URL} {CODE}"),
+    ("update", "git -C {CODE} fetch -q {REPO_URL} {REPO_REF} && git -C {CODE} reset -q --hard FETCH_HEAD"),
     ("install", "grep -v '^torch' requirements.txt > /tmp/req.txt && pip install -q -r /tmp/req.txt"),
     ("install", "pip install -q -r requirements.txt"),
     ("prepare", "python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament "
@@ -318,12 +322,16 @@ def test_gpu_section_finetunes_backpack_gpt2_on_a_europarl_subsample_with_auto_d
     assert f"{{ROOT}}/data/{option(hub, 'name')}" in source
 
 
-def test_one_cell_resumes_a_disconnected_runtime_from_drive(nb):
-    """The training cell alone does all a reconnected runtime needs: it mounts Drive, reinstalls, sets every
-    variable its commands use, and resumes from RUN_DIR/ckpt.pt on Drive when there is one."""
+def test_the_gpu_cell_resumes_from_drive_with_the_current_code(nb):
+    """After step 2's cell (the code, brought up to date), the training cell does all a reconnected runtime
+    needs: it mounts Drive, reinstalls, sets every variable its commands use, and resumes from RUN_DIR/ckpt.pt
+    on Drive when there is one. Only data and runs are on Drive: the code runs from the checkout it starts in
+    (no copy of it on Drive, which a fix pulled later would never reach)."""
     cell = next(source for source in code_cells(gpu_section(nb)) if "train.py" in source)
     assert "drive.mount('/content/drive')" in cell and "ROOT = '/content/drive/MyDrive/" in cell
-    assert "pip install -q -r /tmp/req.txt" in cell and "%cd {CODE}" in cell
+    assert "pip install -q -r /tmp/req.txt" in cell
+    assert "if not os.path.isfile('train.py'):" in cell and "run step 2's first cell" in cell
+    assert not re.search(r"^\s*%cd", cell, re.M) and "copytree" not in cell and "CODE" not in cell
     assigned = {target.id for node in ast.walk(ast.parse(strip_ipython(cell))) if isinstance(node, ast.Assign)
                 for t in node.targets for target in (t.elts if isinstance(t, ast.Tuple) else [t])}
     used = {name for line in cell.splitlines() if line.strip().startswith(("!", "%"))
@@ -346,3 +354,129 @@ def test_without_gpu_or_hub_it_says_so_and_trains_on_the_sample(nb):
     local = [argv for script, argv in python_commands(gpu_section(nb))
              if script == "data/europarl/prepare.py" and option(argv, "source") == "local"]
     assert local and option(local[0], "corpus") == "data/europarl/sample/parliament"
+
+
+# ----------------------------------------------------------------------------- the code that runs is current
+
+def setup_cell(nb):
+    return next(source for source in code_cells(nb) if "REPO_URL = " in source)
+
+
+def with_assignments(source, **values):
+    """source with each top-level NAME = ... line replaced by NAME = value."""
+    for name, value in values.items():
+        source, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", source, flags=re.M)
+        assert count == 1, f"the cell assigns {name} {count} times"
+    return source
+
+
+def run_like_ipython(source):
+    """Run a code cell as IPython does for the two magics the setup uses: `!COMMAND` runs COMMAND in bash with
+    each {NAME} replaced by the value of NAME, `%cd DIR` changes the directory. Asserts every command succeeds."""
+    namespace = {}
+    expand = lambda text: re.sub(r"\{(\w+)\}", lambda m: str(namespace[m.group(1)]), text)
+
+    def shell(command):
+        assert "$" not in command, f"IPython expands the $ of {command!r}, and this emulation does not"
+        done = subprocess.run(["bash", "-c", expand(command)], capture_output=True, text=True)
+        assert done.returncode == 0, f"!{command} failed: {done.stderr.strip()}"
+
+    lines = []
+    for line in source.splitlines():
+        code = line.lstrip()
+        indent = line[:len(line) - len(code)]
+        if code.startswith("!"):
+            lines.append(f"{indent}_shell({code[1:]!r})")
+        elif code.startswith("%"):
+            magic, _, argument = code[1:].partition(" ")
+            assert magic == "cd", f"run_like_ipython does not know %{magic}"
+            lines.append(f"{indent}_chdir(_expand({argument!r}))")
+        else:
+            lines.append(line)
+    namespace.update(_shell=shell, _chdir=os.chdir, _expand=expand)
+    exec(compile("\n".join(lines), "<setup cell>", "exec"), namespace)
+
+
+@pytest.mark.slow
+def test_the_setup_cell_brings_the_code_to_the_newest_commit_on_every_run(nb, tmp_path, monkeypatch):
+    """The setup cell, executed, with a local repository standing in for REPO_URL and a temporary folder for the
+    runtime's disk. Each run after a commit to the remote runs that commit: a re-run in the clone, and a run from
+    the runtime's start folder once the clone exists (a reconnect). A checkout of your own is left as it is."""
+    ref = string_assignments(nb, "REPO_REF")[0]
+    remote, code, start, own = (tmp_path / name for name in ("remote", "disk/multilingual-backpack", "content", "own"))
+
+    def git(*args, cwd=remote):
+        return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=cwd,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    def push(version):  # a commit on the remote's REPO_REF
+        (remote / "train.py").write_text(f"VERSION = {version}\n")
+        git("add", "train.py")
+        git("commit", "-q", "-m", f"version {version}")
+        return git("rev-parse", "HEAD")
+
+    for folder in (remote, start, own / "experiments"):
+        folder.mkdir(parents=True)
+    git("init", "-q", "-b", ref)
+    cell = with_assignments(setup_cell(nb), REPO_URL=str(remote), CODE=str(code))
+
+    monkeypatch.chdir(start)
+    for version, where in ((1, start), (2, code), (3, start)):  # first run, re-run in the clone, reconnect
+        head = push(version)
+        monkeypatch.chdir(where)
+        run_like_ipython(cell)
+        assert Path.cwd() == code and git("rev-parse", "HEAD", cwd=code) == head
+        assert (code / "train.py").read_text() == f"VERSION = {version}\n"
+
+    (own / "train.py").write_text("VERSION = 'mine'\n")  # opened from experiments/ of your own checkout
+    git("init", "-q", cwd=own)
+    git("add", "train.py", cwd=own)
+    git("commit", "-q", "-m", "mine", cwd=own)
+    (own / "train.py").write_text("VERSION = 'mine, edited'\n")
+    monkeypatch.chdir(own / "experiments")
+    run_like_ipython(cell)
+    assert Path.cwd() == own and (own / "train.py").read_text() == "VERSION = 'mine, edited'\n"
+    assert git("rev-parse", "HEAD", cwd=code) == head
+
+
+DTYPE_NAMES = re.compile(r"\b(float32|fp32|tf32|float16|fp16|half|bfloat16|bf16)\b", re.I)
+
+
+def test_what_the_notebook_says_a_t4_trains_in_is_what_auto_picks(nb, monkeypatch):
+    """--dtype=auto on a T4 (compute capability 7.5) trains in float16 with a GradScaler (backpacks/hardware.py):
+    every clause of the notebook, prose or code, that names a T4 and a dtype names that one (not float32)."""
+    import torch
+    from backpacks.hardware import resolve_dtype
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (7, 5))
+    t4 = resolve_dtype("auto", "cuda")[0]
+    stated = []
+    for cell in nb.cells:
+        for clause in re.split(r"[;,()\n]|\.(?!\d)", cell.source):  # 8.0 is a number, not a full stop
+            if re.search(r"\bT4\b", clause):
+                named = {name.lower() for name in DTYPE_NAMES.findall(clause)}
+                assert named <= {t4}, f"the notebook says {clause.strip()!r}; --dtype=auto gives {t4} on a T4"
+                stated += named
+    assert stated, "the notebook never says what a T4 trains in"
+
+
+# ----------------------------------------------------------------------------- on a (stand-in) Colab T4
+
+def test_the_tiny_sections_commands_run_on_a_t4(nb, fake_gpu, sample_dataset, tmp_path, monkeypatch, capsys):
+    """The notebook's train.py and evaluate.py commands, with DEVICE='cuda', run in-process on a stand-in T4
+    (tests/cuda_standin.py): float16 with a GradScaler, every CUDA-only line of the start and first steps
+    executed. Shortened (--max_iters and friends appended) and pointed at the sample dataset and tmp_path."""
+    import evaluate
+    import train
+    fake_gpu.configure(name='Tesla T4', capability=(7, 5))
+    monkeypatch.chdir(tmp_path)
+    values = {**PLACEHOLDER_VALUES, "DEVICE": "cuda", "DATA_DIR": str(sample_dataset)}
+    short = {"train.py": ["--max_iters=2", "--eval_interval=2", "--eval_iters=1", "--batch_size=4"],
+             "evaluate.py": ["--tasks", "loss", "--loss_batches", "1", "--no-fetch"]}
+    ran = []
+    for script, argv in python_commands(tiny_section(nb)):
+        if script in short:
+            main = train.main if script == "train.py" else evaluate.main
+            main([*substituted(argv, values), *short[script]])
+            ran.append(script)
+    assert ran == ["train.py", "train.py", "evaluate.py", "evaluate.py"]
+    assert capsys.readouterr().out.count("on cuda:0, float16") == 2 and fake_gpu.math_fallbacks() == 0
