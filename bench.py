@@ -28,8 +28,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from backpacks.devices import resolve_device
-from backpacks.errors import fail
-from backpacks.hardware import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
+from backpacks.cli import fail
+from backpacks.devices import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
                                 matmul_flops, resolve_dtype, synchronize, use_tensor_cores_for_float32)
 from model import ModelConfig, build_model
 

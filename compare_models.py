@@ -28,10 +28,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
-from backpacks import arguments, metrics, report, results_file, tasks  # noqa: E402
+from backpacks import cli, metrics  # noqa: E402
 from backpacks.atomic import atomic_write, atomic_write_text, file_digest  # noqa: E402
 from backpacks.checkpoint import CHECKPOINT_FILES  # noqa: E402
-from backpacks.errors import fail  # noqa: E402
+from backpacks.cli import fail  # noqa: E402
+from backpacks.eval import report, tasks  # noqa: E402
+from backpacks.eval.results import NOT_REQUESTED, task_settings  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "out/comparison"
 
@@ -62,7 +64,7 @@ def check_run_dirs(args):
     """Every run to compare has its checkpoint, before the first evaluation starts."""
     for out_dir in run_dirs(args):
         tasks.check_run_dir(out_dir, args.ckpt)
-    arguments.check_writable(args.output_dir, "--output_dir")
+    cli.check_writable(args.output_dir, "--output_dir")
 
 
 def run_dirs(args):
@@ -77,7 +79,7 @@ def reuse_mismatch(results, out_dir, args):
         return "it does not record its tasks' checkpoint and settings (an older evaluate.py)"
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
     checkpoint_sha256 = file_digest(checkpoint)
-    settings = results_file.task_settings(tasks.eval_settings(args))
+    settings = task_settings(tasks.eval_settings(args))
     for task in args.task_list:
         record = computed.get(task)
         if not isinstance(record, dict):
@@ -109,7 +111,7 @@ def model_results(out_dir, args):
 
 def requested_only(results, task_list):
     """The results with only the requested tasks: results.json may hold others, computed with other settings."""
-    return {key: value if key in task_list or key not in tasks.TASKS else results_file.NOT_REQUESTED
+    return {key: value if key in task_list or key not in tasks.TASKS else NOT_REQUESTED
             for key, value in results.items()}
 
 

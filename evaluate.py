@@ -11,7 +11,7 @@ Writes OUT_DIR/eval/results.json (one top-level section per task, each either it
 {"skipped": reason}; "computed" with the checkpoint, settings, resources and time of each task; "run"
 with this evaluation's checkpoint, counts and timings) and OUT_DIR/eval/report.md, and prints a
 summary table. The tasks computed now are merged into an existing results.json of the same
-checkpoint; one of another checkpoint is moved aside first (backpacks/results_file.py). Resources (word-similarity sets, dictionaries,
+checkpoint; one of another checkpoint is moved aside first (backpacks/eval/results.py). Resources (word-similarity sets, dictionaries,
 FLORES) are looked up by their path in the layout under --data_root (env ENFR_DATA, else
 ../shared/data/en-fr beside the repository), then in the resources.py cache, and fetched into the
 cache when missing (unless --no-fetch or an offline variable such as HF_HUB_OFFLINE is set);
@@ -21,8 +21,8 @@ word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
 import argparse
 from pathlib import Path
 
-from backpacks.report import headline_table
-from backpacks.tasks import add_eval_arguments, check_args, check_run_dir, evaluate_out_dir
+from backpacks.eval.report import headline_table
+from backpacks.eval.tasks import add_eval_arguments, check_args, check_run_dir, evaluate_out_dir
 
 
 def parse_args(argv=None):

@@ -21,14 +21,14 @@ import sys
 
 import torch
 
-from backpacks.arguments import check_at_least, check_max_new_tokens, check_seed, resolve_dataset
-from backpacks.errors import fail
+from backpacks.cli import check_at_least, check_seed, fail
+from backpacks.dataset import resolve_dataset
 from backpacks.devices import resolve_device
-from backpacks.evaluation import load_for_eval
-from backpacks.generation import DIRECTIONS, sample_edited, timed_translate
+from backpacks.eval.context import load_for_eval
+from backpacks.eval.lexical import token_language_counts, token_language_masks
+from backpacks.generation import DIRECTIONS, check_max_new_tokens, sample_edited, timed_translate
 from backpacks.interventions import (TOPIC_STRENGTHS, InterventionError, read_senses, read_topic_words,
-                           require_backpack, sense_contributions, topic_edit)
-from backpacks.lexical import token_language_counts, token_language_masks
+                                     require_backpack, sense_contributions, topic_edit)
 from backpacks.textfile import TextFileError, read_utf8
 
 

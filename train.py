@@ -35,19 +35,18 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-import configurator
 from backpacks import metrics, objectives, sensia
 from backpacks.atomic import atomic_write_text
 from backpacks.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, rng_state, save_checkpoint,
                                   set_rng_state)
 from backpacks.dataset import BatchSampler, DataError, check_same_dataset, load_meta, resolve_data_dir, unigram_entropy
-from backpacks.devices import check_device_name, process_device, resolve_device
-from backpacks.errors import fail
-from backpacks.hardware import (DTYPES, DeviceError, describe_machine, device_type_of, peak_flops, resolve_dtype,
+from backpacks.cli import fail, parse_settings
+from backpacks.devices import (DTYPES, DeviceError, check_device_name, describe_machine, device_type_of, peak_flops,
+                               process_device, resolve_device, resolve_dtype, torchrun_environment,
                                 use_tensor_cores_for_float32)
-from backpacks.live_log import open_live_log, require_wandb
+from backpacks.wandb_log import open_live_log, require_wandb
 from backpacks.rundir import no_checkpoint_to_resume, run_directory
-from backpacks.starting_points import model_from_run, pretrained_backpack
+from backpacks.init_from import model_from_run, pretrained_backpack
 from model import MODEL_CLASSES, PRESETS, ModelConfig, build_model, check_model, preset_config
 
 _names_before_defaults = set(globals())
@@ -127,7 +126,7 @@ EVAL_SEED_OFFSET = 1_000_003  # eval batches come from their own stream, so eval
 
 def parse_args(argv):
     """{key: value} of every setting given explicitly (config files first, then overrides)."""
-    return configurator.parse_args(argv, DEFAULTS, __doc__)
+    return parse_settings(argv, DEFAULTS, __doc__)
 
 
 def validate(cfg):
@@ -179,7 +178,7 @@ def resolve_model_type(cfg, explicit):
 
 def setup_processes(requested_device):
     """(ddp, rank, world_size, device) from torchrun's environment (one process otherwise)."""
-    ddp, rank, local_rank, world_size = configurator.torchrun_environment()
+    ddp, rank, local_rank, world_size = torchrun_environment()
     device = process_device(resolve_device(requested_device), local_rank if ddp else None,
                             int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
     if device.startswith('cuda'):
@@ -384,7 +383,7 @@ def main(argv=None):
     explicit = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = {**DEFAULTS, **explicit}
     validate(cfg)
-    rank = configurator.torchrun_environment()[1]
+    rank = torchrun_environment()[1]
     require_wandb(cfg)
     ckpt_path = Path(cfg['out_dir']) / 'ckpt.pt'
     if cfg['init_from'] == 'resume' and not ckpt_path.is_file():

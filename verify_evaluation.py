@@ -17,8 +17,8 @@ from collections import namedtuple
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from backpacks.evaluation import SkipTask, read_test_pairs
-from backpacks.tasks import TASKS
+from backpacks.eval.context import SkipTask, read_test_pairs
+from backpacks.eval.tasks import TASKS
 
 INF = math.inf
 MISSING = object()

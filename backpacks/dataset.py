@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from backpacks.atomic import token_record
+from backpacks.cli import fail
 from backpacks.tokenizer import DataError  # noqa: F401  (re-exported: `from dataset import DataError`)
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"  # the repository's data/
@@ -222,3 +223,14 @@ class BatchSampler:
 
     def load_state_dict(self, state):
         self.generator.set_state(state["generator"])
+
+
+def resolve_dataset(data_dir):
+    """--data_dir as train.py takes it (a directory, or a dataset name under data/), as a path string;
+    None stays None (the checkpoint's own dataset)."""
+    if data_dir is None:
+        return None
+    try:
+        return str(resolve_data_dir(data_dir))
+    except DataError as e:
+        fail(f"--data_dir: {e}")

@@ -13,6 +13,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from backpacks.cli import fail
 from model import _sample
 
 DIRECTIONS = ('en-fr', 'fr-en')
@@ -36,6 +37,14 @@ def new_token_cap(block_size):
     """The most tokens one translation may take: half the context window, so the prompt always keeps
     the other half (the scripts refuse a --max_new_tokens above it rather than lower it unsaid)."""
     return max(1, block_size // 2)
+
+
+def check_max_new_tokens(max_new_tokens, block_size):
+    """Refuse a --max_new_tokens that translation would lower to its cap (half the context)."""
+    cap = new_token_cap(block_size)
+    if max_new_tokens is not None and max_new_tokens > cap:
+        fail(f"--max_new_tokens {max_new_tokens} is more than a translation may take with this model: at most "
+             f"{cap}, half its {block_size}-token context (the prompt keeps the other half)")
 
 
 def new_token_budget(n_source, block_size, max_new_tokens=None):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
 
-from backpacks.lexical import WordVectors, has_senses, word_pieces
+from backpacks.eval.lexical import WordVectors, has_senses, word_pieces
 from backpacks.metrics import words as split_words
 from backpacks.textfile import TextFileError, read_utf8
 

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from backpacks.atomic import remove_stale_temporaries
-from backpacks.errors import fail
+from backpacks.cli import fail
 
 RUN_FILES = ('ckpt.pt', 'best.pt', 'training_log.json')
 LOCK_NAME = '.lock'

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from backpacks import metrics
-from backpacks.errors import fail
+from backpacks.cli import fail
 from backpacks.dataset import DataError, token_file
 
 # (w_sns, w_ctx, w_lm) at the schedule's three anchors (the authors' LossScheduleCfg)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from backpacks.devices import resolve_device
-from backpacks.evaluation import load_for_eval
+from backpacks.eval.context import load_for_eval
 from backpacks.generation import (DIRECTIONS, Decoder, greedy_batch, prepare_prompts, sorted_batches, stop_ids,
                                   timed_translate)
 

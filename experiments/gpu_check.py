@@ -23,11 +23,11 @@ from unittest import mock
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import configurator
+from backpacks import cli
 import model as model_module
 from backpacks.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from backpacks.devices import resolve_device
-from backpacks.hardware import DTYPES, cuda_datasheet_peak, describe_machine, resolve_dtype
+from backpacks.devices import DTYPES, cuda_datasheet_peak, describe_machine, resolve_dtype
 from model import ModelConfig, build_model, preset_config, product_mixing, sdpa_mixing
 
 # SDPA's fused kernels, tried before MATH, the fallback that materialises the (B,k,T,T) weights
@@ -64,7 +64,7 @@ def mixing_shapes():
     that is no multiple of 8, which the fused kernels take only padded."""
     shapes = [('backpack-micro', preset_config('backpack-micro', vocab_size=VOCAB, block_size=512)[1], 8)]
     for name in ('study', 'train_europarl_scratch'):
-        settings = runpy.run_path(str(configurator.config_file(name)))
+        settings = runpy.run_path(str(cli.config_file(name)))
         dims = {key: settings[key] for key in ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size')}
         shapes.append((name, ModelConfig(vocab_size=VOCAB, **dims), settings['batch_size']))
     shapes.append(('head size 6', ModelConfig(vocab_size=VOCAB, block_size=512, n_layer=2, n_head=4, n_embd=96,
@@ -154,7 +154,7 @@ def mfu_text(flops_per_s, gpu_name, dtype):
     """MFU against the GPU's datasheet peak in dtype, or why it is unknown."""
     peak = cuda_datasheet_peak(gpu_name, dtype)
     if peak is None:
-        return f"MFU unknown: no {dtype} datasheet peak for {gpu_name!r} in backpacks/hardware.py CUDA_PEAKS"
+        return f"MFU unknown: no {dtype} datasheet peak for {gpu_name!r} in backpacks/devices.py CUDA_PEAKS"
     return f"MFU {flops_per_s / peak:.3f} of the {dtype} datasheet peak {peak / 1e12:,.0f} TFLOP/s"
 
 

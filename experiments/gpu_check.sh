@@ -3,7 +3,7 @@
 #   - the CUDA-marked tests (pytest -m cuda);
 #   - backpack-micro and transformer-micro trained 200 iterations on the sample corpus (a 16k BPE, as many
 #     ids as its 450 pairs yield) at block 512 with --dtype=auto --compile: tokens/s and MFU against the
-#     GPU's datasheet peak (unknown for a GPU missing from backpacks/hardware.py);
+#     GPU's datasheet peak (unknown for a GPU missing from backpacks/devices.py);
 #   - the SDPA kernel the Backpack's sense mixing gets, one line per shape: backpack-micro, the study
 #     (config/study.py), the main job (config/train_europarl_scratch.py) and a sense head size of 6, which the
 #     fused kernels take only padded; FLASH, CUDNN, EFFICIENT and MATH each tried alone, the output compared

@@ -24,10 +24,10 @@ from tqdm import tqdm
 from backpacks import interventions as iv
 from backpacks.atomic import atomic_write_text
 from backpacks.devices import resolve_device
-from backpacks.evaluation import load_for_eval
+from backpacks.eval.context import load_for_eval
 from backpacks.generation import sample_edited
-from backpacks.lexical import WordVectors, token_language_counts, token_language_masks, word_pieces
-from backpacks.report import json_safe, markdown_table
+from backpacks.eval.lexical import WordVectors, token_language_counts, token_language_masks, word_pieces
+from backpacks.eval.report import json_safe, markdown_table
 
 DATA = Path(__file__).resolve().parent.parent / 'data' / 'interventions'
 LANGS = ('en', 'fr')

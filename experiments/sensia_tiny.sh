@@ -48,7 +48,7 @@ done
 python - "$OUT" "$corpus" "${runs[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-from backpacks.study_report import sensia_table
+from backpacks.study.report import sensia_table
 out, corpus, runs = Path(sys.argv[1]), sys.argv[2], ['english'] + sys.argv[3:]
 results = {run: json.loads((out / run / 'eval' / 'results.json').read_text()) for run in runs}
 table = (sensia_table(results) + f"\n\ncorpus {corpus}; english = the starting point before adaptation; "

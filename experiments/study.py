@@ -19,31 +19,31 @@ from pathlib import Path
 
 import torch
 
-import configurator
-from backpacks import study, study_report
+from backpacks import cli
+from backpacks.study import plan, report as study_report
 from backpacks.atomic import atomic_write_text
 from backpacks.dataset import load_meta
-from backpacks.evaluation import DEFAULT_DATA_ROOT
-from backpacks.hardware import describe_machine
-from backpacks.resources import fetch_allowed_by_environment
+from backpacks.eval.context import DEFAULT_DATA_ROOT
+from backpacks.devices import describe_machine
+from backpacks.eval.resources import fetch_allowed_by_environment
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "n_senses", "block_size")
 
 
 def study_settings(overrides):
     """config/study.py's settings with train.py-style --key=value overrides."""
-    defaults = {k: v for k, v in runpy.run_path(str(configurator.config_file("study"))).items() if not k.startswith("_")}
-    return {**defaults, **configurator.parse_args(overrides, defaults, __doc__)}
+    defaults = {k: v for k, v in runpy.run_path(str(cli.config_file("study"))).items() if not k.startswith("_")}
+    return {**defaults, **cli.parse_settings(overrides, defaults, __doc__)}
 
 
-def plan(args, overrides):
+def write_plan(args, overrides):
     settings = study_settings(overrides)
-    shape = study.Shape(**{k: settings[k] for k in SHAPE_KEYS})
+    shape = plan.Shape(**{k: settings[k] for k in SHAPE_KEYS})
     meta = load_meta(Path(args.data_dir))
-    runs = study.matched_runs(shape, meta["vocab_size"], args.iters)
+    runs = plan.matched_runs(shape, meta["vocab_size"], args.iters)
     fetch = fetch_allowed_by_environment()
-    flores, flores_missing = study.standard_set("flores200", DEFAULT_DATA_ROOT, fetch)
-    muse, muse_missing = study.standard_set("muse_test", DEFAULT_DATA_ROOT, fetch)
+    flores, flores_missing = plan.standard_set("flores200", DEFAULT_DATA_ROOT, fetch)
+    muse, muse_missing = plan.standard_set("muse_test", DEFAULT_DATA_ROOT, fetch)
     env = {f"{name.upper()}_{key.upper()}": value for name, run in runs.items() for key, value in run.items() if key != "why"}
     lines = [f"{k}={v}" for k, v in env.items()]
     lines.append("TEST_SET=(" + ("--test_set flores200" if flores else "") + ")")
@@ -72,7 +72,7 @@ def main(argv=None):
     reporting.add_argument("--out", required=True, help="the study's directory")
     args, overrides = p.parse_known_args(argv)
     if args.command == "plan":
-        plan(args, overrides)
+        write_plan(args, overrides)
     else:
         if overrides:
             p.error(f"unrecognised arguments: {' '.join(overrides)}")

@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt
 import torch
 
 from backpacks.atomic import atomic_write, atomic_write_text
-from backpacks.evaluation import load_for_eval
+from backpacks.eval.context import load_for_eval
 from backpacks.generation import translate
 from backpacks.interventions import InterventionError, read_senses, require_backpack
-from backpacks.lexical import token_language_counts, token_language_masks
+from backpacks.eval.lexical import token_language_counts, token_language_masks
 
 
 def parse_args(argv=None):

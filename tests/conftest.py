@@ -114,7 +114,7 @@ def native_on_this_cpu(dtype):
     """A skip marker for tests that compute in dtype, unless this CPU multiplies it natively: emulated
     half precision is about 100x slower than float32 (bfloat16 without AMX/AVX512-BF16; float16 without
     AMX-FP16)."""
-    from backpacks.hardware import emulation_warning
+    from backpacks.devices import emulation_warning
     return pytest.mark.skipif(bool(emulation_warning(dtype, "cpu")), reason=f"this CPU only emulates {dtype}")
 
 

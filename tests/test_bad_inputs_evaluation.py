@@ -58,7 +58,7 @@ CASES = [
 ]
 SUBPROCESS = [
     ("pickle-no-warning", "evaluate.py --out_dir {pickle_run} --device cpu", {}, "a plain pickle"),
-    ("hf-offline", "-m backpacks.resources fetch pawsx", {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": "{tmp}/hf",
+    ("hf-offline", "-m backpacks.eval.resources fetch pawsx", {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": "{tmp}/hf",
                                                            "BACKPACK_CACHE": "{tmp}/cache"},
      "the Hugging Face hub cannot be reached"),
 ]

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from backpacks.hardware import resolve_dtype
+from backpacks.devices import resolve_dtype
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--vocab_size=64',
         '--batch_size=2', '--warmup=1', '--steps=2']

@@ -6,7 +6,7 @@ import torch
 
 import model
 import train
-from backpacks import hardware, metrics
+from backpacks import devices, metrics
 from backpacks.checkpoint import load_checkpoint
 from backpacks.dataset import BatchSampler
 from model import BackpackLM, ModelConfig, product_mixing, sdpa_mixing
@@ -90,10 +90,10 @@ def test_float32_on_a_gpu_is_measured_against_tf32(fake_gpu, synthetic_dataset, 
 
 
 def test_an_unlisted_gpu_is_measured_with_a_large_matmul(fake_gpu, monkeypatch):
-    assert hardware.CUDA_YARDSTICK[0] >= 4096  # 1024 is far from a GPU's peak, which inflated MFU
+    assert devices.CUDA_YARDSTICK[0] >= 4096  # 1024 is far from a GPU's peak, which inflated MFU
     fake_gpu.configure(name='Some Future GPU', capability=(10, 0))
-    monkeypatch.setattr(hardware, 'CUDA_YARDSTICK', (64, 0.0))  # a stand-in GPU is a CPU: keep it small
-    assert hardware.peak_flops('cuda:0', 'bfloat16')[1].startswith('measured bfloat16 64x64 matmul on cuda:0')
+    monkeypatch.setattr(devices, 'CUDA_YARDSTICK', (64, 0.0))  # a stand-in GPU is a CPU: keep it small
+    assert devices.peak_flops('cuda:0', 'bfloat16')[1].startswith('measured bfloat16 64x64 matmul on cuda:0')
 
 
 # ----------------------------------------------------------------------------- data and evaluation

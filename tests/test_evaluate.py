@@ -9,9 +9,9 @@ import pytest
 
 import compare_models
 import evaluate
-from backpacks import results_file, tasks
+from backpacks.eval import tasks
 from backpacks.checkpoint import load_checkpoint, save_checkpoint
-from backpacks.report import fmt
+from backpacks.eval.report import fmt
 
 TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--n_senses", "4", "--block_size", "64"]
 # small counts everywhere so a whole evaluation takes seconds
@@ -387,7 +387,7 @@ def test_undecodable_resource_lines_and_a_full_disk(tiny_runs, tmp_path, monkeyp
 
     def full_disk(path, text):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(results_file, "atomic_write_text", full_disk)
+    monkeypatch.setattr("backpacks.eval.results.atomic_write_text", full_disk)
     with pytest.raises(SystemExit, match="error: cannot write the results into .*eval: No space left on device"):
         tasks.evaluate_out_dir(args.out_dir, args)
 

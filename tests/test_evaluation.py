@@ -1,4 +1,4 @@
-"""backpacks/evaluation.py: loading a run for evaluation refuses another dataset and names the fallback
+"""backpacks/eval/context.py: loading a run for evaluation refuses another dataset and names the fallback
 of an unreadable checkpoint (one line each)."""
 import json
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from backpacks.evaluation import load_for_eval
+from backpacks.eval.context import load_for_eval
 
 
 def test_load_for_eval_refuses_another_dataset(sample_dataset, other_sample_dataset, make_checkpoint, tmp_path):

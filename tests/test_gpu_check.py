@@ -20,7 +20,7 @@ def test_mfu_against_the_datasheet_or_unknown():
     assert gpu_check.mfu_text(98.9e12, 'NVIDIA H100 80GB HBM3', 'bfloat16') == \
         "MFU 0.100 of the bfloat16 datasheet peak 989 TFLOP/s"
     assert gpu_check.mfu_text(1e12, 'Some Future GPU', 'bfloat16') == \
-        "MFU unknown: no bfloat16 datasheet peak for 'Some Future GPU' in backpacks/hardware.py CUDA_PEAKS"
+        "MFU unknown: no bfloat16 datasheet peak for 'Some Future GPU' in backpacks/devices.py CUDA_PEAKS"
     assert gpu_check.mfu_text(1e12, 'Tesla T4', 'bfloat16').startswith("MFU unknown")  # no bf16 tensor cores
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from backpacks import lexical
+from backpacks.eval import lexical
 from model import build_model, preset_config
 from backpacks.tokenizer import train_bpe
 

@@ -6,7 +6,7 @@ import types
 import pytest
 
 import train
-from backpacks.live_log import open_live_log
+from backpacks.wandb_log import open_live_log
 from tests.test_train import TINY, read_log, write_synthetic_dataset
 
 

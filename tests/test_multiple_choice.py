@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
-from backpacks import multiple_choice as mc
-from backpacks import report
+from backpacks.eval import multiple_choice as mc
+from backpacks.eval import report
 from model import ModelConfig, build_model
 
 
@@ -214,7 +214,7 @@ def test_missing_files_skip_the_task_with_the_reason(make_checkpoint, sample_dat
     results = json.loads((out_dir / "eval" / "results.json").read_text())
     reason = results["xnli"]["skipped"]
     assert "xling/xnli/dev-en.tsv: not found in" in reason and "xling/xnli/dev-fr.tsv: not found in" in reason
-    assert "python -m backpacks.resources fetch xnli" in reason  # looked in the data root and the cache; says how to fetch
+    assert "python -m backpacks.eval.resources fetch xnli" in reason  # looked in the data root and the cache; says how to fetch
     assert results["pawsx"] == {"skipped": "not requested (--tasks)"}
 
 

@@ -443,10 +443,10 @@ DTYPE_NAMES = re.compile(r"\b(float32|fp32|tf32|float16|fp16|half|bfloat16|bf16)
 
 
 def test_what_the_notebook_says_a_t4_trains_in_is_what_auto_picks(nb, monkeypatch):
-    """--dtype=auto on a T4 (compute capability 7.5) trains in float16 with a GradScaler (backpacks/hardware.py):
+    """--dtype=auto on a T4 (compute capability 7.5) trains in float16 with a GradScaler (backpacks/devices.py):
     every clause of the notebook, prose or code, that names a T4 and a dtype names that one (not float32)."""
     import torch
-    from backpacks.hardware import resolve_dtype
+    from backpacks.devices import resolve_dtype
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device: (7, 5))
     t4 = resolve_dtype("auto", "cuda")[0]
     stated = []

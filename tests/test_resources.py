@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from backpacks import resources
+from backpacks.eval import resources
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -212,7 +212,7 @@ def test_flores_and_xnli_conversions(server, cache):
 
 
 def test_multisimlex_conversion_reads_back(server, cache):
-    from backpacks import lexical
+    from backpacks.eval import lexical
 
     translation = "ID,ENG 1,ENG 2,FRA 1,FRA 2\n1,cat,dog,chat,chien\n2,car,bus,voiture,bus\n"
     scores = "ID,ENG,FRA\n1,3.0,2.0\n2,4.0,5.0\n"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from backpacks import sense_geometry
+from backpacks.eval import sense_geometry
 from model import BackpackLM, ModelConfig
 
 

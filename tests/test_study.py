@@ -1,43 +1,44 @@
-"""The study's plan (backpacks/study.py, experiments/study.py) and, slow, the whole study at toy size
-(SMOKE=1 bash experiments/study.sh)."""
+"""The study's plan (backpacks/study/plan.py, experiments/plan.py) and, slow, the whole study at toy size
+(SMOKE=1 bash experiments/plan.sh)."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from backpacks import resources, study
+from backpacks.eval import resources
+from backpacks.study import plan
 from experiments import study as study_cli
 
-SHAPE = study.Shape(n_layer=2, n_head=2, n_embd=32, n_senses=4, block_size=64)
+SHAPE = plan.Shape(n_layer=2, n_head=2, n_embd=32, n_senses=4, block_size=64)
 
 
 def test_flops_matched_iterations_spend_the_backpacks_training_flops():
-    runs = study.matched_runs(SHAPE, 512, 100)
-    backpack, transformer = study.build("backpack", SHAPE, 512), study.build("transformer", SHAPE, 512)
+    runs = plan.matched_runs(SHAPE, 512, 100)
+    backpack, transformer = plan.build("backpack", SHAPE, 512), plan.build("transformer", SHAPE, 512)
     flops = runs["transformer_flops"]["max_iters"] * transformer.flops_per_token()
     assert flops == pytest.approx(100 * backpack.flops_per_token(), rel=0.01)
     assert runs["transformer_tokens"] == {**runs["transformer_tokens"], "max_iters": 100, "n_embd": 32}
 
 
 def test_parameter_matched_width_is_the_nearest_total():
-    width, total, target = study.param_matched_width(SHAPE, 512)
+    width, total, target = plan.param_matched_width(SHAPE, 512)
     assert width > SHAPE.n_embd and width % (2 * SHAPE.n_head) == 0
     step = 2 * SHAPE.n_head
     for other in (width - step, width + step):  # the neighbouring widths are further from the Backpack
-        count = study.build("transformer", SHAPE, 512, n_embd=other).param_counts()["total"]
+        count = plan.build("transformer", SHAPE, 512, n_embd=other).param_counts()["total"]
         assert abs(count - target) >= abs(total - target)
-    assert study.matched_runs(SHAPE, 512, 100)["transformer_params"]["n_embd"] == width
+    assert plan.matched_runs(SHAPE, 512, 100)["transformer_params"]["n_embd"] == width
 
 
 def test_standard_sets_are_used_when_present_and_replaced_with_a_reason_when_not(tmp_path, monkeypatch):
     monkeypatch.setenv(resources.CACHE_VARIABLE, str(tmp_path / "empty cache"))  # other tests fill the session's
-    paths, why = study.standard_set("flores200", tmp_path, fetch=False)
+    paths, why = plan.standard_set("flores200", tmp_path, fetch=False)
     assert paths is None and "fetching is off" in why
-    for rel in study.STANDARD_SETS["flores200"]:
+    for rel in plan.STANDARD_SETS["flores200"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("a sentence\n")
-    paths, why = study.standard_set("flores200", tmp_path, fetch=False)
+    paths, why = plan.standard_set("flores200", tmp_path, fetch=False)
     assert why is None and [p.name for p in paths] == ["flores200-devtest.en", "flores200-devtest.fr"]
 
 
@@ -47,7 +48,7 @@ def test_plan_writes_the_settings_study_sh_sources(sample_dataset, tmp_path, mon
                     "--n_layer=2", "--n_head=2", "--n_embd=32", "--n_senses=4", "--block_size=64"])
     env = dict(line.split("=", 1) for line in (tmp_path / "plan.env").read_text().splitlines())
     assert env["TRANSFORMER_TOKENS_MAX_ITERS"] == "40" and int(env["TRANSFORMER_FLOPS_MAX_ITERS"]) > 40
-    assert env["TRANSFORMER_PARAMS_N_EMBD"] == str(study.param_matched_width(SHAPE, 512)[0])
+    assert env["TRANSFORMER_PARAMS_N_EMBD"] == str(plan.param_matched_width(SHAPE, 512)[0])
     assert "transformer_flops" in capsys.readouterr().out
 
 
@@ -58,12 +59,12 @@ def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_path):
-    from backpacks.study_report import SECTIONS
+    from backpacks.plan.report import SECTIONS
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "study"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+    done = subprocess.run(["bash", "experiments/plan.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = tmp_path / "study" / "study.md"
+    report = tmp_path / "study" / "plan.md"
     assert done.stdout.strip().splitlines()[-1] == str(report)
     text = report.read_text()
     for section in SECTIONS:
@@ -73,12 +74,12 @@ def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_pa
     assert "no per-item data" not in text  # the paired tests ran
     # a second run reuses every step: nothing is prepared, trained or evaluated again
     times = (tmp_path / "study" / "steps" / "times.tsv").read_text()
-    again = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+    again = subprocess.run(["bash", "experiments/plan.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "study" / "steps" / "times.tsv").read_text() == times
     assert again.stdout.count("reusing the finished run") == 8
     # another corpus for the same study directory is refused, not mixed in
-    other = subprocess.run(["bash", "experiments/study.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
+    other = subprocess.run(["bash", "experiments/plan.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)
     assert other.returncode == 1 and "prepared from another corpus" in other.stderr

@@ -3,7 +3,7 @@ better run is known."""
 import numpy as np
 import pytest
 
-from backpacks import study_measures as sm
+from backpacks.study import measures as sm
 
 
 def results_with(similarities, gold, window_losses):

@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from backpacks import study_report
+from backpacks.study import report as study_report
 
 
 def results(model_type, n_embd, similarities, gold):

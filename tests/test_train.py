@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from backpacks import hardware
+from backpacks import devices
 import model as model_module
 import train
 from backpacks.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
@@ -353,8 +353,8 @@ def test_early_stopping_is_off_by_default(synthetic_dataset, tmp_path, monkeypat
 
 def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset, tmp_path, capsys):
     train.main([*TINY, '--dtype=auto', f'--data_dir={synthetic_dataset}', '--max_iters=2', f'--out_dir={tmp_path}'])
-    dtype, reason = hardware.resolve_dtype('auto', 'cpu')  # what this CPU multiplies natively
-    assert capsys.readouterr().out.splitlines()[0] == f"machine: {hardware.describe_machine('cpu')}; dtype {dtype} ({reason})"
+    dtype, reason = devices.resolve_dtype('auto', 'cpu')  # what this CPU multiplies natively
+    assert capsys.readouterr().out.splitlines()[0] == f"machine: {devices.describe_machine('cpu')}; dtype {dtype} ({reason})"
     ckpt = load_checkpoint(tmp_path / 'ckpt.pt')
     assert ckpt['dtype'] == dtype and ckpt['config']['dtype'] == 'auto'  # a resume elsewhere resolves it again
     assert ckpt['training_log'][-1]['mfu'] > 0
@@ -363,7 +363,7 @@ def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset
 
 def test_a_dtype_the_device_cannot_run_is_one_line(synthetic_dataset, tmp_path, monkeypatch):
     def refuse(*args):
-        raise hardware.DeviceError('this GPU (compute capability 7.5) has no bfloat16 support')
+        raise devices.DeviceError('this GPU (compute capability 7.5) has no bfloat16 support')
     monkeypatch.setattr(train, 'resolve_dtype', refuse)
     assert error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}']) == \
         'error: this GPU (compute capability 7.5) has no bfloat16 support'

@@ -41,7 +41,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from backpacks.atomic import file_digest, size_text, stale_temporaries, temporary_name, token_record
-from backpacks.errors import ArgumentParser
+from backpacks.cli import ArgumentParser
 from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
 from backpacks.textfile import TextFileError, decode_utf8
 

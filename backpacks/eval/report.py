@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from backpacks.multiple_choice import LENGTH_TERMS
+from backpacks.eval.multiple_choice import LENGTH_TERMS
 
 
 def json_safe(obj):

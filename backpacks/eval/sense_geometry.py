@@ -27,7 +27,7 @@ import torch
 from scipy.linalg import orthogonal_procrustes
 from scipy.stats import rankdata
 
-from backpacks import lexical
+from backpacks.eval import lexical
 from backpacks import metrics
 from backpacks import sensia
 

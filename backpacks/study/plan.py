@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from backpacks import resources
+from backpacks.eval import resources
 from model import ModelConfig, build_model
 
 MATCHINGS = ("tokens", "flops", "params")

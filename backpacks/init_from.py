@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from backpacks.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from backpacks.errors import fail
+from backpacks.cli import fail
 from model import BackpackLM, PretrainedFormatError
 
 DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'

@@ -9,7 +9,7 @@ package is one line before any work. Each evaluation's training_log.json entry i
 import importlib
 from pathlib import Path
 
-from backpacks.errors import fail
+from backpacks.cli import fail
 
 
 def import_wandb():

@@ -1,6 +1,12 @@
-"""nanoGPT-style settings: a script's defaults, then config files (executed Python), then
---key=value overrides, each parsed with ast.literal_eval and checked against the default's type;
-and the environment torchrun sets for a distributed run, checked."""
+"""The command line, for every script and `python -m` entry point: one line for a bad value (fail, an
+argparse parser whose errors are one line), the checks of values that several scripts share, and
+nanoGPT-style settings for train.py: defaults, then config files (executed Python), then --key=value
+overrides, each parsed with ast.literal_eval and checked against the default's type.
+
+    settings = parse_settings(sys.argv[1:], DEFAULTS, __doc__)   # {key: value} given explicitly
+    fail("--beam must be >= 1")                                  # SystemExit('error: ...'), exit status 1
+"""
+import argparse
 import ast
 import builtins
 import difflib
@@ -9,10 +15,60 @@ import traceback
 import types
 from pathlib import Path
 
-from backpacks.errors import fail
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more, torch's no more than 2**64 - 1
 
-REPO_ROOT = Path(__file__).resolve().parent
 
+def fail(message):
+    """Exit with status 1 after printing `error: message` to stderr."""
+    raise SystemExit(f"error: {message}")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (status 2, as argparse), instead of the usage block and the
+    error: the usage is one --help away."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- shared checks
+
+def check_at_least(args, minimum, names):
+    """Every option in names that is set (not None) is an integer >= minimum."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            fail(f"--{name} must be >= {minimum}, got {value}")
+
+
+def check_seed(seed):
+    if not 0 <= seed <= MAX_SEED:
+        fail(f"--seed must be within [0, {MAX_SEED}], got {seed}")
+
+
+def check_directory(path, what):
+    if not Path(path).is_dir():
+        fail(f"{what} {path} is not a directory")
+
+
+def check_writable(path, what):
+    """path can be created or written: the nearest existing part of it is a writable directory."""
+    existing = next(p for p in (Path(path), *Path(path).absolute().parents) if p.exists())
+    if not existing.is_dir():
+        fail(f"{what} {path}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        fail(f"{what} {path}: {existing} is not writable")
+
+
+def check_directory_variable(name):
+    """An environment variable that, when set, names a directory (existing or to be created)."""
+    value = os.environ.get(name)
+    if value and Path(value).exists() and not Path(value).is_dir():
+        fail(f"environment variable {name}={value} is a file, not a directory")
+
+
+# ----------------------------------------------------------------------------- settings (train.py)
 
 def unknown_key(key, source, defaults):
     close = difflib.get_close_matches(key, list(defaults), n=3, cutoff=0.6)
@@ -81,7 +137,7 @@ def print_help(defaults, doc):
         print(f"  --{key:<28} {type(value).__name__:<6} {value!r}")
 
 
-def parse_args(argv, defaults, doc):
+def parse_settings(argv, defaults, doc):
     """Config files and overrides -> {key: value} of every setting given explicitly, config files first."""
     files, overrides, args = [], {}, list(argv)
     while args:
@@ -113,23 +169,3 @@ def parse_args(argv, defaults, doc):
         explicit.update(read_config_file(path, defaults))
     explicit.update(overrides)
     return explicit
-
-
-def torchrun_environment():
-    """(ddp, rank, local_rank, world_size) from the variables torchrun sets (one process when RANK is
-    unset); one line for values torchrun would never set."""
-    if 'RANK' not in os.environ:
-        return False, 0, 0, 1
-    values = {}
-    for name in ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_PORT'):
-        text = os.environ.get(name, '')
-        if not text.isdigit():
-            fail(f"environment variable {name}={text!r} is not a non-negative integer; RANK is set, so this "
-                 "is a distributed run: start it with torchrun, which sets RANK, LOCAL_RANK, WORLD_SIZE and MASTER_*")
-        values[name] = int(text)
-    if not max(values['RANK'], values['LOCAL_RANK']) < values['WORLD_SIZE']:
-        fail(f"RANK ({values['RANK']}) and LOCAL_RANK ({values['LOCAL_RANK']}) must be below WORLD_SIZE "
-             f"({values['WORLD_SIZE']}); start distributed runs with torchrun")
-    if not os.environ.get('MASTER_ADDR'):
-        fail("RANK is set but MASTER_ADDR is not: start distributed runs with torchrun")
-    return True, values['RANK'], values['LOCAL_RANK'], values['WORLD_SIZE']

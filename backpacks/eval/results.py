@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from backpacks.atomic import atomic_write_text
-from backpacks.errors import fail
-from backpacks.report import json_safe, render_report
+from backpacks.cli import fail
+from backpacks.eval.report import json_safe, render_report
 
 NOT_REQUESTED = {"skipped": "not requested (--tasks)"}
 

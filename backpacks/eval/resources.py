@@ -2,9 +2,9 @@
 Evaluation resources: where each comes from, its licence, how it is checked, and how it becomes
 the layout evaluate.py reads (wordsim/..., lexicon/..., parallel/NAME.{en,fr}, xling/...).
 
-$ python -m backpacks.resources list                 # every resource, its source, licence and state
-$ python -m backpacks.resources fetch all            # or: fetch muse-en-fr simlex999 ...
-$ python -m backpacks.resources forget NAME          # start a resource over
+$ python -m backpacks.eval.resources list                 # every resource, its source, licence and state
+$ python -m backpacks.eval.resources fetch all            # or: fetch muse-en-fr simlex999 ...
+$ python -m backpacks.eval.resources forget NAME          # start a resource over
 
 Downloads go to a cache (env BACKPACK_CACHE, default ~/.cache/multilingual-backpacks):
 CACHE/downloads/ holds the files as published, CACHE/data/ the converted layout, which evaluate.py
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from backpacks import lexical
+from backpacks.eval import lexical
 from backpacks.atomic import atomic_write_text, file_digest
 from backpacks.tokenizer import offline_unless_hub_reachable
 
@@ -278,7 +278,7 @@ def locate(relpath, data_root=None, fetch=False):
     if resource is None:
         raise ResourceMissing(f"{relpath}: not found in {where}, and no registered resource provides it")
     if not fetch:
-        raise ResourceMissing(f"{relpath}: not found in {where} (fetching is off: `python -m backpacks.resources fetch "
+        raise ResourceMissing(f"{relpath}: not found in {where} (fetching is off: `python -m backpacks.eval.resources fetch "
                               f"{resource.name}` on a machine with internet, then copy {cache_dir()})")
     fetch_resource(resource)
     return looked[-1]
@@ -393,7 +393,7 @@ def move_aside(path):
 
 
 def start_over(resource):
-    return (f"if a file of it recorded at first download is the bad one, `python -m backpacks.resources forget "
+    return (f"if a file of it recorded at first download is the bad one, `python -m backpacks.eval.resources forget "
             f"{resource.name}` starts it over")
 
 
@@ -469,7 +469,7 @@ def reject_unconverted(resource, downloads):
                  if downloads[d.filename][1] is not None and not (d.sha256 or d.sha1)]
     moved = [str(move_aside(path)) for path in unvouched]
     if moved:
-        return (f"moved aside to {', '.join(moved)} (no checksum recorded); `python -m backpacks.resources fetch "
+        return (f"moved aside to {', '.join(moved)} (no checksum recorded); `python -m backpacks.eval.resources fetch "
                 f"{resource.name}` downloads again")
     return start_over(resource)
 
@@ -516,7 +516,7 @@ def sacrebleu_pairs(name, fetch=True):
                               f"above)") from None
     except Exception as e:  # sacreBLEU raises URLError, tarfile errors, ... from its download
         raise ResourceMissing(f"sacreBLEU test set {name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}; "
-                              f"offline? see `python -m backpacks.resources --help`") from None
+                              f"offline? see `python -m backpacks.eval.resources --help`") from None
     en, fr = (Path(p).read_text(encoding="utf-8").splitlines() for p in (source, reference))
     if len(en) != len(fr):
         raise ResourceMissing(f"sacreBLEU test set {name}: {len(en)} source lines but {len(fr)} reference lines")
@@ -553,7 +553,7 @@ def print_list(data_root):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m backpacks.resources", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m backpacks.eval.resources", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every resource, its source, licence, checksum and state").add_argument(

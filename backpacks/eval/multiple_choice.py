@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from backpacks import metrics
-from backpacks.lexical import ParsedFile, ResourceError, _open_lines
+from backpacks.eval.lexical import ParsedFile, ResourceError, _open_lines
 
 LANGUAGES = ("en", "fr")
 SPLIT_SEED = 1105  # fixed: the tuning / reporting halves are the same in every run, whatever --seed

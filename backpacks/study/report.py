@@ -11,12 +11,12 @@ import datetime
 import json
 from pathlib import Path
 
-from backpacks import study_figures as figures
-from backpacks import study_measures as sm
+from backpacks.study import figures
+from backpacks.study import measures as sm
 from backpacks.atomic import atomic_write_text
 from backpacks.metrics import accuracy_interval, intervals_overlap
-from backpacks.report import fmt, fmt_interval, markdown_table, multiple_choice_accuracies
-from backpacks.study_measures import BACKPACK_VECTOR, LABELS, evaluated, word_vector
+from backpacks.eval.report import fmt, fmt_interval, markdown_table, multiple_choice_accuracies
+from backpacks.study.measures import BACKPACK_VECTOR, LABELS, evaluated, word_vector
 
 MAIN_RUNS = ("backpack", "transformer_tokens", "transformer_flops", "transformer_params")
 SEED_RUNS = ("backpack_seed2", "transformer_tokens_seed2")

@@ -15,15 +15,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from backpacks import arguments, lexical, metrics, multiple_choice, resources, results_file, sense_geometry, sensia
+from backpacks import cli, metrics, sensia
 from backpacks.atomic import file_digest
 from backpacks.checkpoint import CHECKPOINT_FILES
-from backpacks.dataset import BatchSampler, DataError
-from backpacks.errors import fail
+from backpacks.cli import fail
+from backpacks.dataset import BatchSampler, DataError, resolve_dataset
 from backpacks.devices import resolve_device
-from backpacks.evaluation import (DEFAULT_DATA_ROOT, DEFAULT_DICTIONARY, DEFAULT_MULTISIMLEX_OFFICIAL,
+from backpacks.eval import lexical, multiple_choice, resources, sense_geometry
+from backpacks.eval.context import (DEFAULT_DATA_ROOT, DEFAULT_DICTIONARY, DEFAULT_MULTISIMLEX_OFFICIAL,
                                   DEFAULT_WORDSIM, Context, SkipTask, load_for_eval, split_list, warn)
-from backpacks.generation import new_token_cap, timed_translate
+from backpacks.eval.results import task_record, write_merged
+from backpacks.generation import check_max_new_tokens, new_token_cap, timed_translate
 from backpacks.textfile import TextFileError, read_utf8
 
 
@@ -40,7 +42,7 @@ def add_eval_arguments(p):
     p.add_argument("--data_root", default=None,
                    help="English-French resources in the layout of resources.py (default: env ENFR_DATA, else "
                         "../shared/data/en-fr beside the repository, where they exist); "
-                        "missing files are then looked up in, and fetched into, the cache (python -m backpacks.resources list)")
+                        "missing files are then looked up in, and fetched into, the cache (python -m backpacks.eval.resources list)")
     p.add_argument("--fetch", action=argparse.BooleanOptionalAction, default=resources.fetch_allowed_by_environment(),
                    help="download missing resources into the cache (default: on, off when one of "
                         f"{', '.join(resources.OFFLINE_VARIABLES)} is set)")
@@ -108,23 +110,23 @@ def check_args(args):
     if unknown or not tasks:
         fail(f"unknown task(s) {unknown or args.tasks!r}; choose from {','.join(TASKS)}")
     args.task_list = tasks
-    arguments.check_at_least(args, 1, ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates",
+    cli.check_at_least(args, 1, ("batch_size", "loss_batches", "translation_samples", "beam", "bli_candidates",
                                        "csls_k", "sentence_pairs", "sense_num_pairs", "sense_top_k", "sense_sentences",
                                        "sense_pairs", "mc_rows", "geometry_pairs", "geometry_sentences",
                                        "max_new_tokens"))
-    arguments.check_at_least(args, 0, ("examples",))
+    cli.check_at_least(args, 0, ("examples",))
     if args.mc_examples is not None and args.mc_examples < 2:
         fail(f"--mc_examples must be >= 2 (a tuning and a reporting half), got {args.mc_examples}")
     if args.sentence_pairs < 2:
         fail("--sentence_pairs must be >= 2 (retrieval needs distractors)")
-    arguments.check_seed(args.seed)
+    cli.check_seed(args.seed)
     args.device = resolve_device(args.device)
     check_representation_names(args)
     check_test_set(args)
     check_input_paths(args)
-    args.data_dir = arguments.resolve_dataset(args.data_dir)
+    args.data_dir = resolve_dataset(args.data_dir)
     args.data_root = resolve_data_root(args.data_root)
-    arguments.check_directory_variable(resources.CACHE_VARIABLE)
+    cli.check_directory_variable(resources.CACHE_VARIABLE)
     return args
 
 
@@ -133,7 +135,7 @@ def check_run_dir(out_dir, which):
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[which]
     if not checkpoint.is_file():
         fail(f"no checkpoint at {checkpoint}" + ("" if Path(out_dir).is_dir() else f" ({out_dir} is not a directory)"))
-    arguments.check_writable(Path(out_dir) / "eval", "the results directory")
+    cli.check_writable(Path(out_dir) / "eval", "the results directory")
 
 
 def check_representation_names(args):
@@ -164,7 +166,7 @@ def check_input_paths(args):
     if args.dictionary and not Path(args.dictionary).is_file():
         fail(f"--dictionary {args.dictionary}: no such file")
     if args.multisimlex_official:
-        arguments.check_directory(args.multisimlex_official, "--multisimlex_official")
+        cli.check_directory(args.multisimlex_official, "--multisimlex_official")
     for lang in ("en", "fr") if args.test_corpus else ():
         try:
             read_utf8(f"{args.test_corpus}.{lang}", "--test_corpus file")
@@ -176,7 +178,7 @@ def resolve_data_root(data_root):
     """--data_root must be a directory; without it $ENFR_DATA, else ../shared/data/en-fr beside the
     repository, each used only if it exists (resources then come from the cache)."""
     if data_root is not None:
-        arguments.check_directory(data_root, "--data_root")
+        cli.check_directory(data_root, "--data_root")
         return data_root
     if os.environ.get("ENFR_DATA") and Path(os.environ["ENFR_DATA"]).is_file():
         fail(f"environment variable ENFR_DATA={os.environ['ENFR_DATA']} is a file, not a directory")
@@ -484,7 +486,7 @@ def evaluate_out_dir(out_dir, args):
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     model, ckpt, tokenizer, data_dir = load_for_eval(out_dir, args.ckpt, args.device, args.data_dir)
-    arguments.check_max_new_tokens(args.max_new_tokens, model.config.block_size)
+    check_max_new_tokens(args.max_new_tokens, model.config.block_size)
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
     checkpoint_sha256 = file_digest(checkpoint)  # what --reuse and the merge match
     ctx = Context(args, model, ckpt, tokenizer, data_dir)
@@ -500,7 +502,7 @@ def evaluate_out_dir(out_dir, args):
         except (SkipTask, lexical.ResourceError, DataError) as e:
             results[task] = {"skipped": str(e)}
             print(f"[{task}] skipped: {e}", file=sys.stderr)
-        records[task] = results_file.task_record(checkpoint, checkpoint_sha256, ckpt.get("iter_num"), settings,
+        records[task] = task_record(checkpoint, checkpoint_sha256, ckpt.get("iter_num"), settings,
                                                  {key: ctx.used[key] for key in sorted(ctx.task_used)})
     results["run"] = {
         "out_dir": str(out_dir), "checkpoint": str(checkpoint),
@@ -515,5 +517,5 @@ def evaluate_out_dir(out_dir, args):
         "seconds": time.perf_counter() - t0,
         "resources": ctx.used, "fetch": args.fetch, "cache": str(resources.cache_dir()),
     }
-    return results_file.write_merged(Path(out_dir) / "eval", results, records, list(TASKS), checkpoint_sha256)
+    return write_merged(Path(out_dir) / "eval", results, records, list(TASKS), checkpoint_sha256)
 

@@ -1,13 +1,13 @@
 """What every evaluation task needs: the run's model, checkpoint, tokenizer and dataset loaded for
 evaluation (load_for_eval), resources found under the data root, then in the resources cache, then
 fetched (Context.locate), the test pairs, and SkipTask, how a task says it cannot run. The tasks
-themselves are in backpacks/tasks.py; evaluate.py runs them."""
+themselves are in backpacks/eval/tasks.py; evaluate.py runs them."""
 import json
 import os
 import sys
 from pathlib import Path
 
-from backpacks import lexical, resources
+from backpacks.eval import lexical, resources
 from backpacks.checkpoint import CHECKPOINT_FILES, CheckpointError, load_trained_model
 from backpacks.dataset import DataError, check_same_dataset, load_meta, verify_token_file
 from backpacks.textfile import TextFileError, read_utf8

@@ -6,10 +6,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
-from backpacks import study_measures as sm  # noqa: E402
+from backpacks.study import measures as sm  # noqa: E402
 from backpacks.atomic import atomic_write  # noqa: E402
-from backpacks.study import meta_model  # noqa: E402
-from backpacks.study_measures import LABELS, word_vector  # noqa: E402
+from backpacks.study.plan import meta_model  # noqa: E402
+from backpacks.study.measures import LABELS, word_vector  # noqa: E402
 
 STYLE = {"backpack": ("C0", "-"), "transformer_tokens": ("C1", "-"), "transformer_flops": ("C2", "-"),
          "transformer_params": ("C3", "-"), "backpack_seed2": ("C0", ":"), "transformer_tokens_seed2": ("C1", ":"),
