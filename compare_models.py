@@ -29,10 +29,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interacti
 import numpy as np  # noqa: E402
 
 from backpacks import cli, metrics  # noqa: E402
-from backpacks.atomic import atomic_write, atomic_write_text, file_digest  # noqa: E402
+from backpacks.atomic import atomic_write_text, file_digest, save_figure  # noqa: E402
 from backpacks.checkpoint import CHECKPOINT_FILES  # noqa: E402
 from backpacks.cli import fail  # noqa: E402
-from backpacks.eval import report, tasks  # noqa: E402
+from backpacks.eval import options, report, tasks  # noqa: E402
 from backpacks.eval.results import NOT_REQUESTED, task_settings  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = "out/comparison"
@@ -54,8 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--extra_dirs", nargs="*", default=[], help="more out_dirs to compare")
     p.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR, help="where comparison.json/.md and the plots go")
     p.add_argument("--reuse", action="store_true", help="use DIR/eval/results.json when it exists")
-    tasks.add_eval_arguments(p)
-    args = tasks.check_args(p.parse_args(argv))
+    options.add_eval_arguments(p)
+    args = options.check_args(p.parse_args(argv))
     check_run_dirs(args)
     return args
 
@@ -63,7 +63,7 @@ def parse_args(argv=None):
 def check_run_dirs(args):
     """Every run to compare has its checkpoint, before the first evaluation starts."""
     for out_dir in run_dirs(args):
-        tasks.check_run_dir(out_dir, args.ckpt)
+        options.check_run_dir(out_dir, args.ckpt)
     cli.check_writable(args.output_dir, "--output_dir")
 
 
@@ -79,7 +79,7 @@ def reuse_mismatch(results, out_dir, args):
         return "it does not record its tasks' checkpoint and settings (an older evaluate.py)"
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
     checkpoint_sha256 = file_digest(checkpoint)
-    settings = task_settings(tasks.eval_settings(args))
+    settings = task_settings(args.settings)
     for task in args.task_list:
         record = computed.get(task)
         if not isinstance(record, dict):
@@ -222,12 +222,6 @@ def caveats(labels, incomparable, dropped_test):
     for line in lines:
         print(f"warning: {line.replace('**', '')}", file=sys.stderr)
     return "".join(line + "\n\n" for line in lines)
-
-
-def save_figure(fig, path):
-    """PNG written atomically."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def read_training_log(out_dir):

@@ -22,7 +22,8 @@ import argparse
 from pathlib import Path
 
 from backpacks.eval.report import headline_table
-from backpacks.eval.tasks import add_eval_arguments, check_args, check_run_dir, evaluate_out_dir
+from backpacks.eval.options import add_eval_arguments, check_args, check_run_dir
+from backpacks.eval.tasks import evaluate_out_dir
 
 
 def parse_args(argv=None):

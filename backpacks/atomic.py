@@ -144,3 +144,11 @@ def atomic_write(path, write):
 
 def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode('utf-8')))
+
+
+def save_figure(fig, path):
+    """A matplotlib figure as a PNG at path, written atomically, then closed (pyplot keeps open figures)."""
+    import matplotlib.pyplot as plt  # only the scripts that draw pay for it
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return Path(path).name

@@ -263,6 +263,17 @@ def ratio_interval(sums, counts, samples=BOOTSTRAP_SAMPLES, seed=0):
     return percentile_interval(resampled_ratio((sums, counts), bootstrap_indices(len(sums), samples, seed)))
 
 
+def holm(p_values):
+    """Holm's step-down adjustment of a family of p-values (None stays None): controls the chance of
+    any false 'better' in the family at the level tested."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted, running = list(p_values), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
 def paired_difference(statistic, a, b, n, samples=BOOTSTRAP_SAMPLES, seed=0):
     """Paired bootstrap test of statistic(a) - statistic(b), two systems measured on the same n items
     (statistic(data, idx) gives one value per row of resampled item indices, e.g. resampled_mean).

@@ -3,6 +3,7 @@ better run is known."""
 import numpy as np
 import pytest
 
+from backpacks import metrics
 from backpacks.study import measures as sm
 
 
@@ -66,7 +67,7 @@ def test_a_difference_within_noise_is_reported_as_such():
 
 
 def test_holm_adjusts_a_family_and_can_turn_a_nominal_win_into_none():
-    assert sm.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
+    assert metrics.holm([0.01, 0.04, None, 0.03]) == [0.03, 0.06, None, 0.06]
     test = {"difference": 0.1, "p_value": 0.04}
     assert sm.verdict(test, True, "a", "b") == "a"
-    assert sm.verdict(test, True, "a", "b", p_value=sm.holm([0.04, 0.5])[0]) == "no significant difference"
+    assert sm.verdict(test, True, "a", "b", p_value=metrics.holm([0.04, 0.5])[0]) == "no significant difference"

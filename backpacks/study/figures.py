@@ -6,20 +6,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 import numpy as np  # noqa: E402
 
+from backpacks.atomic import save_figure  # noqa: E402
 from backpacks.study import measures as sm  # noqa: E402
-from backpacks.atomic import atomic_write  # noqa: E402
 from backpacks.study.plan import meta_model  # noqa: E402
 from backpacks.study.measures import LABELS, word_vector  # noqa: E402
 
 STYLE = {"backpack": ("C0", "-"), "transformer_tokens": ("C1", "-"), "transformer_flops": ("C2", "-"),
          "transformer_params": ("C3", "-"), "backpack_seed2": ("C0", ":"), "transformer_tokens_seed2": ("C1", ":"),
          "sensia": ("C0", "-"), "lm_only": ("C1", "-"), "mcl": ("C2", "-")}
-
-
-def save(fig, path):
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
-    return path.name
 
 
 def flops_per_token(run):
@@ -44,7 +38,7 @@ def loss_figures(out, data, tokens_per_iter):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation loss (nats/token)")
     axes[0].legend(fontsize=8)
-    return [save(fig, out / "loss_curves.png")]
+    return [save_figure(fig, out / "loss_curves.png")]
 
 
 def interval_bars(ax, groups, series):
@@ -80,7 +74,7 @@ def main_figures(out, data):
         interval_bars(ax, groups, series)
         ax.set_title(title, fontsize=10)
     axes[0].legend(fontsize=7)
-    return [save(fig, out / "lexical.png")]
+    return [save_figure(fig, out / "lexical.png")]
 
 
 def sensia_figures(out, data):
@@ -104,7 +98,7 @@ def sensia_figures(out, data):
     if chance:
         axes[0].axhline(chance, color="grey", linestyle="--", linewidth=0.8, label="chance")
     axes[0].legend(fontsize=8)
-    return [save(fig, out / "sensia_curves.png")]
+    return [save_figure(fig, out / "sensia_curves.png")]
 
 
 def intervention_figures(out, data):
@@ -128,4 +122,4 @@ def intervention_figures(out, data):
         ax.set_ylabel("bag probability mass")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    return [save(fig, out / "topic_control.png")]
+    return [save_figure(fig, out / "topic_control.png")]

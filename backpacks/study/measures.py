@@ -128,17 +128,6 @@ def paired(a, b):
     return metrics.paired_difference(measure_a.statistic, items_a, items_b, item_count(items_a)), None
 
 
-def holm(p_values):
-    """Holm's step-down adjustment of a family of p-values (None stays None): controls the chance of
-    any false 'better' in the family at the level tested."""
-    order = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
-    adjusted, running = list(p_values), 0.0
-    for rank, (p, i) in enumerate(order):
-        running = max(running, min(1.0, (len(order) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
 def verdict(test, higher_is_better, label_a="a", label_b="b", same="no significant difference", p_value=None):
     """Which of a and b a paired test (a - b) favours at 5% (p_value: an adjusted one), or `same`."""
     p = test["p_value"] if test and p_value is None else p_value

@@ -11,11 +11,12 @@ import datetime
 import json
 from pathlib import Path
 
+from backpacks import metrics
+from backpacks.atomic import atomic_write_text
+from backpacks.eval.report import fmt, fmt_interval, markdown_table, multiple_choice_accuracies
+from backpacks.metrics import accuracy_interval, intervals_overlap
 from backpacks.study import figures
 from backpacks.study import measures as sm
-from backpacks.atomic import atomic_write_text
-from backpacks.metrics import accuracy_interval, intervals_overlap
-from backpacks.eval.report import fmt, fmt_interval, markdown_table, multiple_choice_accuracies
 from backpacks.study.measures import BACKPACK_VECTOR, LABELS, evaluated, word_vector
 
 MAIN_RUNS = ("backpack", "transformer_tokens", "transformer_flops", "transformer_params")
@@ -343,7 +344,7 @@ def senses_section(results, words=4, top=6):
 def adjusted_verdicts(tests, label_of):
     """{key: phrase} of a family of paired tests {key: (test, higher_is_better)}, Holm-adjusted together."""
     keys = list(tests)
-    adjusted = sm.holm([tests[k][0]["p_value"] if tests[k][0] else None for k in keys])
+    adjusted = metrics.holm([tests[k][0]["p_value"] if tests[k][0] else None for k in keys])
     return {k: sm.verdict(tests[k][0], tests[k][1], *label_of(k), p_value=p) for k, p in zip(keys, adjusted)}
 
 
