@@ -47,3 +47,12 @@ def test_report_has_every_section_and_the_constructed_verdict(tmp_path):
     assert "| train backpack | 1.5 |" in text  # a resumed step's parts add up
     assert "The interventions did not run." in text and "No SENSIA run was evaluated." in text
     assert (tmp_path / "loss_curves.png").stat().st_size > 1000 and (tmp_path / "lexical.png").is_file()
+
+
+def test_skipped_sense_tables_give_their_reason():
+    """Without the offline data folder the senses task records why its tables were skipped (a dict, not a
+    list): the report says so instead of failing on it."""
+    skipped = {"senses": {"top_tokens": {"skipped": "no dictionary: MUSE en-fr not found"}}}
+    assert "No sense tables: no dictionary: MUSE en-fr not found." in study_report.senses_section(skipped)
+    tables = {"senses": {"top_tokens": [{"word": "house", "senses": [["maison"], ["home"]]}]}}
+    assert "| sense 1 |" in study_report.senses_section(tables).replace("  ", " ")

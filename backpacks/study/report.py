@@ -328,7 +328,10 @@ def token_text(token):
 
 def senses_section(results, words=4, top=6):
     senses = (results or {}).get("senses", {})
-    entries = senses.get("top_tokens", [])[:words]
+    top_tokens = senses.get("top_tokens", [])
+    if isinstance(top_tokens, dict):  # the sense tables were skipped (no dictionary words), with the reason
+        senses = top_tokens
+    entries = top_tokens[:words] if isinstance(top_tokens, list) else []
     if not entries:
         return f"## Senses\n\nNo sense tables: {senses.get('skipped', 'the senses task did not run')}.\n"
     rows = [[f"sense {i}"] + [" ".join(token_text(t) for t in e["senses"][i][:top]) for e in entries]
