@@ -6,7 +6,8 @@ from pathlib import Path
 
 from backpacks.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from backpacks.cli import fail
-from model import BackpackLM, PretrainedFormatError
+from backpacks.hf_format import PretrainedFormatError, load_backpack_gpt2
+from model import BackpackLM
 
 DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'
 
@@ -24,7 +25,7 @@ def pretrained_backpack(cfg, explicit, meta, data_path):
              f"uses {kind!r}: prepare one with data/europarl/prepare.py --tokenizer gpt2")
     source = cfg['pretrained_path'] or DEFAULT_PRETRAINED
     try:
-        pretrained = BackpackLM.from_pretrained(source)
+        pretrained = load_backpack_gpt2(source)
     except (PretrainedFormatError, OSError) as e:
         fail(f"cannot load pretrained Backpack {source}: {e}")
     base = pretrained.config

@@ -18,6 +18,7 @@ import model as model_module
 import train
 from backpacks.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from backpacks.dataset import BatchSampler
+from backpacks.hf_format import load_backpack_gpt2
 from conftest import native_on_this_cpu
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
@@ -558,7 +559,7 @@ def test_resume_bitwise_float16_with_grad_scaler_on_cuda(synthetic_dataset, tmp_
 @pytest.mark.slow
 def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
     reference = reference_tiny_dir
-    pretrained = model_module.BackpackLM.from_pretrained(reference)
+    pretrained = load_backpack_gpt2(reference)
     args = [*TINY[4:], '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
             f'--data_dir={synthetic_dataset}']
     train.main([*args, '--max_iters=0', f'--out_dir={tmp_path / "start"}'])
