@@ -304,7 +304,8 @@ class LanguageModel(nn.Module):
 
 
 def sample_next(logits, temperature, top_k):
-    """(B, 1) next ids from (B, V) logits: greedy at temperature 0 or top_k 1, else sampled from the top_k."""
+    """(B, 1) next ids from (B, V) logits: greedy at temperature 0 or top_k 1, else sampled at temperature
+    from the top_k logits (all of them with top_k None)."""
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits / temperature
