@@ -54,9 +54,9 @@ eval_iters = 200             # batches per split and evaluation, per process
 log_interval = 10            # iterations between progress lines
 checkpoint_interval = 500    # iterations between ckpt.pt saves (also saved at the end and on SIGTERM)
 early_stop_evals = 0         # stop once val loss has not improved for this many evaluations; 0 never stops early
-init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt), 'backpack-small' (pretrained Backpack)
+init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt), 'backpack-gpt2' (the published Backpack)
                              # or a run directory of this repository (its best.pt, else ckpt.pt)
-pretrained_path = ''         # backpack-small: local directory or hub id; '' means stanfordnlp/backpack-gpt2
+pretrained_path = ''         # backpack-gpt2: local directory or hub id; '' means stanfordnlp/backpack-gpt2
 # data
 data_dir = 'europarl_en_fr'  # a dataset name under data/ (as written by data/europarl/prepare.py) or a path
 batch_size = 32              # sequences per micro-step and process

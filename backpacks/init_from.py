@@ -20,9 +20,9 @@ def starting_model(cfg, explicit, meta, data_path, resume):
     """The model the run starts from: the checkpoint it resumes, backpack-gpt2, another run, or a fresh one."""
     if resume is not None:
         return model_from_checkpoint(resume)
-    if cfg['init_from'] == 'backpack-small':
+    if cfg['init_from'] == 'backpack-gpt2':
         if cfg['model_type'] != 'backpack':
-            fail("--init_from=backpack-small trains a backpack; remove --model_type=transformer")
+            fail("--init_from=backpack-gpt2 trains a backpack; remove --model_type=transformer")
         return pretrained_backpack(cfg, explicit, meta, data_path)
     if cfg['init_from'] != 'scratch':
         return model_from_run(cfg['init_from'], cfg, meta, data_path)
@@ -68,7 +68,7 @@ def pretrained_backpack(cfg, explicit, meta, data_path):
     vocabulary and for the tags set to the mean pretrained embedding, positions cropped to block_size."""
     kind = meta['tokenizer']['kind']
     if kind != 'gpt2':
-        fail(f"--init_from=backpack-small needs a dataset made with the gpt2 tokenizer, but {data_path} "
+        fail(f"--init_from=backpack-gpt2 needs a dataset made with the gpt2 tokenizer, but {data_path} "
              f"uses {kind!r}: prepare one with data/europarl/prepare.py --tokenizer gpt2")
     source = cfg['pretrained_path'] or DEFAULT_PRETRAINED
     try:

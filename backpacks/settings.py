@@ -10,7 +10,7 @@ from backpacks.cli import fail
 from backpacks.devices import DTYPES, check_device_name
 from model import MODEL_CLASSES, PRESETS
 
-INIT_CHOICES = ('scratch', 'resume', 'backpack-small')
+INIT_CHOICES = ('scratch', 'resume', 'backpack-gpt2')
 ARCH_SIZES = ('n_layer', 'n_head', 'n_embd', 'n_senses')
 
 
@@ -20,12 +20,15 @@ def validate(cfg):
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             fail(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
+    if cfg['init_from'] == 'backpack-small':  # the published weights' old name, since taken by a preset
+        fail("init_from 'backpack-small' is now 'backpack-gpt2' (the published stanfordnlp/backpack-gpt2 weights; "
+             "--preset=backpack-small is a fresh 170M-parameter Backpack)")
     if cfg['init_from'] not in INIT_CHOICES and not Path(cfg['init_from']).is_dir():
         fail(f"init_from must be one of {', '.join(INIT_CHOICES)} or a run directory, got {cfg['init_from']!r}")
     if cfg['init_from'] not in INIT_CHOICES and not any((Path(cfg['init_from']) / n).is_file() for n in ('best.pt', 'ckpt.pt')):
         fail(f"init_from={cfg['init_from']!r} has no best.pt or ckpt.pt to start from")
-    if cfg['pretrained_path'] and cfg['init_from'] != 'backpack-small':
-        fail(f"pretrained_path is only read with --init_from=backpack-small (init_from is {cfg['init_from']!r})")
+    if cfg['pretrained_path'] and cfg['init_from'] != 'backpack-gpt2':
+        fail(f"pretrained_path is only read with --init_from=backpack-gpt2 (init_from is {cfg['init_from']!r})")
     sensia.validate_settings(cfg)
     if cfg['preset'] and cfg['preset'] not in PRESETS:
         fail(f"unknown preset {cfg['preset']!r}; choose from {', '.join(PRESETS)}")

@@ -304,7 +304,7 @@ def gpu_train_settings(nb):
         if script == "train.py":
             cfg = {**train.DEFAULTS, **train.parse_args(substituted(argv))}
             kind = ("resume" if cfg["init_from"] == "resume" else
-                    "finetune" if cfg["init_from"] == "backpack-small" else "fallback")
+                    "finetune" if cfg["init_from"] == "backpack-gpt2" else "fallback")
             found[kind] = cfg
     return found
 

@@ -91,7 +91,7 @@ def test_config_files_then_overrides(repo_root):
     assert by_name == by_path
     assert by_name['max_iters'] == 7 and by_name['n_senses'] == 16 and by_name['learning_rate'] == 3e-4
     finetune = train.parse_args(['--config=train_europarl_finetune.py'])
-    assert finetune['init_from'] == 'backpack-small' and finetune['learning_rate'] == 1e-5
+    assert finetune['init_from'] == 'backpack-gpt2' and finetune['learning_rate'] == 1e-5
     assert train.parse_args(['--config', 'train_europarl_transformer_baseline'])['model_type'] == 'transformer'
 
 
@@ -561,7 +561,7 @@ def test_resume_bitwise_float16_with_grad_scaler_on_cuda(synthetic_dataset, tmp_
 def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
     reference = reference_tiny_dir
     pretrained = load_backpack_gpt2(reference)
-    args = [*TINY[4:], '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
+    args = [*TINY[4:], '--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
             f'--data_dir={synthetic_dataset}']
     train.main([*args, '--max_iters=0', f'--out_dir={tmp_path / "start"}'])
     start = load_checkpoint(tmp_path / 'start' / 'ckpt.pt')
@@ -580,7 +580,7 @@ def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference
 
 def test_finetune_needs_gpt2_dataset(sample_dataset, tmp_path, repo_root):
     reference = repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny'
-    message = error_of([*TINY, '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
+    message = error_of([*TINY, '--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
                         f'--data_dir={sample_dataset}', f'--out_dir={tmp_path}'])
     assert 'needs a dataset made with the gpt2 tokenizer' in message and "'bpe'" in message
 
