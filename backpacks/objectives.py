@@ -1,8 +1,9 @@
 """
 What train.py's loop optimises: the language-model objective here, SENSIA's in sensia.py, behind one
 interface (prepare, batch, loss, evaluate, state_dict, load_state_dict, selection_key); the check
-that the data they will read is fit, made before any model is built; and the LM loss every evaluation
-reports, whatever the objective.
+that the data they will read is fit, made before any model is built; the LM loss every evaluation
+reports, whatever the objective; and how long the objective's selection_key has not improved (early
+stopping).
 
     check_data(cfg, meta, data_path)
     objective = make_objective(cfg, raw_model, data_path, meta, device, seed)

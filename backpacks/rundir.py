@@ -1,5 +1,6 @@
 """The output directory of a training run: one run at a time, nothing of an earlier run overwritten,
-nothing left behind by a run that failed to start; and the signals that end a run with a checkpoint.
+nothing left behind by a run that failed to start; the signals that end a run with a checkpoint, and
+the line that ends a diverged one without.
 
     with run_directory(out_dir, new_run=True):   # SystemExit with one line if it cannot be used
         ... train, writing out_dir/ckpt.pt, best.pt, training_log.json ...
