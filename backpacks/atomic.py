@@ -9,15 +9,18 @@ temporary, and one left behind by a killed process (SIGKILL skips every cleanup)
 by its dead PID and removed by remove_stale_temporaries. PIDs are those of this machine.
 
 A full disk is a DiskFullError (an OSError) that says the space the file needs; the temporary is
-removed and the previous file stays.
+removed and the previous file stays. write_json turns any failed write into one line.
 """
 import errno
 import hashlib
+import json
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
+
+from backpacks.cli import fail
 
 TEMPORARY_RE = re.compile(r'^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]+$')
 
@@ -152,3 +155,15 @@ def save_figure(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return Path(path).name
+
+
+def write_json(path, obj):
+    """obj as indented JSON at path, atomically; one line (SystemExit) if it cannot be written."""
+    try:
+        atomic_write_text(path, json.dumps(obj, indent=1))
+    except OSError as e:
+        unwritable(path, e)
+
+
+def unwritable(path, error):
+    fail(f"could not write {path}: {error}; any previous {path.name} is intact")

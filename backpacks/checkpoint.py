@@ -1,10 +1,12 @@
-"""Training checkpoints: atomic writes, safe loads (weights_only), and models rebuilt from them.
+"""Training checkpoints: atomic writes, safe loads (weights_only), models rebuilt from them, and what a
+resumed run checks and restores.
 
-A checkpoint is a dict of plain types and tensors written by train.py:
-  model, model_type, model_args, config, meta, data_dir, iter_num, best_val_loss (the lowest value
-  of selection_key, the training_log entry that chose best.pt), selection_key, optimizer, scaler,
-  rng, sampler, training_log, elapsed_s
+A checkpoint is the dict of plain types and tensors that training_checkpoint builds for train.py:
+  model, model_type, model_args, config, dtype, meta, data_dir, iter_num, best_val_loss (the lowest
+  value of selection_key, the training_log entry that chose best.pt), selection_key, optimizer, scaler,
+  rng and sampler (one state per process, in rank order), training_log, elapsed_s
 """
+import dataclasses
 import pickle
 import random
 import warnings
@@ -15,10 +17,16 @@ import numpy as np
 import torch
 
 from backpacks.atomic import atomic_write
+from backpacks.cli import fail
+from backpacks.dataset import check_same_dataset
 from backpacks.devices import cuda_index
 from model import ModelConfig, build_model
 
 CHECKPOINT_FILES = {'best': 'best.pt', 'latest': 'ckpt.pt'}
+# what a resume reads: a file lacking one is no run train.py can continue
+RESUME_KEYS = ('model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
+               'optimizer', 'scaler', 'rng', 'sampler', 'training_log')
+ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'n_senses', 'block_size', 'dropout', 'bias')  # settings a resume keeps
 
 
 class CheckpointError(RuntimeError):
@@ -139,3 +147,90 @@ def saved_cuda_state(saved, index):
     if isinstance(saved, (list, tuple)):
         return saved[index] if index < len(saved) else None
     return saved
+
+
+# ----------------------------------------------------------------------------- a training run's checkpoint
+
+def training_checkpoint(model, optimizer, scaler, *, cfg, dtype, meta, data_path, iter_num, best_val_loss,
+                        selection_key, rngs, samplers, training_log, elapsed_s):
+    """The dict train.py saves as ckpt.pt and best.pt, from a run's parts (see the module docstring)."""
+    return {'model': model.state_dict(), 'model_type': model.model_type,
+            'model_args': dataclasses.asdict(model.config), 'config': cfg, 'dtype': dtype, 'meta': meta,
+            'data_dir': str(data_path), 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+            'selection_key': selection_key, 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+            'rng': rngs, 'sampler': samplers, 'training_log': training_log, 'elapsed_s': elapsed_s}
+
+
+def load_resumable(path):
+    """The checkpoint at path if train.py can continue it, else CheckpointError."""
+    ckpt = load_checkpoint(path)
+    missing = [key for key in RESUME_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a checkpoint train.py can resume")
+    return ckpt
+
+
+def check_resume(ckpt, explicit, meta, data_path, ckpt_path):
+    """Refuse to continue a run on another dataset or with another architecture (DataError or SystemExit)."""
+    if 'model_type' in explicit and explicit['model_type'] != ckpt['model_type']:
+        fail(f"{ckpt_path} is a {ckpt['model_type']} run but model_type is {explicit['model_type']!r}; "
+             "use another --out_dir to train a new model")
+    old_meta = ckpt['meta']
+    if (old_meta['vocab_size'], old_meta['tokenizer']['kind']) != (meta['vocab_size'], meta['tokenizer']['kind']):
+        fail(f"{ckpt_path} was trained on a vocabulary of {old_meta['vocab_size']} ({old_meta['tokenizer']['kind']}) "
+             f"tokens but {data_path} has {meta['vocab_size']} ({meta['tokenizer']['kind']}); "
+             "resume on the run's own dataset or use another --out_dir")
+    check_same_dataset(old_meta, meta, ckpt_path, data_path)
+    for key in ARCH_KEYS:
+        if key in explicit and explicit[key] != ckpt['model_args'][key]:
+            fail(f"{ckpt_path} has {key}={ckpt['model_args'][key]!r} but {explicit[key]!r} was given; "
+                 "a resumed run keeps its architecture")
+
+
+def needs_reseed(resume, world_size, cfg):
+    """Whether a resume runs on another number of processes (GPUs) than saved the run, so that its random
+    streams must be reseeded; with deterministic=True, which promises a bitwise continuation, that is an
+    error instead."""
+    saved = len(resume['rng'])
+    if saved != world_size and cfg['deterministic']:
+        fail(f"{Path(cfg['out_dir']) / 'ckpt.pt'} was saved by {saved} process(es) and {world_size} would resume it: "
+             f"deterministic=True cannot continue it bitwise; resume with {saved} process(es) "
+             "(torchrun --nproc_per_node), or with --deterministic=False for reseeded data and dropout streams")
+    return saved != world_size
+
+
+def check_resumed_dtype(resume, dtype, cfg, rank):
+    """A run resumed in another dtype than it trained in (dtype=auto on another GPU) continues, but not
+    bitwise: said in one line, and refused with deterministic=True, which promises a bitwise continuation."""
+    saved = resume.get('dtype', resume['config']['dtype'])
+    if saved == dtype:
+        return
+    if cfg['deterministic']:
+        fail(f"{Path(cfg['out_dir']) / 'ckpt.pt'} trained in {saved} and this machine resolves dtype="
+             f"{cfg['dtype']} to {dtype}: deterministic=True cannot continue it bitwise; resume with "
+             f"--dtype={saved} where the device runs it, or with --deterministic=False")
+    if rank == 0:
+        print(f"warning: the run trained in {saved} and continues in {dtype} here: not a bitwise continuation")
+
+
+def restore(run, resume, reseed_to=None):
+    """Continue train.py's Run where the checkpoint left off: optimizer, scaler, counters, log, and the
+    random streams unless reseed_to gives the seed of fresh ones."""
+    run.optimizer.load_state_dict(resume['optimizer'])
+    if resume['scaler']:
+        run.scaler.load_state_dict(resume['scaler'])
+    run.iter_num, run.best_val_loss = resume['iter_num'], resume['best_val_loss']
+    run.training_log, run.elapsed_before = resume['training_log'], resume.get('elapsed_s', 0.0)
+    run.saved = {'ckpt.pt': run.iter_num}
+    if (run.out_path / 'best.pt').exists():  # its iteration is in the log, under the key that selected it
+        key = run.objective.selection_key
+        run.saved['best.pt'] = next((e['iter'] for e in run.training_log if e[key] == run.best_val_loss), '?')
+    if reseed_to is None:
+        set_rng_state(resume['rng'][run.rank], run.device)
+        run.objective.load_state_dict(resume['sampler'][run.rank])
+    else:  # the run continues, but not bitwise
+        if run.master:
+            print(f"warning: {len(resume['rng'])} processes saved this run, {run.world_size} resume it: "
+                  "data order and dropout streams are reseeded")
+        torch.manual_seed(reseed_to)
+    resume.clear()  # frees the loaded tensors now that they are copied into the model

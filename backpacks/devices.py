@@ -1,11 +1,11 @@
 """Where a script runs: the device (--device checked in one line, the CUDA device index a process uses),
 what its processor multiplies natively (the dtype --dtype=auto picks, the peak FLOP/s that MFU divides
-by), and the processes of a torchrun launch.
+by), and the processes of a torchrun launch: their setup and what they exchange.
 
     device = resolve_device(args.device)              # 'auto' -> 'cuda', then 'mps', then 'cpu'
     dtype, reason = resolve_dtype('auto', 'cpu')      # ('bfloat16', 'the CPU has AMX-BF16 ...')
     peak, yardstick = peak_flops('cpu', 'bfloat16')   # a measured bf16 matmul rate, and its name
-    ddp, rank, local_rank, world_size = torchrun_environment()
+    ddp, rank, world_size, device = setup_processes(args.device)   # torchrun's process group, if any
 """
 import os
 import platform
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from backpacks.cli import fail
 
@@ -80,6 +81,37 @@ def torchrun_environment():
     if not os.environ.get('MASTER_ADDR'):
         fail("RANK is set but MASTER_ADDR is not: start distributed runs with torchrun")
     return True, values['RANK'], values['LOCAL_RANK'], values['WORLD_SIZE']
+
+
+def setup_processes(requested_device):
+    """(ddp, rank, world_size, device) from torchrun's environment (one process otherwise); under torchrun
+    the process group is initialised, on nccl for CUDA and gloo otherwise."""
+    ddp, rank, local_rank, world_size = torchrun_environment()
+    device = process_device(resolve_device(requested_device), local_rank if ddp else None,
+                            int(os.environ.get('LOCAL_WORLD_SIZE', world_size)))
+    if device.startswith('cuda'):
+        torch.cuda.set_device(device)
+    if ddp:
+        dist.init_process_group(backend='nccl' if device.startswith('cuda') else 'gloo')
+    return ddp, rank, world_size, device
+
+
+def gathered(obj, ddp, world_size):
+    """obj of every process, in rank order (each process draws its own batches and dropout)."""
+    if not ddp:
+        return [obj]
+    objs = [None] * world_size
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def broadcast_from_master(obj, ddp):
+    """Rank 0's obj on every process (obj itself without DDP)."""
+    if not ddp:
+        return obj
+    objs = [obj]
+    dist.broadcast_object_list(objs, src=0)
+    return objs[0]
 
 
 # ----------------------------------------------------------------------------- the processor
@@ -217,6 +249,23 @@ def use_tensor_cores_for_float32():
     bench.py run them: about 8x the float32 rate, with a 10-bit mantissa in the products only."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def configure_torch(requested_dtype, device, seed, deterministic):
+    """Set up torch for a training process on device: deterministic kernels if asked, TF32 on CUDA, the
+    seed. Returns (dtype, why) of resolve_dtype, or one line if device cannot run the dtype requested."""
+    try:
+        dtype, why = resolve_dtype(requested_dtype, device_type_of(device))
+    except DeviceError as e:
+        fail(str(e))
+    if deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    if device_type_of(device) == 'cuda':
+        use_tensor_cores_for_float32()
+    torch.manual_seed(seed)
+    return dtype, why
 
 
 def device_type_of(device):

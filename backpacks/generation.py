@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from backpacks.cli import fail
-from model import _sample
+from model import sample_next
 
 DIRECTIONS = ('en-fr', 'fr-en')
 
@@ -293,5 +293,5 @@ def sample_edited(model, idx, max_new_tokens, edit=None, logits_fn=None, tempera
         logits = logits_fn(logits) if logits_fn else logits
         if on_logits is not None:
             on_logits(logits)
-        idx = torch.cat([idx, _sample(logits, temperature, top_k)], dim=1)
+        idx = torch.cat([idx, sample_next(logits, temperature, top_k)], dim=1)
     return idx

@@ -1,14 +1,62 @@
-"""Where a training run's model can start besides a fresh initialisation: the published
-backpack-gpt2 resized to a dataset (finetuning), or a run of this repository (e.g. SENSIA adapting
-an English Backpack). Each refuses, in one line, a start that does not fit the dataset."""
+"""Where a training run's model starts: the checkpoint it resumes, a fresh model of the settings' size
+(a preset or n_layer/n_head/...), the published backpack-gpt2 resized to a dataset (finetuning), or a
+run of this repository (e.g. SENSIA adapting an English Backpack). Each refuses, in one line, a start
+that does not fit the settings or the dataset.
+
+    model = starting_model(cfg, explicit, meta, data_path, resume)
+"""
 import dataclasses
 from pathlib import Path
 
-from backpacks.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from backpacks.checkpoint import ARCH_KEYS, CheckpointError, load_checkpoint, model_from_checkpoint
 from backpacks.cli import fail
-from model import BackpackLM, PretrainedFormatError
+from backpacks.hf_format import PretrainedFormatError, load_backpack_gpt2
+from model import PRESETS, BackpackLM, ModelConfig, build_model, check_model, preset_config
 
 DEFAULT_PRETRAINED = 'stanfordnlp/backpack-gpt2'
+
+
+def starting_model(cfg, explicit, meta, data_path, resume):
+    """The model the run starts from: the checkpoint it resumes, backpack-gpt2, another run, or a fresh one."""
+    if resume is not None:
+        return model_from_checkpoint(resume)
+    if cfg['init_from'] == 'backpack-gpt2':
+        if cfg['model_type'] != 'backpack':
+            fail("--init_from=backpack-gpt2 trains a backpack; remove --model_type=transformer")
+        return pretrained_backpack(cfg, explicit, meta, data_path)
+    if cfg['init_from'] != 'scratch':
+        return model_from_run(cfg['init_from'], cfg, meta, data_path)
+    return model_from_settings(cfg, explicit, meta['vocab_size'])
+
+
+def resolve_model_type(cfg, explicit):
+    """A preset implies its model_type; an explicit model_type that contradicts it is an error."""
+    if cfg['preset']:
+        preset_type = PRESETS[cfg['preset']][0]
+        if 'model_type' in explicit and explicit['model_type'] != preset_type:
+            fail(f"preset {cfg['preset']!r} is a {preset_type} but model_type is {explicit['model_type']!r}")
+        cfg['model_type'] = preset_type
+
+
+def fresh_model_config(cfg, explicit, vocab_size):
+    """(model_type, ModelConfig) of a fresh model from a preset (explicit sizes override it) or from
+    n_layer/n_head/...; one line if no model can have those sizes."""
+    try:
+        if cfg['preset']:
+            preset_dims = PRESETS[cfg['preset']][1]
+            sizes = {k: cfg[k] for k in ARCH_KEYS if k in explicit or k not in preset_dims}
+            model_type, config = preset_config(cfg['preset'], vocab_size=vocab_size, **sizes)
+        else:
+            model_type = cfg['model_type']
+            config = ModelConfig(vocab_size=vocab_size, **{k: cfg[k] for k in ARCH_KEYS})
+        check_model(model_type, config)
+    except ValueError as e:
+        fail(f"invalid model size: {e}")
+    return model_type, config
+
+
+def model_from_settings(cfg, explicit, vocab_size):
+    return build_model(*fresh_model_config(cfg, explicit, vocab_size))
 
 
 def embedding_name(model):
@@ -20,11 +68,11 @@ def pretrained_backpack(cfg, explicit, meta, data_path):
     vocabulary and for the tags set to the mean pretrained embedding, positions cropped to block_size."""
     kind = meta['tokenizer']['kind']
     if kind != 'gpt2':
-        fail(f"--init_from=backpack-small needs a dataset made with the gpt2 tokenizer, but {data_path} "
+        fail(f"--init_from=backpack-gpt2 needs a dataset made with the gpt2 tokenizer, but {data_path} "
              f"uses {kind!r}: prepare one with data/europarl/prepare.py --tokenizer gpt2")
     source = cfg['pretrained_path'] or DEFAULT_PRETRAINED
     try:
-        pretrained = BackpackLM.from_pretrained(source)
+        pretrained = load_backpack_gpt2(source)
     except (PretrainedFormatError, OSError) as e:
         fail(f"cannot load pretrained Backpack {source}: {e}")
     base = pretrained.config

@@ -1,8 +1,12 @@
 """The output directory of a training run: one run at a time, nothing of an earlier run overwritten,
-nothing left behind by a run that failed to start.
+nothing left behind by a run that failed to start; the signals that end a run with a checkpoint, and
+the line that ends a diverged one without.
 
     with run_directory(out_dir, new_run=True):   # SystemExit with one line if it cannot be used
         ... train, writing out_dir/ckpt.pt, best.pt, training_log.json ...
+    with stop_handlers() as stop:                # stop['signal']: 'SIGTERM' once one came
+        ... train until stop['signal'], then save ckpt.pt ...
+    diverged("loss is not finite at iteration 8", out_path, saved)   # names the files holding a good state
 
 The lock is an exclusive fcntl.flock on out_dir/.lock. The kernel drops a flock when its process
 exits, however it exits (SIGKILL included), so a lock can never outlive its run: a .lock file left
@@ -13,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import signal
 from pathlib import Path
 
 from backpacks.atomic import remove_stale_temporaries
@@ -118,3 +123,31 @@ def remove_empty(directories):
     for directory in directories:
         with contextlib.suppress(OSError):  # not empty, or already gone
             directory.rmdir()
+
+
+@contextlib.contextmanager
+def stop_handlers():
+    """SIGTERM/SIGINT (preemption, Ctrl-C) only set stop['signal']: the current step ends, ckpt.pt is saved.
+    A second Ctrl-C kills at once. The previous handlers are back on exit."""
+    stop = {'signal': None}
+
+    def request_stop(signum, frame):
+        stop['signal'] = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def diverged(problem, out_path, saved):
+    """fail() for a non-finite loss or weights, naming exactly the files that hold the last good state
+    (saved: {file name: iteration} of the checkpoints that exist and are finite)."""
+    kept = [f"{out_path / name} (iteration {it})" for name, it in sorted(saved.items())]
+    where = ("the last good state is in " + " and ".join(kept)) if kept else \
+        "no checkpoint had been written, so none holds a good state"
+    fail(f"{problem}; stopped without saving: {where}. Lower learning_rate or check the data")

@@ -1,7 +1,7 @@
 # The LM-only control of config/adapt_sensia_backpack_small.py (see there for data and settings).
 out_dir = 'out-lm-only-backpack-small'
 data_dir = 'europarl_en_fr_gpt2'
-init_from = 'backpack-small'
+init_from = 'backpack-gpt2'
 objective = 'sensia'
 sensia_losses = 'lm'  # the LM-only control: weights (0, 0, 1), same data, steps, schedule and freezing
 

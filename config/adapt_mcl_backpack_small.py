@@ -1,7 +1,7 @@
 # The MCL baseline of config/adapt_sensia_backpack_small.py (see there for data and settings).
 out_dir = 'out-mcl-backpack-small'
 data_dir = 'europarl_en_fr_gpt2'
-init_from = 'backpack-small'
+init_from = 'backpack-gpt2'
 objective = 'sensia'
 sensia_losses = 'context,lm'
 sensia_context = 'hidden_mean'  # MCL: InfoNCE over mean-pooled backbone states, no senses

@@ -7,7 +7,7 @@
 # polish_pct 0.15 (here z = 0.5), freeze_sense_during_polish off (here on), label_smoothing 0 (here 0.05).
 out_dir = 'out-sensia-backpack-small'
 data_dir = 'europarl_en_fr_gpt2'
-init_from = 'backpack-small'
+init_from = 'backpack-gpt2'
 objective = 'sensia'
 sensia_losses = 'sense,context,lm'
 

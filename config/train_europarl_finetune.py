@@ -4,7 +4,7 @@
 # Without hub access, download the model elsewhere and add --pretrained_path=DIR.
 out_dir = 'out-europarl-finetune'
 data_dir = 'europarl_en_fr_gpt2'
-init_from = 'backpack-small'
+init_from = 'backpack-gpt2'
 model_type = 'backpack'
 
 block_size = 512

@@ -1,5 +1,4 @@
 """Shared fixtures: repository paths, the offline English-French data, a tiny prepared dataset."""
-import dataclasses
 import json
 import os
 import subprocess
@@ -132,8 +131,9 @@ def one_thread():
 @pytest.fixture(scope="session")
 def make_checkpoint():
     """make_checkpoint(out_dir, data_dir, model_type='backpack', block_size=64): a tiny untrained
-    model saved as train.py saves its checkpoints (best.pt), for tests of the scripts that read them."""
-    from backpacks.checkpoint import save_checkpoint
+    model saved as train.py saves its checkpoints (best.pt, built by the same training_checkpoint),
+    for tests of the scripts that read them."""
+    from backpacks.checkpoint import rng_state, save_checkpoint, training_checkpoint
     from backpacks.dataset import BatchSampler
     from model import ModelConfig, build_model
 
@@ -145,12 +145,12 @@ def make_checkpoint():
         model = build_model(model_type, config)
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_checkpoint({"model": model.state_dict(), "model_type": model_type,
-                         "model_args": dataclasses.asdict(config), "config": {"dataset": str(data_dir)},
-                         "dtype": "float32",
-                         "meta": meta, "data_dir": str(data_dir.resolve()), "iter_num": 0, "best_val_loss": 10.0,
-                         "optimizer": optimizer.state_dict(), "scaler": {}, "rng": {"torch": torch.get_rng_state()},
-                         "sampler": BatchSampler(data_dir).state_dict(), "training_log": []}, out_dir / "best.pt")
+        ckpt = training_checkpoint(
+            model, optimizer, torch.amp.GradScaler("cpu", enabled=False), cfg={"data_dir": str(data_dir)},
+            dtype="float32", meta=meta, data_path=data_dir.resolve(), iter_num=0, best_val_loss=10.0,
+            selection_key="val_loss", rngs=[rng_state("cpu")], samplers=[BatchSampler(data_dir).state_dict()],
+            training_log=[], elapsed_s=0.0)
+        save_checkpoint(ckpt, out_dir / "best.pt")
         return out_dir
 
     return make

@@ -6,7 +6,7 @@ import torch
 
 import model
 import train
-from backpacks import devices, metrics
+from backpacks import devices, metrics, objectives
 from backpacks.checkpoint import load_checkpoint
 from backpacks.dataset import BatchSampler
 from model import BackpackLM, ModelConfig, product_mixing, sdpa_mixing
@@ -118,7 +118,7 @@ def test_evaluation_syncs_with_the_host_once(fake_gpu):
             return (x, y, lang) if with_language else (x, y)
     cfg = {'eval_iters': 3, 'batch_size': 2, 'block_size': 8}
     fake_gpu.host_syncs = 0
-    losses = train.estimate_losses(net, Batches(), cfg, torch.autocast('cuda', dtype=torch.bfloat16), 'cuda:0', False)
+    losses = objectives.estimate_losses(net, Batches(), cfg, torch.autocast('cuda', dtype=torch.bfloat16), 'cuda:0', False)
     assert fake_gpu.host_syncs == 1 and all(v > 0 for v in losses.values())
 
 

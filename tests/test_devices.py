@@ -12,7 +12,7 @@ import evaluate
 import sample
 import train
 from backpacks import devices
-from backpacks.devices import cuda_index, process_device, resolve_device
+from backpacks.devices import cuda_index, process_device, resolve_device, setup_processes
 from experiments import bench_translation, run_interventions
 
 UNKNOWN = "error: unknown device 'tpu': use auto, cpu, cuda, cuda:N or mps"
@@ -64,7 +64,7 @@ def test_torchrun_with_more_processes_than_gpus_is_one_line(monkeypatch):
                         'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': '29500'}.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(SystemExit) as e:
-        train.setup_processes('cuda')
+        setup_processes('cuda')
     assert str(e.value) == ("error: 2 processes per node but this machine has 1 CUDA device(s): "
                             "use --nproc_per_node=1 or fewer")
     assert process_device('cuda', 0, 1) == 'cuda:0' and process_device('cpu', 1, 2) == 'cpu'

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from backpacks import interventions as iv
+from backpacks.hf_format import load_backpack_gpt2
 import sample
-from model import BackpackLM, ModelConfig, build_model
+from model import ModelConfig, build_model
 
 V, K = 64, 4
 
@@ -351,7 +352,7 @@ def test_debiasing_on_a_loaded_backpack_gpt2_format_model(reference_tiny_dir):
     """Mechanics on the reference backpack-gpt2-format checkpoint (vocab 96): the gender sense can be
     found or named (backpack-gpt2's is 10; this one has 4 senses, so 3), p = 0 removes it at the
     profession's positions, and Nelder-Mead never ends worse than p = 1 on its own objective."""
-    model = BackpackLM.from_pretrained(reference_tiny_dir).eval().requires_grad_(False)
+    model = load_backpack_gpt2(reference_tiny_dir).eval().requires_grad_(False)
     rows_ids = [[5, 40, 41, 7], [8, 9, 40, 41, 3], [40, 41, 12], [6, 40, 41], [2, 3, 4, 40, 41, 5]]
     prompts = [iv.Prompt(ids, '', [ids.index(40), ids.index(41)]) for ids in rows_ids]
     he, she = [[20]] * 5, [[21]] * 5

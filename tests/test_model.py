@@ -1,3 +1,4 @@
+import ast
 import json
 import shutil
 
@@ -8,8 +9,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import native_on_this_cpu
-from model import (PRESETS, BackpackLM, ModelConfig, PretrainedFormatError, StandardTransformerLM, _positions_and_mask,
-                   build_model, preset_config, product_mixing, sdpa_mixing)
+from backpacks.hf_format import PretrainedFormatError, load_backpack_gpt2, save_backpack_gpt2
+from model import (PRESETS, BackpackLM, ModelConfig, StandardTransformerLM, _positions_and_mask, build_model,
+                   preset_config, product_mixing, sdpa_mixing)
 
 TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, n_senses=4)
 MODELS = ['backpack', 'transformer']
@@ -23,6 +25,14 @@ def tiny_model(model_type, seed=0, **overrides):
 @pytest.fixture(scope='module')
 def reference_dir(reference_tiny_dir):
     return reference_tiny_dir
+
+
+def test_model_py_depends_on_torch_alone(repo_root):
+    """model.py defines the models; the backpack-gpt2 files (backpacks/hf_format.py) and everything else build on it."""
+    tree = ast.parse((repo_root / 'model.py').read_text())
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert {name.split('.')[0] for name in modules} <= {'dataclasses', 'inspect', 'math', 'torch'}
 
 
 @pytest.mark.parametrize('model_type', MODELS)
@@ -221,7 +231,7 @@ def test_parameter_counts_separate_embedding(model_type):
 
 
 def test_reference_checkpoint_matches(reference_dir):
-    model = BackpackLM.from_pretrained(reference_dir).eval()
+    model = load_backpack_gpt2(reference_dir).eval()
     idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()
     with torch.no_grad():
         logits, _ = model(idx)
@@ -233,10 +243,10 @@ def test_reference_checkpoint_matches(reference_dir):
         assert np.abs(got.numpy() - expected).max() < 1e-4, name
 
 
-def test_save_pretrained_round_trip(reference_dir, tmp_path):
-    model = BackpackLM.from_pretrained(reference_dir).eval()
-    model.save_pretrained(tmp_path)
-    reloaded = BackpackLM.from_pretrained(tmp_path).eval()
+def test_save_backpack_gpt2_round_trip(reference_dir, tmp_path):
+    model = load_backpack_gpt2(reference_dir).eval()
+    save_backpack_gpt2(model, tmp_path)
+    reloaded = load_backpack_gpt2(tmp_path).eval()
     idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()
     assert torch.equal(model(idx)[0], reloaded(idx)[0])
     original = torch.load(reference_dir / 'pytorch_model.bin', weights_only=True)
@@ -246,26 +256,26 @@ def test_save_pretrained_round_trip(reference_dir, tmp_path):
         assert torch.equal(tensor, written[name]), name
 
 
-def test_from_pretrained_errors(reference_dir, tmp_path):
+def test_load_backpack_gpt2_errors(reference_dir, tmp_path):
     with pytest.raises(PretrainedFormatError, match='no config.json'):
-        BackpackLM.from_pretrained(tmp_path)
+        load_backpack_gpt2(tmp_path)
     bad = tmp_path / 'gpt2'
     shutil.copytree(reference_dir, bad)
     config = json.loads((bad / 'config.json').read_text())
     (bad / 'config.json').write_text(json.dumps({**config, 'model_type': 'gpt2'}))
     with pytest.raises(PretrainedFormatError, match="model_type is 'gpt2'"):
-        BackpackLM.from_pretrained(bad)
+        load_backpack_gpt2(bad)
     (bad / 'config.json').write_text(json.dumps({**config, 'n_embd': 64}))
     with pytest.raises(PretrainedFormatError, match='shape'):
-        BackpackLM.from_pretrained(bad)
+        load_backpack_gpt2(bad)
     with pytest.raises(PretrainedFormatError, match='not a directory'):
-        BackpackLM.from_pretrained(tmp_path / 'missing' / 'deeper' / 'path')
+        load_backpack_gpt2(tmp_path / 'missing' / 'deeper' / 'path')
     (bad / 'config.json').write_text('{"model_type": "backpack-gpt2",')
     with pytest.raises(PretrainedFormatError, match='is not readable JSON'):
-        BackpackLM.from_pretrained(bad)
+        load_backpack_gpt2(bad)
     (bad / 'config.json').write_text(json.dumps({k: v for k, v in config.items() if k != 'num_senses'}))
     with pytest.raises(PretrainedFormatError, match='lacks the number.s. num_senses'):
-        BackpackLM.from_pretrained(bad)
+        load_backpack_gpt2(bad)
 
 
 class RunsCode:
@@ -282,7 +292,7 @@ def test_unreadable_pretrained_weights(reference_dir, tmp_path, capsys, kind):
     else:
         torch.save({'backpack.word_embeddings.weight': RunsCode()}, weights)
     with pytest.raises(PretrainedFormatError) as e:
-        BackpackLM.from_pretrained(tmp_path / 'p')
+        load_backpack_gpt2(tmp_path / 'p')
     assert str(e.value).startswith(f"{weights} is not a readable weights file") and 'weights_only' not in str(e.value)
     assert 'this ran' not in capsys.readouterr().out
 
@@ -355,7 +365,7 @@ def test_bf16_autocast_forward_on_cpu(model_type):
 @native_on_this_cpu('bfloat16')
 def test_bf16_autocast_matches_the_reference_logits(reference_dir):
     """Trained weights (logits up to 7) against the reference implementation's fp32 logits."""
-    model = BackpackLM.from_pretrained(reference_dir).eval()
+    model = load_backpack_gpt2(reference_dir).eval()
     idx = torch.from_numpy(np.load(reference_dir / 'input_ids.npy')).long()
     expected = torch.from_numpy(np.load(reference_dir / 'expected_logits.npy'))
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):

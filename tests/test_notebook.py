@@ -206,6 +206,7 @@ def test_commands_parse_with_the_scripts_own_parsers(nb, tmp_path, monkeypatch):
     """Flag values too: types, choices, config files and required options, as each script checks them
     (in a folder holding a checkpoint where the notebook's earlier cells would have written one)."""
     import train
+    from backpacks import settings
     monkeypatch.chdir(tmp_path)
     for script, argv in python_commands(nb):
         argv = substituted(argv)
@@ -215,7 +216,7 @@ def test_commands_parse_with_the_scripts_own_parsers(nb, tmp_path, monkeypatch):
                 (tmp_path / value / "best.pt").touch()
         if script == "train.py":
             explicit = train.parse_args(argv)
-            train.validate({**train.DEFAULTS, **explicit})
+            settings.validate({**train.DEFAULTS, **explicit})
         elif script in CHECKED_SCRIPTS:
             stderr = io.StringIO()
             try:
@@ -303,7 +304,7 @@ def gpu_train_settings(nb):
         if script == "train.py":
             cfg = {**train.DEFAULTS, **train.parse_args(substituted(argv))}
             kind = ("resume" if cfg["init_from"] == "resume" else
-                    "finetune" if cfg["init_from"] == "backpack-small" else "fallback")
+                    "finetune" if cfg["init_from"] == "backpack-gpt2" else "fallback")
             found[kind] = cfg
     return found
 

@@ -15,6 +15,7 @@ from backpacks import sensia
 import train
 from backpacks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from backpacks.dataset import load_meta
+from backpacks.hf_format import save_backpack_gpt2
 from model import BackpackLM, ModelConfig
 from test_train import write_synthetic_dataset
 
@@ -137,6 +138,7 @@ sys.path.insert(0, os.getcwd())
 import train
 from backpacks import sensia
 from backpacks.dataset import load_meta
+from backpacks.hf_format import save_backpack_gpt2
 from model import BackpackLM, ModelConfig
 from pathlib import Path
 data, out = Path(sys.argv[1]), sys.argv[2]
@@ -209,7 +211,7 @@ def test_sensia_freeze_sense_input_keeps_the_sense_vectors_fixed(sample_dataset,
     assert torch.equal(rebuilt.sense_vectors(ids), after)  # the copy of the first freeze, not of E now
     if fixed:
         with pytest.raises(ValueError, match='no place for the frozen copy'):
-            rebuilt.save_pretrained(tmp_path)
+            save_backpack_gpt2(rebuilt, tmp_path)
 
 
 def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpoint):

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from backpacks import devices
+from backpacks import devices, objectives
 import model as model_module
 import train
 from backpacks.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
 from backpacks.dataset import BatchSampler
+from backpacks.hf_format import load_backpack_gpt2
+from backpacks.init_from import model_from_settings
 from conftest import native_on_this_cpu
 
 TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
@@ -89,7 +91,7 @@ def test_config_files_then_overrides(repo_root):
     assert by_name == by_path
     assert by_name['max_iters'] == 7 and by_name['n_senses'] == 16 and by_name['learning_rate'] == 3e-4
     finetune = train.parse_args(['--config=train_europarl_finetune.py'])
-    assert finetune['init_from'] == 'backpack-small' and finetune['learning_rate'] == 1e-5
+    assert finetune['init_from'] == 'backpack-gpt2' and finetune['learning_rate'] == 1e-5
     assert train.parse_args(['--config', 'train_europarl_transformer_baseline'])['model_type'] == 'transformer'
 
 
@@ -308,10 +310,10 @@ def nan_in_evaluation_after(monkeypatch, n_calls):
 
 def test_evaluations_since_best():
     log = lambda *losses: [{'val_loss': v} for v in losses]
-    assert train.evaluations_since_best([]) == 0
-    assert train.evaluations_since_best(log(5.0, 4.0, 3.0)) == 0
-    assert train.evaluations_since_best(log(5.0, 3.0, 3.5, 3.0)) == 2  # a tie is no improvement
-    assert train.evaluations_since_best(log(5.0, 3.0, 3.5, 3.1, 4.0)) == 3
+    assert objectives.evaluations_since_best([]) == 0
+    assert objectives.evaluations_since_best(log(5.0, 4.0, 3.0)) == 0
+    assert objectives.evaluations_since_best(log(5.0, 3.0, 3.5, 3.0)) == 2  # a tie is no improvement
+    assert objectives.evaluations_since_best(log(5.0, 3.0, 3.5, 3.1, 4.0)) == 3
 
 
 def scripted_val_losses(monkeypatch, losses):
@@ -321,7 +323,7 @@ def scripted_val_losses(monkeypatch, losses):
         log_path = train.Path(cfg['out_dir']) / 'training_log.json'
         done = len(read_log(log_path.parent)) if log_path.exists() else 0
         return {'train_loss': losses[done], 'val_loss': losses[done], 'val_loss_en': None, 'val_loss_fr': None}
-    monkeypatch.setattr(train, 'estimate_losses', scripted)
+    monkeypatch.setattr(objectives, 'estimate_losses', scripted)
 
 
 @pytest.mark.slow
@@ -364,7 +366,7 @@ def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset
 def test_a_dtype_the_device_cannot_run_is_one_line(synthetic_dataset, tmp_path, monkeypatch):
     def refuse(*args):
         raise devices.DeviceError('this GPU (compute capability 7.5) has no bfloat16 support')
-    monkeypatch.setattr(train, 'resolve_dtype', refuse)
+    monkeypatch.setattr(devices, 'resolve_dtype', refuse)
     assert error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}']) == \
         'error: this GPU (compute capability 7.5) has no bfloat16 support'
 
@@ -430,7 +432,7 @@ def test_ddp_two_gloo_processes_step_as_one_process_on_the_same_global_batch(syn
     explicit = train.parse_args(settings)
     cfg = {**train.DEFAULTS, **explicit}
     torch.manual_seed(cfg['seed'])  # rank 0's initialisation, which DDP broadcasts to rank 1
-    model = train.model_from_settings(cfg, explicit, vocab_size=98)
+    model = model_from_settings(cfg, explicit, vocab_size=98)
     optimizer = model.configure_optimizers(cfg['weight_decay'], train.learning_rate_at(0, cfg),
                                            (cfg['beta1'], cfg['beta2']), 'cpu')
     batches = []
@@ -558,8 +560,8 @@ def test_resume_bitwise_float16_with_grad_scaler_on_cuda(synthetic_dataset, tmp_
 @pytest.mark.slow
 def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
     reference = reference_tiny_dir
-    pretrained = model_module.BackpackLM.from_pretrained(reference)
-    args = [*TINY[4:], '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
+    pretrained = load_backpack_gpt2(reference)
+    args = [*TINY[4:], '--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
             f'--data_dir={synthetic_dataset}']
     train.main([*args, '--max_iters=0', f'--out_dir={tmp_path / "start"}'])
     start = load_checkpoint(tmp_path / 'start' / 'ckpt.pt')
@@ -578,7 +580,7 @@ def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference
 
 def test_finetune_needs_gpt2_dataset(sample_dataset, tmp_path, repo_root):
     reference = repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny'
-    message = error_of([*TINY, '--init_from=backpack-small', f'--pretrained_path={reference}', '--block_size=16',
+    message = error_of([*TINY, '--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
                         f'--data_dir={sample_dataset}', f'--out_dir={tmp_path}'])
     assert 'needs a dataset made with the gpt2 tokenizer' in message and "'bpe'" in message
 
