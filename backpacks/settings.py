@@ -27,7 +27,7 @@ def validate(cfg):
         fail(f"init_from must be one of {', '.join(INIT_CHOICES)} or a run directory, got {cfg['init_from']!r}")
     if cfg['init_from'] not in INIT_CHOICES and not any((Path(cfg['init_from']) / n).is_file() for n in ('best.pt', 'ckpt.pt')):
         fail(f"init_from={cfg['init_from']!r} has no best.pt or ckpt.pt to start from")
-    if cfg['pretrained_path'] and cfg['init_from'] != 'backpack-gpt2':
+    if cfg['pretrained_path'] and cfg['init_from'] not in ('backpack-gpt2', 'resume'):  # a resume keeps its settings
         fail(f"pretrained_path is only read with --init_from=backpack-gpt2 (init_from is {cfg['init_from']!r})")
     sensia.validate_settings(cfg)
     if cfg['preset'] and cfg['preset'] not in PRESETS:

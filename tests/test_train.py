@@ -576,6 +576,8 @@ def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference
     train.main([*args, '--max_iters=40', '--eval_interval=20', '--learning_rate=1e-2', f'--out_dir={tmp_path / "ft"}'])
     log = read_log(tmp_path / 'ft')
     assert log[-1]['val_loss'] < log[0]['val_loss'] - 0.5
+    train.main(['--init_from=resume', f'--out_dir={tmp_path / "ft"}', '--max_iters=45'])  # keeps its pretrained_path
+    assert load_checkpoint(tmp_path / 'ft' / 'ckpt.pt')['iter_num'] == 45
 
 
 def test_finetune_needs_gpt2_dataset(sample_dataset, tmp_path, repo_root):
