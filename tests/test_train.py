@@ -122,6 +122,7 @@ def test_parameter_matched_transformer_config():
             return build_model(cfg['model_type'], config).num_params(non_embedding=False)
     assert abs(total(m) / total(b) - 1) < 0.03
     assert total(t) / total(b) < 0.7  # the backbone-matched baseline is much smaller
+    assert (total(b), total(t), total(m)) == (1_369_472, 875_264, 1_339_840)  # as docs/evaluation.md states them
 
 
 @pytest.mark.parametrize('argv, expected', [
