@@ -261,7 +261,7 @@ class Run:
     mfu_peak: float = None
     mfu_yardstick: str = None
     log: object = print
-    live_log: object = None              # backpacks.live_log.LiveLog with wandb_log (rank 0)
+    live_log: object = None              # backpacks.wandb_log.LiveLog with wandb_log (rank 0)
 
     @property
     def master(self):

@@ -481,7 +481,7 @@ def best_selection(ckpt):
 
 
 def evaluate_out_dir(out_dir, args):
-    """Run the requested tasks on out_dir's checkpoint; merge them into eval/results.json (results_file.py)
+    """Run the requested tasks on out_dir's checkpoint; merge them into eval/results.json (results.py)
     and return the merged results."""
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
