@@ -42,7 +42,7 @@ NOTE = ("Brackets: 95% bootstrap intervals over the test items (sacreBLEU's own 
         "1000 resamples); for the rest, n.s. where the intervals overlap (a conservative test), disjoint where not. "
         "Backbone-matched: same layers, heads and width; parameter-matched: total parameters within 5%.")
 # bar-chart groups: headline metric names containing the key go into metrics_<group>.png
-METRIC_GROUPS = {"loss": ("test loss", "val loss"), "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
+METRIC_GROUPS = {"loss": "test loss", "translation": ("BLEU", "chrF"), "wordsim": "wordsim",
                  "bli": "BLI", "sentence": "sentence", "multiple_choice": ("xnli", "pawsx")}
 
 
@@ -76,7 +76,7 @@ def reuse_mismatch(results, out_dir, args):
     missing, computed from another checkpoint file or with other evaluation settings."""
     computed = results.get("computed") if isinstance(results, dict) else None
     if not isinstance(computed, dict):
-        return "it does not record its tasks' checkpoint and settings (an older evaluate.py)"
+        return "it does not record its tasks' checkpoint and settings"
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[args.ckpt]
     checkpoint_sha256 = file_digest(checkpoint)
     settings = task_settings(args.settings)

@@ -1,9 +1,9 @@
 """
 Train a Backpack or a Transformer language model on English-French data (nanoGPT style).
 
-  python train.py config/train_europarl_tiny.py
+  python train.py config/train_sample_tiny.py
   python train.py --config train_europarl_scratch --out_dir out-europarl-scratch --data_dir europarl_en_fr
-  python train.py config/train_europarl_tiny.py --max_iters=500 --batch_size 16 --compile
+  python train.py config/train_sample_tiny.py --max_iters=500 --batch_size 16 --compile
   python train.py --init_from=resume --out_dir=out-europarl-scratch      # continue a preempted run
   torchrun --standalone --nproc_per_node=4 train.py config/train_europarl_scratch.py
 

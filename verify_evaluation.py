@@ -274,8 +274,7 @@ def check_records(results, checker):
     """Every task with results records what computed it, and all from the checkpoint of "run"
     (evaluate.py merges only results of one checkpoint into a results.json)."""
     computed = results.get("computed")
-    if computed is None:
-        return checker.skip("results.json of an older evaluate.py", "computed (per-task records)")
+    computed = computed if isinstance(computed, dict) else {}
     tasks = [task for task in TASKS if has_results(results.get(task))]
     unrecorded = [task for task in tasks if not isinstance(computed.get(task), dict)]
     checker.check(not unrecorded, "every task with results records its checkpoint and settings"

@@ -16,12 +16,11 @@ Notation: senses C (B,k,T,d), alpha (B,k,T,T), per-sense contributions P[b,l,i] 
          sensia_freeze_sense_input, the embedding the sense network reads: see apply_freeze)
 
 InfoNCE direction: the paper writes it symmetric (English->French and French->English, averaged), the
-authors' code runs it one way, English queries against French keys (utils/training.py call_infonce(loss,
-z_src, z_tgt), lines 481 and 492, with info_nce.InfoNCE, run_adaptation.py lines 151-152). Symmetric is
-the default here (sensia_symmetric=True); sensia_symmetric=False is the authors' English->French.
+authors' code runs it one way, English queries against French keys. Symmetric is the default here
+(sensia_symmetric=True); sensia_symmetric=False is the authors' English->French.
 
-Differences from the authors' code (jcblaisecruz02/sensia, utils/training.py) are commented where made
-and listed in docs/sensia.md.
+Differences from the authors' code (jcblaisecruz02/sensia) and the paper, with the places in their code,
+are listed in docs/sensia.md.
 """
 import math
 
@@ -51,8 +50,8 @@ def phase(p, a, z):
 
 def loss_weights(p, a=0.2, z=0.5, enabled=(True, True, True)):
     """(w_sns, w_ctx, w_lm) at progress p, terms switched off forced to 0, renormalised to sum 1.
-    The authors end alignment at p <= a and start polish at 1 - polish_pct (0.85 by default); the issue
-    fixes z = 0.5, and p == a already belongs to the joint phase (the same weights: the ramps meet there)."""
+    z defaults to 0.5, and p == a already belongs to the joint phase (the same weights: the ramps meet
+    there); the authors' phase boundaries differ: see docs/sensia.md."""
     name = phase(p, a, z)
     if name == 'align':
         w = [interp(s, e, p / a) for s, e in zip(ALIGN, MID)]
@@ -315,7 +314,7 @@ class SensiaObjective:
         # parameters without a grad entirely (no moment update, no weight decay)
         for module in (self.raw_model.sense_network, self.raw_model.sense_weight_net):
             module.requires_grad_(False)
-        # As in the authors' code (utils/training.py:428-440) the sense vectors C(E[x]) still move after
+        # As in the authors' code (see docs/sensia.md) the sense vectors C(E[x]) still move after
         # this: E, the sense network's input, is tied to the LM head and trains. sensia_freeze_sense_input
         # gives the sense network a copy of E taken now (kept in the model's state_dict, so a resumed run
         # keeps the copy of the first freeze); E itself trains on through the head and the backbone.

@@ -2,9 +2,9 @@
 # prepared with its tokenizer:
 #   python -m data.europarl.prepare --tokenizer gpt2 --name europarl_en_fr_gpt2
 #   python train.py config/adapt_sensia_backpack_small.py        (torchrun for several GPUs: negatives span them)
-# Optimisation follows the authors' defaults (utils/args.py: lr 5e-5, 32 pairs, 10% warmup, 40k steps).
-# Their code defaults differ from the issue's settings used here: sense_pool_temp 1.0 (here tau_pool 0.7),
-# polish_pct 0.15 (here z = 0.5), freeze_sense_during_polish off (here on), label_smoothing 0 (here 0.05).
+# The controls are overlays given after it (config/adapt_lm_only.py, config/adapt_mcl.py).
+# Optimisation follows the authors' defaults (lr 5e-5, 32 pairs, 10% warmup, 40k steps); where the other
+# SENSIA settings differ from their code's defaults: see docs/sensia.md.
 out_dir = 'out-sensia-backpack-small'
 data_dir = 'europarl_en_fr_gpt2'
 init_from = 'backpack-gpt2'

@@ -1,7 +1,8 @@
 # SENSIA on a CPU: adapt the tiny English Backpack of config/pretrain_english_tiny.py to French with the
 # paper's three phases (alignment 0-20%, joint 20-50%, polish 50-100% with the senses frozen).
 #   python train.py config/adapt_sensia_tiny.py
-# The controls (config/adapt_lm_only_tiny.py, config/adapt_mcl_tiny.py) differ only in the loss terms.
+# The controls are overlays given after it (config/adapt_lm_only.py, config/adapt_mcl.py): they differ only
+# in the loss terms.
 out_dir = 'out-sensia-tiny'
 data_dir = 'sample_en'
 init_from = 'out-english-tiny'

@@ -54,7 +54,7 @@ prepare sample_16k 16384
 check sdpa --device $device
 # stopped at 4, resumed to 8, against a straight run to 8: on the GPU in float16 with its GradScaler; on the
 # CPU in what --dtype=auto picks there (most CPUs emulate float16, a hundred times slower than float32)
-resume=(config/train_europarl_tiny.py --data_dir="$DATA/sample_512" --device=$device --deterministic --dropout=0.1
+resume=(config/train_sample_tiny.py --data_dir="$DATA/sample_512" --device=$device --deterministic --dropout=0.1
         --max_iters=8 --warmup_iters=2 --lr_decay_iters=8 --eval_interval=4 --checkpoint_interval=4 --eval_iters=2)
 if [[ $device == cuda ]]; then
   resume+=(--dtype=float16)  # only on CUDA, where every GPU multiplies float16 natively
@@ -86,7 +86,7 @@ step translation python -m experiments.bench_translation --out_dir "$RUNS/backpa
     --test_corpus data/europarl/sample/parliament --samples 256 \
   && check translation "$LOGS/translation.log"
 # torchrun's own entry point, so that a torchrun missing from PATH does not matter
-step torchrun python -m torch.distributed.run --standalone --nproc_per_node=1 train.py config/train_europarl_tiny.py \
+step torchrun python -m torch.distributed.run --standalone --nproc_per_node=1 train.py config/train_sample_tiny.py \
     --data_dir="$DATA/sample_512" --device=cuda --dtype=auto --max_iters=20 --eval_interval=10 --eval_iters=2 \
     --out_dir="$RUNS/torchrun" \
   && check torchrun "$LOGS/torchrun.log" "$RUNS/torchrun"

@@ -37,8 +37,10 @@ train() {  # out_dir, then train.py arguments: a finished run is kept, an interr
 train "$OUT/english" config/pretrain_english_tiny.py --max_iters="$PRETRAIN_ITERS" --eval_interval=200
 runs=(sensia lm_only)
 [[ ${RUN_MCL:-0} == 1 ]] && runs+=(mcl)
-for run in "${runs[@]}"; do
-  train "$OUT/$run" "config/adapt_${run}_tiny.py" --init_from="$OUT/english" --max_iters="$ADAPT_ITERS"
+for run in "${runs[@]}"; do  # the controls: an overlay after SENSIA's config
+  configs=(config/adapt_sensia_tiny.py)
+  [[ $run != sensia ]] && configs+=("config/adapt_${run}.py")
+  train "$OUT/$run" "${configs[@]}" --init_from="$OUT/english" --max_iters="$ADAPT_ITERS"
 done
 
 tasks=loss,sensia,xnli,pawsx

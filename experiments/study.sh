@@ -136,7 +136,9 @@ train sensia_english "$OUT/sensia/english" "$PRE" config/study.py "${SHAPE[@]}" 
   --data_dir="$data_en" --warmup_iters=$((PRE / 10)) --eval_interval=$(((PRE + 4) / 5)) --checkpoint_interval=$(((PRE + 4) / 5))
 for run in sensia lm_only mcl; do
   step "SENSIA: adapt to French with $run ($ADAPT steps)"
-  train "sensia_$run" "$OUT/sensia/$run" "$ADAPT" "config/adapt_${run}_tiny.py" --init_from="$OUT/sensia/english" \
+  configs=(config/adapt_sensia_tiny.py)  # the controls: an overlay after SENSIA's config
+  [[ $run != sensia ]] && configs+=("config/adapt_${run}.py")
+  train "sensia_$run" "$OUT/sensia/$run" "$ADAPT" "${configs[@]}" --init_from="$OUT/sensia/english" \
     --data_dir="$data_en" "${ADAPT_BATCH[@]}" --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
     --checkpoint_interval=$(((ADAPT + 3) / 4))
 done

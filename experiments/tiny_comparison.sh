@@ -33,13 +33,14 @@ else
   [[ -f data/$data/meta.json ]] || python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --name $data --vocab_size 512
 fi
 
-train() {  # config, out_dir: continue an earlier run of the same job instead of starting over
-  local resume=()
-  [[ -f $2/ckpt.pt ]] && resume=(--init_from=resume)
-  python train.py "$1" --data_dir=$data --out_dir="$2" "${sizing[@]}" "${resume[@]}"
+train() {  # out_dir, config files: continue an earlier run of the same job instead of starting over
+  local out=$1 resume=()
+  shift
+  [[ -f $out/ckpt.pt ]] && resume=(--init_from=resume)
+  python train.py "$@" --data_dir=$data --out_dir="$out" "${sizing[@]}" "${resume[@]}"
 }
-train config/train_europarl_tiny.py out/tiny_${data}_backpack
-train config/train_europarl_tiny_transformer.py out/tiny_${data}_transformer
+train out/tiny_${data}_backpack config/train_sample_tiny.py
+train out/tiny_${data}_transformer config/train_sample_tiny.py config/train_sample_tiny_transformer.py
 
 python compare_models.py --backpack_dir out/tiny_${data}_backpack --transformer_dir out/tiny_${data}_transformer \
   --device cpu --output_dir out/tiny_${data}_comparison

@@ -1,4 +1,5 @@
-"""configurator.py: a config file with an error is one line naming the file and the line."""
+"""backpacks/cli.py, train.py's settings: config files in order, each overriding the ones before it, then
+--key=value; a config file with an error is one line naming the file and the line."""
 import pytest
 
 import train
@@ -17,3 +18,14 @@ def test_config_file_errors_name_file_and_line(tmp_path, text, expected):
         train.parse_args([str(path)])
     message = str(e.value)
     assert message.startswith("error: ") and str(path) in message and expected in message and '\n' not in message
+
+
+def test_a_later_config_file_overrides_an_earlier_one_and_the_command_line_both(tmp_path):
+    """An overlay (config/adapt_lm_only.py after config/adapt_sensia_tiny.py, say) changes what it assigns
+    and keeps the rest."""
+    base, overlay = tmp_path / 'base.py', tmp_path / 'overlay.py'
+    base.write_text("out_dir = 'out-base'\nmax_iters = 10\nn_senses = 4\n")
+    overlay.write_text("out_dir = 'out-overlay'\nn_senses = 16\n")
+    assert train.parse_args([str(base), str(overlay)]) == {'out_dir': 'out-overlay', 'max_iters': 10, 'n_senses': 16}
+    assert train.parse_args([str(overlay), str(base), '--max_iters=3']) == {'out_dir': 'out-base', 'max_iters': 3,
+                                                                           'n_senses': 4}

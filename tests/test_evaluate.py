@@ -287,9 +287,9 @@ def test_reuse_only_results_of_the_same_checkpoint_and_settings(tiny_runs, tmp_p
     save_checkpoint(ckpt, run_dir / "best.pt")
     assert sources("--loss_batches", "3") == ["evaluated", "reused"]
     assert "computed from another best.pt" in capsys.readouterr().err
-    del results["computed"]  # results.json of an older evaluate.py
+    del results["computed"]  # no per-task records: nothing to reuse
     (run_dir / "eval" / "results.json").write_text(json.dumps(results))
-    assert sources()[0] == "evaluated" and "an older evaluate.py" in capsys.readouterr().err
+    assert sources()[0] == "evaluated" and "does not record its tasks' checkpoint" in capsys.readouterr().err
 
 
 def test_comparison_marks_overlapping_intervals_and_says_what_is_matched():

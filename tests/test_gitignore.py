@@ -54,6 +54,6 @@ def test_every_run_folder_is_ignored(repo_root):
 def test_prepared_data_and_checkpoints_are_ignored_and_the_sources_are_not(repo_root):
     for path in ("data/europarl_en_fr/train.bin", "data/sample/meta.json", "elsewhere/run/best.pt", "wandb/run-1/files"):
         assert ignored(repo_root, path), path
-    for path in ("train.py", "config/train_europarl_tiny.py", "data/europarl/prepare.py",
+    for path in ("train.py", "config/train_sample_tiny.py", "data/europarl/prepare.py",
                  "data/europarl/sample/parliament.en", "experiments/gpu_check.sh", "tests/test_gitignore.py"):
         assert not ignored(repo_root, path), path

@@ -157,8 +157,8 @@ def test_every_code_cell_compiles(nb):
     ("prepare", "python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament "
                 "--name sample --vocab_size 512"),
     ("prepare from the hub", "python -m data.europarl.prepare --source europarl"),
-    ("train Backpack", "python train.py config/train_europarl_tiny.py"),
-    ("train Transformer", "python train.py config/train_europarl_tiny_transformer.py"),
+    ("train Backpack", "python train.py config/train_sample_tiny.py"),
+    ("train Transformer", "python train.py config/train_sample_tiny.py config/train_sample_tiny_transformer.py"),
     ("plot", "training_log.json"),
     ("plot", "plt."),
     ("evaluate", "python evaluate.py"),
@@ -281,7 +281,8 @@ PROSE_SETTINGS = {"n_layer": r"(\d+) layers", "n_head": r"(\d+) heads", "n_embd"
 def test_prose_numbers_come_from_the_configs(nb):
     """Every setting the markdown mentions is the value both tiny configs set (n_senses: the Backpack's)."""
     import train
-    configs = [train.parse_args(["--config", name]) for name in ("train_europarl_tiny", "train_europarl_tiny_transformer")]
+    configs = [train.parse_args(["config/train_sample_tiny.py", *overlay]) for overlay in
+               ([], ["config/train_sample_tiny_transformer.py"])]
     prose = "\n".join(cell.source for cell in tiny_section(nb).cells if cell.cell_type == "markdown")
     checked = set()
     for key, pattern in PROSE_SETTINGS.items():
@@ -291,7 +292,7 @@ def test_prose_numbers_come_from_the_configs(nb):
             assert expected == {value}, f"the notebook says {match.group(0)!r}; the configs have {key}={expected}"
             checked.add(key)
     assert checked == set(PROSE_SETTINGS)  # the training step states every one of them
-    assert any("runpy.run_path(path)" in source and "config/train_europarl_tiny.py" in source for source in code_cells(nb))
+    assert any("runpy.run_path(path)" in source and "config/train_sample_tiny_transformer.py" in source for source in code_cells(nb))
 
 
 # ----------------------------------------------------------------------------- the GPU section
@@ -350,7 +351,7 @@ def test_without_gpu_or_hub_it_says_so_and_trains_on_the_sample(nb):
     assert "FINETUNE = GPU and HUB" in cell
     fallback = gpu_train_settings(nb)["fallback"]
     import train
-    assert fallback == {**train.DEFAULTS, **train.parse_args(["config/train_europarl_tiny.py", "--dtype=auto",
+    assert fallback == {**train.DEFAULTS, **train.parse_args(["config/train_sample_tiny.py", "--dtype=auto",
                         f"--data_dir={fallback['data_dir']}", f"--out_dir={fallback['out_dir']}"])}
     local = [argv for script, argv in python_commands(gpu_section(nb))
              if script == "data/europarl/prepare.py" and option(argv, "source") == "local"]

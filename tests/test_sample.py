@@ -1,4 +1,5 @@
-"""sample.py end to end on a tiny checkpoint saved with the spec's keys, on the sample dataset."""
+"""sample.py end to end on a tiny checkpoint saved as train.py saves one (conftest.py's make_checkpoint), on the
+sample dataset."""
 import json
 import os
 import shutil

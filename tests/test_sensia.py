@@ -234,15 +234,16 @@ def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpo
 
 @pytest.mark.parametrize('size', ['tiny', 'backpack_small'])
 def test_controls_differ_from_sensia_only_in_their_objective(size):
-    """The configs are standalone (nanoGPT style), so this keeps the controls from drifting: same data,
-    steps, schedule and optimiser as SENSIA; only the loss terms (and, for MCL, what is pooled) differ."""
-    sensia_cfg = train.parse_args(['--config', f'adapt_sensia_{size}'])
+    """The controls are overlays given after a SENSIA config: same data, steps, schedule and optimiser as
+    SENSIA; only the loss terms (and, for MCL, what is pooled and frozen) and the run folder differ."""
+    sensia_cfg = train.parse_args([f'config/adapt_sensia_{size}.py'])
     allowed = {'lm_only': {'out_dir', 'sensia_losses'},
                'mcl': {'out_dir', 'sensia_losses', 'sensia_context', 'sensia_freeze'}}
     for control, keys in allowed.items():
-        other = train.parse_args(['--config', f'adapt_{control}_{size}'])
+        other = train.parse_args([f'config/adapt_sensia_{size}.py', f'config/adapt_{control}.py'])
         differing = {k for k in set(sensia_cfg) | set(other) if sensia_cfg.get(k) != other.get(k)}
         assert differing == keys, (control, differing)
+        assert other['out_dir'] != sensia_cfg['out_dir']  # without --out_dir, never into the SENSIA run
 
 
 def sensia_run_saved_by_two_processes(data, out):

@@ -92,26 +92,29 @@ def test_config_files_then_overrides(repo_root):
     assert by_name['max_iters'] == 7 and by_name['n_senses'] == 16 and by_name['learning_rate'] == 3e-4
     finetune = train.parse_args(['--config=train_europarl_finetune.py'])
     assert finetune['init_from'] == 'backpack-gpt2' and finetune['learning_rate'] == 1e-5
-    assert train.parse_args(['--config', 'train_europarl_transformer_baseline'])['model_type'] == 'transformer'
+    transformer = train.parse_args(['--config', 'train_europarl_scratch', '--config', 'train_europarl_transformer_baseline'])
+    assert transformer['model_type'] == 'transformer' and transformer['n_layer'] == 6  # the later file wins
 
 
 @pytest.mark.parametrize('backpack, transformer', [
-    ('train_europarl_scratch', 'train_europarl_transformer_baseline'),
-    ('train_europarl_tiny', 'train_europarl_tiny_transformer')])
+    (['config/train_europarl_scratch.py'], ['config/train_europarl_scratch.py', 'config/train_europarl_transformer_baseline.py']),
+    (['config/train_sample_tiny.py'], ['config/train_sample_tiny.py', 'config/train_sample_tiny_transformer.py'])])
 def test_matched_configs_differ_only_in_the_model(backpack, transformer):
-    """The Backpack-vs-Transformer comparison is fair only while the pair shares every other setting."""
-    b, t = train.parse_args(['--config', backpack]), train.parse_args(['--config', transformer])
+    """The Backpack-vs-Transformer comparison is fair only while the pair shares every other setting: each
+    Transformer config is an overlay given after its Backpack's."""
+    b, t = ({**train.DEFAULTS, **train.parse_args(argv)} for argv in (backpack, transformer))
     assert (b['model_type'], t['model_type']) == ('backpack', 'transformer')
     differing = {k for k in b.keys() | t.keys() if b.get(k) != t.get(k)}
     assert differing <= {'model_type', 'out_dir', 'n_senses'}, differing
+    assert t['n_senses'] == train.DEFAULTS['n_senses']  # a Transformer has no senses: its settings keep the default
 
 
 def test_parameter_matched_transformer_config():
     """The size-matched baseline differs from the backbone-matched one only in width, and its total
     parameter count is within 3% of the tiny Backpack's (vocabulary 512: the sample corpus's BPE)."""
     from model import ModelConfig, build_model
-    b, t, m = (train.parse_args(['--config', name]) for name in
-               ('train_europarl_tiny', 'train_europarl_tiny_transformer', 'train_europarl_tiny_transformer_matched'))
+    b, t, m = (train.parse_args(['config/train_sample_tiny.py', *overlay]) for overlay in
+               ([], ['config/train_sample_tiny_transformer.py'], ['config/train_sample_tiny_transformer_matched.py']))
     assert {k for k in t if t[k] != m[k]} == {'out_dir', 'n_embd'} and m['n_embd'] > t['n_embd']
 
     def total(cfg):
@@ -121,6 +124,7 @@ def test_parameter_matched_transformer_config():
             return build_model(cfg['model_type'], config).num_params(non_embedding=False)
     assert abs(total(m) / total(b) - 1) < 0.03
     assert total(t) / total(b) < 0.7  # the backbone-matched baseline is much smaller
+    assert (total(b), total(t), total(m)) == (1_369_472, 875_264, 1_339_840)  # as docs/evaluation.md states them
 
 
 @pytest.mark.parametrize('argv, expected', [

@@ -9,14 +9,11 @@ interpolation and length term as in the SENSIA evaluation):
     s = (LL(A|C) - (1 - lambda) LL(A|empty)) / |A|^alpha     --mc_length exponent (default)
     s = LL(A|C) - (1 - lambda) LL(A|empty) + beta |A|         --mc_length additive
 lambda = 1 is conditional scoring, lambda = 0 is PMI. The options of an example differ only in
-the option word (" Yes, " / " No, " ...) before the shared second sentence. Deliberate
-differences from the SENSIA authors' run_eval.py (jcblaisecruz02/sensia): their PMI "prior"
-re-scores the answer inside the same full sequence (lines 362-374); here the prior is a separate
-sequence without the first sentence, as in Holtzman et al.'s domain-conditional PMI, and lambda
-weighs the two terms as written above (theirs: s_cond - lambda s_prior, the prior always divided by
-|A|). Their length term is the exponent alone (_normalize, lines 77-80: --length_alpha, or 1 with
---use_mean_nll). The paper adds a length term instead: --mc_length additive, here a per-token bonus
-beta |A| (the authors' code has no additive form to follow).
+the option word (" Yes, " / " No, " ...) before the shared second sentence. The prior is a separate
+sequence without the first sentence, as in Holtzman et al.'s domain-conditional PMI, and lambda weighs
+the two terms as written above; the SENSIA authors' code re-scores the answer inside the full sequence
+and has the exponent length term alone, the paper an additive one: --mc_length additive, here a
+per-token bonus beta |A| (see docs/sensia.md, differences from the authors' code).
 
 Tuning without leakage: each labelled dev set is split by a seeded shuffle of its line numbers
 into a tuning half and a reporting half; (lambda, alpha or beta) is chosen on the tuning half and the

@@ -26,13 +26,12 @@ def headline_metrics(results, with_intervals=False):
     for kind, count in results.get("run", {}).get("params", {}).items():
         rows[f"parameters ({kind.replace('_', '-')})"] = count
     loss = results.get("loss", {})
-    split = loss.get("split", "val")  # results of an older evaluate.py hold the val loss
     for lang in ("all", "en", "fr"):
         if lang in loss:
-            rows[f"{split} loss ({lang})"] = loss[lang]["loss"]
-            intervals[f"{split} loss ({lang})"] = loss[lang].get("ci95")
+            rows[f"{loss['split']} loss ({lang})"] = loss[lang]["loss"]
+            intervals[f"{loss['split']} loss ({lang})"] = loss[lang].get("ci95")
     if "all" in loss:
-        rows[f"{split} perplexity"] = loss["all"]["perplexity"]
+        rows[f"{loss['split']} perplexity"] = loss["all"]["perplexity"]
     translation = results.get("translation", {})
     for direction in ("en-fr", "fr-en"):
         for decoding, entry in translation.get(direction, {}).items():
@@ -91,7 +90,7 @@ def multiple_choice_section(results):
         section = results.get(task, {})
         if "scoring" not in section:
             continue
-        parameter = LENGTH_TERMS[section.get("length_term", "exponent")].parameter  # older results: exponent
+        parameter = LENGTH_TERMS[section["length_term"]].parameter
         out += [f"## Multiple choice: {task}", "", f"Scoring `{section['scoring']}`, lambda and {parameter} tuned "
                 f"on the tuning half, accuracy ({section['interval']} interval) on the reporting half.", ""]
         rows = []

@@ -3,7 +3,7 @@
 Each task's section comes with a record under "computed" (the checkpoint path, sha256 and
 iteration, the evaluation settings, the resources it read, the time). A new evaluation of some
 tasks (--tasks) replaces those tasks and keeps the others. A file whose tasks were computed from
-another checkpoint (or that records no checkpoint per task: an older evaluate.py, or not JSON) is
+another checkpoint (or that records no checkpoint per task, or is not JSON) is
 never mixed with the new results: it is moved aside to results.iterN-SHA.json (and its report.md
 beside it), and the new results start a fresh file.
 """
@@ -50,7 +50,7 @@ def foreign(existing, checkpoint_sha256):
         return existing
     computed = existing.get("computed")
     if not isinstance(computed, dict) or not all(isinstance(r, dict) for r in computed.values()):
-        return "it records no checkpoint per task (written by an older evaluate.py)"
+        return "it records no checkpoint per task"
     others = {r.get("checkpoint_sha256") for r in computed.values()} - {checkpoint_sha256}
     if others:
         iters = sorted({str(r.get("iter_num")) for r in computed.values() if r.get("checkpoint_sha256") in others})

@@ -16,11 +16,9 @@
               through the model's contributions_fn hook
   pairs:      recall@1 both ways of z_sns and z_ctx, French sense entropy and perplexity on test pairs
 
-Differences from the authors' inspector (jcblaisecruz02/sensia utils/inspector.py): they take the senses
-of aligned words in context (word alignments of parallel sentences, lines 359-372); the issue asks for
-context-free dictionary pairs. Their Procrustes mixture weights are neither of the two forms here:
-softmax_l(sum_p h_p . C_p[l] / sense_pool_temp), the backbone's final hidden state h at the word's pieces
-p dotted with each sense, in the sentence (_sense_weights_from_context, lines 81-92, used at 336-348).
+The words are context-free dictionary pairs, each read alone; the authors' code takes aligned words of
+parallel sentences in context and weighs the senses with the backbone's hidden states (see docs/sensia.md,
+differences from the authors' code).
 """
 import numpy as np
 import torch

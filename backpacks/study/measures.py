@@ -50,7 +50,7 @@ class Measure:
 
 
 def optional(read, entry):
-    """read(entry), or None where entry lacks it (also results of an older evaluate.py)."""
+    """read(entry), or None where entry lacks it (a skipped task, a representation the model does not have)."""
     try:
         return read(entry)
     except (KeyError, TypeError, IndexError):

@@ -2,7 +2,9 @@
 # and ends with a val loss well below the unigram entropy of the data (printed at start).
 # Prepare the data once (a 512-token BPE: the default vocabulary is too large for 450 pairs):
 #   python -m data.europarl.prepare --source local --corpus data/europarl/sample/parliament --name sample --vocab_size 512
-# then: python train.py config/train_europarl_tiny.py
+# then: python train.py config/train_sample_tiny.py
+# Its Transformer baselines are overlays given after it: config/train_sample_tiny_transformer.py (the same
+# backbone) and config/train_sample_tiny_transformer_matched.py (as many parameters).
 out_dir = 'out-europarl-tiny'
 data_dir = 'sample'
 model_type = 'backpack'
