@@ -232,7 +232,7 @@ def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpo
         train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={other}', f'--out_dir={tmp_path / "o"}'])
 
 
-@pytest.mark.parametrize('size', ['tiny', 'backpack_small'])
+@pytest.mark.parametrize('size', ['tiny', 'backpack_gpt2'])
 def test_controls_differ_from_sensia_only_in_their_objective(size):
     """The controls are overlays given after a SENSIA config: same data, steps, schedule and optimiser as
     SENSIA; only the loss terms (and, for MCL, what is pooled and frozen) and the run folder differ."""

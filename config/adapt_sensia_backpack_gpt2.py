@@ -1,11 +1,11 @@
 # SENSIA on a GPU from the published English Backpack (stanfordnlp/backpack-gpt2, 124M), on Europarl pairs
 # prepared with its tokenizer:
 #   python -m data.europarl.prepare --tokenizer gpt2 --name europarl_en_fr_gpt2
-#   python train.py config/adapt_sensia_backpack_small.py        (torchrun for several GPUs: negatives span them)
+#   python train.py config/adapt_sensia_backpack_gpt2.py        (torchrun for several GPUs: negatives span them)
 # The controls are overlays given after it (config/adapt_lm_only.py, config/adapt_mcl.py).
 # Optimisation follows the authors' defaults (lr 5e-5, 32 pairs, 10% warmup, 40k steps); where the other
 # SENSIA settings differ from their code's defaults: see docs/sensia.md.
-out_dir = 'out-sensia-backpack-small'
+out_dir = 'out-sensia-backpack-gpt2'
 data_dir = 'europarl_en_fr_gpt2'
 init_from = 'backpack-gpt2'
 objective = 'sensia'
