@@ -149,7 +149,7 @@ class GPT2Backbone(nn.Module):
 
 class Cache:
     """What incremental decoding keeps of past tokens: each layer's keys and values and, for the
-    Backpack, the sense-weight keys (B,k,T,d/k) and the sense vectors (B,k,T,d)."""
+    Backpack, the sense-weight keys (B,k,T,d/k) and the sense vectors (B,T,k,d)."""
 
     def __init__(self):
         self.layers, self.new_layers = [], []
@@ -290,11 +290,19 @@ class LanguageModel(nn.Module):
         """Weights used in a matmul per token: all but the position table (the token table is the LM head)."""
         return self.num_params(non_embedding=False) - self.backbone.wpe.weight.numel()
 
-    def flops_per_token(self, seq_len=None):
+    def _token_only_params(self):
+        """Parameters of what reads the token alone, so runs once per distinct token of a batch."""
+        return 0
+
+    def flops_per_token(self, seq_len=None, distinct_share=1.0):
         """Training (forward + backward = 3 x forward) FLOPs per token, PaLM/nanoGPT convention:
-        6 per matmul weight, plus the attention products counted over the full sequence."""
+        6 per matmul weight, plus the attention products counted over the full sequence. What reads
+        the token alone (the Backpack's sense network) runs once per distinct token: distinct_share,
+        the distinct tokens' share of a batch, counts what is computed; 1.0, every position, is the
+        count of the papers."""
         cfg, T = self.config, seq_len or self.config.block_size
-        return 6 * self._matmul_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        per_position = self._matmul_params() - (1 - distinct_share) * self._token_only_params()
+        return 6 * per_position + 12 * cfg.n_layer * cfg.n_embd * T
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW, decaying only matrices (weights, embeddings), fused on CUDA and CPU when available
@@ -348,14 +356,12 @@ class SenseNetwork(nn.Module):
         self.final_mlp = MLP(d, config.sense_intermediate_scale * d, config.n_senses * d, config)
 
     def forward(self, embeddings):
-        """(B,T,d) token embeddings -> (B,k,T,d) sense vectors."""
+        """(..., d) token embeddings -> (..., k, d) sense vectors."""
         r = self.dropout(embeddings)
         h = self.ln(r)
         r = self.block.dropout(h) + r
         r = self.block.mlp(self.block.ln_1(r)) + r
-        senses = self.final_mlp(self.block.ln_2(r))
-        B, T, _ = senses.shape
-        return senses.view(B, T, self.n_senses, -1).transpose(1, 2)
+        return self.final_mlp(self.block.ln_2(r)).unflatten(-1, (self.n_senses, -1))
 
 
 FUSED_SDPA_DEVICES = ('cuda',)  # device types whose SDPA has fused kernels: attention padded for them, mixing in SDPA
@@ -396,6 +402,11 @@ def product_mixing(q, k, senses, attn_mask):
             @ senses.transpose(1, 2).reshape(B, T_k * n_senses, -1))
 
 
+# distinct share of a batch's tokens up to which the sense network runs once per distinct token: above it
+# the gather and its backward cost more than the positions saved (random ids, 94% distinct: 5% slower)
+GATHER_PAYS_UP_TO = 0.9
+
+
 class BackpackLM(LanguageModel):
     """Backpack: logits = E o, o_i = sum_l sum_j alpha[l,i,j] C(x_j)[l].
 
@@ -429,14 +440,37 @@ class BackpackLM(LanguageModel):
         if self.sense_input is None:
             self.sense_input = self.backbone.wte.weight.detach().clone()
 
-    def senses(self, idx):
-        """(B,T) ids -> (B,k,T,d) sense vectors, from E or its frozen copy."""
-        table = self.backbone.wte.weight if self.sense_input is None else self.sense_input
-        return self.sense_network(F.embedding(idx, table))
-
     def sense_vectors(self, token_ids):
-        """(N,) token ids -> (N, k, d) sense vectors."""
-        return self.senses(token_ids[None])[0].transpose(0, 1)
+        """(...) token ids -> (..., k, d) sense vectors, from E or its frozen copy."""
+        table = self.backbone.wte.weight if self.sense_input is None else self.sense_input
+        return self.sense_network(F.embedding(token_ids, table))
+
+    def senses(self, idx):
+        """(B,T) ids -> (B,k,T,d) sense vectors: a view of the (B,T,k,d) layout the CPU mixing reads.
+        Computed once per distinct token of the batch and gathered back to the positions where that
+        pays (see _distinct_tokens): exact, the same vectors, their gradients summed over a token's
+        positions by the gather's backward."""
+        distinct = self._distinct_tokens(idx)
+        if distinct is None:
+            return self.sense_vectors(idx).transpose(1, 2)
+        ids, position_of = distinct
+        per_token = self.sense_vectors(ids)  # (U,k,d)
+        return F.embedding(position_of, per_token.flatten(1)).unflatten(-1, per_token.shape[1:]).transpose(1, 2)
+
+    def _distinct_tokens(self, idx):
+        """(distinct ids, each position's index among them), or None where the sense network runs per
+        position: with dropout in training, since each position then draws its own masks inside the
+        sense network (the paper's noise; one mask per token would be another), and where the batch
+        repeats too few tokens for the saving to pay for the gather (docs/performance.md)."""
+        if self.training and self.config.dropout > 0:
+            return None
+        ids, position_of = torch.unique(idx, return_inverse=True)
+        return (ids, position_of) if ids.numel() <= GATHER_PAYS_UP_TO * idx.numel() else None
+
+    def sense_share(self, idx):
+        """The share of idx's positions the sense network runs on (flops_per_token's distinct_share)."""
+        distinct = self._distinct_tokens(idx)
+        return 1.0 if distinct is None else distinct[0].numel() / idx.numel()
 
     def _sense_queries_keys(self, hidden):
         B, T, d = hidden.shape
@@ -448,10 +482,10 @@ class BackpackLM(LanguageModel):
         senses = self.senses(idx)
         q, k = self._sense_queries_keys(self.backbone(idx, positions, attn_mask, cache))
         if cache is not None:
-            if cache.senses is not None:
-                senses = torch.cat([cache.senses, senses], dim=2)
+            if cache.senses is not None:  # appended in (B,T,k,d), the layout the CPU mixing reads
+                senses = torch.cat([cache.senses, senses.transpose(1, 2)], dim=1).transpose(1, 2)
                 k = torch.cat([cache.sense_keys, k], dim=2)
-            cache.senses, cache.sense_keys = senses, k
+            cache.senses, cache.sense_keys = senses.transpose(1, 2), k
         return senses, q, k
 
     @staticmethod
@@ -492,12 +526,14 @@ class BackpackLM(LanguageModel):
         senses, q, k = self._senses_and_weights(idx, positions, None, None)
         return self._mix(q, k, senses, None)
 
-    def flops_per_token(self, seq_len=None):
+    def _token_only_params(self):
+        return sum(p.numel() for p in self.sense_network.parameters())
+
+    def flops_per_token(self, seq_len=None, distinct_share=1.0):
         # + sense scores (2 T d) and sense mixing (2 k T d) per token, forward, times 3 for training
         cfg, T = self.config, seq_len or self.config.block_size
-        attention = 12 * cfg.n_layer * cfg.n_embd * T
         mixing = 3 * (2 * T * cfg.n_embd + 2 * cfg.n_senses * T * cfg.n_embd)
-        return 6 * self._matmul_params() + attention + mixing
+        return super().flops_per_token(T, distinct_share) + mixing
 
     # ------------------------------------------------------------------ Hugging Face backpack-gpt2 format
 
