@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from backpacks.atomic import atomic_write, atomic_write_text
 
@@ -135,14 +136,15 @@ class GPT2Backbone(nn.Module):
     def forward(self, idx, positions, attn_mask=None, cache=None, embeddings_fn=None):
         """embeddings_fn: optional edit of the token embeddings (B,T,d) before positions are added
         (the input side only: the tied LM head keeps E)."""
-        tokens = self.wte(idx)
-        x = self.drop((embeddings_fn(tokens) if embeddings_fn is not None else tokens) + self.wpe(positions))
-        for i, block in enumerate(self.h):
-            past = cache.layers[i] if cache is not None and cache.layers else None
-            x, present = block(x, attn_mask, past)
-            if cache is not None:
-                cache.new_layers.append(present)
-        return self.ln_f(x)
+        with record_function('backbone'):
+            tokens = self.wte(idx)
+            x = self.drop((embeddings_fn(tokens) if embeddings_fn is not None else tokens) + self.wpe(positions))
+            for i, block in enumerate(self.h):
+                past = cache.layers[i] if cache is not None and cache.layers else None
+                x, present = block(x, attn_mask, past)
+                if cache is not None:
+                    cache.new_layers.append(present)
+            return self.ln_f(x)
 
 
 # ----------------------------------------------------------------------------- incremental decoding
@@ -195,6 +197,9 @@ def _positions_and_mask(idx, past_length, attention_mask):
 
 # ----------------------------------------------------------------------------- language models
 
+PIECES = ('backbone', 'sense network', 'mixing', 'head and loss')  # the record_function ranges of forward
+
+
 class LanguageModel(nn.Module):
     """What both models share: the backbone, tied LM head, loss, generation, optimizer, FLOPs."""
     model_type = None
@@ -223,17 +228,21 @@ class LanguageModel(nn.Module):
         if total > self.config.block_size:
             raise ValueError(f"sequence of {total} tokens is longer than block_size {self.config.block_size}")
 
-    def _logits(self, idx, positions, attn_mask, cache, **edits):
+    def _states(self, idx, positions, attn_mask, cache, **edits):
+        """(B,T,d): what the tied LM head turns into logits."""
         raise NotImplementedError
 
     def forward(self, idx, targets=None, **edits):
-        """logits (B,T,V) for every position, and the mean cross-entropy over targets != -1 (or None)."""
+        """logits (B,T,V) for every position, and the mean cross-entropy over targets != -1 (or None).
+        Its pieces run in record_function ranges named as in PIECES, which bench.py times."""
         self._check_length(idx.shape[1])
         positions, mask = _positions_and_mask(idx, 0, None)
-        logits = self._logits(idx, positions, mask, None, **edits)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        states = self._states(idx, positions, mask, None, **edits)
+        with record_function('head and loss'):
+            logits = states @ self.token_embeddings.t()
+            if targets is None:
+                return logits, None
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
@@ -244,7 +253,7 @@ class LanguageModel(nn.Module):
         cache = cache if cache is not None else Cache()
         self._check_length(cache.length + idx.shape[1])
         positions, mask = _positions_and_mask(idx, cache.length, attention_mask)
-        logits = self._logits(idx, positions, mask, cache, **edits)
+        logits = self._states(idx, positions, mask, cache, **edits) @ self.token_embeddings.t()
         cache.commit()
         return logits, cache
 
@@ -335,8 +344,8 @@ class StandardTransformerLM(LanguageModel):
         super().__init__(config)
         self._init_weights()
 
-    def _logits(self, idx, positions, attn_mask, cache, embeddings_fn=None):
-        return self.backbone(idx, positions, attn_mask, cache, embeddings_fn) @ self.token_embeddings.t()
+    def _states(self, idx, positions, attn_mask, cache, embeddings_fn=None):
+        return self.backbone(idx, positions, attn_mask, cache, embeddings_fn)
 
 
 class SenseNetwork(nn.Module):
@@ -450,12 +459,13 @@ class BackpackLM(LanguageModel):
         Computed once per distinct token of the batch and gathered back to the positions where that
         pays (see _distinct_tokens): exact, the same vectors, their gradients summed over a token's
         positions by the gather's backward."""
-        distinct = self._distinct_tokens(idx)
-        if distinct is None:
-            return self.sense_vectors(idx).transpose(1, 2)
-        ids, position_of = distinct
-        per_token = self.sense_vectors(ids)  # (U,k,d)
-        return F.embedding(position_of, per_token.flatten(1)).unflatten(-1, per_token.shape[1:]).transpose(1, 2)
+        with record_function('sense network'):
+            distinct = self._distinct_tokens(idx)
+            if distinct is None:
+                return self.sense_vectors(idx).transpose(1, 2)
+            ids, position_of = distinct
+            per_token = self.sense_vectors(ids)  # (U,k,d)
+            return F.embedding(position_of, per_token.flatten(1)).unflatten(-1, per_token.shape[1:]).transpose(1, 2)
 
     def _distinct_tokens(self, idx):
         """(distinct ids, each position's index among them), or None where the sense network runs per
@@ -474,8 +484,9 @@ class BackpackLM(LanguageModel):
 
     def _sense_queries_keys(self, hidden):
         B, T, d = hidden.shape
-        qk = self.sense_weight_net.c_attn(hidden).view(B, T, 2, self.config.n_senses, d // self.config.n_senses)
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B,k,T,d/k) each
+        with record_function('mixing'):
+            qk = self.sense_weight_net.c_attn(hidden).view(B, T, 2, self.config.n_senses, d // self.config.n_senses)
+            return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B,k,T,d/k) each
 
     def _senses_and_weights(self, idx, positions, attn_mask, cache):
         """Sense vectors (B,k,T,d), and sense queries and keys (B,k,T,d/k) of all positions so far."""
@@ -497,19 +508,18 @@ class BackpackLM(LanguageModel):
             attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return scores.masked_fill(~attn_mask, float('-inf')).softmax(dim=-1)
 
-    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None, contributions_fn=None):
+    def _states(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None, contributions_fn=None):
         senses, q, k = self._senses_and_weights(idx, positions, attn_mask, cache)
         if senses_fn is not None:
             senses = senses_fn(senses)
-        if self.fast_mixing and alpha_fn is None and contributions_fn is None:
-            mixed = self._mix(q, k, senses, attn_mask)
-        else:
+        with record_function('mixing'):
+            if self.fast_mixing and alpha_fn is None and contributions_fn is None:
+                return self._mix(q, k, senses, attn_mask)
             alpha = self._alpha(q, k, attn_mask)
             contributions = (alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses  # P (B,k,T,d)
             if contributions_fn is not None:
                 contributions = contributions_fn(contributions)
-            mixed = contributions.sum(dim=1)
-        return mixed @ self.token_embeddings.t()
+            return contributions.sum(dim=1)
 
     def _mix(self, q, k, senses, attn_mask):
         """o (B,T,d) = sum_l alpha_l C_l, without the per-sense (B,k,T,d) products the reference sums."""
