@@ -13,25 +13,35 @@ hardware.CUDA_PEAKS also the datasheet peak), and one with the Backpack/Transfor
     python bench.py --n_layer=4 --n_head=4 --n_embd=128 --n_senses=4 --block_size=128 --vocab_size=512 \
         --batch_size=16 --dropout=0.2                # the main job's tiny configs
     python bench.py --profile --top=25           # where a step's time goes, operator by operator
+    python bench.py --data_dir=/tmp/speed_data/sample   # batches of real text instead of random ids
+
+Each model's line also gives split_ms, its step split into the forward's pieces (model.PIECES: backbone,
+sense network, mixing, head and loss; each with its share of the backward pass), the optimizer, and other
+(gradient accumulation, masks): the shares of one profiled step, times step_ms. Random ids are nearly all
+distinct, so the Backpack's sense network runs at every position; real text repeats tokens (--data_dir),
+and distinct_share, the distinct tokens' share of the batches, then counts in its FLOPs (sense_share: the
+share of positions the sense network ran on; model.flops_per_token).
 
 With --profile, torch.profiler records --steps steps of each model (after the warm-up) and prints
 the operators with the largest share of self CPU time instead of the throughput lines.
 """
 import argparse
 import json
+import statistics
 import multiprocessing
 import resource
 import time
 from contextlib import nullcontext
 
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
+from backpacks.dataset import BatchSampler, load_meta, resolve_data_dir
 from backpacks.devices import resolve_device
 from backpacks.cli import fail
 from backpacks.devices import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
                                 matmul_flops, resolve_dtype, synchronize, use_tensor_cores_for_float32)
-from model import ModelConfig, build_model
+from model import PIECES, ModelConfig, build_model
 
 
 def add_shape_arguments(p):
@@ -46,9 +56,20 @@ def add_shape_arguments(p):
     p.add_argument('--dropout', type=float, default=0.0, help='as the configs set it (random masks cost time on a CPU)')
 
 
+def batches(args, device):
+    """A function returning the next (x, y): one fixed batch of random ids, or with args.data_dir
+    windows of the dataset's train split (the same ones for both models)."""
+    if getattr(args, 'data_dir', None):
+        sampler = BatchSampler(args.data_dir, seed=args.seed)
+        return lambda: sampler.get_batch('train', args.batch_size, args.block_size, device)
+    generator = torch.Generator().manual_seed(args.seed)  # the same batch for both models
+    x, y = torch.randint(0, args.vocab_size, (2, args.batch_size, args.block_size), generator=generator).to(device)
+    return lambda: (x, y)
+
+
 def training_step(model_type, args, device='cpu'):
     """(model, step): a fresh model of args' shape and a function running one forward + backward +
-    AdamW step on a fixed random batch under args.dtype's autocast."""
+    AdamW step on the next batch under args.dtype's autocast; it returns the batch's input ids."""
     config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                          n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses, dropout=args.dropout)
     model = build_model(model_type, config).to(device)
@@ -57,15 +78,17 @@ def training_step(model_type, args, device='cpu'):
     fast_model = torch.compile(model) if getattr(args, 'compile', False) else model
     autocast = (nullcontext() if args.dtype == 'float32' else
                 torch.autocast(device_type, dtype=getattr(torch, args.dtype)))
-    x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=device)
-    y = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size), device=device)
+    next_batch = batches(args, device)
 
     def step():
+        x, y = next_batch()
         with autocast:
             _, loss = fast_model(x, y)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        with record_function('optimizer'):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return x
     return model, step
 
 
@@ -83,7 +106,12 @@ def parse_args():
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--profile', action='store_true', help='list the operators that take the time instead')
     p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
+    p.add_argument('--data_dir', help='draw batches from this prepared dataset (its vocabulary must fit in --vocab_size)')
     args = p.parse_args()
+    if args.data_dir:
+        args.data_dir = str(resolve_data_dir(args.data_dir))
+        if load_meta(args.data_dir)['vocab_size'] > args.vocab_size:
+            fail(f"{args.data_dir}'s vocabulary is larger than --vocab_size={args.vocab_size}")
     args.device = resolve_device(args.device)
     if args.device.startswith('cuda'):
         use_tensor_cores_for_float32()  # as train.py: the float32 rates are TF32 ones
@@ -94,10 +122,41 @@ def parse_args():
     return args
 
 
+def piece_of(event):
+    """The PIECES range or 'optimizer' range that encloses a profiled forward event, or None."""
+    while event is not None and event.name not in (*PIECES, 'optimizer'):
+        event = event.cpu_parent
+    return event.name if event is not None else None
+
+
+def step_split(events):
+    """Milliseconds per piece of the profiled steps' top-level events: the ranges themselves, and each
+    backward function counted to the piece whose forward op shares its autograd sequence number."""
+    piece_of_sequence = {}
+    for e in events:
+        if e.sequence_nr >= 0 and not e.name.startswith('autograd::'):
+            piece_of_sequence.setdefault(e.sequence_nr, piece_of(e))
+    split = dict.fromkeys((*PIECES, 'optimizer', 'other'), 0.0)
+    for e in events:
+        if e.cpu_parent is None:
+            piece = e.name if e.name in split else piece_of_sequence.get(e.sequence_nr) or 'other'
+            split[piece] += e.cpu_time_total / 1e3
+    return split
+
+
+def profiled_split(train_step, step_ms, steps=2):
+    """split_ms: each piece's share of `steps` profiled steps, times the timed step's milliseconds."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step()
+    split = step_split(prof.events())
+    total = sum(split.values())
+    return {piece: round(step_ms * ms / total, 1) for piece, ms in split.items()}
+
+
 def bench_model(model_type, args):
     torch.manual_seed(args.seed)
     model, train_step = training_step(model_type, args, args.device)
-    flops_per_token = model.flops_per_token()
 
     for _ in range(args.warmup):
         train_step()
@@ -105,19 +164,24 @@ def bench_model(model_type, args):
         torch.cuda.reset_peak_memory_stats()
     synchronize(args.device)
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        train_step()
+    seen = [train_step() for _ in range(args.steps)]
     synchronize(args.device)
     seconds = (time.perf_counter() - t0) / args.steps
     tokens = args.batch_size * args.block_size
+    distinct_share = statistics.mean(x.unique().numel() / x.numel() for x in seen)
+    sense_share = statistics.mean(model.sense_share(x) for x in seen) if model_type == 'backpack' else 1.0
+    flops_per_token = model.flops_per_token(distinct_share=sense_share)
     result = {'model': model_type, 'params_M': round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
               'step_ms': round(1000 * seconds, 1), 'tokens_per_s': round(tokens / seconds),
               'flops_per_token_G': round(flops_per_token / 1e9, 6),
+              'flops_per_token_every_position_G': round(model.flops_per_token() / 1e9, 6),
+              'distinct_share': round(distinct_share, 3), 'sense_share': round(sense_share, 3),
               'achieved_GFLOPs': round(flops_per_token * tokens / seconds / 1e9, 3)}
     if args.device.startswith('cuda'):
         result['peak_memory_MB'] = round(torch.cuda.max_memory_allocated() / 2 ** 20)
     else:  # whole-process peak resident memory; each model runs in its own process so this is its own
         result['peak_rss_MB'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    result['split_ms'] = profiled_split(train_step, result['step_ms'])
     return result
 
 

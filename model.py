@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 
 @dataclass
@@ -132,21 +133,22 @@ class GPT2Backbone(nn.Module):
     def forward(self, idx, positions, attn_mask=None, cache=None, embeddings_fn=None):
         """embeddings_fn: optional edit of the token embeddings (B,T,d) before positions are added
         (the input side only: the tied LM head keeps E)."""
-        tokens = self.wte(idx)
-        x = self.drop((embeddings_fn(tokens) if embeddings_fn is not None else tokens) + self.wpe(positions))
-        for i, block in enumerate(self.h):
-            past = cache.layers[i] if cache is not None and cache.layers else None
-            x, present = block(x, attn_mask, past)
-            if cache is not None:
-                cache.new_layers.append(present)
-        return self.ln_f(x)
+        with record_function('backbone'):
+            tokens = self.wte(idx)
+            x = self.drop((embeddings_fn(tokens) if embeddings_fn is not None else tokens) + self.wpe(positions))
+            for i, block in enumerate(self.h):
+                past = cache.layers[i] if cache is not None and cache.layers else None
+                x, present = block(x, attn_mask, past)
+                if cache is not None:
+                    cache.new_layers.append(present)
+            return self.ln_f(x)
 
 
 # ----------------------------------------------------------------------------- incremental decoding
 
 class Cache:
     """What incremental decoding keeps of past tokens: each layer's keys and values and, for the
-    Backpack, the sense-weight keys (B,k,T,d/k) and the sense vectors (B,k,T,d)."""
+    Backpack, the sense-weight keys (B,k,T,d/k) and the sense vectors (B,T,k,d)."""
 
     def __init__(self):
         self.layers, self.new_layers = [], []
@@ -192,6 +194,9 @@ def _positions_and_mask(idx, past_length, attention_mask):
 
 # ----------------------------------------------------------------------------- language models
 
+PIECES = ('backbone', 'sense network', 'mixing', 'head and loss')  # the record_function ranges of forward
+
+
 class LanguageModel(nn.Module):
     """What both models share: the backbone, tied LM head, loss, generation, optimizer, FLOPs."""
     model_type = None
@@ -220,17 +225,21 @@ class LanguageModel(nn.Module):
         if total > self.config.block_size:
             raise ValueError(f"sequence of {total} tokens is longer than block_size {self.config.block_size}")
 
-    def _logits(self, idx, positions, attn_mask, cache, **edits):
+    def _states(self, idx, positions, attn_mask, cache, **edits):
+        """(B,T,d): what the tied LM head turns into logits."""
         raise NotImplementedError
 
     def forward(self, idx, targets=None, **edits):
-        """logits (B,T,V) for every position, and the mean cross-entropy over targets != -1 (or None)."""
+        """logits (B,T,V) for every position, and the mean cross-entropy over targets != -1 (or None).
+        Its pieces run in record_function ranges named as in PIECES, which bench.py times."""
         self._check_length(idx.shape[1])
         positions, mask = _positions_and_mask(idx, 0, None)
-        logits = self._logits(idx, positions, mask, None, **edits)
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        states = self._states(idx, positions, mask, None, **edits)
+        with record_function('head and loss'):
+            logits = states @ self.token_embeddings.t()
+            if targets is None:
+                return logits, None
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
@@ -241,7 +250,7 @@ class LanguageModel(nn.Module):
         cache = cache if cache is not None else Cache()
         self._check_length(cache.length + idx.shape[1])
         positions, mask = _positions_and_mask(idx, cache.length, attention_mask)
-        logits = self._logits(idx, positions, mask, cache, **edits)
+        logits = self._states(idx, positions, mask, cache, **edits) @ self.token_embeddings.t()
         cache.commit()
         return logits, cache
 
@@ -287,11 +296,19 @@ class LanguageModel(nn.Module):
         """Weights used in a matmul per token: all but the position table (the token table is the LM head)."""
         return self.num_params(non_embedding=False) - self.backbone.wpe.weight.numel()
 
-    def flops_per_token(self, seq_len=None):
+    def _token_only_params(self):
+        """Parameters of what reads the token alone, so runs once per distinct token of a batch."""
+        return 0
+
+    def flops_per_token(self, seq_len=None, distinct_share=1.0):
         """Training (forward + backward = 3 x forward) FLOPs per token, PaLM/nanoGPT convention:
-        6 per matmul weight, plus the attention products counted over the full sequence."""
+        6 per matmul weight, plus the attention products counted over the full sequence. What reads
+        the token alone (the Backpack's sense network) runs once per distinct token: distinct_share,
+        the distinct tokens' share of a batch, counts what is computed; 1.0, every position, is the
+        count of the papers."""
         cfg, T = self.config, seq_len or self.config.block_size
-        return 6 * self._matmul_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        per_position = self._matmul_params() - (1 - distinct_share) * self._token_only_params()
+        return 6 * per_position + 12 * cfg.n_layer * cfg.n_embd * T
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         """AdamW, decaying only matrices (weights, embeddings), fused on CUDA and CPU when available
@@ -326,8 +343,8 @@ class StandardTransformerLM(LanguageModel):
         super().__init__(config)
         self._init_weights()
 
-    def _logits(self, idx, positions, attn_mask, cache, embeddings_fn=None):
-        return self.backbone(idx, positions, attn_mask, cache, embeddings_fn) @ self.token_embeddings.t()
+    def _states(self, idx, positions, attn_mask, cache, embeddings_fn=None):
+        return self.backbone(idx, positions, attn_mask, cache, embeddings_fn)
 
 
 class SenseNetwork(nn.Module):
@@ -347,14 +364,12 @@ class SenseNetwork(nn.Module):
         self.final_mlp = MLP(d, config.sense_intermediate_scale * d, config.n_senses * d, config)
 
     def forward(self, embeddings):
-        """(B,T,d) token embeddings -> (B,k,T,d) sense vectors."""
+        """(..., d) token embeddings -> (..., k, d) sense vectors."""
         r = self.dropout(embeddings)
         h = self.ln(r)
         r = self.block.dropout(h) + r
         r = self.block.mlp(self.block.ln_1(r)) + r
-        senses = self.final_mlp(self.block.ln_2(r))
-        B, T, _ = senses.shape
-        return senses.view(B, T, self.n_senses, -1).transpose(1, 2)
+        return self.final_mlp(self.block.ln_2(r)).unflatten(-1, (self.n_senses, -1))
 
 
 FUSED_SDPA_DEVICES = ('cuda',)  # device types whose SDPA has fused kernels: attention padded for them, mixing in SDPA
@@ -395,6 +410,11 @@ def product_mixing(q, k, senses, attn_mask):
             @ senses.transpose(1, 2).reshape(B, T_k * n_senses, -1))
 
 
+# distinct share of a batch's tokens up to which the sense network runs once per distinct token: above it
+# the gather and its backward cost more than the positions saved (random ids, 94% distinct: 5% slower)
+GATHER_PAYS_UP_TO = 0.9
+
+
 class BackpackLM(LanguageModel):
     """Backpack: logits = E o, o_i = sum_l sum_j alpha[l,i,j] C(x_j)[l].
 
@@ -428,29 +448,54 @@ class BackpackLM(LanguageModel):
         if self.sense_input is None:
             self.sense_input = self.backbone.wte.weight.detach().clone()
 
-    def senses(self, idx):
-        """(B,T) ids -> (B,k,T,d) sense vectors, from E or its frozen copy."""
-        table = self.backbone.wte.weight if self.sense_input is None else self.sense_input
-        return self.sense_network(F.embedding(idx, table))
-
     def sense_vectors(self, token_ids):
-        """(N,) token ids -> (N, k, d) sense vectors."""
-        return self.senses(token_ids[None])[0].transpose(0, 1)
+        """(...) token ids -> (..., k, d) sense vectors, from E or its frozen copy."""
+        table = self.backbone.wte.weight if self.sense_input is None else self.sense_input
+        return self.sense_network(F.embedding(token_ids, table))
+
+    def senses(self, idx):
+        """(B,T) ids -> (B,k,T,d) sense vectors: a view of the (B,T,k,d) layout the CPU mixing reads.
+        Computed once per distinct token of the batch and gathered back to the positions where that
+        pays (see _distinct_tokens): exact, the same vectors, their gradients summed over a token's
+        positions by the gather's backward."""
+        with record_function('sense network'):
+            distinct = self._distinct_tokens(idx)
+            if distinct is None:
+                return self.sense_vectors(idx).transpose(1, 2)
+            ids, position_of = distinct
+            per_token = self.sense_vectors(ids)  # (U,k,d)
+            return F.embedding(position_of, per_token.flatten(1)).unflatten(-1, per_token.shape[1:]).transpose(1, 2)
+
+    def _distinct_tokens(self, idx):
+        """(distinct ids, each position's index among them), or None where the sense network runs per
+        position: with dropout in training, since each position then draws its own masks inside the
+        sense network (the paper's noise; one mask per token would be another), and where the batch
+        repeats too few tokens for the saving to pay for the gather (docs/performance.md)."""
+        if self.training and self.config.dropout > 0:
+            return None
+        ids, position_of = torch.unique(idx, return_inverse=True)
+        return (ids, position_of) if ids.numel() <= GATHER_PAYS_UP_TO * idx.numel() else None
+
+    def sense_share(self, idx):
+        """The share of idx's positions the sense network runs on (flops_per_token's distinct_share)."""
+        distinct = self._distinct_tokens(idx)
+        return 1.0 if distinct is None else distinct[0].numel() / idx.numel()
 
     def _sense_queries_keys(self, hidden):
         B, T, d = hidden.shape
-        qk = self.sense_weight_net.c_attn(hidden).view(B, T, 2, self.config.n_senses, d // self.config.n_senses)
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B,k,T,d/k) each
+        with record_function('mixing'):
+            qk = self.sense_weight_net.c_attn(hidden).view(B, T, 2, self.config.n_senses, d // self.config.n_senses)
+            return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B,k,T,d/k) each
 
     def _senses_and_weights(self, idx, positions, attn_mask, cache):
         """Sense vectors (B,k,T,d), and sense queries and keys (B,k,T,d/k) of all positions so far."""
         senses = self.senses(idx)
         q, k = self._sense_queries_keys(self.backbone(idx, positions, attn_mask, cache))
         if cache is not None:
-            if cache.senses is not None:
-                senses = torch.cat([cache.senses, senses], dim=2)
+            if cache.senses is not None:  # appended in (B,T,k,d), the layout the CPU mixing reads
+                senses = torch.cat([cache.senses, senses.transpose(1, 2)], dim=1).transpose(1, 2)
                 k = torch.cat([cache.sense_keys, k], dim=2)
-            cache.senses, cache.sense_keys = senses, k
+            cache.senses, cache.sense_keys = senses.transpose(1, 2), k
         return senses, q, k
 
     @staticmethod
@@ -462,19 +507,18 @@ class BackpackLM(LanguageModel):
             attn_mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
         return scores.masked_fill(~attn_mask, float('-inf')).softmax(dim=-1)
 
-    def _logits(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None, contributions_fn=None):
+    def _states(self, idx, positions, attn_mask, cache, senses_fn=None, alpha_fn=None, contributions_fn=None):
         senses, q, k = self._senses_and_weights(idx, positions, attn_mask, cache)
         if senses_fn is not None:
             senses = senses_fn(senses)
-        if self.fast_mixing and alpha_fn is None and contributions_fn is None:
-            mixed = self._mix(q, k, senses, attn_mask)
-        else:
+        with record_function('mixing'):
+            if self.fast_mixing and alpha_fn is None and contributions_fn is None:
+                return self._mix(q, k, senses, attn_mask)
             alpha = self._alpha(q, k, attn_mask)
             contributions = (alpha_fn(alpha) if alpha_fn is not None else alpha) @ senses  # P (B,k,T,d)
             if contributions_fn is not None:
                 contributions = contributions_fn(contributions)
-            mixed = contributions.sum(dim=1)
-        return mixed @ self.token_embeddings.t()
+            return contributions.sum(dim=1)
 
     def _mix(self, q, k, senses, attn_mask):
         """o (B,T,d) = sum_l alpha_l C_l, without the per-sense (B,k,T,d) products the reference sums."""
@@ -491,12 +535,14 @@ class BackpackLM(LanguageModel):
         senses, q, k = self._senses_and_weights(idx, positions, None, None)
         return self._mix(q, k, senses, None)
 
-    def flops_per_token(self, seq_len=None):
+    def _token_only_params(self):
+        return sum(p.numel() for p in self.sense_network.parameters())
+
+    def flops_per_token(self, seq_len=None, distinct_share=1.0):
         # + sense scores (2 T d) and sense mixing (2 k T d) per token, forward, times 3 for training
         cfg, T = self.config, seq_len or self.config.block_size
-        attention = 12 * cfg.n_layer * cfg.n_embd * T
         mixing = 3 * (2 * T * cfg.n_embd + 2 * cfg.n_senses * T * cfg.n_embd)
-        return 6 * self._matmul_params() + attention + mixing
+        return super().flops_per_token(T, distinct_share) + mixing
 
 
 def _make_room_for_sense_input(module, state_dict, prefix, *args):

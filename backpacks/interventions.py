@@ -2,7 +2,7 @@
 Sense interventions on a Backpack (Hewitt et al., ACL 2023, sections 6-7) and their Transformer baselines.
 
 A Backpack's logits are E o with o_i = sum_j sum_l alpha[l,i,j] C(x_j)_l and no LayerNorm after the
-sum (model.py BackpackLM._logits), so each sense can be read as its vocabulary projection E C(x)_l,
+sum (model.py BackpackLM._states), so each sense can be read as its vocabulary projection E C(x)_l,
 each prediction splits exactly into (past token, sense) contributions, and editing C(x)_l changes
 behaviour predictably. Every edit here goes through the model's own hooks,
 forward(idx, senses_fn=..., alpha_fn=...) (and embeddings_fn for the Transformer baselines), so

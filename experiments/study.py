@@ -40,7 +40,8 @@ def write_plan(args, overrides):
     settings = study_settings(overrides)
     shape = plan.Shape(**{k: settings[k] for k in SHAPE_KEYS})
     meta = load_meta(Path(args.data_dir))
-    runs = plan.matched_runs(shape, meta["vocab_size"], args.iters)
+    share = plan.sense_share(shape, args.data_dir, settings["batch_size"])
+    runs = plan.matched_runs(shape, meta["vocab_size"], args.iters, share)
     fetch = fetch_allowed_by_environment()
     flores, flores_missing = plan.standard_set("flores200", DEFAULT_DATA_ROOT, fetch)
     muse, muse_missing = plan.standard_set("muse_test", DEFAULT_DATA_ROOT, fetch)
@@ -49,7 +50,7 @@ def write_plan(args, overrides):
     lines.append("TEST_SET=(" + ("--test_set flores200" if flores else "") + ")")
     lines.append("DICTIONARY=(" + (f"--dictionary {shlex.quote(str(muse[0]))}" if muse else "") + ")")
     record = {"settings": settings, "iters": args.iters, "vocab_size": meta["vocab_size"], "data_dir": args.data_dir,
-              "corpus": meta.get("command"), "matched": runs, "machine": describe_machine("cuda" if torch.cuda.is_available() else "cpu"),
+              "corpus": meta.get("command"), "sense_share": share, "matched": runs, "machine": describe_machine("cuda" if torch.cuda.is_available() else "cpu"),
               "translation_test": "FLORES-200 devtest" if flores else f"the dataset's test split ({flores_missing})",
               "bli_dictionary": "MUSE en-fr 5000-6500" if muse else
               f"MUSE en-fr 0-5000, the training dictionary, as no model here trains on it ({muse_missing})"}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from backpacks.devices import resolve_dtype
 
@@ -42,3 +43,51 @@ def test_profile_lists_the_top_operators(repo_root):
     for model_lines in (lines[:5], lines[5:]):
         shares = [float(re.search(r'([\d.]+)%', line).group(1)) for line in model_lines]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 100
+
+
+def tiny_args(**overrides):
+    import argparse
+    return argparse.Namespace(**{'n_layer': 1, 'n_head': 2, 'n_embd': 32, 'n_senses': 4, 'block_size': 32,
+                                 'vocab_size': 64, 'batch_size': 2, 'dropout': 0.0, 'dtype': 'float32',
+                                 'seed': 0, 'data_dir': None, **overrides})
+
+
+@pytest.mark.parametrize('model_type', ['transformer', 'backpack'])
+def test_step_split_counts_each_piece_forward_and_backward(model_type):
+    """split_ms names every piece; the Transformer has no sense network or mixing, the Backpack's get
+    their forward and backward time; the pieces add up to the step."""
+    import bench
+    from model import PIECES
+    torch.manual_seed(0)
+    _, step = bench.training_step(model_type, tiny_args())
+    step()
+    split = bench.profiled_split(step, 10.0)
+    assert list(split) == [*PIECES, 'optimizer', 'other']
+    assert sum(split.values()) == pytest.approx(10.0, abs=0.5)
+    assert split['backbone'] > 0 and split['head and loss'] > 0 and split['optimizer'] > 0
+    assert (split['sense network'] > 0 and split['mixing'] > 0) == (model_type == 'backpack')
+
+
+def test_backward_time_goes_to_the_piece_of_its_forward():
+    import bench
+    from torch.profiler import ProfilerActivity, profile, record_function
+    x = torch.randn(64, 64, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function('mixing'):
+            y = (x @ x).sum()
+        y.backward()
+    split = bench.step_split(prof.events())
+    forward = [e for e in prof.events() if e.name == 'mixing']
+    backward = [e for e in prof.events() if e.name.startswith('autograd::engine::evaluate_function: ')
+                and 'AccumulateGrad' not in e.name]  # SumBackward0 and MmBackward0
+    assert len(forward) == 1 and len(backward) == 2
+    assert split['mixing'] == pytest.approx(sum(e.cpu_time_total for e in forward + backward) / 1e3)
+
+
+def test_batches_of_a_prepared_dataset_or_one_random_batch_shared_by_both_models(sample_dataset):
+    import bench
+    x1, _ = bench.batches(tiny_args(), 'cpu')()
+    assert torch.equal(x1, bench.batches(tiny_args(), 'cpu')()[0])  # the same for both models
+    next_batch = bench.batches(tiny_args(data_dir=str(sample_dataset), vocab_size=512), 'cpu')
+    (x, y), (x2, _) = next_batch(), next_batch()
+    assert x.shape == (2, 32) and torch.equal(x[:, 1:], y[:, :-1]) and not torch.equal(x, x2)

@@ -177,7 +177,7 @@ class TableSenses(torch.nn.Module):
         self.table = table
 
     def forward(self, embeddings):
-        return torch.einsum('btv,vkd->bktd', embeddings[..., :self.table.shape[0]], self.table)
+        return torch.einsum('...v,vkd->...kd', embeddings[..., :self.table.shape[0]], self.table)
 
 
 def constructed(table):

@@ -236,7 +236,7 @@ def test_reference_checkpoint_matches(reference_dir):
     with torch.no_grad():
         logits, _ = model(idx)
         alpha = model.contextualization(idx)
-        senses = model.sense_network(model.backbone.wte(idx))
+        senses = model.senses(idx)
     for got, name in [(logits, 'logits'), (alpha, 'contextualization'), (senses, 'senses')]:
         expected = np.load(reference_dir / f'expected_{name}.npy')
         assert got.shape == expected.shape
@@ -373,27 +373,36 @@ def test_bf16_autocast_matches_the_reference_logits(reference_dir):
     assert relative_error(logits, expected) < 0.02  # measured 0.006
 
 
+def elementwise_params(module):
+    """Parameters outside the matrix products (biases, LayerNorms): flops_per_token charges them 6 each."""
+    return sum(p.numel() for m in module.modules() for name, p in m.named_parameters(recurse=False)
+               if not (name == 'weight' and isinstance(m, (torch.nn.Linear, torch.nn.Embedding))))
+
+
+@pytest.mark.parametrize('repeats', [False, True])
 @pytest.mark.parametrize('model_type', MODELS)
-def test_flops_per_token_against_torch_flop_counter(model_type):
+def test_flops_per_token_against_torch_flop_counter(model_type, repeats):
     """torch.utils.flop_counter counts 2 FLOPs per multiply-add of every matrix product of a forward and
     backward pass: Linear layers, the tied LM head, attention (QK^T, AV) and the Backpack's sense scores and
     mixing (the math SDPA kernel is forced: the counter does not see inside CPU's fused kernel). Causal
     masking is not subtracted by either. flops_per_token counts 6 per parameter (PaLM/nanoGPT) and so also
     charges the biases and LayerNorm parameters, elementwise work the counter ignores: the two must differ
-    by exactly 6 x those parameters, which are a small share (< 4% here) of the total."""
+    by exactly 6 x those parameters, which are a small share (< 4% here) of the total. With repeated
+    tokens the Backpack's sense network runs once per distinct token: flops_per_token given the batch's
+    distinct share counts exactly that."""
     model = tiny_model(model_type).train()
     B, T = 2, TINY['block_size']
-    idx = torch.randint(0, 64, (B, T))
+    idx = torch.randint(0, 8, (B, T)) if repeats else torch.randperm(64).view(B, T)
+    share = model.sense_share(idx) if model_type == 'backpack' else 1.0
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
         _, loss = model(idx, idx)
         loss.backward()
-    matmul_params = model.token_embeddings.numel() + sum(
-        m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    charged = model.num_params(non_embedding=False) - model.backbone.wpe.weight.numel()  # all but positions
-    elementwise = 6 * (charged - matmul_params)
-    assert model.flops_per_token(T) - elementwise == counter.get_total_flops() / (B * T)
+    token_only = model.sense_network if model_type == 'backpack' else torch.nn.Module()
+    elementwise = 6 * (elementwise_params(model) - (1 - share) * elementwise_params(token_only))
+    assert model.flops_per_token(T, share) - elementwise == pytest.approx(counter.get_total_flops() / (B * T), rel=1e-12)
     assert 0 < elementwise < 0.04 * model.flops_per_token(T)
+    assert (model.flops_per_token(T, share) < model.flops_per_token(T)) == (repeats and model_type == 'backpack')
 
 
 def test_flops_count_sense_network_and_mixing():
@@ -436,3 +445,59 @@ def test_senses_must_divide_the_width_of_a_backpack_only():
     with pytest.raises(ValueError, match=r"n_embd \(32\) must be divisible by n_senses \(5\)"):
         build_model("backpack", config)
     assert build_model("transformer", config).model_type == "transformer"
+
+
+def per_position_senses(model):
+    """The reference form of BackpackLM.senses: the sense network run at every position."""
+    return lambda idx: model.sense_vectors(idx).transpose(1, 2)
+
+
+def loss_and_gradients(model, idx, targets, **edits):
+    model.zero_grad()
+    logits, loss = model(idx, targets, **edits)
+    loss.backward()
+    return [logits, loss, *(p.grad.clone() for p in model.parameters() if p.grad is not None)]
+
+
+@pytest.mark.parametrize('frozen', [False, True])
+def test_senses_once_per_distinct_token_equal_the_per_position_form(frozen, monkeypatch):
+    """Senses computed once per distinct token and gathered back: the same logits, loss and gradients
+    (summed over a token's positions) as the sense network at every position, also when it reads the
+    frozen copy of E, and the same (B,k,T,d) senses for an edit to see and change."""
+    model = tiny_model('backpack').train()
+    if frozen:
+        model.freeze_sense_input()
+        with torch.no_grad():
+            model.token_embeddings.add_(0.1 * torch.randn_like(model.token_embeddings))  # E moves, the copy not
+    idx, targets = torch.randint(0, 8, (3, 20)), torch.randint(0, 64, (3, 20))  # many repeated tokens
+    seen = []
+
+    def silence_sense_1_of_position_4(senses):
+        seen.append(senses)
+        senses = senses.clone()
+        senses[:, 1, 4] = 0
+        return senses
+
+    results = []
+    for reference in (False, True):
+        if reference:
+            monkeypatch.setattr(model, 'senses', per_position_senses(model))
+        results.append(loss_and_gradients(model, idx, targets))
+        results[-1] += loss_and_gradients(model, idx, targets, senses_fn=silence_sense_1_of_position_4)
+    assert len(results[0]) == len(results[1])
+    for got, expected in zip(*results):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert seen[0].shape == (3, 4, 20, 32)
+    torch.testing.assert_close(seen[0], seen[1], rtol=1e-6, atol=1e-7)
+
+
+def test_sense_network_runs_per_position_with_dropout_in_training_or_few_repeats():
+    """With dropout, training runs the sense network per position (a token's positions get different
+    masks); without, it runs once per distinct token, unless the batch repeats too few tokens."""
+    model = tiny_model('backpack', dropout=0.5).train()
+    idx = torch.tensor([[5, 5, 5, 9]])
+    senses = model.senses(idx)
+    assert not torch.equal(senses[:, :, 0], senses[:, :, 1]) and model.sense_share(idx) == 1.0
+    senses = model.eval().senses(idx)
+    assert torch.equal(senses[:, :, 0], senses[:, :, 1]) and model.sense_share(idx) == 0.5
+    assert model.sense_share(torch.randperm(64).view(2, 32)) == 1.0

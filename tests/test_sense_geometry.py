@@ -76,7 +76,7 @@ def test_top1_and_uniform_ablations_equal_a_hand_computation():
     idx = torch.randint(0, 40, (2, 7))
     with torch.no_grad():
         alpha = model.contextualization(idx)  # (B,k,T,T)
-        senses = model.sense_network(model.backbone.wte(idx))  # (B,k,T,d)
+        senses = model.senses(idx)  # (B,k,T,d)
         P = alpha @ senses
         norms = P.norm(dim=-1)  # (B,k,T)
         best = norms.argmax(dim=1)  # (B,T)

@@ -1,5 +1,6 @@
 """The study's plan (backpacks/study/plan.py, experiments/study.py) and, slow, the whole study at toy size
 (SMOKE=1 bash experiments/study.sh)."""
+import json
 import os
 import subprocess
 
@@ -18,6 +19,26 @@ def test_flops_matched_iterations_spend_the_backpacks_training_flops():
     flops = runs["transformer_flops"]["max_iters"] * transformer.flops_per_token()
     assert flops == pytest.approx(100 * backpack.flops_per_token(), rel=0.01)
     assert runs["transformer_tokens"] == {**runs["transformer_tokens"], "max_iters": 100, "n_embd": 32}
+
+
+def test_flops_matched_iterations_count_the_sense_network_once_per_distinct_token():
+    """At a sense share below 1 the Backpack spends fewer FLOPs per token, so its FLOP-matched
+    Transformer trains fewer iterations: as many as spend the Backpack's FLOPs at that share."""
+    runs = study.matched_runs(SHAPE, 512, 100, share=0.5)
+    backpack, transformer = study.build("backpack", SHAPE, 512), study.build("transformer", SHAPE, 512)
+    flops = runs["transformer_flops"]["max_iters"] * transformer.flops_per_token()
+    assert flops == pytest.approx(100 * backpack.flops_per_token(distinct_share=0.5), rel=0.01)
+    assert runs["transformer_flops"]["max_iters"] < study.matched_runs(SHAPE, 512, 100)["transformer_flops"]["max_iters"]
+    assert "50.0% of the positions" in runs["transformer_flops"]["why"]
+
+
+def test_sense_share_is_the_distinct_share_of_training_batches(sample_dataset):
+    from backpacks.dataset import BatchSampler
+    share = study.sense_share(SHAPE, sample_dataset, 4, batches=3, seed=5)
+    sampler = BatchSampler(sample_dataset, seed=5)
+    x = [sampler.get_batch("train", 4, SHAPE.block_size)[0] for _ in range(3)]
+    assert share == pytest.approx(sum(b.unique().numel() / b.numel() for b in x) / 3)
+    assert 0 < share < 0.9  # text repeats tokens; a 512 BPE more so
 
 
 def test_parameter_matched_width_is_the_nearest_total():
@@ -49,6 +70,8 @@ def test_plan_writes_the_settings_study_sh_sources(sample_dataset, tmp_path, mon
     assert env["TRANSFORMER_TOKENS_MAX_ITERS"] == "40" and int(env["TRANSFORMER_FLOPS_MAX_ITERS"]) > 40
     assert env["TRANSFORMER_PARAMS_N_EMBD"] == str(plan.param_matched_width(SHAPE, 512)[0])
     assert "transformer_flops" in capsys.readouterr().out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert 0 < plan["sense_share"] < 1 and f"{plan['sense_share']:.1%} of the positions" in plan["matched"]["transformer_flops"]["why"]
 
 
 def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):

@@ -6,7 +6,9 @@ tokens, by training FLOPs and by parameters, and the standard evaluation sets wi
 Matching, all at the same data, batch, block and schedule shape:
   tokens:     the Backpack's backbone (layers, heads, width) and its iterations
   FLOPs:      the same backbone, iterations x flops_per_token(Backpack) / flops_per_token(Transformer),
-              so both spend the same training FLOPs (model.flops_per_token: 6N + attention, per token)
+              so both spend the same training FLOPs (model.flops_per_token: 6N + attention, per token),
+              the Backpack's as it computes them: its sense network once per distinct token of a batch,
+              at the share measured on the study's training batches (sense_share)
   parameters: the same depth and heads, the width whose total parameter count is nearest the
               Backpack's (the Backpack's extra parameters are its sense network), and its iterations
 """
@@ -14,6 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from backpacks.dataset import BatchSampler
 from backpacks.eval import resources
 from model import ModelConfig, build_model
 
@@ -59,18 +62,31 @@ def param_matched_width(shape, vocab_size):
     return width, totals[width], target
 
 
-def matched_runs(shape, vocab_size, iters):
-    """{name: train.py settings} of the three Transformer baselines, each with why it is matched."""
+def sense_share(shape, data_dir, batch_size, batches=20, seed=1337):
+    """The mean share of positions the Backpack's sense network runs on (BackpackLM.sense_share) over
+    `batches` training batches of the study's shape drawn from data_dir."""
+    backpack = build("backpack", shape, 1)  # the share reads the batch's ids only
+    sampler = BatchSampler(data_dir, seed=seed)
+    return sum(backpack.sense_share(sampler.get_batch("train", batch_size, shape.block_size)[0])
+               for _ in range(batches)) / batches
+
+
+def matched_runs(shape, vocab_size, iters, share=1.0):
+    """{name: train.py settings} of the three Transformer baselines, each with why it is matched.
+    share: the Backpack's sense share (sense_share), which its FLOPs per token count."""
     backpack = build("backpack", shape, vocab_size)
     transformer = build("transformer", shape, vocab_size)
-    ratio = backpack.flops_per_token() / transformer.flops_per_token()
+    backpack_flops = backpack.flops_per_token(distinct_share=share)
+    ratio = backpack_flops / transformer.flops_per_token()
     width, total, target = param_matched_width(shape, vocab_size)
     return {
         "transformer_tokens": {"max_iters": iters, "n_embd": shape.n_embd,
                                "why": f"same backbone and tokens ({iters} iterations)"},
         "transformer_flops": {"max_iters": round(iters * ratio), "n_embd": shape.n_embd,
                               "why": f"same backbone; iterations x {ratio:.3f}, the ratio of flops_per_token "
-                                     f"({backpack.flops_per_token() / 1e6:.1f}M / {transformer.flops_per_token() / 1e6:.1f}M)"},
+                                     f"({backpack_flops / 1e6:.1f}M / {transformer.flops_per_token() / 1e6:.1f}M; "
+                                     f"the sense network on {share:.1%} of the positions, "
+                                     f"{backpack.flops_per_token() / 1e6:.1f}M at every position)"},
         "transformer_params": {"max_iters": iters, "n_embd": width,
                                "why": f"width {width} instead of {shape.n_embd}: {total:,} parameters against the "
                                       f"Backpack's {target:,} ({total / target - 1:+.1%})"},
