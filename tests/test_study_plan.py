@@ -1,5 +1,5 @@
-"""The study's plan (backpacks/study/plan.py, experiments/study.py) and, slow, the whole study at toy size
-(SMOKE=1 bash experiments/study.sh)."""
+"""The study's plan (backpacks/study/plan.py, experiments/plan.py) and, slow, the whole study at toy size
+(SMOKE=1 bash experiments/plan.sh)."""
 import json
 import os
 import subprocess
@@ -24,17 +24,17 @@ def test_flops_matched_iterations_spend_the_backpacks_training_flops():
 def test_flops_matched_iterations_count_the_sense_network_once_per_distinct_token():
     """At a sense share below 1 the Backpack spends fewer FLOPs per token, so its FLOP-matched
     Transformer trains fewer iterations: as many as spend the Backpack's FLOPs at that share."""
-    runs = study.matched_runs(SHAPE, 512, 100, share=0.5)
-    backpack, transformer = study.build("backpack", SHAPE, 512), study.build("transformer", SHAPE, 512)
+    runs = plan.matched_runs(SHAPE, 512, 100, share=0.5)
+    backpack, transformer = plan.build("backpack", SHAPE, 512), plan.build("transformer", SHAPE, 512)
     flops = runs["transformer_flops"]["max_iters"] * transformer.flops_per_token()
     assert flops == pytest.approx(100 * backpack.flops_per_token(distinct_share=0.5), rel=0.01)
-    assert runs["transformer_flops"]["max_iters"] < study.matched_runs(SHAPE, 512, 100)["transformer_flops"]["max_iters"]
+    assert runs["transformer_flops"]["max_iters"] < plan.matched_runs(SHAPE, 512, 100)["transformer_flops"]["max_iters"]
     assert "50.0% of the positions" in runs["transformer_flops"]["why"]
 
 
 def test_sense_share_is_the_distinct_share_of_training_batches(sample_dataset):
     from backpacks.dataset import BatchSampler
-    share = study.sense_share(SHAPE, sample_dataset, 4, batches=3, seed=5)
+    share = plan.sense_share(SHAPE, sample_dataset, 4, batches=3, seed=5)
     sampler = BatchSampler(sample_dataset, seed=5)
     x = [sampler.get_batch("train", 4, SHAPE.block_size)[0] for _ in range(3)]
     assert share == pytest.approx(sum(b.unique().numel() / b.numel() for b in x) / 3)
@@ -70,8 +70,9 @@ def test_plan_writes_the_settings_study_sh_sources(sample_dataset, tmp_path, mon
     assert env["TRANSFORMER_TOKENS_MAX_ITERS"] == "40" and int(env["TRANSFORMER_FLOPS_MAX_ITERS"]) > 40
     assert env["TRANSFORMER_PARAMS_N_EMBD"] == str(plan.param_matched_width(SHAPE, 512)[0])
     assert "transformer_flops" in capsys.readouterr().out
-    plan = json.loads((tmp_path / "plan.json").read_text())
-    assert 0 < plan["sense_share"] < 1 and f"{plan['sense_share']:.1%} of the positions" in plan["matched"]["transformer_flops"]["why"]
+    written = json.loads((tmp_path / "plan.json").read_text())
+    assert 0 < written["sense_share"] < 1 and \
+        f"{written['sense_share']:.1%} of the positions" in written["matched"]["transformer_flops"]["why"]
 
 
 def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
@@ -81,12 +82,12 @@ def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_path):
-    from backpacks.study.report import SECTIONS
+    from backpacks.plan.report import SECTIONS
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "study"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+    done = subprocess.run(["bash", "experiments/plan.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = tmp_path / "study" / "study.md"
+    report = tmp_path / "study" / "plan.md"
     assert done.stdout.strip().splitlines()[-1] == str(report)
     text = report.read_text()
     for section in SECTIONS:
@@ -96,12 +97,12 @@ def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_pa
     assert "no per-item data" not in text  # the paired tests ran
     # a second run reuses every step: nothing is prepared, trained or evaluated again
     times = (tmp_path / "study" / "steps" / "times.tsv").read_text()
-    again = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+    again = subprocess.run(["bash", "experiments/plan.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "study" / "steps" / "times.tsv").read_text() == times
     assert again.stdout.count("reusing the finished run") == 8
     # another corpus for the same study directory is refused, not mixed in
-    other = subprocess.run(["bash", "experiments/study.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
+    other = subprocess.run(["bash", "experiments/plan.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)
     assert other.returncode == 1 and "prepared from another corpus" in other.stderr
