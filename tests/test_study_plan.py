@@ -1,5 +1,5 @@
-"""The study's plan (backpacks/study/plan.py, experiments/plan.py) and, slow, the whole study at toy size
-(SMOKE=1 bash experiments/plan.sh)."""
+"""The study's plan (backpacks/study/plan.py, experiments/study.py) and, slow, the whole study at toy size
+(SMOKE=1 bash experiments/study.sh)."""
 import json
 import os
 import subprocess
@@ -82,12 +82,12 @@ def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_path):
-    from backpacks.plan.report import SECTIONS
+    from backpacks.study.report import SECTIONS
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "study"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run(["bash", "experiments/plan.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+    done = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    report = tmp_path / "study" / "plan.md"
+    report = tmp_path / "study" / "study.md"
     assert done.stdout.strip().splitlines()[-1] == str(report)
     text = report.read_text()
     for section in SECTIONS:
@@ -97,12 +97,12 @@ def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_pa
     assert "no per-item data" not in text  # the paired tests ran
     # a second run reuses every step: nothing is prepared, trained or evaluated again
     times = (tmp_path / "study" / "steps" / "times.tsv").read_text()
-    again = subprocess.run(["bash", "experiments/plan.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+    again = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "study" / "steps" / "times.tsv").read_text() == times
     assert again.stdout.count("reusing the finished run") == 8
     # another corpus for the same study directory is refused, not mixed in
-    other = subprocess.run(["bash", "experiments/plan.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
+    other = subprocess.run(["bash", "experiments/study.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)
     assert other.returncode == 1 and "prepared from another corpus" in other.stderr
