@@ -19,8 +19,10 @@
 #   bash experiments/gpu_check.sh               # writes experiments/out/gpu_check (OUT=DIR for another)
 #
 # Each step's full output is in $OUT/logs/STEP.log; a failing step prints FAIL with its last line.
+# PYTHON: the interpreter that runs each step (default: the python on PATH), e.g. PYTHON=venv/bin/python.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
 
 OUT=${OUT:-experiments/out/gpu_check}
 LOGS=$OUT/logs RUNS=$OUT/runs DATA=$OUT/data
@@ -37,16 +39,16 @@ step() {  # NAME COMMAND...: the command's output goes to $LOGS/NAME.log; a fail
   return 1
 }
 check() {  # one line from experiments/gpu_check.py
-  python -m experiments.gpu_check "$@" || failed=1
+  "$PYTHON" -m experiments.gpu_check "$@" || failed=1
 }
 prepare() {  # NAME VOCAB: the sample corpus under $DATA/NAME
-  [[ -f $DATA/$1/meta.json ]] || step "data_$1" python -m data.europarl.prepare --source local \
+  [[ -f $DATA/$1/meta.json ]] || step "data_$1" "$PYTHON" -m data.europarl.prepare --source local \
     --corpus data/europarl/sample/parliament --name "$1" --vocab_size "$2" --out_root "$DATA"
 }
 
-python -m experiments.gpu_check machine
+"$PYTHON" -m experiments.gpu_check machine
 device=cpu
-python -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' && device=cuda
+"$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' && device=cuda
 prepare sample_512 512
 prepare sample_16k 16384
 
@@ -61,9 +63,9 @@ if [[ $device == cuda ]]; then
 else
   resume+=(--dtype=auto --n_layer=1 --n_embd=32 --n_head=2 --n_senses=4 --block_size=32 --batch_size=4)
 fi
-step resume_straight python train.py "${resume[@]}" --out_dir="$RUNS/straight" \
-  && step resume_first_half python train.py "${resume[@]}" --max_iters=4 --out_dir="$RUNS/resumed" \
-  && step resume_second_half python train.py --init_from=resume --out_dir="$RUNS/resumed" --max_iters=8 \
+step resume_straight "$PYTHON" train.py "${resume[@]}" --out_dir="$RUNS/straight" \
+  && step resume_first_half "$PYTHON" train.py "${resume[@]}" --max_iters=4 --out_dir="$RUNS/resumed" \
+  && step resume_second_half "$PYTHON" train.py --init_from=resume --out_dir="$RUNS/resumed" --max_iters=8 \
   && check bitwise "$RUNS/straight" "$RUNS/resumed"
 
 if [[ $device != cuda ]]; then
@@ -72,21 +74,21 @@ if [[ $device != cuda ]]; then
 fi
 
 # --- checks on the GPU
-step cuda_tests python -m pytest -q -m cuda -p no:cacheprovider \
+step cuda_tests "$PYTHON" -m pytest -q -m cuda -p no:cacheprovider \
   && echo "ok   cuda tests: $(tail -n 1 "$LOGS/cuda_tests.log")"
 micro=(--data_dir="$DATA/sample_16k" --device=cuda --dtype=auto --compile --block_size=512 --batch_size=16
        --max_iters=200 --warmup_iters=20 --eval_interval=100 --eval_iters=10 --checkpoint_interval=200 --log_interval=50)
 for model in backpack transformer; do
-  step "train_$model" python train.py --preset=$model-micro "${micro[@]}" --out_dir="$RUNS/$model-micro" \
+  step "train_$model" "$PYTHON" train.py --preset=$model-micro "${micro[@]}" --out_dir="$RUNS/$model-micro" \
     && check training "$RUNS/$model-micro"
 done
-step memory python bench.py --device=cuda --dtype=auto --block_size=512 --batch_size=16 --steps=5 \
+step memory "$PYTHON" bench.py --device=cuda --dtype=auto --block_size=512 --batch_size=16 --steps=5 \
   && check memory "$LOGS/memory.log"
-step translation python -m experiments.bench_translation --out_dir "$RUNS/backpack-micro" --ckpt latest --device cuda \
+step translation "$PYTHON" -m experiments.bench_translation --out_dir "$RUNS/backpack-micro" --ckpt latest --device cuda \
     --test_corpus data/europarl/sample/parliament --samples 256 \
   && check translation "$LOGS/translation.log"
 # torchrun's own entry point, so that a torchrun missing from PATH does not matter
-step torchrun python -m torch.distributed.run --standalone --nproc_per_node=1 train.py config/train_sample_tiny.py \
+step torchrun "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=1 train.py config/train_sample_tiny.py \
     --data_dir="$DATA/sample_512" --device=cuda --dtype=auto --max_iters=20 --eval_interval=10 --eval_iters=2 \
     --out_dir="$RUNS/torchrun" \
   && check torchrun "$LOGS/torchrun.log" "$RUNS/torchrun"

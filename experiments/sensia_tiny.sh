@@ -10,8 +10,10 @@
 # Corpus: $ENFR_DATA/parallel/europarl-v7-head (3,000 Europarl pairs) when present, else the project's
 # sample corpus (500 pairs); the table says which. Runs go to $OUT (default experiments/out/sensia_tiny);
 # a finished step is reused when run again.
+# PYTHON: the interpreter that runs each step (default: the python on PATH), e.g. PYTHON=venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
 if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
   export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
 fi
@@ -23,15 +25,15 @@ corpus=${ENFR_DATA:-/nonexistent}/parallel/europarl-v7-head
 [[ -f $corpus.en && -f $corpus.fr ]] || corpus=data/europarl/sample/parliament
 data=$OUT/data/sensia_en
 
-[[ -f $data/meta.json ]] || python -m data.europarl.prepare --source local --corpus "$corpus" --name sensia_en \
+[[ -f $data/meta.json ]] || "$PYTHON" -m data.europarl.prepare --source local --corpus "$corpus" --name sensia_en \
   --out_root "$OUT/data" --vocab_size 2048 --lm_languages en
 
 train() {  # out_dir, then train.py arguments: a finished run is kept, an interrupted one resumed
   local out=$1; shift
   if [[ -f $out/ckpt.pt ]]; then
-    python train.py --init_from=resume --out_dir="$out"
+    "$PYTHON" train.py --init_from=resume --out_dir="$out"
   else
-    python train.py "$@" --out_dir="$out" --data_dir="$data" "${COMMON[@]}"
+    "$PYTHON" train.py "$@" --out_dir="$out" --data_dir="$data" "${COMMON[@]}"
   fi
 }
 train "$OUT/english" config/pretrain_english_tiny.py --max_iters="$PRETRAIN_ITERS" --eval_interval=200
@@ -45,9 +47,9 @@ done
 
 tasks=loss,sensia,xnli,pawsx
 for run in english "${runs[@]}"; do  # the end of each run (same steps): no checkpoint selection
-  python evaluate.py --out_dir "$OUT/$run" --ckpt latest --tasks "$tasks" --device cpu > /dev/null
+  "$PYTHON" evaluate.py --out_dir "$OUT/$run" --ckpt latest --tasks "$tasks" --device cpu > /dev/null
 done
-python - "$OUT" "$corpus" "${runs[@]}" <<'PY'
+"$PYTHON" - "$OUT" "$corpus" "${runs[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 from backpacks.study.report import sensia_table

@@ -12,8 +12,10 @@
 # SEEDS=2 (a second seed of the Backpack and the token-matched Transformer), SENSIA_PRETRAIN_ITERS
 # (300), SENSIA_ITERS (60), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present).
 # docs/study.md says what each step measures and how long it takes.
+# PYTHON: the interpreter that runs each step (default: the python on PATH), e.g. PYTHON=venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python}
 
 usage="usage: [SMOKE=1] [OUT=DIR] [ITERS=N] [SEEDS=1|2] bash experiments/study.sh [--corpus PREFIX ...]"
 corpus=()
@@ -76,7 +78,7 @@ mark_done() {
   echo "$2" > "$OUT/steps/$1.done"
 }
 finished() {  # out_dir, iterations: its training log reached the last iteration
-  python -c 'import json, sys; log = json.load(open(sys.argv[1])); sys.exit(not log or log[-1]["iter"] < int(sys.argv[2]))' \
+  "$PYTHON" -c 'import json, sys; log = json.load(open(sys.argv[1])); sys.exit(not log or log[-1]["iter"] < int(sys.argv[2]))' \
     "$1/training_log.json" "$2" 2> /dev/null
 }
 train() {  # step name, out_dir, iterations, train.py arguments: a finished run is kept, an interrupted one resumed
@@ -89,10 +91,10 @@ train() {  # step name, out_dir, iterations, train.py arguments: a finished run 
   if [[ -f $out/ckpt.pt ]]; then
     [[ $(cat "$OUT/steps/train_$name.started" 2> /dev/null) == "$key" ]] \
       || fail "$out was trained with other settings than this study's now; remove it or choose another OUT"
-    timed "train $name" python train.py --init_from=resume --out_dir="$out"
+    timed "train $name" "$PYTHON" train.py --init_from=resume --out_dir="$out"
   else
     echo "$key" > "$OUT/steps/train_$name.started"
-    timed "train $name" python train.py "$@" --out_dir="$out"
+    timed "train $name" "$PYTHON" train.py "$@" --out_dir="$out"
   fi
   finished "$out" "$iters" || fail "$out stopped before iteration $iters (interrupted?); run the study again to resume it"
   mark_done "train_$name" "$key"
@@ -103,7 +105,7 @@ prepare() {  # dataset name, prepare.py options: prepared once; other settings l
     is_done "prepare_$1" "$key" || fail "$OUT/data/$1 was prepared from another corpus or settings; choose another OUT"
     return
   fi
-  timed "prepare $1" python -m data.europarl.prepare --name "$1" --out_root "$OUT/data" "${@:2}"
+  timed "prepare $1" "$PYTHON" -m data.europarl.prepare --name "$1" --out_root "$OUT/data" "${@:2}"
   mark_done "prepare_$1" "$key"
 }
 
@@ -112,7 +114,7 @@ prepare study "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}"
 prepare study_en "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}" --lm_languages en
 
 step "plan: the Transformers matched to the Backpack by tokens, FLOPs and parameters; the standard test sets"
-python -m experiments.study plan --out "$OUT" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
+"$PYTHON" -m experiments.study plan --out "$OUT" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
 source "$OUT/plan.env"  # TRANSFORMER_*_MAX_ITERS, TRANSFORMER_*_N_EMBD, TEST_SET, DICTIONARY
 
 runs=(backpack transformer_tokens transformer_flops transformer_params)
@@ -147,7 +149,7 @@ step "evaluate the Backpack and the Transformers (loss, translation, word simila
 dirs=("${runs[@]/#/$OUT/}")
 key=$(key_of "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}" "$(files "${dirs[@]/%//best.pt}")")
 if ! is_done evaluate_models "$key" || [[ ! -f $OUT/comparison/comparison.json ]]; then
-  timed "evaluate models" python compare_models.py --backpack_dir "${dirs[0]}" --transformer_dir "${dirs[1]}" \
+  timed "evaluate models" "$PYTHON" compare_models.py --backpack_dir "${dirs[0]}" --transformer_dir "${dirs[1]}" \
     --extra_dirs "${dirs[@]:2}" --output_dir "$OUT/comparison" --reuse \
     --tasks loss,translation,wordsim,bli,sentence,senses,xnli,pawsx "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}"
   mark_done evaluate_models "$key"
@@ -157,7 +159,7 @@ for run in english sensia lm_only mcl; do
   step "evaluate SENSIA run $run (French loss, recall@1, entropy, topology, Procrustes, mixture, XNLI, PAWS-X)"
   key=$(key_of "${EVAL[@]}" "$(files "$OUT/sensia/$run/ckpt.pt")")
   is_done "evaluate_sensia_$run" "$key" && [[ -f $OUT/sensia/$run/eval/results.json ]] && continue
-  timed "evaluate $run" python evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
+  timed "evaluate $run" "$PYTHON" evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
     "${EVAL[@]}" > /dev/null
   mark_done "evaluate_sensia_$run" "$key"
 done
@@ -165,10 +167,10 @@ done
 step "interventions on the Backpack against the token-matched Transformer"
 key=$(key_of "${INTERVENE[@]}" "$(files "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt")")
 if ! is_done interventions "$key" || [[ ! -f $OUT/backpack/interventions/interventions.json ]]; then
-  timed interventions python -m experiments.run_interventions --out_dir "$OUT/backpack" \
+  timed interventions "$PYTHON" -m experiments.run_interventions --out_dir "$OUT/backpack" \
     --baseline_dir "$OUT/transformer_tokens" "${INTERVENE[@]}" > /dev/null
   mark_done interventions "$key"
 fi
 
 step "report"
-python -m experiments.study report --out "$OUT"
+"$PYTHON" -m experiments.study report --out "$OUT"

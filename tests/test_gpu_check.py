@@ -4,6 +4,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -152,8 +153,12 @@ def test_benchmark_reports_read_the_scripts_json_lines(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_without_cuda_the_script_says_so_and_exits_0(repo_root, tmp_path):
-    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OUT': str(tmp_path / 'gpu_check'), 'OMP_NUM_THREADS': '1'}
+    """Run as from an unactivated virtual environment: no python with torch on PATH, PYTHON names the
+    interpreter (the one running the tests)."""
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OUT': str(tmp_path / 'gpu_check'), 'OMP_NUM_THREADS': '1',
+           'PATH': '/usr/bin:/bin', 'PYTHON': sys.executable}
     result = subprocess.run(['bash', 'experiments/gpu_check.sh'], cwd=repo_root, env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]

@@ -2,6 +2,7 @@
 (SMOKE=1 bash experiments/study.sh)."""
 import json
 import os
+import sys
 import subprocess
 
 import pytest
@@ -81,9 +82,11 @@ def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.smoke
 def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_path):
     from backpacks.study.report import SECTIONS
-    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "study"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "study"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2",
+           "PYTHON": sys.executable}  # the interpreter running the tests, activated or not
     done = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
