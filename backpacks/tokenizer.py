@@ -87,7 +87,9 @@ class BPETokenizer(Tokenizer):
         return self.backend.decode(ids, skip_special_tokens=False)
 
     def save(self, data_dir):
-        self.backend.save(str(Path(data_dir) / self.path))
+        """tokenizer.json, the bytes backend.save writes, written by Python: a full disk is an OSError (the
+        Rust library raises its own exception type)."""
+        (Path(data_dir) / self.path).write_bytes(self.backend.to_str(pretty=True).encode("utf-8"))
 
     def fingerprint(self):
         """The sha256 of tokenizer.json as save() writes it (`sha256sum tokenizer.json` shows it)."""

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -496,3 +497,65 @@ def test_segregate_languages_writes_id_aligned_files(repo_root, sample_dataset, 
             assert aligned[i] == [f"{split}-{i}", pairs[i]["en"], pairs[i]["fr"]]
     with pytest.raises(SystemExit, match="^error: .*meta.json"):
         segregate.main(["--data", str(tmp_path)])
+
+
+class Crash(BaseException):
+    """Stands in for a kill: not an Exception, so nothing on the way up handles it."""
+
+
+def whole_dataset(path):
+    """The meta.json of path if every token file and the tokenizer match its records (a dataset not mixed
+    from two preparations), else None."""
+    meta = load_meta(path)
+    for name, record in meta["token_files"].items():
+        if hashlib.sha256((path / name).read_bytes()).hexdigest() != record["sha256"]:
+            return None
+    return meta if load_tokenizer(meta, path).fingerprint() == meta["tokenizer_sha256"] else None
+
+
+@pytest.mark.parametrize("step", ["link_tree", "replace:1", "replace:2", "rmtree"])
+def test_overwrite_killed_at_any_step_leaves_the_old_or_the_new_dataset(prep, tmp_path, monkeypatch, step):
+    """--overwrite builds the new dataset beside the old and swaps it in: killed at any step, then cleaned up
+    by the next preparation, the directory holds one whole dataset, old or new, and the user's files."""
+    args = ["--source", "local", "--corpus", SAMPLE, "--name", "s", "--out_root", str(tmp_path), "--vocab_size", "300"]
+    prep.main(args)
+    old = load_meta(tmp_path / "s")
+    (tmp_path / "s" / "notes.txt").write_text("the user's own file\n")
+    name, _, nth = step.partition(":")
+    owner = {"link_tree": prep, "replace": prep.os, "rmtree": prep.shutil}[name]
+    real, calls = getattr(owner, name), []
+
+    def crashing(*a, **k):
+        calls.append(a)
+        if len(calls) == int(nth or 1):
+            raise Crash(step)
+        return real(*a, **k)
+    monkeypatch.setattr(owner, name, crashing)
+    with pytest.raises(Crash):
+        prep.main(args[:-1] + ["400", "--overwrite"])
+    monkeypatch.setattr(owner, name, real)
+    monkeypatch.setattr(prep.os, "getpid", lambda: 1)  # the next preparation: this process's temporaries are a dead one's
+    monkeypatch.setattr("backpacks.atomic.process_alive", lambda pid: False)
+    prep.clean_leftovers(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    meta = whole_dataset(tmp_path / "s")
+    assert meta is not None and meta["vocab_size"] in (old["vocab_size"], 400)
+    assert (meta == old) == (step in ("link_tree", "replace:1", "replace:2"))
+    assert (tmp_path / "s" / "notes.txt").read_text() == "the user's own file\n"
+
+
+def test_a_full_disk_while_saving_the_tokenizer_is_one_line(prep, tmp_path, monkeypatch):
+    args = ["--source", "local", "--corpus", SAMPLE, "--name", "s", "--out_root", str(tmp_path), "--vocab_size", "300"]
+    prep.main(args)
+    old = load_meta(tmp_path / "s")
+    real = Path.write_bytes
+
+    def full(path, data):
+        if path.name == "tokenizer.json":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(SystemExit) as e:
+        prep.main(args[:-1] + ["400", "--overwrite"])
+    assert str(e.value).startswith(f"error: cannot write {tmp_path / 's' / 'tokenizer.json'}: no space left on device")
+    assert whole_dataset(tmp_path / "s") == old

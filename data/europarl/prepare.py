@@ -15,8 +15,9 @@ word_counts.json, tokenizer.json (bpe), meta.json. meta.json fingerprints the da
 that use it: tokenizer_sha256 (see tokenizer.py) and data_sha256, the sha256 of the bytes of train.bin,
 val.bin and test.bin in that order; token_files records the bytes, sha256 and largest id of every .bin
 file, which readers check (backpacks/dataset.py). Temporary directories of a killed preparation are
-removed by the next one. An existing dataset NAME is refused unless --overwrite; then only the files
-listed above are replaced, and anything else in the directory (segregated/, the user's files) is kept.
+removed by the next one. An existing dataset NAME is refused unless --overwrite; then the new dataset
+replaces the old one as a whole (a crash leaves one or the other, never a mix), and anything else in the
+directory (segregated/, the user's files) is kept.
 """
 import argparse
 import errno
@@ -352,20 +353,41 @@ def dataset_identity(target):
 
 
 def publish(tmp_dir, target):
-    """Move the finished dataset into place; returns the names of files in target it kept. Over an
-    existing dataset, only prepare.py's own files are replaced, one rename each, meta.json last (until
-    then the old meta.json's records make readers refuse the mixed files), and its own files this run
-    did not write are removed; every other file is kept."""
+    """Move the finished dataset into place as a whole: readers see the old dataset or the new one, never a
+    mix. Over an existing dataset, what prepare.py did not write (segregated/, the user's files) is linked
+    into the new one first; then the old directory is renamed aside and the new one into place, and the
+    old one is removed. A crash between the two renames leaves the old dataset aside, which the next
+    preparation puts back (clean_leftovers). Returns the names of the files kept."""
     if not target.exists():
         os.replace(tmp_dir, target)
         return []
-    written = {p.name for p in tmp_dir.iterdir()}
-    for name in sorted(written - {"meta.json"}):
-        os.replace(tmp_dir / name, target / name)
-    for name in OUTPUT_NAMES - written:
-        (target / name).unlink(missing_ok=True)
-    os.replace(tmp_dir / "meta.json", target / "meta.json")
-    return sorted(p.name for p in target.iterdir() if p.name not in OUTPUT_NAMES)
+    kept = sorted(p.name for p in target.iterdir() if p.name not in OUTPUT_NAMES)
+    for name in kept:
+        link_tree(target / name, tmp_dir / name)
+    aside = target.parent / temporary_name(target.name, "old")
+    aside.mkdir()
+    os.replace(target, aside / target.name)
+    os.replace(tmp_dir, target)
+    shutil.rmtree(aside)
+    return kept
+
+
+def link_tree(source, destination):
+    """destination as a hard-linked copy of source (a file or a directory; symlinks copied as links): no
+    extra space, nothing of source changed. Falls back to copying where links are refused."""
+    if source.is_symlink():
+        os.symlink(os.readlink(source), destination)
+    elif source.is_dir():
+        shutil.copytree(source, destination, symlinks=True, copy_function=link_or_copy)
+    else:
+        link_or_copy(source, destination)
+
+
+def link_or_copy(source, destination):
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
 
 
 def clean_leftovers(out_root):
