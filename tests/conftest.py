@@ -1,4 +1,7 @@
-"""Shared fixtures: repository paths, the offline English-French data, a tiny prepared dataset."""
+"""Shared fixtures: repository paths, the offline English-French data, a tiny prepared dataset, a synthetic one.
+
+tiny_model() (tests/tiny.py) is the one tiny model every test builds, given overrides only for a shape the test depends on;
+TINY_TRAIN_ARGS (tests/tiny.py) is the one list of train.py arguments of a tiny run, its variants built by train_args()."""
 import json
 import os
 import subprocess
@@ -6,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+pytest.register_assert_rewrite("tiny")
+from tiny import tiny_model, write_synthetic_dataset  # noqa: E402 (after the rewrite hook, so its asserts explain)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Tests never download: evaluate.py's automatic fetching is off (tests of the download path
@@ -65,6 +71,12 @@ def prepare_sample(out_root, *options):
 def sample_dataset(tmp_path_factory):
     """The project's sample corpus prepared with a small BPE vocabulary (built once per session)."""
     return prepare_sample(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_dataset(tmp_path_factory):
+    """tiny.write_synthetic_dataset's gpt2-kind dataset (vocabulary 98), written once per test module."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("synthetic") / "data")
 
 
 @pytest.fixture(scope="session")
@@ -130,19 +142,16 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def make_checkpoint():
-    """make_checkpoint(out_dir, data_dir, model_type='backpack', block_size=64): a tiny untrained
-    model saved as train.py saves its checkpoints (best.pt, built by the same training_checkpoint),
-    for tests of the scripts that read them."""
+    """make_checkpoint(out_dir, data_dir, model_type='backpack', block_size=64): the tiny model, untrained,
+    of the dataset's vocabulary, saved as train.py saves its checkpoints (best.pt, built by the same
+    training_checkpoint), for tests of the scripts that read them. A block of 64: a sentence of the sample
+    corpus is about 35 tokens, more than the factory's 32."""
     from backpacks.checkpoint import rng_state, save_checkpoint, training_checkpoint
     from backpacks.dataset import BatchSampler
-    from model import ModelConfig, build_model
 
     def make(out_dir, data_dir, model_type="backpack", block_size=64):
         meta = json.loads((data_dir / "meta.json").read_text())
-        torch.manual_seed(0)
-        config = ModelConfig(vocab_size=meta["vocab_size"], block_size=block_size, n_layer=2, n_head=2,
-                             n_embd=32, n_senses=4)
-        model = build_model(model_type, config)
+        model = tiny_model(model_type, vocab_size=meta["vocab_size"], block_size=block_size)
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt = training_checkpoint(

@@ -9,15 +9,10 @@ import train
 from backpacks import devices, metrics, objectives
 from backpacks.checkpoint import load_checkpoint
 from backpacks.dataset import BatchSampler
-from model import BackpackLM, ModelConfig, product_mixing, sdpa_mixing
-from test_train import TINY, error_of, write_synthetic_dataset
+from model import product_mixing, sdpa_mixing
+from tiny import SENSIA_TRAIN_ARGS, TINY_BENCH_ARGS, error_of, tiny_model, train_args
 
-ON_GPU = [a for a in TINY if not a.startswith(('--device', '--dtype'))] + ['--device=cuda', '--dtype=auto']
-
-
-@pytest.fixture(scope='module')
-def synthetic_dataset(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp('synthetic') / 'data')
+ON_GPU = train_args('--device=cuda', '--dtype=auto')
 
 
 # ----------------------------------------------------------------------------- the stand-ins' contracts
@@ -106,8 +101,7 @@ def test_batches_reach_the_gpu_as_pinned_contiguous_copies(fake_gpu, synthetic_d
 
 def test_evaluation_syncs_with_the_host_once(fake_gpu):
     """estimate_losses keeps its sums on the device: one sync for the whole evaluation, not per batch."""
-    torch.manual_seed(0)
-    net = BackpackLM(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16, n_senses=4))
+    net = tiny_model()
 
     class Batches:  # device batches, made before counting
         batches = [(torch.randint(0, 20, (2, 8), device='cuda'), torch.randint(0, 20, (2, 8), device='cuda'),
@@ -143,8 +137,9 @@ def test_the_sense_mixing_gets_a_fused_kernel_at_every_size(fake_gpu, n_embd, n_
     o = sdpa_mixing(q, keys, senses, None)
     torch.testing.assert_close(o.float(), product_mixing(q.float(), keys.float(), senses.float(), None),
                                atol=2e-2 if dtype != torch.float32 else 1e-5, rtol=2e-2)
-    net = BackpackLM(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=3, n_embd=n_embd - n_embd % 3,
-                                 n_senses=n_senses)) if (n_embd - n_embd % 3) % n_senses == 0 else None
+    # a whole model at the sizes under test, with 3 heads (n_embd rounded down to a multiple of 3)
+    net = tiny_model(n_head=3, n_embd=n_embd - n_embd % 3, n_senses=n_senses) \
+        if (n_embd - n_embd % 3) % n_senses == 0 else None
     if net is not None:
         with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
             net(torch.randint(0, 20, (2, 8), device='cuda'))
@@ -169,15 +164,13 @@ def test_the_loss_sums_are_a_batch_of_device_tensors():
 
 def test_sensia_trains_on_a_gpu_and_evaluates_in_its_dtype(fake_gpu, sample_dataset, tmp_path, monkeypatch):
     from backpacks import sensia
-    from test_sensia import TINY as SENSIA_TINY
     dtypes = []
     real = sensia.pair_metrics
     monkeypatch.setattr(sensia, 'pair_metrics',
                         lambda *a: dtypes.append(torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu')
                                                  else torch.float32) or real(*a))
-    args = [a for a in SENSIA_TINY if not a.startswith(('--device', '--dtype', '--deterministic'))]
-    train.main([*args, '--device=cuda', '--dtype=auto', f'--data_dir={sample_dataset}', '--max_iters=2',
-                '--eval_interval=2', f'--out_dir={tmp_path}'])
+    args = train_args('--device=cuda', '--dtype=auto', base=SENSIA_TRAIN_ARGS, drop=['--deterministic'])
+    train.main([*args, f'--data_dir={sample_dataset}', '--max_iters=2', '--eval_interval=2', f'--out_dir={tmp_path}'])
     assert dtypes == [torch.bfloat16, torch.bfloat16] and fake_gpu.math_fallbacks() == 0
     log = load_checkpoint(tmp_path / 'ckpt.pt')['training_log']
     assert log[-1]['tokens_per_s'] > 0
@@ -186,7 +179,7 @@ def test_sensia_trains_on_a_gpu_and_evaluates_in_its_dtype(fake_gpu, sample_data
 def test_throughput_counts_the_positions_computed():
     """SENSIA's padded pairs are shorter than block_size: tokens/s and MFU come from what each batch held."""
     import types
-    net = BackpackLM(ModelConfig(vocab_size=20, block_size=64, n_layer=1, n_head=2, n_embd=16, n_senses=4))
+    net = tiny_model()
     run = types.SimpleNamespace(window_positions={20: 400, 32: 320}, window_time=2.0, world_size=2, master=True,
                                 raw_model=net, mfu_peak=1e12)
     tokens_per_s, mfu = train.throughput(run)
@@ -210,9 +203,7 @@ def test_generation_and_evaluation_run_on_a_gpu(fake_gpu, sample_dataset, make_c
 def test_bench_measures_a_step_on_a_gpu(fake_gpu, monkeypatch):
     import sys
     import bench
-    monkeypatch.setattr(sys, 'argv', ['bench.py', '--device=cuda', '--n_layer=1', '--n_head=2', '--n_embd=32',
-                                      '--n_senses=4', '--block_size=16', '--vocab_size=64', '--batch_size=2',
-                                      '--warmup=1', '--steps=1'])
+    monkeypatch.setattr(sys, 'argv', ['bench.py', *TINY_BENCH_ARGS, '--device=cuda', '--steps=1'])
     args = bench.parse_args()
     assert args.dtype == 'bfloat16' and torch.backends.cuda.matmul.allow_tf32
     result = bench.bench_model('backpack', args)

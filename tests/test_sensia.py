@@ -16,12 +16,8 @@ import train
 from backpacks.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from backpacks.dataset import load_meta
 from backpacks.hf_format import save_backpack_gpt2
-from model import BackpackLM, ModelConfig
-from test_train import write_synthetic_dataset
+from tiny import SENSIA_TRAIN_ARGS, tiny_model, write_synthetic_dataset
 
-TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
-        '--eval_iters=1', '--log_interval=100', '--warmup_iters=2', '--learning_rate=3e-3', '--device=cpu',
-        '--dtype=float32', '--objective=sensia', '--sensia_eval_pairs=16', '--deterministic']
 SENSE_PARTS = ('sense_network.', 'sense_weight_net.')
 
 
@@ -46,14 +42,9 @@ def test_info_nce_is_minimal_on_aligned_pairs():
     assert sensia.info_nce(z, z.roll(1, dims=0), 0.05).item() > 10
 
 
-def tiny_backpack(seed=0):
-    torch.manual_seed(seed)
-    return BackpackLM(ModelConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)).eval()
-
-
 @pytest.mark.parametrize('context', sensia.CONTEXT_STATES)
 def test_pooling_unchanged_by_extra_right_padding(context):
-    model = tiny_backpack()
+    model = tiny_model()
     hidden = {}
     model.backbone.register_forward_hook(lambda m, i, out: hidden.update(h=out))
     idx, lengths = sensia.pad_batch([[1, 2, 3], [4, 5, 6, 7, 8]], pad=0, device='cpu')
@@ -93,7 +84,7 @@ def test_recall_at_1_constructed_case():
 
 
 def sensia_run(out, data, *extra):
-    return [sys.executable, 'train.py', *TINY, f'--data_dir={data}', f'--out_dir={out}', *extra]
+    return [sys.executable, 'train.py', *SENSIA_TRAIN_ARGS, f'--data_dir={data}', f'--out_dir={out}', *extra]
 
 
 @pytest.mark.slow
@@ -134,22 +125,21 @@ DDP_WORKER = '''
 import json, os, sys
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-sys.path.insert(0, os.getcwd())
+sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), 'tests')]
 import train
 from backpacks import sensia
 from backpacks.dataset import load_meta
 from backpacks.hf_format import save_backpack_gpt2
-from model import BackpackLM, ModelConfig
+from tiny import tiny_model
 from pathlib import Path
 data, out = Path(sys.argv[1]), sys.argv[2]
 ddp = 'RANK' in os.environ
 if ddp:
     torch.distributed.init_process_group('gloo')
 rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if ddp else (0, 1)
-torch.manual_seed(0)
 meta = load_meta(data)
-model = BackpackLM(ModelConfig(vocab_size=meta['vocab_size'], block_size=32, n_layer=1, n_head=2, n_embd=16, n_senses=4))
 cfg = {**train.DEFAULTS, 'objective': 'sensia', 'batch_size': 4, 'block_size': 32, 'max_iters': 100}
+model = tiny_model(vocab_size=meta['vocab_size'], block_size=cfg['block_size']).train()
 objective = sensia.SensiaObjective(cfg, model, data, meta, 'cpu', 0)
 rows = list(range(8))[rank * 8 // world:(rank + 1) * 8 // world]  # the global batch, split over processes
 batch = objective.val.batch(rows, 'cpu')
@@ -190,9 +180,7 @@ def test_sensia_freeze_sense_input_keeps_the_sense_vectors_fixed(sample_dataset,
     meta = load_meta(sample_dataset)
     cfg = {**train.DEFAULTS, 'objective': 'sensia', 'batch_size': 4, 'block_size': 32, 'max_iters': 10,
            'sensia_freeze_sense_input': fixed}
-    torch.manual_seed(0)
-    model = BackpackLM(ModelConfig(vocab_size=meta['vocab_size'], block_size=32, n_layer=1, n_head=2, n_embd=16,
-                                   n_senses=4))
+    model = tiny_model(vocab_size=meta['vocab_size'], block_size=cfg['block_size']).train()
     objective = sensia.SensiaObjective(cfg, model, sample_dataset, meta, 'cpu', seed=0)
     optimizer = model.configure_optimizers(0.1, 1e-2, (0.9, 0.95), 'cpu')
     ids = torch.arange(meta['vocab_size'])
@@ -223,13 +211,15 @@ def test_bad_settings_and_data(sample_dataset, tmp_path, repo_root, make_checkpo
         train.main(['--objective=sensia', '--sensia_freeze=False', '--sensia_freeze_sense_input=True'])
     transformer = make_checkpoint(tmp_path / 'tf', sample_dataset, model_type='transformer')
     with pytest.raises(SystemExit, match='is a transformer; objective .sensia. adapts'):
-        train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={transformer}', f'--out_dir={tmp_path / "o"}'])
+        train.main([*SENSIA_TRAIN_ARGS, f'--data_dir={sample_dataset}', f'--init_from={transformer}',
+                    f'--out_dir={tmp_path / "o"}'])
     no_pairs = write_synthetic_dataset(tmp_path / 'no_pairs')
     with pytest.raises(SystemExit, match='has no pairs_train.bin'):
-        train.main([*TINY, f'--data_dir={no_pairs}', f'--out_dir={tmp_path / "o"}'])
+        train.main([*SENSIA_TRAIN_ARGS, f'--data_dir={no_pairs}', f'--out_dir={tmp_path / "o"}'])
     other = make_checkpoint(tmp_path / 'other', no_pairs)  # vocabulary of 98 (gpt2 kind), not 512 (bpe)
     with pytest.raises(SystemExit, match='was trained with another tokenizer'):
-        train.main([*TINY, f'--data_dir={sample_dataset}', f'--init_from={other}', f'--out_dir={tmp_path / "o"}'])
+        train.main([*SENSIA_TRAIN_ARGS, f'--data_dir={sample_dataset}', f'--init_from={other}',
+                    f'--out_dir={tmp_path / "o"}'])
 
 
 @pytest.mark.parametrize('size', ['tiny', 'backpack_gpt2'])
@@ -249,7 +239,7 @@ def test_controls_differ_from_sensia_only_in_their_objective(size):
 def sensia_run_saved_by_two_processes(data, out):
     """A short SENSIA run (z_ctx from the backbone's hidden states: a forward hook) whose ckpt.pt is
     rewritten as if two processes had saved it; the iteration best.pt holds."""
-    train.main([*TINY, f'--data_dir={data}', f'--out_dir={out}', '--max_iters=8', '--eval_interval=4',
+    train.main([*SENSIA_TRAIN_ARGS, f'--data_dir={data}', f'--out_dir={out}', '--max_iters=8', '--eval_interval=4',
                 '--checkpoint_interval=4', '--sensia_context=hidden'])
     ckpt = load_checkpoint(out / 'ckpt.pt')
     ckpt['rng'], ckpt['sampler'] = ckpt['rng'] * 2, ckpt['sampler'] * 2
@@ -310,9 +300,7 @@ def test_every_trainable_parameter_gets_a_gradient(sample_dataset, losses, conte
     meta = load_meta(sample_dataset)
     cfg = {**train.DEFAULTS, 'objective': 'sensia', 'batch_size': 4, 'block_size': 32, 'max_iters': 10,
            'sensia_losses': losses, 'sensia_context': context}
-    torch.manual_seed(0)
-    model = BackpackLM(ModelConfig(vocab_size=meta['vocab_size'], block_size=32, n_layer=1, n_head=2, n_embd=16,
-                                   n_senses=4))
+    model = tiny_model(vocab_size=meta['vocab_size'], block_size=cfg['block_size']).train()
     objective = sensia.SensiaObjective(cfg, model, sample_dataset, meta, 'cpu', seed=0)
     loss, _ = objective.loss(model, objective.batch(), iter_num=3)  # the joint phase: every enabled term
     loss.backward()
@@ -344,9 +332,9 @@ def test_ddp_processes_agree_on_best_pt_and_train_the_context_loss_alone(sample_
     worker = tmp_path / 'worker.py'
     worker.write_text(RANK_DEPENDENT_WORKER)
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', str(worker)]
-    settings = [*TINY, f'--data_dir={sample_dataset}', '--max_iters=4', '--eval_interval=2', '--batch_size=4',
-                '--gradient_accumulation_steps=2', '--sensia_losses=context', '--sensia_context=hidden',
-                f'--out_dir={tmp_path / "out"}']
+    settings = [*SENSIA_TRAIN_ARGS, f'--data_dir={sample_dataset}', '--max_iters=4', '--eval_interval=2',
+                '--batch_size=4', '--gradient_accumulation_steps=2', '--sensia_losses=context',
+                '--sensia_context=hidden', f'--out_dir={tmp_path / "out"}']
     result = subprocess.run([*torchrun, *settings], cwd=repo_root, env={**os.environ, 'OMP_NUM_THREADS': '1',
                             'PYTHONPATH': str(repo_root)}, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,58 +21,16 @@ from backpacks.dataset import BatchSampler
 from backpacks.hf_format import load_backpack_gpt2
 from backpacks.init_from import model_from_settings
 from conftest import native_on_this_cpu
+from tiny import EN, FR, SHAPE_KEYS, TINY_TRAIN_ARGS, error_of, read_log, train_args
 
-TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--batch_size=8',
-        '--eval_iters=2', '--eval_interval=5', '--log_interval=5', '--warmup_iters=2', '--learning_rate=3e-3',
-        '--device=cpu', '--dtype=float32']
 CHECKPOINT_KEYS = {'model', 'model_type', 'model_args', 'config', 'meta', 'data_dir', 'iter_num', 'best_val_loss',
                    'optimizer', 'scaler', 'rng', 'sampler', 'training_log'}
-EN, FR, EOT = 96, 97, 95  # tag and end-of-text ids of the synthetic gpt2-kind dataset (96 + 2 tags)
-
-
-def write_synthetic_dataset(path, seed=0):
-    """A gpt2-kind dataset of vocabulary 98 whose "French" repeats the English ids shifted by 45:
-    learnable in a few iterations, and matching the 96-token backpack-gpt2-tiny checkpoint."""
-    rng = np.random.default_rng(seed)
-    path.mkdir(parents=True)
-    splits = {}
-    for split, n_pairs in (('train', 400), ('val', 60)):
-        stream = []
-        for _ in range(n_pairs):
-            words = rng.integers(0, 40, size=rng.integers(3, 9))
-            stream += [EN, *words, FR, *(words + 45), EOT]
-        np.array(stream, dtype=np.uint16).tofile(path / f'{split}.bin')
-        n_tokens = len(stream) - 3 * n_pairs
-        splits[split] = {'pairs': n_pairs, 'sequences': n_pairs, 'tokens': len(stream),
-                         'tokens_en': n_tokens // 2, 'tokens_fr': n_tokens // 2}
-    meta = {'vocab_size': 98, 'dtype': 'uint16',
-            'tokenizer': {'kind': 'gpt2', 'path': 'tiktoken:gpt2', 'base_vocab_size': 96},
-            'special_tokens': {'en': EN, 'fr': FR, 'eot': EOT}, 'bidirectional': False, 'seed': seed,
-            'splits': splits, 'cleaning': {}, 'sources': [], 'command': 'tests/test_train.py synthetic data'}
-    (path / 'meta.json').write_text(json.dumps(meta))
-    return path
-
-
-@pytest.fixture(scope='module')
-def synthetic_dataset(tmp_path_factory):
-    return write_synthetic_dataset(tmp_path_factory.mktemp('synthetic') / 'data')
 
 
 def run_cli(repo_root, args, **kwargs):
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     return subprocess.run([sys.executable, 'train.py', *args], cwd=repo_root, env=env, capture_output=True,
                           text=True, timeout=300, **kwargs)
-
-
-def read_log(out_dir):
-    return json.loads((out_dir / 'training_log.json').read_text())
-
-
-def error_of(argv):
-    with pytest.raises(SystemExit) as e:
-        train.main(argv)
-    assert str(e.value).startswith('error: '), e.value
-    return str(e.value)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -176,7 +134,7 @@ def load_checkpoint_model_counts(out):
 @pytest.mark.parametrize('model_type', ['backpack', 'transformer'])
 def test_short_run_loss_decreases(sample_dataset, tmp_path, capsys, model_type):
     out = tmp_path / 'out'
-    train.main([*TINY, f'--model_type={model_type}', '--max_iters=30', f'--data_dir={sample_dataset}',
+    train.main([*TINY_TRAIN_ARGS, f'--model_type={model_type}', '--max_iters=30', f'--data_dir={sample_dataset}',
                 f'--out_dir={out}', '--checkpoint_interval=10'])
     printed = capsys.readouterr().out
     assert 'unigram entropy of train.bin' in printed
@@ -202,8 +160,8 @@ def test_short_run_loss_decreases(sample_dataset, tmp_path, capsys, model_type):
 
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(synthetic_dataset, tmp_path, repo_root):
-    common = [*TINY, f'--data_dir={synthetic_dataset}', '--dropout=0.1', '--deterministic', '--eval_interval=4',
-              '--checkpoint_interval=4', '--lr_decay_iters=20', '--gradient_accumulation_steps=2']
+    common = [*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--dropout=0.1', '--deterministic',
+              '--eval_interval=4', '--checkpoint_interval=4', '--lr_decay_iters=20', '--gradient_accumulation_steps=2']
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     straight = subprocess.Popen([sys.executable, 'train.py', *common, '--max_iters=20', f'--out_dir={tmp_path / "a"}'],
                                 cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -246,7 +204,7 @@ def test_interrupted_save_keeps_previous_checkpoint(synthetic_dataset, tmp_path,
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, 'save', save_dies_halfway)
-    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=12',
+    message = error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=12',
                         '--checkpoint_interval=4', '--eval_interval=100'])
     assert 'could not write' in message and 'ckpt.pt: no space left on device (the file needs at least' in message
     assert load_checkpoint(out / 'ckpt.pt')['iter_num'] == 4
@@ -256,8 +214,8 @@ def test_interrupted_save_keeps_previous_checkpoint(synthetic_dataset, tmp_path,
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_zero(synthetic_dataset, tmp_path, repo_root):
     out = tmp_path / 'out'
-    proc = subprocess.Popen([sys.executable, 'train.py', *TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}',
-                             '--max_iters=1000000', '--checkpoint_interval=5'],
+    proc = subprocess.Popen([sys.executable, 'train.py', *TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}',
+                             f'--out_dir={out}', '--max_iters=1000000', '--checkpoint_interval=5'],
                             cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / 'ckpt.pt').exists() and proc.poll() is None and time.time() < deadline:
@@ -288,7 +246,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(synthetic_dataset, tmp_path, m
         return logits, loss
 
     monkeypatch.setattr(model_module.BackpackLM, 'forward', forward_goes_nan)
-    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
+    message = error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
                         '--checkpoint_interval=4'])
     assert 'loss is not finite at iteration 6' in message
     assert f"the last good state is in {out / 'best.pt'} (iteration 5) and {out / 'ckpt.pt'} (iteration 4)" in message
@@ -333,7 +291,7 @@ def scripted_val_losses(monkeypatch, losses):
 @pytest.mark.slow
 def test_early_stopping_and_its_resume_are_exact(synthetic_dataset, tmp_path, monkeypatch, capsys):
     scripted_val_losses(monkeypatch, [5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 2.0, 1.0])
-    common = [*TINY, f'--data_dir={synthetic_dataset}', '--early_stop_evals=3', '--decay_lr=False',
+    common = [*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--early_stop_evals=3', '--decay_lr=False',
               '--checkpoint_interval=100']
     train.main([*common, '--max_iters=100', f'--out_dir={tmp_path / "a"}'])
     assert 'early stop at iteration 25: val loss has not improved for 3 evaluations' in capsys.readouterr().out
@@ -353,12 +311,13 @@ def test_early_stopping_and_its_resume_are_exact(synthetic_dataset, tmp_path, mo
 
 def test_early_stopping_is_off_by_default(synthetic_dataset, tmp_path, monkeypatch):
     scripted_val_losses(monkeypatch, [5.0, 6.0, 7.0, 8.0])
-    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=15', f'--out_dir={tmp_path}'])
+    train.main([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--max_iters=15', f'--out_dir={tmp_path}'])
     assert load_checkpoint(tmp_path / 'ckpt.pt')['iter_num'] == 15
 
 
 def test_first_line_names_the_machine_and_the_dtype_auto_chose(synthetic_dataset, tmp_path, capsys):
-    train.main([*TINY, '--dtype=auto', f'--data_dir={synthetic_dataset}', '--max_iters=2', f'--out_dir={tmp_path}'])
+    train.main([*TINY_TRAIN_ARGS, '--dtype=auto', f'--data_dir={synthetic_dataset}', '--max_iters=2',
+                f'--out_dir={tmp_path}'])
     dtype, reason = devices.resolve_dtype('auto', 'cpu')  # what this CPU multiplies natively
     assert capsys.readouterr().out.splitlines()[0] == f"machine: {devices.describe_machine('cpu')}; dtype {dtype} ({reason})"
     ckpt = load_checkpoint(tmp_path / 'ckpt.pt')
@@ -371,7 +330,7 @@ def test_a_dtype_the_device_cannot_run_is_one_line(synthetic_dataset, tmp_path, 
     def refuse(*args):
         raise devices.DeviceError('this GPU (compute capability 7.5) has no bfloat16 support')
     monkeypatch.setattr(devices, 'resolve_dtype', refuse)
-    assert error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}']) == \
+    assert error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}']) == \
         'error: this GPU (compute capability 7.5) has no bfloat16 support'
 
 
@@ -380,7 +339,7 @@ def test_non_finite_val_loss_saves_nothing(synthetic_dataset, tmp_path, monkeypa
     """A diverged evaluation stops the run before ckpt.pt is written at the same iteration."""
     out = tmp_path / 'out'
     nan_in_evaluation_after(monkeypatch, 2 * 2 * 2)  # evaluations at 0 and 4 are finite (2 splits x eval_iters 2)
-    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
+    message = error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
                         '--eval_interval=4', '--checkpoint_interval=4'])
     assert 'loss is not finite at iteration 8' in message
     assert f"in {out / 'best.pt'} (iteration 4) and {out / 'ckpt.pt'} (iteration 4)" in message
@@ -391,7 +350,7 @@ def test_non_finite_val_loss_saves_nothing(synthetic_dataset, tmp_path, monkeypa
 def test_no_checkpoint_yet_is_said(synthetic_dataset, tmp_path, monkeypatch):
     out = tmp_path / 'out'
     nan_in_evaluation_after(monkeypatch, 0)
-    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=4'])
+    message = error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=4'])
     assert 'loss is not finite at iteration 0' in message and 'no checkpoint had been written' in message
     assert not out.exists()  # nothing was written, so the run's directory is gone too
 
@@ -410,7 +369,7 @@ def test_non_finite_weights_are_never_saved(synthetic_dataset, tmp_path, monkeyp
         return result
 
     monkeypatch.setattr(torch.optim.AdamW, 'step', step_breaks_a_weight)
-    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
+    message = error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=20',
                         '--eval_interval=100', '--checkpoint_interval=4'])
     assert 'weights are not finite at iteration 4' in message
     assert f"the last good state is in {out / 'best.pt'} (iteration 0)." in message
@@ -422,7 +381,7 @@ def test_ddp_two_gloo_processes_step_as_one_process_on_the_same_global_batch(syn
     """Two processes x 2 micro-steps (gradients all-reduced once, on the last micro-step) must take exactly
     the step of one process whose loss averages the same 4 micro-batches; rank r draws with seed + r."""
     out = tmp_path / 'out'
-    settings = [*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=1', '--gradient_accumulation_steps=4',
+    settings = [*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--max_iters=1', '--gradient_accumulation_steps=4',
                 '--eval_iters=1']
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', 'train.py']
     result = subprocess.run([*torchrun, *settings, f'--out_dir={out}'], cwd=repo_root,
@@ -471,7 +430,7 @@ def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path
     """2 micro-steps of batch 4 draw the windows of 1 micro-step of batch 8 (one generator, drawn in order)
     and must give its gradients: loss / micro_steps, not a sum nor another scale (Adam would hide a scale
     in the weights, so the gradients themselves are compared; grad_clip=0 leaves them as computed)."""
-    common = [*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=1', '--eval_iters=1', '--grad_clip=0']
+    common = [*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--max_iters=1', '--eval_iters=1', '--grad_clip=0']
     accumulated = gradients_of_first_step(monkeypatch, *common, '--batch_size=4', '--gradient_accumulation_steps=2',
                                           f'--out_dir={tmp_path / "a"}')
     large_batch = gradients_of_first_step(monkeypatch, *common, '--batch_size=8', '--gradient_accumulation_steps=1',
@@ -483,7 +442,7 @@ def test_gradient_accumulation_equals_a_larger_batch(synthetic_dataset, tmp_path
 
 def assert_resume_is_bitwise(dataset, tmp_path, dtype, *settings):
     """A run stopped at iteration 4 and resumed to 8 ends bitwise equal to a run straight to 8."""
-    common = [*TINY, f'--dtype={dtype}', f'--data_dir={dataset}', '--dropout=0.1', '--eval_interval=4',
+    common = [*TINY_TRAIN_ARGS, f'--dtype={dtype}', f'--data_dir={dataset}', '--dropout=0.1', '--eval_interval=4',
               '--checkpoint_interval=4', '--lr_decay_iters=8', '--eval_iters=1', *settings]
     train.main([*common, '--max_iters=8', f'--out_dir={tmp_path / "a"}'])
     train.main([*common, '--max_iters=4', f'--out_dir={tmp_path / "b"}'])
@@ -505,7 +464,8 @@ def test_resume_on_fewer_processes_than_saved_the_run(synthetic_dataset, tmp_pat
     resumes in 1 CPU process with reseeded streams; with deterministic=True, which promises a bitwise
     continuation, it is one line instead."""
     out = tmp_path / 'out'
-    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--eval_iters=1', '--max_iters=2', f'--out_dir={out}'])
+    train.main([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--eval_iters=1', '--max_iters=2',
+                f'--out_dir={out}'])
     ckpt = load_checkpoint(out / 'ckpt.pt')
     two_gpus = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
     ckpt['rng'] = [{**ckpt['rng'][0], 'cuda': two_gpus} for _ in range(2)]
@@ -548,7 +508,7 @@ def restores_determinism():
 
 @pytest.mark.cuda
 def test_short_run_on_cuda_with_auto_dtype(synthetic_dataset, tmp_path, capsys):
-    train.main([*TINY, f'--data_dir={synthetic_dataset}', '--max_iters=10', '--device=cuda', '--dtype=auto',
+    train.main([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', '--max_iters=10', '--device=cuda', '--dtype=auto',
                 f'--out_dir={tmp_path / "out"}'])
     log = read_log(tmp_path / 'out')
     assert log[-1]['iter'] == 10 and log[-1]['val_loss'] < log[0]['val_loss']
@@ -565,8 +525,8 @@ def test_resume_bitwise_float16_with_grad_scaler_on_cuda(synthetic_dataset, tmp_
 def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference_tiny_dir):
     reference = reference_tiny_dir
     pretrained = load_backpack_gpt2(reference)
-    args = [*TINY[4:], '--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
-            f'--data_dir={synthetic_dataset}']
+    args = train_args('--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
+                      f'--data_dir={synthetic_dataset}', drop=SHAPE_KEYS)  # the shape is the checkpoint's
     train.main([*args, '--max_iters=0', f'--out_dir={tmp_path / "start"}'])
     start = load_checkpoint(tmp_path / 'start' / 'ckpt.pt')
     emb = start['model']['backbone.wte.weight']
@@ -586,18 +546,19 @@ def test_finetune_from_backpack_gpt2_tiny(synthetic_dataset, tmp_path, reference
 
 def test_finetune_needs_gpt2_dataset(sample_dataset, tmp_path, repo_root):
     reference = repo_root.parent / 'shared' / 'reference' / 'backpack-gpt2-tiny'
-    message = error_of([*TINY, '--init_from=backpack-gpt2', f'--pretrained_path={reference}', '--block_size=16',
-                        f'--data_dir={sample_dataset}', f'--out_dir={tmp_path}'])
+    message = error_of([*TINY_TRAIN_ARGS, '--init_from=backpack-gpt2', f'--pretrained_path={reference}',
+                        '--block_size=16', f'--data_dir={sample_dataset}', f'--out_dir={tmp_path}'])
     assert 'needs a dataset made with the gpt2 tokenizer' in message and "'bpe'" in message
 
 
 # ----------------------------------------------------------------------------- bad input
 
 def test_missing_data(tmp_path):
-    assert str(tmp_path / 'nowhere') in error_of([*TINY, f'--data_dir={tmp_path / "nowhere"}',
+    assert str(tmp_path / 'nowhere') in error_of([*TINY_TRAIN_ARGS, f'--data_dir={tmp_path / "nowhere"}',
                                                   f'--out_dir={tmp_path / "out"}'])
     (tmp_path / 'empty').mkdir()
-    assert 'meta.json' in error_of([*TINY, f'--data_dir={tmp_path / "empty"}', f'--out_dir={tmp_path / "out"}'])
+    assert 'meta.json' in error_of([*TINY_TRAIN_ARGS, f'--data_dir={tmp_path / "empty"}',
+                                    f'--out_dir={tmp_path / "out"}'])
 
 
 def test_resume_without_checkpoint(tmp_path):
@@ -607,7 +568,7 @@ def test_resume_without_checkpoint(tmp_path):
 def test_resume_with_best_pt_only_advises_what_works(synthetic_dataset, tmp_path):
     """A run that left best.pt but no ckpt.pt: the advice (cp best.pt ckpt.pt, then resume) works."""
     out = tmp_path / 'out'
-    train.main([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=5'])
+    train.main([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={out}', '--max_iters=5'])
     (out / 'ckpt.pt').unlink()
     message = error_of(['--init_from=resume', f'--out_dir={out}', '--max_iters=10'])
     assert f"`cp {out / 'best.pt'} {out / 'ckpt.pt'}` and --init_from=resume" in message
@@ -648,18 +609,18 @@ def broken_copy(dataset, tmp_path, breakage):
     ('special_tokens', "lacks 'special_tokens'"), ('vocab_size', "lacks 'vocab_size'")])
 def test_broken_dataset_is_one_line_and_leaves_no_out_dir(synthetic_dataset, tmp_path, breakage, expected):
     data = broken_copy(synthetic_dataset, tmp_path, breakage)
-    assert expected in error_of([*TINY, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}'])
+    assert expected in error_of([*TINY_TRAIN_ARGS, f'--data_dir={data}', f'--out_dir={tmp_path / "out"}'])
     assert not (tmp_path / 'out').exists()
 
 
 def test_new_run_keeps_an_earlier_best_pt(synthetic_dataset, tmp_path):
     """An earlier run killed before its first ckpt.pt left best.pt: a new run must not overwrite it."""
     (tmp_path / 'best.pt').write_bytes(b'earlier model')
-    message = error_of([*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}', '--max_iters=1'])
+    message = error_of([*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path}', '--max_iters=1'])
     assert 'holds best.pt of an earlier run but no ckpt.pt' in message and '--init_from=resume' in message
     assert (tmp_path / 'best.pt').read_bytes() == b'earlier model'
     assert 'cannot write into --out_dir' in error_of(
-        [*TINY, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path / "best.pt" / "run"}'])
+        [*TINY_TRAIN_ARGS, f'--data_dir={synthetic_dataset}', f'--out_dir={tmp_path / "best.pt" / "run"}'])
 
 
 @pytest.mark.slow
@@ -676,7 +637,7 @@ def test_unreadable_checkpoint_resume_is_one_line(synthetic_dataset, tmp_path, r
 @pytest.mark.slow
 def test_resume_refuses_another_run(sample_dataset, other_sample_dataset, synthetic_dataset, tmp_path):
     out = tmp_path / 'out'
-    train.main([*TINY, f'--data_dir={sample_dataset}', f'--out_dir={out}', '--max_iters=2'])
+    train.main([*TINY_TRAIN_ARGS, f'--data_dir={sample_dataset}', f'--out_dir={out}', '--max_iters=2'])
     before = (out / 'ckpt.pt').read_bytes()
     assert 'vocabulary of' in error_of(['--init_from=resume', f'--out_dir={out}', f'--data_dir={synthetic_dataset}'])
     # the same kind and size of tokenizer, but another one: other ids for the same text
@@ -685,7 +646,8 @@ def test_resume_refuses_another_run(sample_dataset, other_sample_dataset, synthe
     assert '--seed 2' not in message and '--name sample' in message  # the command that made the run's dataset
     assert 'is a backpack run' in error_of(['--init_from=resume', f'--out_dir={out}', '--model_type=transformer'])
     assert 'keeps its architecture' in error_of(['--init_from=resume', f'--out_dir={out}', '--n_embd=64'])
-    assert 'exists' in error_of([*TINY, f'--data_dir={sample_dataset}', f'--out_dir={out}'])  # scratch over a run
+    # scratch over a run
+    assert 'exists' in error_of([*TINY_TRAIN_ARGS, f'--data_dir={sample_dataset}', f'--out_dir={out}'])
     assert (out / 'ckpt.pt').read_bytes() == before
     train.main(['--init_from=resume', f'--out_dir={out}', '--max_iters=4'])  # the saved settings are the run's
     ckpt = load_checkpoint(out / 'ckpt.pt')
