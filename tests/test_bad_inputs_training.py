@@ -1,9 +1,9 @@
 """The training and data half of the bad-input probe (test_bad_inputs_evaluation.py has the readers'): each must end in one line (`error: ...`) and a non-zero exit,
 never a traceback, a wrong result or a lost file. One case per line: an id, the command line (the
 script, then its arguments; {data} is a copy of the sample dataset, {out} an empty run directory,
-{tiny} a tiny model), the fault injected before it runs (see FAULTS; '' for none), and a fragment of
-the one line it must give. Cases run in-process through the scripts' main(argv); the slow ones run
-the same command lines as subprocesses, to see the stderr a user sees."""
+{run} the arguments of a tiny run from {data} into {out}), the fault injected before it runs (see FAULTS;
+'' for none), and a fragment of the one line it must give. Cases run in-process through the scripts'
+main(argv); the slow ones run the same command lines as subprocesses, to see the stderr a user sees."""
 import errno
 import io
 import json
@@ -19,9 +19,9 @@ import pytest
 import train
 from backpacks import atomic
 from data.europarl import prepare
+from tiny import train_args
 
-TINY = ('--n_layer=1 --n_head=2 --n_embd=32 --n_senses=4 --block_size=32 --batch_size=8 --eval_iters=1 '
-        '--eval_interval=2 --max_iters=2 --device=cpu --dtype=float32')
+RUN_ARGS = train_args('--eval_iters=1', '--eval_interval=2', '--max_iters=2')  # a tiny run of two iterations
 PREPARE = '--source local --corpus data/europarl/sample/parliament --vocab_size 300 --out_root {data}/..'
 
 CASES = [
@@ -83,7 +83,7 @@ class FillingDisk(io.FileIO):
 
 
 def earlier_run(data, out, monkeypatch):
-    train.main([*TINY.split(), f'--data_dir={data}', f'--out_dir={out}'])
+    train.main([*RUN_ARGS, f'--data_dir={data}', f'--out_dir={out}'])
 
 
 def best_pt_only(data, out, monkeypatch):
@@ -135,7 +135,7 @@ def prepared_case(case, data, out, monkeypatch):
     _, line, faults, _ = case
     for fault in faults.split():
         FAULTS[fault](data, out, monkeypatch)
-    run = f'{TINY} --data_dir={data} --out_dir={out}'
+    run = shlex.join([*RUN_ARGS, f'--data_dir={data}', f'--out_dir={out}'])
     return shlex.split(line.format(run=run, data=data, out=out, data_name=data.name))
 
 

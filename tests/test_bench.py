@@ -10,17 +10,15 @@ import pytest
 import torch
 
 from backpacks.devices import resolve_dtype
-
-TINY = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--n_senses=4', '--block_size=32', '--vocab_size=64',
-        '--batch_size=2', '--warmup=1', '--steps=2']
+from tiny import TINY_BENCH_ARGS
 ONE_THREAD = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
 
 @pytest.mark.slow
 def test_bench_divides_by_the_matmul_rate_of_its_dtype(repo_root):
     dtype = resolve_dtype('auto', 'cpu')[0]  # bfloat16 only where the CPU multiplies it natively
-    out = subprocess.run([sys.executable, 'bench.py', *TINY, f'--dtype={dtype}', '--device=cpu'], cwd=repo_root,
-                         env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, 'bench.py', *TINY_BENCH_ARGS, f'--dtype={dtype}', '--device=cpu'],
+                         cwd=repo_root, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     yardstick, transformer, backpack, ratios = (json.loads(line) for line in out.stdout.splitlines())
     assert yardstick['dtype'] == dtype and yardstick[f'matmul_2048_{dtype}_GFLOPs'] > 0
@@ -33,8 +31,8 @@ def test_bench_divides_by_the_matmul_rate_of_its_dtype(repo_root):
 
 @pytest.mark.slow
 def test_profile_lists_the_top_operators(repo_root):
-    out = subprocess.run([sys.executable, 'bench.py', *TINY, '--device=cpu', '--profile', '--top=5'], cwd=repo_root,
-                         env=ONE_THREAD, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, 'bench.py', *TINY_BENCH_ARGS, '--device=cpu', '--profile', '--top=5'],
+                         cwd=repo_root, env=ONE_THREAD, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert [line.split()[0] for line in out.stdout.splitlines() if 'self CPU time per step' in line] == \
         ['transformer', 'backpack']
@@ -46,10 +44,10 @@ def test_profile_lists_the_top_operators(repo_root):
 
 
 def tiny_args(**overrides):
+    """bench.py's parsed arguments: TINY_BENCH_ARGS (all integers) in float32."""
     import argparse
-    return argparse.Namespace(**{'n_layer': 1, 'n_head': 2, 'n_embd': 32, 'n_senses': 4, 'block_size': 32,
-                                 'vocab_size': 64, 'batch_size': 2, 'dropout': 0.0, 'dtype': 'float32',
-                                 'seed': 0, 'data_dir': None, **overrides})
+    given = {arg[2:].split('=')[0]: int(arg.split('=')[1]) for arg in TINY_BENCH_ARGS}
+    return argparse.Namespace(**{**given, 'dropout': 0.0, 'dtype': 'float32', 'seed': 0, 'data_dir': None, **overrides})
 
 
 @pytest.mark.parametrize('model_type', ['transformer', 'backpack'])

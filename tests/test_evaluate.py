@@ -12,8 +12,11 @@ import evaluate
 from backpacks.eval import tasks
 from backpacks.checkpoint import load_checkpoint, save_checkpoint
 from backpacks.eval.report import fmt
+from tiny import train_args
 
-TINY_MODEL = ["--n_layer", "1", "--n_head", "2", "--n_embd", "32", "--n_senses", "4", "--block_size", "64"]
+# six iterations of a tiny run, in a block of 64: a sentence of the sample corpus is about 35 tokens
+TRAIN_ARGS = train_args("--block_size=64", "--max_iters=6", "--eval_interval=3", "--learning_rate=1e-3",
+                        "--log_interval=3")
 # small counts everywhere so a whole evaluation takes seconds
 FAST_EVAL = ["--device", "cpu", "--translation_samples", "8", "--beam", "2", "--loss_batches", "2",
              "--batch_size", "8", "--sentence_pairs", "16", "--bli_candidates", "300", "--sense_sentences", "4",
@@ -29,9 +32,8 @@ def run(args, cwd, check=True):
 
 
 def train_tiny(repo_root, data_dir, out_dir, model_type):
-    run(["train.py", "--data_dir", str(data_dir), "--out_dir", str(out_dir), "--model_type", model_type,
-         *TINY_MODEL, "--batch_size", "8", "--max_iters", "6", "--eval_interval", "3", "--eval_iters", "2",
-         "--warmup_iters", "2", "--learning_rate", "1e-3", "--log_interval", "3", "--device", "cpu"], repo_root)
+    run(["train.py", "--data_dir", str(data_dir), "--out_dir", str(out_dir), "--model_type", model_type, *TRAIN_ARGS],
+        repo_root)
     return out_dir
 
 
