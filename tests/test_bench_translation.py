@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from experiments.bench_translation import CacheCheck, check_cache
-from model import Cache, ModelConfig, build_model
+from model import Cache
+from tiny import tiny_translation_model
 
 EN, FR, EOT = 0, 1, 2
 
@@ -56,15 +57,6 @@ def test_logits_beyond_the_dtype_tolerance_are_refused_even_without_divergence(d
     assert check.error() is None
 
 
-def tiny_model(model_type):
-    torch.manual_seed(0)
-    config = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32, n_senses=4)
-    model = build_model(model_type, config).eval()
-    with torch.no_grad():  # random models otherwise tend to stop at once (tied head favours the tag just read)
-        model.token_embeddings[:3] *= 0.5
-    return model
-
-
 def sources(n=6, seed=0):
     rng = random.Random(seed)
     return [' '.join(str(rng.randrange(3, 64)) for _ in range(rng.randrange(1, 20))) for _ in range(n)]
@@ -75,7 +67,7 @@ def test_the_check_passes_the_models_cache_and_refuses_a_corrupted_one(model_typ
     """Greedy decoding of left-padded batches: the real cache agrees with the uncached forward at every step;
     a cache that loses what it keeps of the first position (keys and values of every layer, the senses) is
     refused."""
-    model = tiny_model(model_type)
+    model = tiny_translation_model(model_type)
     check = check_cache(model, IdTokenizer(), sources(), 'en-fr', batch_size=4)
     assert check.error() is None and check.compared > 20 and check.max_rel < 1e-5 and not check.gaps
 

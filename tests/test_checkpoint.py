@@ -7,14 +7,14 @@ import torch
 
 from backpacks import checkpoint
 from backpacks.checkpoint import CheckpointError, load_checkpoint, load_trained_model, save_checkpoint
-from model import ModelConfig, build_model
+from tiny import tiny_model
 
 
 def tiny_checkpoint(model_type='backpack'):
-    config = ModelConfig(vocab_size=32, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)
-    model = build_model(model_type, config)
-    return model, {'model': model.state_dict(), 'model_type': model_type, 'model_args': asdict(config),
-                   'iter_num': 3, 'meta': {'vocab_size': 32}}
+    """(the tiny model, the least checkpoint of it that loads)."""
+    model = tiny_model(model_type)
+    return model, {'model': model.state_dict(), 'model_type': model_type, 'model_args': asdict(model.config),
+                   'iter_num': 3, 'meta': {'vocab_size': model.config.vocab_size}}
 
 
 @pytest.mark.parametrize('model_type', ['backpack', 'transformer'])
@@ -90,7 +90,7 @@ def test_unreadable_checkpoints_are_one_line_naming_the_fallback(tmp_path, capfd
 
 def test_model_args_that_disagree_with_the_weights_are_one_line(tmp_path):
     _, ckpt = tiny_checkpoint()
-    ckpt['model_args']['n_embd'] = 32  # the weights are 16 wide
+    ckpt['model_args']['n_embd'] *= 2  # twice as wide as the weights
     save_checkpoint(ckpt, tmp_path / 'best.pt')
     with pytest.raises(CheckpointError, match="model_args .* disagree with its weights: size mismatch") as e:
         load_trained_model(tmp_path, 'best')

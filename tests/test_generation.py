@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from backpacks.generation import (beam_batch, build_prompt, greedy_batch, new_token_budget, prepare_prompts,
                         timed_translate, translate)
-from model import ModelConfig, build_model
+from model import ModelConfig
+from tiny import tiny_translation_model
 
 EN, FR, EOT = 0, 1, 2
 
@@ -24,15 +25,6 @@ class IdTokenizer:
 
     def decode(self, ids):
         return ' '.join(str(i) for i in ids if i not in (EN, FR, EOT))
-
-
-def tiny_model(model_type, seed=0):
-    torch.manual_seed(seed)
-    config = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32, n_senses=4)
-    model = build_model(model_type, config).eval()
-    with torch.no_grad():  # random models otherwise tend to stop at once (tied head favours the tag just read)
-        model.token_embeddings[:3] *= 0.5
-    return model
 
 
 def random_sources(n, max_len=40, seed=0):
@@ -55,7 +47,7 @@ def reference_greedy(model, prompt, budget):
 
 @pytest.mark.parametrize('model_type', ['transformer', 'backpack'])
 def test_batched_left_padded_greedy_equals_unpadded_reference(model_type):
-    model, tok = tiny_model(model_type), IdTokenizer()
+    model, tok = tiny_translation_model(model_type), IdTokenizer()
     prompts, budgets, n_truncated = prepare_prompts(tok, random_sources(12), 'en-fr', model.config.block_size)
     assert n_truncated > 0  # some sources are longer than the room the budget leaves
     expected = [reference_greedy(model, p, b) for p, b in zip(prompts, budgets)]
@@ -67,21 +59,21 @@ def test_batched_left_padded_greedy_equals_unpadded_reference(model_type):
 @pytest.mark.parametrize('model_type', ['transformer', 'backpack'])
 @pytest.mark.parametrize('beam', [1, 3])
 def test_kv_cache_changes_nothing(model_type, beam):
-    model, tok, sources = tiny_model(model_type, seed=1), IdTokenizer(), random_sources(10, seed=1)
+    model, tok, sources = tiny_translation_model(model_type, seed=1), IdTokenizer(), random_sources(10, seed=1)
     cached = translate(model, tok, sources, 'fr-en', beam=beam, batch_size=4, progress=False)
     uncached = translate(model, tok, sources, 'fr-en', beam=beam, batch_size=4, use_cache=False, progress=False)
     assert cached == uncached
 
 
 def test_beam_of_one_is_greedy():
-    model, tok = tiny_model('backpack', seed=2), IdTokenizer()
+    model, tok = tiny_translation_model('backpack', seed=2), IdTokenizer()
     prompts, budgets, _ = prepare_prompts(tok, random_sources(8, seed=2), 'en-fr', model.config.block_size)
     stops = {EN, FR, EOT}
     assert beam_batch(model, prompts, budgets, stops, EOT, beam=1) == greedy_batch(model, prompts, budgets, stops, EOT)
 
 
 def test_beam_batching_changes_nothing():
-    model, tok, sources = tiny_model('transformer', seed=3), IdTokenizer(), random_sources(9, seed=3)
+    model, tok, sources = tiny_translation_model('transformer', seed=3), IdTokenizer(), random_sources(9, seed=3)
     together = translate(model, tok, sources, 'en-fr', beam=4, batch_size=9, progress=False)
     alone = translate(model, tok, sources, 'en-fr', beam=4, batch_size=1, progress=False)
     assert together == alone
@@ -192,7 +184,7 @@ def test_budget_and_prompt_rules():
 
 
 def test_translate_keeps_the_models_mode():
-    model = tiny_model('transformer').train()
+    model = tiny_translation_model('transformer').train()
     translate(model, IdTokenizer(), ['5 6'], 'en-fr', progress=False)
     assert model.training
 
@@ -209,7 +201,7 @@ def topic_edit(model):
 @pytest.mark.parametrize('temperature', [0.0, 1.0])
 def test_sampling_with_an_edit_is_the_same_with_and_without_the_kv_cache(temperature):
     from backpacks.generation import sample_edited
-    model = tiny_model('backpack')
+    model = tiny_translation_model('backpack')
     prompt = torch.tensor([[EN, 5, 9, 11]] * 3)
     runs = {}
     for use_cache in (True, False):
@@ -228,7 +220,7 @@ def test_sampling_with_edits_past_the_context_window_and_on_a_transformer():
     logit bonus take the same path."""
     from backpacks import interventions as iv
     from backpacks.generation import sample_edited
-    backpack, transformer = tiny_model('backpack'), tiny_model('transformer')
+    backpack, transformer = tiny_translation_model('backpack'), tiny_translation_model('transformer')
     prompt = torch.randint(3, 64, (2, 60), generator=torch.Generator().manual_seed(0))
     cached, plain = (sample_edited(backpack, prompt, 8, topic_edit(backpack), temperature=0, use_cache=c)
                      for c in (True, False))
@@ -242,6 +234,6 @@ def test_sampling_with_edits_past_the_context_window_and_on_a_transformer():
 
 def test_sampling_without_an_edit_is_model_generate():
     from backpacks.generation import sample_edited
-    model = tiny_model('backpack')
+    model = tiny_translation_model('backpack')
     prompt = torch.tensor([[EN, 5, 9]])
     assert torch.equal(sample_edited(model, prompt, 6, temperature=0), model.generate(prompt, 6, temperature=0))

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from backpacks.checkpoint import save_checkpoint
 from experiments import gpu_check
-from model import ModelConfig, sdpa_mixing
+from model import sdpa_mixing
+from tiny import tiny_config
 
 LINE = re.compile(r"^(ok  |WARN|FAIL) [\w .+-]+: ")
 
@@ -26,7 +27,7 @@ def test_mfu_against_the_datasheet_or_unknown():
 
 
 def test_sdpa_probe_names_the_kernel_and_its_accuracy():
-    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, n_senses=4)
+    config = tiny_config(block_size=16)  # the block the report names (n_embd 32 and 4 senses are tiny_config's)
     status, text = gpu_check.sdpa_report(config, 1, 'cpu', 'float32')
     assert status == 'ok' and text.startswith('MATH (n_embd 32, 4 senses of 8, batch 1, block 16, float32 on cpu')
     assert ('runs under FLASH_ATTENTION no, CUDNN_ATTENTION no, EFFICIENT_ATTENTION no, MATH yes;' in text
@@ -36,7 +37,7 @@ def test_sdpa_probe_names_the_kernel_and_its_accuracy():
 
 
 def test_sdpa_probe_fails_a_kernel_that_computes_the_mixing_wrong(monkeypatch):
-    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, n_senses=4)
+    config = tiny_config(block_size=16)
     monkeypatch.setattr(gpu_check, 'sdpa_mixing', lambda q, k, senses, mask: 1.01 * sdpa_mixing(q, k, senses, mask))
     status, text = gpu_check.sdpa_report(config, 1, 'cpu', 'float32')
     assert status == 'FAIL' and re.search(r"max \|o - reference\| 1\.0e-02 of max \|reference\|, above the float32 "
@@ -45,7 +46,7 @@ def test_sdpa_probe_fails_a_kernel_that_computes_the_mixing_wrong(monkeypatch):
 
 def test_the_mixing_inputs_are_taken_from_the_forward():
     """What the Backpack's forward hands to its mixing: sense queries and keys (B,k,T,d/k), senses (B,k,T,d)."""
-    config = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=32, n_senses=4)
+    config = tiny_config(block_size=16)  # the T of the shapes below (n_embd 32 and 4 senses are tiny_config's)
     q, k, senses = gpu_check.mixing_inputs(config, 3, 'cpu', 'float32')
     assert q.shape == k.shape == (3, 4, 16, 8) and senses.shape == (3, 4, 16, 32)
     assert not torch.equal(q, k) and q.dtype == senses.dtype == torch.float32

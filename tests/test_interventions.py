@@ -11,20 +11,14 @@ import torch
 from backpacks import interventions as iv
 from backpacks.hf_format import load_backpack_gpt2
 import sample
-from model import ModelConfig, build_model
+from tiny import tiny_model
 
-V, K = 64, 4
-
-
-def tiny(model_type='backpack', seed=0):
-    torch.manual_seed(seed)
-    model = build_model(model_type, ModelConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=32, n_senses=K))
-    return model.eval().requires_grad_(False)
+V, K = 64, 4  # the vocabulary and the number of senses: the tests below name ids and senses in them
 
 
 @pytest.fixture(scope='module')
 def backpack():
-    return tiny()
+    return tiny_model(vocab_size=V, n_senses=K).requires_grad_(False)
 
 
 @pytest.fixture(scope='module')
@@ -54,7 +48,7 @@ def test_neutral_interventions_leave_logits_bit_identical(backpack, idx):
 
 
 def test_neutral_transformer_baselines_leave_logits_bit_identical(idx):
-    model = tiny('transformer')
+    model = tiny_model('transformer', vocab_size=V, n_senses=K).requires_grad_(False)
     at = torch.zeros_like(idx, dtype=torch.bool)
     at[:, 3] = True
     reference, _ = model(idx)
@@ -184,9 +178,7 @@ def constructed(table):
     """A Backpack with one-hot token embeddings (so the logit of y from a sense is its coordinate y),
     the senses `table` and sense queries and keys of zero, so alpha[l, i, j] = 1 / (i + 1) for j <= i."""
     n_vocab, n_senses, dim = table.shape
-    model = build_model('backpack', ModelConfig(vocab_size=n_vocab, block_size=32, n_layer=1, n_head=2, n_embd=dim,
-                                                n_senses=n_senses))
-    model.eval().requires_grad_(False)
+    model = tiny_model(vocab_size=n_vocab, n_embd=dim, n_senses=n_senses).requires_grad_(False)  # the table's sizes
     model.token_embeddings.copy_(torch.eye(n_vocab, dim))
     model.sense_weight_net.c_attn.weight.zero_()
     model.sense_weight_net.c_attn.bias.zero_()
@@ -302,8 +294,7 @@ def test_pieces_of_the_word_inside_other_words_are_not_edited(small_bpe):
     elsewhere = [i for i in range(len(prompt.ids)) if i not in prompt.positions]
     shared = {prompt.ids[i] for i in prompt.positions} & {prompt.ids[i] for i in elsewhere}
     assert shared  # the situation under test: a piece of the word also occurs outside it
-    model = build_model('backpack', ModelConfig(vocab_size=small_bpe.vocab_size, block_size=32, n_layer=1, n_head=2,
-                                                n_embd=32, n_senses=K)).eval().requires_grad_(False)
+    model = tiny_model(vocab_size=small_bpe.vocab_size, n_senses=K).requires_grad_(False)
     rows = torch.tensor([prompt.ids])
     at = iv.position_mask(rows.shape, [prompt])
     seen = {}

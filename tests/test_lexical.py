@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from backpacks.eval import lexical
-from model import build_model, preset_config
+from model import build_model
+from tiny import tiny_model
 from backpacks.tokenizer import train_bpe
 
 TEXTS = ["the house is red and the car is blue", "la maison est rouge et la voiture est bleue",
@@ -111,10 +112,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def backpack(tokenizer):
-    torch.manual_seed(0)
-    _, config = preset_config("backpack-micro", vocab_size=tokenizer.vocab_size, n_layer=1, n_head=2,
-                              n_embd=32, n_senses=4, block_size=64)
-    return build_model("backpack", config).eval()
+    return tiny_model(vocab_size=tokenizer.vocab_size)  # the tokenizer's vocabulary
 
 
 def test_word_pieces_use_the_mid_sentence_form(tokenizer):

@@ -12,14 +12,10 @@ from conftest import native_on_this_cpu
 from backpacks.hf_format import PretrainedFormatError, load_backpack_gpt2, save_backpack_gpt2
 from model import (PRESETS, BackpackLM, ModelConfig, StandardTransformerLM, _positions_and_mask, build_model,
                    preset_config, product_mixing, sdpa_mixing)
+from tiny import tiny_config, tiny_model
 
-TINY = dict(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32, n_senses=4)
+# The numbers below (ids below 64, 32 positions, 4 senses of 32 dimensions) are tiny_model's defaults.
 MODELS = ['backpack', 'transformer']
-
-
-def tiny_model(model_type, seed=0, **overrides):
-    torch.manual_seed(seed)
-    return build_model(model_type, ModelConfig(**{**TINY, **overrides})).eval()
 
 
 @pytest.fixture(scope='module')
@@ -221,7 +217,7 @@ def test_preset_parameter_counts(name, millions):
 @pytest.mark.parametrize('model_type', MODELS)
 def test_parameter_counts_separate_embedding(model_type):
     model = tiny_model(model_type)
-    V, T, d = TINY['vocab_size'], TINY['block_size'], TINY['n_embd']
+    V, T, d = model.config.vocab_size, model.config.block_size, model.config.n_embd
     counts = model.param_counts()
     assert counts['embedding'] == V * d + T * d  # token table (also the tied head) and positions
     assert counts['total'] == sum(p.numel() for p in model.parameters())
@@ -391,7 +387,7 @@ def test_flops_per_token_against_torch_flop_counter(model_type, repeats):
     tokens the Backpack's sense network runs once per distinct token: flops_per_token given the batch's
     distinct share counts exactly that."""
     model = tiny_model(model_type).train()
-    B, T = 2, TINY['block_size']
+    B, T = 2, model.config.block_size
     idx = torch.randint(0, 8, (B, T)) if repeats else torch.randperm(64).view(B, T)
     share = model.sense_share(idx) if model_type == 'backpack' else 1.0
     counter = FlopCounterMode(display=False)
@@ -424,7 +420,7 @@ def test_optimizer_decays_only_matrices():
 
 def test_unknown_model_type_and_preset():
     with pytest.raises(ValueError, match='unknown model_type'):
-        build_model('lstm', ModelConfig(**TINY))
+        build_model('lstm', tiny_config())
     with pytest.raises(ValueError, match='unknown preset'):
         preset_config('backpack-huge')
     assert isinstance(tiny_model('transformer'), StandardTransformerLM)

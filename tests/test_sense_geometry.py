@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backpacks.eval import sense_geometry
-from model import BackpackLM, ModelConfig
+from tiny import tiny_model
 
 
 def test_topology_is_one_for_identical_sense_sets():
@@ -50,11 +50,11 @@ def test_mixture_vectors_weight_senses_by_norm():
 def test_alpha_mixture_weighs_senses_and_pieces_by_the_sense_weight_network():
     """The alpha form weighs sense l of piece j by alpha[l,last,j] / k: a one-piece word gets the plain mean
     of its senses (weights 1/k), where the norm form weighs senses by softmax(||c_l|| / tau_pool)."""
-    torch.manual_seed(0)
-    model = BackpackLM(ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)).eval()
+    model = tiny_model()
     with torch.no_grad():
         model.sense_weight_net.c_attn.weight *= 30  # alpha far from uniform over a word's pieces
-        model.sense_network.final_mlp.c_proj.weight[:16] *= 200  # sense 0 (the first d outputs): a large norm
+        d = model.config.n_embd
+        model.sense_network.final_mlp.c_proj.weight[:d] *= 200  # sense 0 (the first d outputs): a large norm
         pieces = [[7], [3, 11, 5]]  # a one-piece and a three-piece word, batched with right padding
         one, three = sense_geometry.alpha_mixture_vectors(model, pieces, batch_size=2, device='cpu')
         senses = model.sense_vectors(torch.tensor([7]))[0]  # (k, d)
@@ -71,8 +71,7 @@ def test_alpha_mixture_weighs_senses_and_pieces_by_the_sense_weight_network():
 
 
 def test_top1_and_uniform_ablations_equal_a_hand_computation():
-    torch.manual_seed(0)
-    model = BackpackLM(ModelConfig(vocab_size=40, block_size=16, n_layer=1, n_head=2, n_embd=16, n_senses=4)).eval()
+    model = tiny_model()
     idx = torch.randint(0, 40, (2, 7))
     with torch.no_grad():
         alpha = model.contextualization(idx)  # (B,k,T,T)
