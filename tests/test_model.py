@@ -16,6 +16,7 @@ from tiny import tiny_config, tiny_model
 
 # The numbers below (ids below 64, 32 positions, 4 senses of 32 dimensions) are tiny_model's defaults.
 MODELS = ['backpack', 'transformer']
+MIXING = dict(n_embd=64, n_senses=8)  # the mixing paths' tests: 8 senses, twice the default's, of the same width 8
 
 
 @pytest.fixture(scope='module')
@@ -95,7 +96,7 @@ def test_sense_vectors_depend_on_the_token_only():
 
 
 def test_fast_mixing_matches_reference_path():
-    model = tiny_model('backpack', n_embd=64, n_senses=8)
+    model = tiny_model('backpack', **MIXING)
     idx = torch.randint(0, 64, (3, 32))
     fast, _ = model(idx)
     model.fast_mixing = False
@@ -104,7 +105,7 @@ def test_fast_mixing_matches_reference_path():
 
 
 def test_cpu_mixing_matches_reference_in_gradients_and_with_padding():
-    model = tiny_model('backpack', n_embd=64, n_senses=8)
+    model = tiny_model('backpack', **MIXING)
     idx, targets = torch.randint(0, 64, (3, 32)), torch.randint(0, 64, (3, 32))
     grads = []
     for fast in (True, False):
@@ -171,7 +172,7 @@ def test_cuda_mixing_branch_in_the_model_matches_the_reference(monkeypatch):
     """The whole Backpack with its CUDA mixing forced on the CPU: logits, parameter gradients and a
     left-padded step() equal the reference path's."""
     monkeypatch.setattr(BackpackLM, '_mix', lambda self, q, k, senses, mask: sdpa_mixing(q, k, senses, mask))
-    _, results = fast_and_reference_outputs(tiny_model('backpack', n_embd=64, n_senses=8))
+    _, results = fast_and_reference_outputs(tiny_model('backpack', **MIXING))
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -180,7 +181,7 @@ def test_cuda_mixing_branch_in_the_model_matches_the_reference(monkeypatch):
 def test_the_model_on_cuda_matches_the_reference_path():
     """On the GPU the Backpack mixes through SDPA: logits, gradients and a left-padded step() equal the
     reference product's in float32, and the bfloat16/float16 autocast logits stay close to them."""
-    model = tiny_model('backpack', n_embd=64, n_senses=8).cuda()
+    model = tiny_model('backpack', **MIXING).cuda()
     idx, results = fast_and_reference_outputs(model, 'cuda')
     for got, expected in zip(*results):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
