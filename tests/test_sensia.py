@@ -129,7 +129,6 @@ sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), 'tests')]
 import train
 from backpacks import sensia
 from backpacks.dataset import load_meta
-from backpacks.hf_format import save_backpack_gpt2
 from tiny import tiny_model
 from pathlib import Path
 data, out = Path(sys.argv[1]), sys.argv[2]
@@ -149,6 +148,7 @@ loss.backward()
 if rank == 0:
     torch.save({k: p.grad for k, p in model.named_parameters()}, out)
 if ddp:
+    torch.distributed.barrier()  # both processes leave together: gloo aborts a peer whose partner closed first
     torch.distributed.destroy_process_group()
 '''
 
