@@ -228,8 +228,9 @@ class fake_cuda:
         self.gpu = gpu or FakeGPU()
 
     def __enter__(self):
-        self.saved = [(owner, name, getattr(owner, name)) for owner, name, _ in self.gpu.patches()]
-        for owner, name, standin in self.gpu.patches():
+        patches = self.gpu.patches()
+        self.saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+        for owner, name, standin in patches:
             setattr(owner, name, standin)
         self.mode = OnTheCpu(self.gpu)
         self.mode.__enter__()
