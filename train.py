@@ -53,6 +53,8 @@ eval_interval = 500          # iterations between evaluations (one training_log.
 eval_iters = 200             # batches per split and evaluation, per process
 log_interval = 10            # iterations between progress lines
 checkpoint_interval = 500    # iterations between ckpt.pt saves (also saved at the end and on SIGTERM)
+snapshot_interval = 0        # > 0: also keep the weights every this many iterations and at the end, each in
+                             # out_dir/snapshots/iter_NNNNNN/ckpt.pt (no optimizer state) for learning curves
 early_stop_evals = 0         # stop once val loss has not improved for this many evaluations; 0 never stops early
 init_from = 'scratch'        # 'scratch', 'resume' (out_dir/ckpt.pt), 'backpack-gpt2' (the published Backpack)
                              # or a run directory of this repository (its best.pt, else ckpt.pt)
@@ -300,8 +302,13 @@ def learning_rate_at(it, cfg):
 
 # ----------------------------------------------------------------------------- training
 
-def save(run, name):
-    """Write out_dir/name (ckpt.pt or best.pt) atomically, if the weights are finite."""
+def snapshot_name(iter_num):
+    return f'snapshots/iter_{iter_num:06d}/ckpt.pt'
+
+
+def save(run, name, optimizer=True):
+    """Write out_dir/name (ckpt.pt, best.pt or a snapshot) atomically, if the weights are finite; a snapshot
+    (optimizer=False) leaves out the optimizer state, which only a resume reads."""
     if not torch.stack([torch.isfinite(p).all() for p in run.raw_model.parameters()]).all():
         diverged(f"weights are not finite at iteration {run.iter_num}", run.out_path, run.saved)
     rngs = gathered(rng_state(run.device), run.ddp, run.world_size)
@@ -309,11 +316,16 @@ def save(run, name):
     if not run.master:
         return
     path = run.out_path / name
+    if not optimizer and path.is_file():  # a resumed run passes its last snapshot again
+        return
     ckpt = training_checkpoint(
         run.raw_model, run.optimizer, run.scaler, cfg=run.cfg, dtype=run.dtype, meta=run.meta, data_path=run.data_path,
         iter_num=run.iter_num, best_val_loss=run.best_val_loss, selection_key=run.objective.selection_key,
         rngs=rngs, samplers=samplers, training_log=run.training_log,
         elapsed_s=run.elapsed_before + time.time() - run.t_start)
+    if not optimizer:
+        ckpt['optimizer'] = ckpt['scaler'] = None
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         save_checkpoint(ckpt, path)
     except OSError as e:
@@ -419,6 +431,8 @@ def train(run):
                        and objectives.evaluations_since_best(run.training_log, key) >= cfg['early_stop_evals'])
             if last or stalled or (run.iter_num % cfg['checkpoint_interval'] == 0 and run.iter_num > start_iter):
                 save(run, 'ckpt.pt')
+            if cfg['snapshot_interval'] and run.iter_num and (last or stalled or run.iter_num % cfg['snapshot_interval'] == 0):
+                save(run, snapshot_name(run.iter_num), optimizer=False)
             if stalled:
                 run.log(f"early stop at iteration {run.iter_num}: {objectives.selection_label(key)} has not improved "
                         f"for {cfg['early_stop_evals']} evaluations")

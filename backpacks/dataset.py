@@ -200,8 +200,21 @@ class BatchSampler:
         return self._labels[split]
 
     def get_batch(self, split, batch_size, block_size, device="cpu", with_language=False):
+        """(x, y[, language of y]) of batch_size random windows of split."""
         data = self.check_split(split, block_size)
         starts = torch.randint(len(data) - block_size, (batch_size,), generator=self.generator).numpy()
+        return self.windows(split, starts, block_size, device, with_language)
+
+    def disjoint_starts(self, split, count, block_size):
+        """Starts of up to `count` windows of split that share no target token, spaced evenly over the
+        whole stream (its sources and domains in their share), fewer where the split is too short."""
+        room = len(self.check_split(split, block_size)) - block_size  # a window reads block_size + 1 tokens
+        count = min(count, room // block_size)
+        return (np.arange(count) * (room // count)).astype(np.int64) if count else np.zeros(0, np.int64)
+
+    def windows(self, split, starts, block_size, device="cpu", with_language=False):
+        """(x, y[, language of y]) of the windows of split starting at `starts` (a numpy array)."""
+        data = self.check_split(split, block_size)
         window = starts[:, None] + np.arange(block_size + 1)
         xy = torch.from_numpy(data[window].astype(np.int64))
         if int(xy.max()) >= self.meta["vocab_size"]:  # in a file too large to be scanned up front

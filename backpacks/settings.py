@@ -38,6 +38,8 @@ def validate(cfg):
             fail(f"{key} must be at least 1, got {cfg[key]}")
     if cfg['early_stop_evals'] < 0:
         fail(f"early_stop_evals must be >= 0 (0 disables early stopping), got {cfg['early_stop_evals']}")
+    if cfg['snapshot_interval'] < 0:
+        fail(f"snapshot_interval must be >= 0 (0 keeps no snapshots), got {cfg['snapshot_interval']}")
     if cfg['max_iters'] < 0 or cfg['warmup_iters'] < 0 or not 0.0 <= cfg['dropout'] < 1.0:
         fail("max_iters and warmup_iters must be >= 0 and dropout in [0, 1)")
     for key in ('learning_rate', 'weight_decay', 'grad_clip', 'lr_decay_iters'):

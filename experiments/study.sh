@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# The study: a Backpack against Transformers matched by tokens, training FLOPs and parameters; SENSIA
-# against its controls; the sense interventions; one report (study.md and figures) whose path is the
-# last line printed. Each step is reused when run again (trainings resume, evaluations are kept while
-# their checkpoint is unchanged), so an interrupted study continues where it stopped.
+# The study: a Backpack against Transformers matched by tokens, training FLOPs and parameters, in
+# units (one model at one seed) whose small results go into a results folder; SENSIA against its
+# controls; the sense interventions; one report (study.md and figures) generated from the results
+# folder alone, whose path is the last line printed. A unit whose results are in the folder is not run
+# again, an interrupted one resumes, so a stopped study (or another machine, given the committed folder)
+# continues where it stopped.
 #
 #   bash experiments/study.sh                          # Europarl en-fr from the hub, 100k pairs
 #   bash experiments/study.sh --corpus PREFIX ...      # local NAME.en/NAME.fr pairs (or TSV files)
 #   SMOKE=1 bash experiments/study.sh                  # every step on the sample corpus, in minutes
 #
-# Settings (environment): OUT (default out/study), ITERS (Backpack iterations, default 300),
-# SEEDS=2 (a second seed of the Backpack and the token-matched Transformer), SENSIA_PRETRAIN_ITERS
-# (300), SENSIA_ITERS (60), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present).
+# Settings (environment): OUT (weights and data; default out/study), RESULTS (the units' results and the
+# report; default OUT/results), ITERS (Backpack iterations, default 1200), SEEDS (seeds of the decisive
+# pair, the Backpack and the FLOP-matched Transformer: 1 to 3, default 3), OTHER_SEEDS (seeds of the
+# token- and parameter-matched Transformers: 0 to 3, default 1), SENSIA_PRETRAIN_ITERS (300),
+# SENSIA_ITERS (60), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present),
+# PYTHON (the interpreter that runs each step; default: the python on PATH, e.g. PYTHON=venv/bin/python).
 # docs/study.md says what each step measures and how long it takes.
-# PYTHON: the interpreter that runs each step (default: the python on PATH), e.g. PYTHON=venv/bin/python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
@@ -20,14 +24,16 @@ PYTHON=${PYTHON:-python}
 # CPU training steps 12-25% faster measured (docs/performance.md); a value already set is kept
 export MALLOC_MMAP_MAX_=${MALLOC_MMAP_MAX_-0} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_-68719476736}
 
-usage="usage: [SMOKE=1] [OUT=DIR] [ITERS=N] [SEEDS=1|2] bash experiments/study.sh [--corpus PREFIX ...]"
+usage="usage: [SMOKE=1] [OUT=DIR] [RESULTS=DIR] [ITERS=N] [SEEDS=1..3] [OTHER_SEEDS=0..3] [PYTHON=...] bash experiments/study.sh [--corpus PREFIX ...]"
 corpus=()
 if [[ $# -gt 0 ]]; then
   [[ $1 == --corpus && $# -ge 2 ]] || { echo "$usage" >&2; exit 2; }
   shift
   corpus=("$@")
 fi
-[[ ${SEEDS:-1} == 1 || ${SEEDS:-1} == 2 ]] || { echo "error: SEEDS must be 1 or 2, got $SEEDS" >&2; exit 2; }
+[[ ${SEEDS:-3} =~ ^[123]$ ]] || { echo "error: SEEDS must be 1, 2 or 3, got $SEEDS" >&2; exit 2; }
+[[ ${OTHER_SEEDS:-1} =~ ^[0123]$ ]] || { echo "error: OTHER_SEEDS must be 0, 1, 2 or 3, got $OTHER_SEEDS" >&2; exit 2; }
+UNIT_COUNTS=(--seeds "${SEEDS:-3}" --other_seeds "${OTHER_SEEDS:-1}")
 for count in ITERS SENSIA_PRETRAIN_ITERS SENSIA_ITERS; do
   [[ -z ${!count:-} || ${!count} =~ ^[1-9][0-9]*$ ]] || { echo "error: $count must be a positive integer, got ${!count}" >&2; exit 2; }
 done
@@ -40,20 +46,26 @@ if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipel
   ADAPT_BATCH=(--batch_size=8 --sensia_eval_pairs=16)
   ((${#corpus[@]})) || corpus=(data/europarl/sample/parliament)
   VOCAB=512; MAX_PAIRS=(); SHAPE=(--n_layer=2 --n_head=2 --n_embd=32 --n_senses=4 --block_size=64 --batch_size=4)
-  EVAL=(--translation_samples 4 --max_new_tokens 12 --sentence_pairs 16 --mc_examples 8 --loss_batches 2
-        --geometry_pairs 50 --geometry_sentences 16 --sense_sentences 4 --sense_pairs 50)
+  EVAL=(--loss_batches 2)  # every snapshot; the last one also FINAL_EVAL
+  FINAL_EVAL=(--translation_samples 4 --max_new_tokens 12 --sentence_pairs 16 --mc_examples 8 --sense_sentences 4
+              --sense_pairs 50)
+  SENSIA_EVAL=(--loss_batches 2 --mc_examples 8 --geometry_pairs 50 --geometry_sentences 16)
   INTERVENE=(--samples 1 --max_new_tokens 4 --topics 1 --professions 2)
 else
-  OUT=${OUT:-out/study}; ITERS=${ITERS:-300}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-60}
+  OUT=${OUT:-out/study}; ITERS=${ITERS:-1200}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-60}
   VOCAB=16384; MAX_PAIRS=(--max_pairs 100000); SHAPE=()
-  # sized for about two hours on 2 AVX2 cores: 100 translations each way, 200 multiple-choice examples per set
-  # (100 reported), 500 dictionary pairs and 200 test pairs for SENSIA's geometry
-  EVAL=(--translation_samples 100 --sentence_pairs 500 --mc_examples 200 --geometry_pairs 500 --geometry_sentences 200)
+  # every snapshot: 960 disjoint test windows (123k tokens); the last one: 100 translations each way, 500
+  # sentence pairs, 200 multiple-choice examples per set (100 reported); SENSIA: 500 dictionary pairs and
+  # 200 test pairs for its geometry
+  EVAL=(--loss_batches 60)
+  FINAL_EVAL=(--translation_samples 100 --sentence_pairs 500 --mc_examples 200)
+  SENSIA_EVAL=(--loss_batches 60 --mc_examples 200 --geometry_pairs 500 --geometry_sentences 200)
   INTERVENE=(--samples 4 --max_new_tokens 20)
   ADAPT_BATCH=(--batch_size=16 --sensia_eval_pairs=200)  # 16 pairs: 15 negatives per InfoNCE row
 fi
 if ((${#corpus[@]})); then source=(--source local --corpus "${corpus[@]}"); else source=(--source europarl); fi
-mkdir -p "$OUT/steps"
+RESULTS=${RESULTS:-$OUT/results}
+mkdir -p "$OUT/steps" "$RESULTS"
 data=$OUT/data/study
 data_en=$OUT/data/study_en
 started=$SECONDS
@@ -117,24 +129,36 @@ prepare study "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}"
 prepare study_en "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}" --lm_languages en
 
 step "plan: the Transformers matched to the Backpack by tokens, FLOPs and parameters; the standard test sets"
-"$PYTHON" -m experiments.study plan --out "$OUT" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
+"$PYTHON" -m experiments.study plan --out "$OUT" --results "$RESULTS" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
 source "$OUT/plan.env"  # TRANSFORMER_*_MAX_ITERS, TRANSFORMER_*_N_EMBD, TEST_SET, DICTIONARY
 
-runs=(backpack transformer_tokens transformer_flops transformer_params)
-((${SEEDS:-1} == 2)) && runs+=(backpack_seed2 transformer_tokens_seed2)
-for run in "${runs[@]}"; do
-  step "train $run"
-  case $run in
-    backpack*) iters=$ITERS settings=(--model_type=backpack) ;;
-    transformer_tokens*) iters=$TRANSFORMER_TOKENS_MAX_ITERS settings=(--model_type=transformer) ;;
-    transformer_flops) iters=$TRANSFORMER_FLOPS_MAX_ITERS settings=(--model_type=transformer) ;;
-    transformer_params) iters=$TRANSFORMER_PARAMS_MAX_ITERS settings=(--model_type=transformer --n_embd="$TRANSFORMER_PARAMS_N_EMBD") ;;
-  esac
-  seed=(); [[ $run == *_seed2 ]] && seed=(--seed=2337)
-  train "$run" "$OUT/$run" "$iters" config/study.py "${SHAPE[@]}" "${settings[@]}" "${seed[@]}" --max_iters="$iters" \
-    --data_dir="$data" --warmup_iters=$((iters / 10)) --eval_interval=$(((ITERS + 4) / 5)) \
-    --checkpoint_interval=$(((ITERS + 4) / 5))
-done
+# the units: one model at one seed each, trained with snapshots every 300 iterations, every snapshot evaluated,
+# the unit's results written into $RESULTS (no weights); a unit whose results are there is not run again
+evaluate_snapshots() {  # unit name, model type, run dir: evaluate.py on each snapshot (the last one fully)
+  local snapshot last reps
+  [[ $2 == backpack ]] && reps=embedding,mean,minpair,maxpair,random_pieces || reps=embedding,random_pieces
+  last=$(ls -d "$3"/snapshots/iter_* | tail -1)
+  for snapshot in "$3"/snapshots/iter_*; do
+    [[ -f $snapshot/eval/results.json ]] && continue
+    local tasks=loss,wordsim,bli more=()
+    if [[ $snapshot == "$last" ]]; then
+      tasks+=,translation,sentence,xnli,pawsx
+      [[ $2 == backpack ]] && tasks+=,senses
+      more=("${FINAL_EVAL[@]}" "${TEST_SET[@]}")
+    fi
+    timed "evaluate $1 $(basename "$snapshot")" "$PYTHON" evaluate.py --out_dir "$snapshot" --ckpt latest --tasks "$tasks" \
+      --word_reps "$reps" --bli_reps "${reps/,minpair,maxpair/}" "${EVAL[@]}" "${more[@]}" "${DICTIONARY[@]}" > /dev/null
+  done
+}
+while read -r -u 3 unit model_type settings; do  # fd 3: the steps inside keep their own stdin
+  step "unit $unit: train, evaluate its snapshots, write $RESULTS/$unit.json"
+  read -ra settings <<< "$settings"
+  for setting in "${settings[@]}"; do [[ $setting == --max_iters=* ]] && iters=${setting#--max_iters=}; done
+  train "$unit" "$OUT/units/$unit" "$iters" config/study.py "${SHAPE[@]}" "${settings[@]}"
+  evaluate_snapshots "$unit" "$model_type" "$OUT/units/$unit"
+  "$PYTHON" -m experiments.study collect --results "$RESULTS" --unit "$unit" --run_dir "$OUT/units/$unit"
+done 3< <("$PYTHON" -m experiments.study units --results "$RESULTS" "${UNIT_COUNTS[@]}")
+"$PYTHON" -m experiments.study status --results "$RESULTS" "${UNIT_COUNTS[@]}"
 
 step "SENSIA: pretrain an English Backpack of the same shape on the English side"
 train sensia_english "$OUT/sensia/english" "$PRE" config/study.py "${SHAPE[@]}" --model_type=backpack --max_iters="$PRE" \
@@ -148,32 +172,30 @@ for run in sensia lm_only mcl; do
     --checkpoint_interval=$(((ADAPT + 3) / 4))
 done
 
-step "evaluate the Backpack and the Transformers (loss, translation, word similarity, BLI, retrieval, XNLI, PAWS-X)"
-dirs=("${runs[@]/#/$OUT/}")
-key=$(key_of "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}" "$(files "${dirs[@]/%//best.pt}")")
-if ! is_done evaluate_models "$key" || [[ ! -f $OUT/comparison/comparison.json ]]; then
-  timed "evaluate models" "$PYTHON" compare_models.py --backpack_dir "${dirs[0]}" --transformer_dir "${dirs[1]}" \
-    --extra_dirs "${dirs[@]:2}" --output_dir "$OUT/comparison" --reuse \
-    --tasks loss,translation,wordsim,bli,sentence,senses,xnli,pawsx "${EVAL[@]}" "${TEST_SET[@]}" "${DICTIONARY[@]}"
-  mark_done evaluate_models "$key"
-fi
-
 for run in english sensia lm_only mcl; do
   step "evaluate SENSIA run $run (French loss, recall@1, entropy, topology, Procrustes, mixture, XNLI, PAWS-X)"
-  key=$(key_of "${EVAL[@]}" "$(files "$OUT/sensia/$run/ckpt.pt")")
-  is_done "evaluate_sensia_$run" "$key" && [[ -f $OUT/sensia/$run/eval/results.json ]] && continue
-  timed "evaluate $run" "$PYTHON" evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
-    "${EVAL[@]}" > /dev/null
-  mark_done "evaluate_sensia_$run" "$key"
+  key=$(key_of "${SENSIA_EVAL[@]}" "$(files "$OUT/sensia/$run/ckpt.pt")")
+  if ! is_done "evaluate_sensia_$run" "$key" || [[ ! -f $OUT/sensia/$run/eval/results.json ]]; then
+    timed "evaluate $run" "$PYTHON" evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
+      "${SENSIA_EVAL[@]}" > /dev/null
+    mark_done "evaluate_sensia_$run" "$key"
+  fi
+  cp "$OUT/sensia/$run/eval/results.json" "$RESULTS/sensia_$run.json"
 done
 
 step "interventions on the Backpack against the token-matched Transformer"
-key=$(key_of "${INTERVENE[@]}" "$(files "$OUT/backpack/best.pt" "$OUT/transformer_tokens/best.pt")")
-if ! is_done interventions "$key" || [[ ! -f $OUT/backpack/interventions/interventions.json ]]; then
-  timed interventions "$PYTHON" -m experiments.run_interventions --out_dir "$OUT/backpack" \
-    --baseline_dir "$OUT/transformer_tokens" "${INTERVENE[@]}" > /dev/null
-  mark_done interventions "$key"
+backpack=$OUT/units/backpack_seed1337 transformer=$OUT/units/transformer_tokens_seed1337
+if [[ -f $backpack/ckpt.pt && -f $transformer/ckpt.pt ]]; then
+  key=$(key_of "${INTERVENE[@]}" "$(files "$backpack/ckpt.pt" "$transformer/ckpt.pt")")
+  if ! is_done interventions "$key" || [[ ! -f $backpack/interventions/interventions.json ]]; then
+    timed interventions "$PYTHON" -m experiments.run_interventions --out_dir "$backpack" --ckpt latest \
+      --baseline_dir "$transformer" "${INTERVENE[@]}" > /dev/null
+    mark_done interventions "$key"
+  fi
+  cp "$backpack/interventions/interventions.json" "$RESULTS/interventions.json"
+else
+  echo "  skipped: the units backpack_seed1337 and transformer_tokens_seed1337 are not both trained"
 fi
 
 step "report"
-"$PYTHON" -m experiments.study report --out "$OUT"
+"$PYTHON" -m experiments.study report --results "$RESULTS"

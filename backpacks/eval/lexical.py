@@ -16,7 +16,11 @@ the Backpack). Representations:
   random_pieces   control, not the model: a fixed random Gaussian vector per token, averaged over
               the same pieces. Words that share subword pieces (cognates such as 'parliament' /
               'parlement') get similar vectors with no training at all; this shows how much of a
-              score the shared tokenization alone explains.
+              score the shared tokenization alone explains. Averaged over CONTROL_DRAWS draws of
+              the random table: each draw's word vector is unit-normalised and the draws are
+              concatenated (/ sqrt(draws)), so a cosine is the mean of the draws' cosines and one
+              lucky draw does not decide. It depends on the tokenizer and the width only: one
+              control per width, the same for every model of that width.
 """
 import codecs
 import csv
@@ -306,9 +310,21 @@ def representations(model):
     return ["embedding", *SENSE_REPRESENTATIONS] + [f"sense:{i}" for i in range(model.config.n_senses)] + [CONTROL]
 
 
+CONTROL_DRAWS = 8
+
+
 def random_token_table(vocab_size, dim, seed=0):
     """(V, d) fixed Gaussian vectors, one per token id (the random_pieces control)."""
     return torch.randn(vocab_size, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def control_vectors(pieces, vocab_size, dim, draws=CONTROL_DRAWS):
+    """(W, draws x dim) random_pieces vectors of words given as token-id pieces: per draw, the average of
+    the pieces' random vectors, unit-normalised; the draws concatenated and scaled by 1/sqrt(draws), so the
+    cosine of two words is the mean over draws of their cosines in each draw."""
+    per_draw = [metrics.normalize_rows(_average_pieces(pieces, lambda ids: table[ids]).numpy())
+                for table in (random_token_table(vocab_size, dim, seed) for seed in range(draws))]
+    return np.concatenate(per_draw, axis=1) / np.sqrt(draws)
 
 
 class WordVectors:
@@ -327,8 +343,7 @@ class WordVectors:
         device = model.token_embeddings.device
         pieces = [self.pieces[w] for w in encodable]
         self.embedding = _average_pieces(pieces, lambda ids: model.token_embeddings[ids.to(device)]).numpy()
-        control_table = random_token_table(*model.token_embeddings.shape)
-        self.control = _average_pieces(pieces, lambda ids: control_table[ids]).numpy()
+        self.control = control_vectors(pieces, *model.token_embeddings.shape)
         self.senses = self.sense_mean = None
         if has_senses(model) and full_senses:  # (W, k, d)
             self.senses = _average_pieces(pieces, lambda ids: model.sense_vectors(ids.to(device))).numpy()

@@ -254,8 +254,10 @@ def tune(c, mask, length_term="exponent"):
 
 
 def accuracy_with_interval(c, mask, lam, x, length_term="exponent"):
-    predicted = option_scores(c, lam, x, length_term)[mask].argmax(-1)
-    return metrics.accuracy_interval(int((predicted == c["labels"][mask]).sum()), int(mask.sum()))
+    """Accuracy with its Wilson interval, and the 0/1 hit of each example (for paired tests between models
+    scored on the same examples)."""
+    hits = option_scores(c, lam, x, length_term)[mask].argmax(-1) == c["labels"][mask]
+    return {**metrics.accuracy_interval(int(hits.sum()), int(mask.sum())), "hits": hits.astype(int).tolist()}
 
 
 def report_half(c, mask, tuned, spec):

@@ -38,7 +38,7 @@ def add_eval_arguments(p):
                    help="the prepared dataset (a directory or a dataset name under data/, as train.py takes it), "
                         "if it moved since training (default: the checkpoint's data_dir)")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss_batches", type=int, default=20, help="random test windows are drawn in this many batches")
+    g.add_argument("--loss_batches", type=int, default=20, help="score up to this many batches of disjoint test windows, spaced evenly over the test stream")
     g = p.add_argument_group("translation")
     g.add_argument("--translation_samples", type=int, default=500, help="test pairs translated in each direction")
     g.add_argument("--test_corpus", default=None,

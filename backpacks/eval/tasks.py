@@ -27,27 +27,31 @@ from backpacks.generation import check_max_new_tokens, new_token_cap, timed_tran
 
 @torch.no_grad()
 def task_loss(ctx):
-    """Test loss and perplexity over random windows, overall and per target language. Not val: val
-    chose best.pt, so its loss is biased low (it stays in training_log.json)."""
+    """Test loss and perplexity over disjoint windows (no target token scored twice) spread evenly over the
+    test stream, overall and per target language. Not val: val chose best.pt, so its loss is biased low
+    (it stays in training_log.json)."""
     args = ctx.args
     if not (ctx.data_dir / "test.bin").is_file():
         raise SkipTask(f"{ctx.data_dir / 'test.bin'} not found: the dataset was prepared before prepare.py wrote "
                        "a test stream; prepare it again for a held-out loss (the val loss is in training_log.json)")
     try:
-        sampler = BatchSampler(ctx.data_dir, seed=args.seed)
+        sampler = BatchSampler(ctx.data_dir)
+        starts = sampler.disjoint_starts("test", args.loss_batches * args.batch_size, ctx.block_size)
     except DataError as e:
         raise SkipTask(str(e))
     windows = {"all": ([], []), "en": ([], []), "fr": ([], [])}  # per window: summed loss, scored tokens
-    for _ in tqdm(range(args.loss_batches), desc="test loss", leave=False):
-        x, y, lang = sampler.get_batch("test", args.batch_size, ctx.block_size, ctx.device, with_language=True)
+    for first in tqdm(range(0, len(starts), args.batch_size), desc="test loss", leave=False):
+        x, y, lang = sampler.windows("test", starts[first:first + args.batch_size], ctx.block_size, ctx.device,
+                                     with_language=True)
         logits, _ = ctx.model(x)
         for name, (sums, counts) in metrics.window_language_losses(logits, y, lang).items():
             windows[name][0].extend(sums)
             windows[name][1].extend(counts)
-    result = {"split": "test", "batches": args.loss_batches, "batch_size": args.batch_size,
-              "block_size": ctx.block_size, "seed": args.seed,
-              "note": "random windows (the same for every model of the dataset and seed); per-language = target "
-                      "token inside an English / French segment; ci95: bootstrap over the windows"}
+    result = {"split": "test", "windows_scored": len(starts), "batch_size": args.batch_size,
+              "block_size": ctx.block_size,
+              "note": "disjoint windows spaced evenly over the test stream (the same for every model of the dataset "
+                      "and block size); per-language = target token inside an English / French segment; ci95: "
+                      "bootstrap over the windows"}
     for name, (sums, counts) in windows.items():
         total, count = sum(sums), sum(counts)
         loss = total / count if count else None

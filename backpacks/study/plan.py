@@ -10,7 +10,9 @@ Matching, all at the same data, batch, block and schedule shape:
               the Backpack's as it computes them: its sense network once per distinct token of a batch,
               at the share measured on the study's training batches (sense_share)
   parameters: the same depth and heads, the width whose total parameter count is nearest the
-              Backpack's (the Backpack's extra parameters are its sense network), and its iterations
+              Backpack's (the Backpack's extra parameters are its sense network), and its iterations;
+              and the width whose non-embedding count (all but the token and position tables) is
+              nearest: a wider token table buys the first Transformer much of its total
 """
 from dataclasses import dataclass, replace
 
@@ -51,13 +53,13 @@ def build(model_type, shape, vocab_size, **overrides):
     return meta_model(model_type, **args)
 
 
-def param_matched_width(shape, vocab_size):
-    """The Transformer width (a multiple of 2 x n_head: even head dimensions) whose total parameters
-    are nearest the Backpack's, and both totals."""
-    target = build("backpack", shape, vocab_size).param_counts()["total"]
+def param_matched_width(shape, vocab_size, count="total"):
+    """The Transformer width (a multiple of 2 x n_head: even head dimensions) whose parameters (count:
+    'total' or 'non_embedding', model.param_counts) are nearest the Backpack's, and both counts."""
+    target = build("backpack", shape, vocab_size).param_counts()[count]
     step = 2 * shape.n_head
     widths = range(step, 4 * shape.n_embd + step, step)
-    totals = {w: build("transformer", shape, vocab_size, n_embd=w).param_counts()["total"] for w in widths}
+    totals = {w: build("transformer", shape, vocab_size, n_embd=w).param_counts()[count] for w in widths}
     width = min(totals, key=lambda w: abs(totals[w] - target))
     return width, totals[width], target
 
@@ -79,6 +81,7 @@ def matched_runs(shape, vocab_size, iters, share=1.0):
     backpack_flops = backpack.flops_per_token(distinct_share=share)
     ratio = backpack_flops / transformer.flops_per_token()
     width, total, target = param_matched_width(shape, vocab_size)
+    wide, non_embedding, target_non_embedding = param_matched_width(shape, vocab_size, "non_embedding")
     return {
         "transformer_tokens": {"max_iters": iters, "n_embd": shape.n_embd,
                                "why": f"same backbone and tokens ({iters} iterations)"},
@@ -90,6 +93,10 @@ def matched_runs(shape, vocab_size, iters, share=1.0):
         "transformer_params": {"max_iters": iters, "n_embd": width,
                                "why": f"width {width} instead of {shape.n_embd}: {total:,} parameters against the "
                                       f"Backpack's {target:,} ({total / target - 1:+.1%})"},
+        "transformer_params_nonemb": {"max_iters": iters, "n_embd": wide,
+                                      "why": f"width {wide}: {non_embedding:,} non-embedding parameters against the "
+                                             f"Backpack's {target_non_embedding:,} "
+                                             f"({non_embedding / target_non_embedding - 1:+.1%})"},
     }
 
 
