@@ -135,17 +135,20 @@ def pad_batch(seqs, pad, device):
 
 
 def bidirectional_recall(en, fr):
-    """Recall@1 English -> French, French -> English and their mean, for aligned rows of unit vectors."""
+    """Recall@1 English -> French, French -> English and their mean, for aligned rows of unit vectors,
+    and each pair's mean of its two hits (the per-item data of a paired test)."""
     with torch.autocast(en.device.type, enabled=False):  # the run's evaluation may be under autocast
         sims = (en.float() @ fr.float().t()).numpy()
-    forward, backward = metrics.recall_at_1(sims), metrics.recall_at_1(sims.T)
-    return {'en_fr': forward, 'fr_en': backward, 'mean': (forward + backward) / 2}
+    forward, backward = metrics.hits_at_1(sims), metrics.hits_at_1(sims.T)
+    return {'en_fr': float(forward.mean()), 'fr_en': float(backward.mean()),
+            'mean': float((forward.mean() + backward.mean()) / 2), 'pair_hits': ((forward + backward) / 2).tolist()}
 
 
 @torch.no_grad()
-def pair_metrics(model, batches, tau_pool):
+def pair_metrics(model, batches, tau_pool, per_pair=False):
     """Recall@1 both ways of z_sns and z_ctx (o at the last token), the French-side mean entropy of pi
-    and the French perplexity over batches of (idx, lengths), English rows then French rows."""
+    and the French perplexity over batches of (idx, lengths), English rows then French rows; per_pair:
+    also each pair's mean hit of both directions (evaluation; the training log keeps the means only)."""
     z = {'sns': ([], []), 'ctx': ([], [])}
     entropy_sum, entropy_count, nll, tokens = 0.0, 0, 0.0, 0
     for idx, lengths in batches:
@@ -163,6 +166,8 @@ def pair_metrics(model, batches, tau_pool):
     for name, (en, fr) in z.items():
         r = bidirectional_recall(torch.cat(en), torch.cat(fr))
         result.update({f'recall@1_{name}_en_fr': r['en_fr'], f'recall@1_{name}_fr_en': r['fr_en'], f'recall@1_{name}': r['mean']})
+        if per_pair:
+            result.setdefault('pair_hits', {})[f'recall@1_{name}'] = r['pair_hits']
     result['sense_entropy_fr'] = entropy_sum / max(1, entropy_count)
     result['sense_entropy_max'] = math.log(model.config.n_senses)
     result['loss_fr'] = nll / max(1, tokens)

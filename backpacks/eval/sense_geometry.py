@@ -170,4 +170,4 @@ def analyse(model, tokenizer, word_pairs, sentence_pairs, batch_size, device, ta
             'topology': topology(vectors.senses[vectors.rows(english)], vectors.senses[vectors.rows(french)], seed),
             'procrustes': {**procrustes(*mixed, seed), 'mixture': mixture},
             'mixture_ablation': mixture_ablation(model, batches(False)),
-            'test_pairs': sensia.pair_metrics(model, batches(True), tau_pool)}
+            'test_pairs': sensia.pair_metrics(model, batches(True), tau_pool, per_pair=True)}
