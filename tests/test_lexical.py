@@ -137,12 +137,30 @@ def test_word_vectors_average_pieces_and_senses(backpack, tokenizer):
     per_sense = [vectors.pair_similarity(f"sense:{i}", rows1, rows2)[0] for i in range(4)]
     assert vectors.pair_similarity("minpair", rows1, rows2)[0] == pytest.approx(min(per_sense), abs=1e-6)
     assert vectors.pair_similarity("maxpair", rows1, rows2)[0] == pytest.approx(max(per_sense), abs=1e-6)
-    table = lexical.random_token_table(*backpack.token_embeddings.shape)
-    np.testing.assert_allclose(vectors.vectors("random_pieces", [row])[0], table[ids].mean(0).numpy(), atol=1e-6)
+    first_draw = lexical.random_token_table(*backpack.token_embeddings.shape)[ids].mean(0).numpy()
+    d = len(first_draw)
+    np.testing.assert_allclose(vectors.vectors("random_pieces", [row])[0][:d],
+                               first_draw / np.linalg.norm(first_draw) / np.sqrt(lexical.CONTROL_DRAWS), atol=1e-6)
     lean = lexical.WordVectors(backpack, tokenizer, ["the"], full_senses=False)
     np.testing.assert_allclose(lean.vectors("mean", [0]), vectors.vectors("mean", rows1), atol=1e-5)
     with pytest.raises(ValueError):
         lean.vectors("sense:0", [0])
+
+
+def test_the_control_cosine_is_the_mean_of_its_draws_cosines():
+    pieces = [[3, 4], [4, 5], [6]]
+    control = lexical.control_vectors(pieces, 10, 16, draws=5)
+    first = lexical.control_vectors(pieces, 10, 16, draws=1)  # draw 0 alone
+    tables = [lexical.random_token_table(10, 16, seed) for seed in range(5)]
+    words = [[t[p].mean(0).numpy() for p in pieces] for t in tables]
+    cos = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # noqa: E731
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        expected = np.mean([cos(w[a], w[b]) for w in words])
+        assert control[a] @ control[b] == pytest.approx(expected, abs=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(control, axis=1), 1.0, atol=1e-6)
+    assert first[0] @ first[1] == pytest.approx(cos(words[0][0], words[0][1]), abs=1e-6)
+    # words sharing a piece are more alike than words sharing none
+    assert control[0] @ control[1] > control[0] @ control[2]
 
 
 def test_representations_per_model(backpack, tokenizer):

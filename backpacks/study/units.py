@@ -4,7 +4,7 @@ at most the unit under way; another machine continues with the units whose file 
 
     units = planned_units(plan, seeds=3)      # [Unit], in the order experiments/study.sh runs them
     unit.train_settings(data_dir)             # train.py --key=value settings after config/study.py
-    record = collect(unit, run_dir, plan)     # what results/<unit.name>.json holds
+    record = collect(unit, run_dir, plan, machine)   # what results/<unit.name>.json holds
 
 Order: the decisive pair first (the Backpack and the FLOP-matched Transformer), seed by seed, then one
 seed of the token-matched and the two parameter-matched Transformers.
@@ -22,6 +22,8 @@ OTHERS = ("transformer_tokens", "transformer_params", "transformer_params_nonemb
 SNAPSHOT_INTERVAL = 300  # iterations between the evaluated snapshots: the learning curves' points
 PER_ITEM_LENGTH = 64  # lists longer than this are per-item data (test windows, word pairs, queries): kept for the
                       # last snapshot only, where the paired tests are made; the curves read values and intervals
+# entries whose per-item data no test reads (the exploratory vectors, BLI's other retrieval rules): values only
+UNTESTED = {"minpair", "maxpair", "cosine", "cosine_excluding_identical", "csls"}
 # the plan's entries two machines must agree on before their units are compared
 PLAN_KEYS = ("settings", "iters", "vocab_size", "data_sha256", "tokenizer_sha256", "matched")
 
@@ -98,15 +100,21 @@ def collect(unit, run_dir, plan, machine):
 
 def compact(value, per_item):
     """value with floats to 6 significant digits (float32 similarities print 17), and without per-item lists
-    unless per_item: the results folder stays a few MB for the whole study."""
+    unless per_item (nor under the UNTESTED entries): the results folder stays a few MB for the whole study."""
     if isinstance(value, float):
         return float(f"{value:.6g}")
     if isinstance(value, dict):
-        return {k: compact(v, per_item) for k, v in value.items()
+        return {k: compact(v, per_item and k not in UNTESTED) for k, v in value.items()
                 if per_item or not (isinstance(v, list) and len(v) > PER_ITEM_LENGTH)}
     if isinstance(value, list):
         return [compact(v, per_item) for v in value]
     return value
+
+
+def sensia_record(name, run_dir):
+    """A SENSIA run's record (results/sensia_<name>.json): its evaluation and its training log."""
+    return {"unit": f"sensia_{name}", "results": compact(read_json(Path(run_dir) / "eval" / "results.json"), True),
+            "log": read_json(Path(run_dir) / "training_log.json")}
 
 
 def write_record(record, results_dir):
