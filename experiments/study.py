@@ -5,27 +5,32 @@ The study's Python steps (experiments/study.sh runs them; see docs/study.md):
     python -m experiments.study units --results R [--seeds 3]        # one line per unit: name, train.py settings
     python -m experiments.study collect --results R --unit NAME --run_dir out/study/units/NAME
     python -m experiments.study status --results R [--seeds 3]
-    python -m experiments.study report --out out/study
+    python -m experiments.study gpu_profile --data_dir out/study/data/study   # PROFILE=gpu: shape, iterations
+    python -m experiments.study report --results R [--out DIR]
 
 plan: the Transformers matched to the Backpack of config/study.py (with the --key=value overrides
 train.py gets) by tokens, training FLOPs and parameters, and the standard test sets (FLORES-200
 devtest, MUSE 5000-6500) or, when they cannot be had, what stands in; writes OUT/plan.env (sourced
 by study.sh), OUT/plan.json, and R/plan.json, the plan every unit in the results folder R ran under
 (a new plan that differs is refused: its units would not be comparable).
+gpu_profile: times the GPU shape's Backpack step with bench.py on this machine's GPU and prints two lines,
+the shape's train.py settings and the Backpack's iterations for about 8 minutes of training per unit.
 units, collect, status: the units (backpacks/study/units.py), one unit's results into R, and what is done.
-report: OUT/study.md and its PNG figures from the runs' results; prints the report's path last.
+report: study.md and its PNG figures, generated from the results folder alone, in --out (default: the
+results folder's parent); prints the report's path last.
 """
 import argparse
 import json
 import runpy
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
 from backpacks import cli
-from backpacks.study import plan, report as study_report, units
+from backpacks.study import measures, plan, report as study_report, units
 from backpacks.atomic import atomic_write_text
 from backpacks.dataset import load_meta
 from backpacks.eval.context import DEFAULT_DATA_ROOT
@@ -98,11 +103,15 @@ def print_units(args):
 
 
 def collect_unit(args):
-    plan_record = read_plan(args.results)
-    unit = unit_named(plan_record, args.unit)
+    """A unit's results, or a SENSIA run's (--unit sensia_<run>), into the results folder."""
     try:
-        record = units.collect(unit, args.run_dir, plan_record, describe_machine("cpu"))
-    except ValueError as e:
+        if args.unit.startswith("sensia_"):
+            record = units.sensia_record(args.unit.removeprefix("sensia_"), args.run_dir)
+        else:
+            plan_record = read_plan(args.results)
+            record = units.collect(unit_named(plan_record, args.unit), args.run_dir, plan_record,
+                                   describe_machine("cpu"))
+    except (ValueError, OSError) as e:
         cli.fail(str(e))
     print(f"  wrote {units.write_record(record, args.results)}")
 
@@ -111,6 +120,23 @@ def print_status(args):
     plan_record = read_plan(args.results)
     print("\n".join(units.status_lines(units.planned_units(plan_record, args.seeds, args.other_seeds),
                                        units.done_units(args.results))))
+
+
+def print_gpu_profile(args):
+    """The GPU profile's shape and iterations, from the Backpack's step time that bench.py measures here."""
+    if not torch.cuda.is_available():
+        cli.fail("PROFILE=gpu needs a CUDA GPU and this machine has none; run the CPU study without PROFILE")
+    shape = [f"--{k}={v}" for k, v in plan.GPU_SHAPE.items()]
+    bench = subprocess.run([sys.executable, "bench.py", "--device=cuda", f"--data_dir={args.data_dir}", *shape],
+                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    lines = [json.loads(line) for line in bench.stdout.splitlines() if line.startswith("{")]
+    step_ms = next((line["step_ms"] for line in lines if line.get("model") == "backpack"), None)
+    if bench.returncode or step_ms is None:
+        cli.fail(f"bench.py could not time the GPU shape: {bench.stderr.strip()[-500:]}")
+    iters, why = plan.gpu_iters(step_ms, load_meta(Path(args.data_dir))["splits"]["train"]["tokens"])
+    print(f"  PROFILE=gpu: {why}", file=sys.stderr)
+    print(" ".join(shape))
+    print(iters)
 
 
 def parse_args(argv):
@@ -129,12 +155,18 @@ def parse_args(argv):
                              help="seeds of the decisive pair (the Backpack and the FLOP-matched Transformer)")
         listing.add_argument("--other_seeds", type=int, default=1, choices=range(0, len(units.SEEDS) + 1),
                              help="seeds of the token- and parameter-matched Transformers")
+    profiling = sub.add_parser("gpu_profile", help="PROFILE=gpu's shape and iterations, timed on this GPU")
+    profiling.add_argument("--data_dir", required=True, help="the prepared bilingual dataset")
     collecting = sub.add_parser("collect", help="one unit's results into the results folder")
     collecting.add_argument("--results", required=True, help="the results folder")
     collecting.add_argument("--unit", required=True, help="the unit's name (as `units` prints it)")
     collecting.add_argument("--run_dir", required=True, help="the unit's out_dir, with its evaluated snapshots")
-    reporting = sub.add_parser("report", help="study.md and its figures")
-    reporting.add_argument("--out", required=True, help="the study's directory")
+    reporting = sub.add_parser("report", help="study.md and its figures, from the results folder alone")
+    reporting.add_argument("--results", required=True, help="the results folder")
+    reporting.add_argument("--out", default=None, help="where study.md and its figures go (default: the results "
+                                                        "folder's parent)")
+    reporting.add_argument("--samples", type=int, default=measures.SAMPLES,
+                           help="bootstrap resamples per test (default %(default)s; the smoke run takes fewer)")
     args, overrides = p.parse_known_args(argv)
     if overrides and args.command != "plan":
         p.error(f"unrecognised arguments: {' '.join(overrides)}")
@@ -151,8 +183,14 @@ def main(argv=None):
         collect_unit(args)
     elif args.command == "status":
         print_status(args)
+    elif args.command == "gpu_profile":
+        print_gpu_profile(args)
     else:
-        print(study_report.write_report(Path(args.out)))
+        if not (Path(args.results) / "plan.json").is_file():
+            cli.fail(f"{args.results} holds no plan.json: not a study's results folder")
+        cli.check_at_least(args, 100, ["samples"])
+        measures.SAMPLES = args.samples  # read by every test at call time
+        print(study_report.write_report(Path(args.results), args.out and Path(args.out)))
 
 
 if __name__ == "__main__":

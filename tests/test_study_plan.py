@@ -2,6 +2,7 @@
 (SMOKE=1 bash experiments/study.sh)."""
 import json
 import os
+import shutil
 import sys
 import subprocess
 
@@ -65,7 +66,7 @@ def test_standard_sets_are_used_when_present_and_replaced_with_a_reason_when_not
 
 def test_plan_writes_the_settings_study_sh_sources(sample_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    study_cli.main(["plan", "--out", str(tmp_path), "--data_dir", str(sample_dataset), "--iters", "40",
+    study_cli.main(["plan", "--out", str(tmp_path), "--results", str(tmp_path / "results"), "--data_dir", str(sample_dataset), "--iters", "40",
                     "--n_layer=2", "--n_head=2", "--n_embd=32", "--n_senses=4", "--block_size=64"])
     env = dict(line.split("=", 1) for line in (tmp_path / "plan.env").read_text().splitlines())
     assert env["TRANSFORMER_TOKENS_MAX_ITERS"] == "40" and int(env["TRANSFORMER_FLOPS_MAX_ITERS"]) > 40
@@ -78,7 +79,8 @@ def test_plan_writes_the_settings_study_sh_sources(sample_dataset, tmp_path, mon
 
 def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
     with pytest.raises(SystemExit, match="unknown setting 'n_embed'"):
-        study_cli.main(["plan", "--out", str(tmp_path), "--data_dir", str(sample_dataset), "--iters", "4", "--n_embed=8"])
+        study_cli.main(["plan", "--out", str(tmp_path), "--results", str(tmp_path), "--data_dir", str(sample_dataset),
+                        "--iters", "4", "--n_embed=8"])
 
 
 @pytest.mark.slow
@@ -95,16 +97,32 @@ def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_pa
     text = report.read_text()
     for section in SECTIONS:
         assert f"## {section}" in text
-    for figure in ("loss_curves.png", "lexical.png", "sensia_curves.png", "topic_control.png"):
+    for figure in ("curves_tokens.png", "curves_flops.png", "sensia_curves.png", "topic_control.png"):
         assert (tmp_path / "study" / figure).stat().st_size > 1000 and f"]({figure})" in text
-    assert "no per-item data" not in text  # the paired tests ran
+    assert "no per-item data" not in text and "(2 seeds)" in text  # the paired tests ran, over seeds
+    results = sorted(p.name for p in (tmp_path / "study" / "results").iterdir())
+    assert "plan.json" in results and "backpack_seed2337.json" in results and "interventions.json" in results
+    assert len([r for r in results if "_seed" in r]) == 7 and not [r for r in results if r.endswith(".pt")]
+    assert "left: none" in done.stdout
     # a second run reuses every step: nothing is prepared, trained or evaluated again
     times = (tmp_path / "study" / "steps" / "times.tsv").read_text()
     again = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (tmp_path / "study" / "steps" / "times.tsv").read_text() == times
-    assert again.stdout.count("reusing the finished run") == 8
+    assert "reusing the finished run" not in again.stdout and "SENSIA: its results are in" in again.stdout
+    assert "] unit " not in again.stdout  # the done units do not run at all
+    # another machine, given the results folder without one unit, runs that unit alone
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "study" / "results", moved / "results")
+    (moved / "results" / "backpack_seed2337.json").unlink()
+    elsewhere = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, capture_output=True, text=True,
+                               env={**env, "OUT": str(tmp_path / "elsewhere"), "RESULTS": str(moved / "results")},
+                               timeout=300)
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+    assert [line.split("]")[1] for line in elsewhere.stdout.splitlines() if "] unit " in line] == \
+        [f" unit backpack_seed2337: train, evaluate its snapshots, write {moved / 'results' / 'backpack_seed2337.json'}"]
+    assert "SENSIA: its results are in" in elsewhere.stdout and (moved / "study.md").is_file()
     # another corpus for the same study directory is refused, not mixed in
     other = subprocess.run(["bash", "experiments/study.sh", "--corpus", "data/europarl/sample/parliament.tsv"],
                            cwd=repo_root, env=env, capture_output=True, text=True, timeout=60)

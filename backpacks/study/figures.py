@@ -1,5 +1,7 @@
 """The study's figures (PNG, written atomically beside study.md); each function returns the names of
 the files it wrote, none where its data is missing."""
+from functools import lru_cache
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,88 +11,99 @@ import numpy as np  # noqa: E402
 from backpacks.atomic import save_figure  # noqa: E402
 from backpacks.study import measures as sm  # noqa: E402
 from backpacks.study.plan import meta_model  # noqa: E402
-from backpacks.study.measures import LABELS, word_vector  # noqa: E402
+from backpacks.study.measures import LABELS  # noqa: E402
 
-STYLE = {"backpack": ("C0", "-"), "transformer_tokens": ("C1", "-"), "transformer_flops": ("C2", "-"),
-         "transformer_params": ("C3", "-"), "backpack_seed2": ("C0", ":"), "transformer_tokens_seed2": ("C1", ":"),
-         "sensia": ("C0", "-"), "lm_only": ("C1", "-"), "mcl": ("C2", "-")}
+STYLE = {"backpack": "C0", "transformer_flops": "C2", "transformer_tokens": "C1", "transformer_params": "C3",
+         "transformer_params_nonemb": "C4", "sensia": "C0", "lm_only": "C1", "mcl": "C2"}
+# the learning curves' panels: (title, measure of the Backpack, measure of a Transformer)
+CURVES = ([("test loss (nats/token)", sm.loss_measure("all"), sm.loss_measure("all"))]
+          + [(f"{name} rho", sm.wordsim_measure(name, "mean"), sm.wordsim_measure(name, "embedding"))
+             for name in sm.WORDSIM_SETS]
+          + [(f"BLI {d} P@1 (CSLS)", sm.bli_measure(d, "mean"), sm.bli_measure(d, "embedding")) for d in ("en-fr", "fr-en")])
 
 
-def flops_per_token(run):
-    """Training FLOPs per token of an evaluated run's model (model.flops_per_token)."""
-    return meta_model(run["model_type"], **run["model_args"]).flops_per_token()
+def tokens_per_iter(plan):
+    settings = plan.get("settings", {})
+    return settings.get("batch_size", 0) * settings.get("block_size", 0)
 
 
-def loss_figures(out, data, tokens_per_iter):
-    """Validation loss against training tokens and against training FLOPs, every model."""
-    runs = sm.evaluated(data["runs"])
-    if not runs or not tokens_per_iter:
+def flops_per_token(run, plan):
+    """Training FLOPs per token of an evaluated model (model.flops_per_token), the Backpack's with its sense
+    network on the measured share of positions (the plan's sense_share)."""
+    share = plan.get("sense_share", 1.0) if run["model_type"] == "backpack" else 1.0
+    return model_flops(run["model_type"], tuple(sorted(run["model_args"].items())), share)
+
+
+@lru_cache(maxsize=None)
+def model_flops(model_type, model_args, share):
+    return meta_model(model_type, **dict(model_args)).flops_per_token(distinct_share=share)
+
+
+def curve_points(records, measure):
+    """(iterations, (seeds, snapshots) values) of a model's seeds at their common snapshots."""
+    common = sorted(set.intersection(*(set(map(int, r["snapshots"])) for r in records)))
+    values = np.array([[(measure.read(r["snapshots"][str(it)]) or (np.nan,))[0] for it in common] for r in records],
+                      dtype=float)
+    return np.array(common), values
+
+
+def learning_curves(out, data):
+    """Every curve measure against training tokens and against training FLOPs (two figures): per model the
+    mean over seeds with the seeds' range as a band, and each width's random-pieces control, dashed."""
+    plan, per_iter = data["plan"], tokens_per_iter(data["plan"])
+    if not data["models"] or not per_iter:
         return []
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for name, results in runs.items():
-        log = [e for e in data["runs"][name]["log"] or [] if isinstance(e.get("val_loss"), (int, float))]
-        tokens = np.array([e["iter"] for e in log]) * tokens_per_iter
-        colour, style = STYLE[name]
-        for ax, x in zip(axes, (tokens / 1e6, tokens * flops_per_token(results["run"]) / 1e15)):
-            ax.plot(x, [e["val_loss"] for e in log], style, color=colour, marker="o", markersize=3, label=LABELS[name])
-    for ax, xlabel in zip(axes, ("training tokens (millions)", "training FLOPs (PFLOPs)")):
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("validation loss (nats/token)")
-    axes[0].legend(fontsize=8)
-    return [save_figure(fig, out / "loss_curves.png")]
+    names = []
+    for axis, xlabel in (("tokens", "training tokens (millions)"), ("flops", "training FLOPs (PFLOPs)")):
+        fig, axes = plt.subplots(2, 4, figsize=(18, 8))
+        for ax, (title, backpack_measure, transformer_measure) in zip(axes.flat, CURVES):
+            controls = {}
+            for model, records in data["models"].items():
+                measure = backpack_measure if model == "backpack" else transformer_measure
+                iters, values = curve_points(records, measure)
+                run = records[0]["snapshots"][str(records[0]["max_iters"])]["run"]
+                scale = per_iter / 1e6 if axis == "tokens" else per_iter * flops_per_token(run, plan) / 1e15
+                ax.plot(iters * scale, values.mean(axis=0), color=STYLE[model], marker="o", markersize=3,
+                        label=f"{LABELS[model]} ({len(records)} seed{'s' if len(records) > 1 else ''})")
+                if len(records) > 1:
+                    ax.fill_between(iters * scale, values.min(axis=0), values.max(axis=0), color=STYLE[model], alpha=0.2)
+                if title.startswith("test loss"):
+                    continue
+                controls.setdefault(records[0]["n_embd"], (iters * scale, curve_points(
+                    records[:1], control_of(measure))[1][0]))
+            for (width, (x, y)), style in zip(sorted(controls.items()), ("--", ":", "-.", (0, (1, 3)))):
+                ax.plot(x, y, linestyle=style, marker="x", markersize=4, color="grey", label=f"random pieces, width {width}")
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.grid(alpha=0.3)
+        axes.flat[0].legend(fontsize=7)
+        axes.flat[1].legend(fontsize=7)
+        names.append(save_figure(fig, out / f"curves_{axis}.png"))
+    return names
 
 
-def interval_bars(ax, groups, series):
-    """Grouped bars with 95% interval whiskers: series {label: [(value, [low, high]) or None per group]}."""
-    width = 0.8 / max(1, len(series))
-    x = np.arange(len(groups))
-    for i, (label, points) in enumerate(series.items()):
-        values = np.array([p[0] if p else np.nan for p in points], dtype=float)
-        errors = np.array([[p[0] - p[1][0], p[1][1] - p[0]] if p and p[1] else [0, 0] for p in points], dtype=float).T
-        errors = np.clip(np.nan_to_num(errors), 0, None)  # a percentile interval may leave out its point estimate
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=label)
-    ax.set_xticks(x)
-    ax.set_xticklabels(groups, rotation=20, ha="right", fontsize=8)
-    ax.axhline(0, color="black", linewidth=0.5)
+def control_of(measure):
+    """The random-pieces control's measure of a word-level measure (same set or direction)."""
+    name = measure.name.split(" (")[0]
+    if name.startswith("BLI "):
+        return sm.bli_measure(name.split()[1], "random_pieces")
+    return sm.wordsim_measure(name.removesuffix(" rho"), "random_pieces")
 
 
-def main_figures(out, data):
-    """Word similarity and lexicon induction: each model's vector, and the random-pieces control."""
-    runs = sm.evaluated(data["runs"])
-    if "backpack" not in runs:
-        return []
-    panels = [("word similarity: Spearman rho", sm.WORDSIM_SETS,
-               lambda group, rep: sm.wordsim_measure(group, rep)),
-              ("lexicon induction: P@1, CSLS, non-identical pairs", ("en-fr", "fr-en"),
-               lambda group, rep: sm.bli_measure(group, rep))]
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.5), gridspec_kw={"width_ratios": [5, 2]})
-    for ax, (title, groups, measure) in zip(axes, panels):
-        series = {}
-        for name, results in runs.items():
-            rep = word_vector(name)
-            series[f"{LABELS[name]} ({rep})"] = [measure(g, rep).read(results) for g in groups]
-        series["random pieces (Backpack's pieces)"] = [measure(g, "random_pieces").read(runs["backpack"]) for g in groups]
-        interval_bars(ax, groups, series)
-        ax.set_title(title, fontsize=10)
-    axes[0].legend(fontsize=7)
-    return [save_figure(fig, out / "lexical.png")]
-
-
-def sensia_figures(out, data):
+def sensia_figures(out, sensia):
     """SENSIA's validation curves against its controls: recall@1, French sense entropy, French loss."""
-    logs = {name: run["log"] for name, run in data["sensia"].items() if name != "english" and run["log"]}
+    logs = {name: run["log"] for name, run in sensia.items() if name != "english" and run.get("log")}
     if not logs:
         return []
     keys = [("val_pairs_recall@1_sns", "recall@1 (z_sns, both ways)"),
             ("val_pairs_sense_entropy_fr", "sense entropy, French"), ("val_loss_fr_pairs", "French loss (nats/token)")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for name, log in logs.items():
-        colour, style = STYLE.get(name, ("C7", "-"))
+        colour = STYLE.get(name, "C7")
         for ax, (key, title) in zip(axes, keys):
             points = [(e["iter"], e[key]) for e in log if isinstance(e.get(key), (int, float))]
             if points:
-                ax.plot(*zip(*points), style, color=colour, marker="o", markersize=3, label=name)
+                ax.plot(*zip(*points), color=colour, marker="o", markersize=3, label=name)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("adaptation step")
             ax.grid(alpha=0.3)
@@ -101,9 +114,9 @@ def sensia_figures(out, data):
     return [save_figure(fig, out / "sensia_curves.png")]
 
 
-def intervention_figures(out, data):
+def intervention_figures(out, interventions):
     """Topic control: bag mass against strength, per language, annealing on and off (± one SE)."""
-    summary = ((data["interventions"] or {}).get("topic") or {}).get("summary")
+    summary = ((interventions or {}).get("topic") or {}).get("summary")
     if not summary:
         return []
     fig, axes = plt.subplots(1, len(summary), figsize=(6 * len(summary), 4), squeeze=False)

@@ -100,6 +100,25 @@ def matched_runs(shape, vocab_size, iters, share=1.0):
     }
 
 
+# PROFILE=gpu (experiments/study.sh): a wider Backpack and larger batches for one GPU, trained for about
+# GPU_MINUTES per unit at the throughput bench.py measures there, at most GPU_MAX_EPOCHS passes over the corpus
+GPU_SHAPE = {"n_layer": 6, "n_head": 6, "n_embd": 384, "n_senses": 16, "block_size": 256, "batch_size": 32}
+GPU_MINUTES = 8
+GPU_MAX_EPOCHS = 3
+
+
+def gpu_iters(step_ms, train_tokens, minutes=GPU_MINUTES, max_epochs=GPU_MAX_EPOCHS, shape=GPU_SHAPE):
+    """(Backpack iterations, why) for PROFILE=gpu: what `minutes` of training buys at the measured step
+    time, capped at max_epochs of the training tokens, rounded down to a multiple of 100 (at least 300)."""
+    per_iter = shape["batch_size"] * shape["block_size"]
+    by_time = int(minutes * 60_000 / step_ms)
+    by_data = int(max_epochs * train_tokens / per_iter)
+    iters = max(300, min(by_time, by_data) // 100 * 100)
+    limit = (f"{minutes} minutes at {step_ms:.0f} ms per step" if by_time <= by_data
+             else f"{max_epochs} epochs of {train_tokens:,} training tokens")
+    return iters, f"{iters} iterations of {per_iter:,} tokens: {limit}"
+
+
 def standard_set(name, data_root, fetch):
     """(paths, None) of a standard set found in the layout (fetched when allowed), else (None, why not)."""
     try:
