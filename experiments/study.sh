@@ -14,7 +14,8 @@
 # report; default OUT/results), ITERS (Backpack iterations, default 1200), SEEDS (seeds of the decisive
 # pair, the Backpack and the FLOP-matched Transformer: 1 to 3, default 3), OTHER_SEEDS (seeds of the
 # token- and parameter-matched Transformers: 0 to 3, default 1), SENSIA_PRETRAIN_ITERS (300),
-# SENSIA_ITERS (60), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present),
+# SENSIA_ITERS (60), PROFILE=gpu (one GPU: a 6-layer, 384-wide Backpack on batches of 32 x 256 tokens, its
+# iterations sized from the step time bench.py measures there, about 8 minutes of training per unit), ENFR_DATA (evaluation resources; default ../shared/data/en-fr when present),
 # PYTHON (the interpreter that runs each step; default: the python on PATH, e.g. PYTHON=venv/bin/python).
 # docs/study.md says what each step measures and how long it takes.
 set -euo pipefail
@@ -33,7 +34,8 @@ if [[ $# -gt 0 ]]; then
 fi
 [[ ${SEEDS:-3} =~ ^[123]$ ]] || { echo "error: SEEDS must be 1, 2 or 3, got $SEEDS" >&2; exit 2; }
 [[ ${OTHER_SEEDS:-1} =~ ^[0123]$ ]] || { echo "error: OTHER_SEEDS must be 0, 1, 2 or 3, got $OTHER_SEEDS" >&2; exit 2; }
-UNIT_COUNTS=(--seeds "${SEEDS:-3}" --other_seeds "${OTHER_SEEDS:-1}")
+[[ ${PROFILE:-cpu} == cpu || ${PROFILE:-cpu} == gpu ]] || { echo "error: PROFILE must be cpu or gpu, got $PROFILE" >&2; exit 2; }
+[[ ${PROFILE:-cpu} == cpu || ${SMOKE:-0} != 1 ]] || { echo "error: SMOKE=1 runs the CPU toy sizes; leave PROFILE unset" >&2; exit 2; }
 for count in ITERS SENSIA_PRETRAIN_ITERS SENSIA_ITERS; do
   [[ -z ${!count:-} || ${!count} =~ ^[1-9][0-9]*$ ]] || { echo "error: $count must be a positive integer, got ${!count}" >&2; exit 2; }
 done
@@ -42,7 +44,7 @@ if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
 fi
 
 if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipeline, measures nothing
-  OUT=${OUT:-out/study_smoke}; ITERS=${ITERS:-6}; PRE=${SENSIA_PRETRAIN_ITERS:-6}; ADAPT=${SENSIA_ITERS:-4}
+  OUT=${OUT:-out/study_smoke}; ITERS=${ITERS:-6}; SEEDS=${SEEDS:-2}; PRE=${SENSIA_PRETRAIN_ITERS:-6}; ADAPT=${SENSIA_ITERS:-4}
   ADAPT_BATCH=(--batch_size=8 --sensia_eval_pairs=16)
   ((${#corpus[@]})) || corpus=(data/europarl/sample/parliament)
   VOCAB=512; MAX_PAIRS=(); SHAPE=(--n_layer=2 --n_head=2 --n_embd=32 --n_senses=4 --block_size=64 --batch_size=4)
@@ -51,8 +53,9 @@ if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipel
               --sense_pairs 50)
   SENSIA_EVAL=(--loss_batches 2 --mc_examples 8 --geometry_pairs 50 --geometry_sentences 16)
   INTERVENE=(--samples 1 --max_new_tokens 4 --topics 1 --professions 2)
+  REPORT=(--samples 200)
 else
-  OUT=${OUT:-out/study}; ITERS=${ITERS:-1200}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-60}
+  OUT=${OUT:-out/study$([[ ${PROFILE:-cpu} == gpu ]] && echo _gpu)}; ITERS=${ITERS:-1200}; PRE=${SENSIA_PRETRAIN_ITERS:-300}; ADAPT=${SENSIA_ITERS:-60}
   VOCAB=16384; MAX_PAIRS=(--max_pairs 100000); SHAPE=()
   # every snapshot: 960 disjoint test windows (123k tokens); the last one: 100 translations each way, 500
   # sentence pairs, 200 multiple-choice examples per set (100 reported); SENSIA: 500 dictionary pairs and
@@ -61,8 +64,10 @@ else
   FINAL_EVAL=(--translation_samples 100 --sentence_pairs 500 --mc_examples 200)
   SENSIA_EVAL=(--loss_batches 60 --mc_examples 200 --geometry_pairs 500 --geometry_sentences 200)
   INTERVENE=(--samples 4 --max_new_tokens 20)
+  REPORT=()
   ADAPT_BATCH=(--batch_size=16 --sensia_eval_pairs=200)  # 16 pairs: 15 negatives per InfoNCE row
 fi
+UNIT_COUNTS=(--seeds "${SEEDS:-3}" --other_seeds "${OTHER_SEEDS:-1}")
 if ((${#corpus[@]})); then source=(--source local --corpus "${corpus[@]}"); else source=(--source europarl); fi
 RESULTS=${RESULTS:-$OUT/results}
 mkdir -p "$OUT/steps" "$RESULTS"
@@ -128,6 +133,12 @@ step "datasets: a ${VOCAB}-token bilingual BPE on ${corpus[*]:-Europarl from the
 prepare study "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}"
 prepare study_en "${source[@]}" --vocab_size $VOCAB "${MAX_PAIRS[@]}" --lm_languages en
 
+if [[ ${PROFILE:-cpu} == gpu ]]; then
+  step "GPU profile: the shape and iterations for this GPU"
+  { read -r -a SHAPE && read -r ITERS; } < <("$PYTHON" -m experiments.study gpu_profile --data_dir "$data")
+  [[ -n ${ITERS:-} ]] || fail "the GPU profile could not be sized (see above)"
+fi
+
 step "plan: the Transformers matched to the Backpack by tokens, FLOPs and parameters; the standard test sets"
 "$PYTHON" -m experiments.study plan --out "$OUT" --results "$RESULTS" --data_dir "$data" --iters "$ITERS" "${SHAPE[@]}"
 source "$OUT/plan.env"  # TRANSFORMER_*_MAX_ITERS, TRANSFORMER_*_N_EMBD, TEST_SET, DICTIONARY
@@ -160,42 +171,52 @@ while read -r -u 3 unit model_type settings; do  # fd 3: the steps inside keep t
 done 3< <("$PYTHON" -m experiments.study units --results "$RESULTS" "${UNIT_COUNTS[@]}")
 "$PYTHON" -m experiments.study status --results "$RESULTS" "${UNIT_COUNTS[@]}"
 
-step "SENSIA: pretrain an English Backpack of the same shape on the English side"
-train sensia_english "$OUT/sensia/english" "$PRE" config/study.py "${SHAPE[@]}" --model_type=backpack --max_iters="$PRE" \
-  --data_dir="$data_en" --warmup_iters=$((PRE / 10)) --eval_interval=$(((PRE + 4) / 5)) --checkpoint_interval=$(((PRE + 4) / 5))
-for run in sensia lm_only mcl; do
-  step "SENSIA: adapt to French with $run ($ADAPT steps)"
-  configs=(config/adapt_sensia_tiny.py)  # the controls: an overlay after SENSIA's config
-  [[ $run != sensia ]] && configs+=("config/adapt_${run}.py")
-  train "sensia_$run" "$OUT/sensia/$run" "$ADAPT" "${configs[@]}" --init_from="$OUT/sensia/english" \
-    --data_dir="$data_en" "${ADAPT_BATCH[@]}" --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) --eval_interval=$(((ADAPT + 3) / 4)) \
-    --checkpoint_interval=$(((ADAPT + 3) / 4))
-done
+sensia() {  # SENSIA against its controls: pretrain in English, adapt three ways, evaluate, results into $RESULTS
+  step "SENSIA: pretrain an English Backpack of the same shape on the English side"
+  train sensia_english "$OUT/sensia/english" "$PRE" config/study.py "${SHAPE[@]}" --model_type=backpack --max_iters="$PRE" \
+    --data_dir="$data_en" --warmup_iters=$((PRE / 10)) --eval_interval=$(((PRE + 4) / 5)) --checkpoint_interval=$(((PRE + 4) / 5))
+  local run configs key
+  for run in sensia lm_only mcl; do
+    step "SENSIA: adapt to French with $run ($ADAPT steps)"
+    configs=(config/adapt_sensia_tiny.py)  # the controls: an overlay after SENSIA's config
+    [[ $run != sensia ]] && configs+=("config/adapt_${run}.py")
+    train "sensia_$run" "$OUT/sensia/$run" "$ADAPT" "${configs[@]}" --init_from="$OUT/sensia/english" \
+      --data_dir="$data_en" "${ADAPT_BATCH[@]}" --max_iters="$ADAPT" --warmup_iters=$((ADAPT / 10)) \
+      --eval_interval=$(((ADAPT + 3) / 4)) --checkpoint_interval=$(((ADAPT + 3) / 4))
+  done
+  for run in english sensia lm_only mcl; do
+    step "evaluate SENSIA run $run (French loss, recall@1, entropy, topology, Procrustes, mixture, XNLI, PAWS-X)"
+    key=$(key_of "${SENSIA_EVAL[@]}" "$(files "$OUT/sensia/$run/ckpt.pt")")
+    if ! is_done "evaluate_sensia_$run" "$key" || [[ ! -f $OUT/sensia/$run/eval/results.json ]]; then
+      timed "evaluate $run" "$PYTHON" evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
+        "${SENSIA_EVAL[@]}" > /dev/null
+      mark_done "evaluate_sensia_$run" "$key"
+    fi
+    "$PYTHON" -m experiments.study collect --results "$RESULTS" --unit "sensia_$run" --run_dir "$OUT/sensia/$run"
+  done
+}
+if [[ -f $RESULTS/sensia_english.json && -f $RESULTS/sensia_sensia.json && -f $RESULTS/sensia_lm_only.json \
+      && -f $RESULTS/sensia_mcl.json ]]; then
+  step "SENSIA: its results are in $RESULTS"
+else
+  sensia
+fi
 
-for run in english sensia lm_only mcl; do
-  step "evaluate SENSIA run $run (French loss, recall@1, entropy, topology, Procrustes, mixture, XNLI, PAWS-X)"
-  key=$(key_of "${SENSIA_EVAL[@]}" "$(files "$OUT/sensia/$run/ckpt.pt")")
-  if ! is_done "evaluate_sensia_$run" "$key" || [[ ! -f $OUT/sensia/$run/eval/results.json ]]; then
-    timed "evaluate $run" "$PYTHON" evaluate.py --out_dir "$OUT/sensia/$run" --ckpt latest --tasks loss,sensia,xnli,pawsx \
-      "${SENSIA_EVAL[@]}" > /dev/null
-    mark_done "evaluate_sensia_$run" "$key"
-  fi
-  cp "$OUT/sensia/$run/eval/results.json" "$RESULTS/sensia_$run.json"
-done
-
-step "interventions on the Backpack against the token-matched Transformer"
 backpack=$OUT/units/backpack_seed1337 transformer=$OUT/units/transformer_tokens_seed1337
-if [[ -f $backpack/ckpt.pt && -f $transformer/ckpt.pt ]]; then
+if [[ -f $RESULTS/interventions.json ]]; then
+  step "interventions: their results are in $RESULTS"
+elif [[ -f $backpack/ckpt.pt && -f $transformer/ckpt.pt ]]; then
+  step "interventions on the Backpack against the token-matched Transformer"
   key=$(key_of "${INTERVENE[@]}" "$(files "$backpack/ckpt.pt" "$transformer/ckpt.pt")")
   if ! is_done interventions "$key" || [[ ! -f $backpack/interventions/interventions.json ]]; then
     timed interventions "$PYTHON" -m experiments.run_interventions --out_dir "$backpack" --ckpt latest \
       --baseline_dir "$transformer" "${INTERVENE[@]}" > /dev/null
     mark_done interventions "$key"
   fi
-  cp "$backpack/interventions/interventions.json" "$RESULTS/interventions.json"
+  cp "$backpack"/interventions/interventions.{json,md} "$RESULTS/"
 else
-  echo "  skipped: the units backpack_seed1337 and transformer_tokens_seed1337 are not both trained"
+  step "interventions: skipped, the weights of backpack_seed1337 and transformer_tokens_seed1337 are not both in $OUT"
 fi
 
 step "report"
-"$PYTHON" -m experiments.study report --results "$RESULTS"
+"$PYTHON" -m experiments.study report --results "$RESULTS" "${REPORT[@]}"
