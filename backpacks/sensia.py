@@ -139,7 +139,7 @@ def bidirectional_recall(en, fr):
     and each pair's mean of its two hits (the per-item data of a paired test)."""
     with torch.autocast(en.device.type, enabled=False):  # the run's evaluation may be under autocast
         sims = (en.float() @ fr.float().t()).numpy()
-    forward, backward = metrics.hits_at_1(sims), metrics.hits_at_1(sims.T)
+    forward, backward = (metrics.hits_at_1(s).astype(np.float64) for s in (sims, sims.T))  # bool + bool is or
     return {'en_fr': float(forward.mean()), 'fr_en': float(backward.mean()),
             'mean': float((forward.mean() + backward.mean()) / 2), 'pair_hits': ((forward + backward) / 2).tolist()}
 

@@ -81,6 +81,8 @@ def test_recall_at_1_constructed_case():
     fr[2] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # pair 2 fixed: en 3 now finds fr 3, but fr 3 still finds en 2
     r = sensia.bidirectional_recall(en, fr)
     assert (r['en_fr'], r['fr_en']) == (1.0, 0.75)
+    assert r['pair_hits'] == [1.0, 1.0, 1.0, 0.5]  # pair 3: found one way only
+    assert sum(r['pair_hits']) / 4 == r['mean']
 
 
 def sensia_run(out, data, *extra):
