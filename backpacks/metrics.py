@@ -274,22 +274,6 @@ def holm(p_values):
     return adjusted
 
 
-def paired_difference(statistic, a, b, n, samples=BOOTSTRAP_SAMPLES, seed=0):
-    """Paired bootstrap test of statistic(a) - statistic(b), two systems measured on the same n items
-    (statistic(data, idx) gives one value per row of resampled item indices, e.g. resampled_mean).
-    Both systems see the same resamples, so item difficulty cancels. p: two-sided, twice the share of
-    resampled differences on the far side of 0 (at most 1; 0 means below 1 / samples)."""
-    idx = bootstrap_indices(n, samples, seed)
-    everything = np.arange(n)[None]
-    point = float(statistic(a, everything)[0] - statistic(b, everything)[0])
-    diff = statistic(a, idx) - statistic(b, idx)
-    diff = diff[np.isfinite(diff)]
-    if diff.size == 0:
-        return {"difference": point, "ci95": None, "p_value": None, "n": int(n)}
-    p = min(1.0, 2 * min(float((diff <= 0).mean()), float((diff >= 0).mean())))
-    return {"difference": point, "ci95": percentile_interval(diff), "p_value": p, "n": int(n)}
-
-
 def intervals_overlap(a, b):
     """Whether two [low, high] intervals share a point (then the difference is not significant)."""
     return a[0] <= b[1] and b[0] <= a[1]

@@ -200,31 +200,8 @@ def test_resample_ranks_equal_scipys_average_ranks():
         assert np.array_equal(metrics.resample_ranks(values, idx), rankdata(values[idx], axis=1))
 
 
-def test_paired_difference_finds_a_consistent_small_gain_that_overlapping_intervals_miss():
-    # system a is right on every item b is right on, plus 6% more: the per-system intervals overlap,
-    # the paired test (same resamples for both) still finds the gain
-    rng = np.random.default_rng(0)
-    b = (rng.random(500) < 0.5).astype(float)
-    a = b.copy()
-    a[np.flatnonzero(b == 0)[:30]] = 1
-    intervals = [metrics.bootstrap_mean_interval(x) for x in (a, b)]
-    assert metrics.intervals_overlap(*intervals)
-    test = metrics.paired_difference(metrics.resampled_mean, a, b, len(a))
-    assert test["difference"] == pytest.approx(0.06) and test["ci95"][0] > 0 and test["p_value"] < 0.01
-    same = metrics.paired_difference(metrics.resampled_mean, b, b, len(b))
-    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["p_value"] == 1.0
-    worse = metrics.paired_difference(metrics.resampled_mean, b, a, len(a))
-    assert worse["ci95"][1] < 0 and worse["p_value"] < 0.01
-
-
-def test_paired_difference_of_spearman_and_of_a_loss_ratio():
-    rng = np.random.default_rng(1)
-    gold = rng.random(300)
-    good, noisy = gold + 0.1 * rng.random(300), gold + 2.0 * rng.random(300)
-    test = metrics.paired_difference(metrics.resampled_spearman, (good, gold), (noisy, gold), 300)
-    assert test["difference"] == pytest.approx(stats.spearmanr(good, gold)[0] - stats.spearmanr(noisy, gold)[0])
-    assert test["ci95"][0] > 0 and test["p_value"] < 0.01
-    # loss per token over windows of unequal length: the ratio of sums, not the mean of ratios
+def test_a_loss_per_token_is_the_ratio_of_sums():
+    # windows of unequal length: the ratio of sums, not the mean of ratios
     sums, counts = np.array([10.0, 1.0]), np.array([10, 1])
     assert metrics.resampled_ratio((sums, counts), np.array([[0, 1]]))[0] == pytest.approx(1.0)
     assert metrics.ratio_interval(sums * 2, counts) == [2.0, 2.0]

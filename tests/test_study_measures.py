@@ -103,3 +103,29 @@ def test_items_must_be_the_same_to_be_paired():
     assert sm.same_items([1, 0], [1, 0, 1]) == "different items (2 against 3)"
     assert "other gold" in sm.same_items(([0.1], [1.0]), ([0.1], [2.0]))
     assert sm.same_items(([0.1], [1.0]), ([0.3], [1.0])) is None
+
+
+def test_the_paired_test_finds_a_consistent_small_gain_that_overlapping_intervals_miss():
+    # system a is right on every item b is right on, plus 6% more: the per-system intervals overlap,
+    # the paired test (same resamples for both) still finds the gain
+    rng = np.random.default_rng(0)
+    b = (rng.random(500) < 0.5).astype(float)
+    a = b.copy()
+    a[np.flatnonzero(b == 0)[:30]] = 1
+    intervals = [metrics.bootstrap_mean_interval(x) for x in (a, b)]
+    assert metrics.intervals_overlap(*intervals)
+    test = sm.compare([a], [b], metrics.resampled_mean)
+    assert test["difference"] == pytest.approx(0.06) and test["ci95"][0] > 0 and test["p_value"] < 0.01
+    same = sm.compare([b], [b], metrics.resampled_mean)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["p_value"] == 1.0
+    worse = sm.compare([b], [a], metrics.resampled_mean)
+    assert worse["ci95"][1] < 0 and worse["p_value"] < 0.01
+
+
+def test_the_paired_test_of_spearman():
+    rng = np.random.default_rng(1)
+    gold = rng.random(300)
+    good, noisy = gold + 0.1 * rng.random(300), gold + 2.0 * rng.random(300)
+    test = sm.compare([(good, gold)], [(noisy, gold)], metrics.resampled_spearman)
+    assert test["difference"] == pytest.approx(stats.spearmanr(good, gold)[0] - stats.spearmanr(noisy, gold)[0])
+    assert test["ci95"][0] > 0 and test["p_value"] < 0.01

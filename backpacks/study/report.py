@@ -16,7 +16,7 @@ import numpy as np
 
 from backpacks import metrics
 from backpacks.atomic import atomic_write_text
-from backpacks.eval.report import fmt, fmt_interval, markdown_table
+from backpacks.eval.report import fmt_interval, markdown_table
 from backpacks.study import figures, units
 from backpacks.study import measures as sm
 from backpacks.study.measures import LABELS, word_vector
