@@ -83,6 +83,25 @@ def test_plan_refuses_an_unknown_setting(sample_dataset, tmp_path):
                         "--iters", "4", "--n_embed=8"])
 
 
+def test_gpu_profile_sizes_the_study_from_benchs_backpack_step(sample_dataset, monkeypatch, capsys):
+    monkeypatch.setattr(study_cli.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        study_cli.main(["gpu_profile", "--data_dir", str(sample_dataset)])
+    monkeypatch.setattr(study_cli.torch.cuda, "is_available", lambda: True)
+    commands = []
+
+    def bench(command, **kwargs):  # bench.py's JSON lines, as on a GPU
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stderr="", stdout='{"model": "transformer", "step_ms": 9.0}\n'
+                                                                        '{"model": "backpack", "step_ms": 50.0}\n')
+    monkeypatch.setattr(study_cli.subprocess, "run", bench)
+    study_cli.main(["gpu_profile", "--data_dir", str(sample_dataset)])
+    shape, iters = capsys.readouterr().out.splitlines()
+    assert "--device=cuda" in commands[0] and shape == " ".join(f"--{k}={v}" for k, v in plan.GPU_SHAPE.items())
+    train_tokens = json.loads((sample_dataset / "meta.json").read_text())["splits"]["train"]["tokens"]
+    assert int(iters) == plan.gpu_iters(50.0, train_tokens)[0]
+
+
 @pytest.mark.slow
 @pytest.mark.smoke
 def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_path):
