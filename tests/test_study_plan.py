@@ -95,11 +95,11 @@ def test_gpu_profile_sizes_the_study_from_benchs_backpack_step(sample_dataset, m
         return subprocess.CompletedProcess(command, 0, stderr="", stdout='{"model": "transformer", "step_ms": 9.0}\n'
                                                                         '{"model": "backpack", "step_ms": 50.0}\n')
     monkeypatch.setattr(study_cli.subprocess, "run", bench)
+    monkeypatch.setattr(study_cli, "load_meta", lambda data_dir: {"splits": {"train": {"tokens": 10**10}}})
     study_cli.main(["gpu_profile", "--data_dir", str(sample_dataset)])
     shape, iters = capsys.readouterr().out.splitlines()
     assert "--device=cuda" in commands[0] and shape == " ".join(f"--{k}={v}" for k, v in plan.GPU_SHAPE.items())
-    train_tokens = json.loads((sample_dataset / "meta.json").read_text())["splits"]["train"]["tokens"]
-    assert int(iters) == plan.gpu_iters(50.0, train_tokens)[0]
+    assert int(iters) == plan.gpu_iters(50.0, 10**10)[0] == 9600  # 8 minutes of 50 ms steps
 
 
 @pytest.mark.slow
