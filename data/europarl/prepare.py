@@ -512,6 +512,8 @@ def prepare(args, command):
     t0 = time.time()
     target = args.out_root / args.name
     check_target(target, args.overwrite)
+    for spec in args.corpus or []:  # every corpus file exists before out_root is touched
+        corpus_files(spec)
     check_writable(args.out_root)
     pairs, groups, split, dropped, sources = read_and_split(args)
     order = np.concatenate([split["train"], split["val"], split["test"]])
