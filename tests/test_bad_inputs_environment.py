@@ -88,6 +88,19 @@ def test_entry_point_refuses_a_bad_environment(module, arguments, environment, p
     assert snapshot(paths['root']) == before
 
 
+def test_good_environments_pass(paths, tmp_path, monkeypatch):
+    """The checks refuse only what is wrong: an empty data folder (how CI hides it), caches still to be
+    created, switches on or off in any spelling huggingface_hub takes, an empty variable."""
+    from backpacks import cli
+    for name, value in [('ENFR_DATA', str(tmp_path)), ('BACKPACK_CACHE', str(tmp_path / 'new' / 'cache')),
+                        ('HF_HOME', ''), ('OMP_NUM_THREADS', '4'), ('MKL_NUM_THREADS', ' 2 '), ('HF_HUB_OFFLINE', 'ON'),
+                        ('BACKPACK_OFFLINE', 'false'), ('BACKPACK_VERIFY_DATA', 'Size'),
+                        ('HF_ENDPOINT', 'http://127.0.0.1:9')]:
+        monkeypatch.setenv(name, value)
+    cli.check_environment()
+    assert not cli.switched_on('BACKPACK_OFFLINE') and cli.switched_on('HF_HUB_OFFLINE')
+
+
 @pytest.mark.parametrize('recipe', RECIPES)
 def test_recipe_checks_before_any_step(recipe, repo_root):
     """The fast stand-in for the slow test below: `python -m backpacks.cli` comes before every other step."""
