@@ -36,12 +36,13 @@ from contextlib import nullcontext
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from backpacks.dataset import BatchSampler, load_meta, resolve_data_dir
+from backpacks import cli
+from backpacks.dataset import BatchSampler, DataError, load_meta, resolve_dataset
 from backpacks.devices import resolve_device
 from backpacks.cli import fail
 from backpacks.devices import (DTYPES, DeviceError, cuda_datasheet_peak, describe_machine, device_type_of,
                                 matmul_flops, resolve_dtype, synchronize, use_tensor_cores_for_float32)
-from model import PIECES, ModelConfig, build_model
+from model import PIECES, ModelConfig, build_model, check_model
 
 
 def add_shape_arguments(p):
@@ -67,12 +68,15 @@ def batches(args, device):
     return lambda: (x, y)
 
 
+def model_config(args):
+    return ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                       n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses, dropout=args.dropout)
+
+
 def training_step(model_type, args, device='cpu'):
     """(model, step): a fresh model of args' shape and a function running one forward + backward +
     AdamW step on the next batch under args.dtype's autocast; it returns the batch's input ids."""
-    config = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                         n_head=args.n_head, n_embd=args.n_embd, n_senses=args.n_senses, dropout=args.dropout)
-    model = build_model(model_type, config).to(device)
+    model = build_model(model_type, model_config(args)).to(device)
     device_type = device_type_of(device)
     optimizer = model.configure_optimizers(0.1, 3e-4, (0.9, 0.95), device_type)
     fast_model = torch.compile(model) if getattr(args, 'compile', False) else model
@@ -92,9 +96,8 @@ def training_step(model_type, args, device='cpu'):
     return model, step
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+def parse_args(argv=None):
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     add_shape_arguments(p)
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
     p.add_argument('--steps', type=int, default=10, help='timed steps')
@@ -107,10 +110,21 @@ def parse_args():
     p.add_argument('--profile', action='store_true', help='list the operators that take the time instead')
     p.add_argument('--top', type=int, default=15, help='with --profile: operators to list')
     p.add_argument('--data_dir', help='draw batches from this prepared dataset (its vocabulary must fit in --vocab_size)')
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    cli.check_at_least(args, 1, ('batch_size', 'steps', 'top'))
+    cli.check_at_least(args, 0, ('warmup',))
+    cli.check_seed(args.seed)
+    try:  # both models are built with the shape: the Backpack's checks are the stricter
+        check_model('backpack', model_config(args))
+    except ValueError as e:
+        fail(str(e))
     if args.data_dir:
-        args.data_dir = str(resolve_data_dir(args.data_dir))
-        if load_meta(args.data_dir)['vocab_size'] > args.vocab_size:
+        args.data_dir = resolve_dataset(args.data_dir)
+        try:
+            vocab_size = load_meta(args.data_dir)['vocab_size']
+        except DataError as e:
+            fail(str(e))
+        if vocab_size > args.vocab_size:
             fail(f"{args.data_dir}'s vocabulary is larger than --vocab_size={args.vocab_size}")
     args.device = resolve_device(args.device)
     if args.device.startswith('cuda'):
@@ -209,8 +223,8 @@ def run_in_child(model_type, args):
         return pool.apply(bench_model, (model_type, args))
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     if args.profile:
         for model_type in ('transformer', 'backpack'):
             profile_model(model_type, args)

@@ -47,8 +47,8 @@ METRIC_GROUPS = {"loss": "test loss", "translation": ("BLEU", "chrF"), "wordsim"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument("--backpack_dir", required=True, help="out_dir of the Backpack run")
     p.add_argument("--transformer_dir", required=True, help="out_dir of the Transformer run")
     p.add_argument("--extra_dirs", nargs="*", default=[], help="more out_dirs to compare")

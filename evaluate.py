@@ -21,14 +21,14 @@ word_counts.json, pairs_train.bin, tokenizer) is the checkpoint's.
 import argparse
 from pathlib import Path
 
+from backpacks.cli import ArgumentParser
 from backpacks.eval.report import headline_table
 from backpacks.eval.options import add_eval_arguments, check_args, check_run_dir
 from backpacks.eval.tasks import evaluate_out_dir
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--out_dir", required=True, help="training output directory with best.pt / ckpt.pt")
     add_eval_arguments(p)
     args = check_args(p.parse_args(argv))

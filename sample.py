@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from backpacks.cli import check_at_least, check_seed, fail
+from backpacks.cli import ArgumentParser, check_at_least, check_seed, fail
 from backpacks.dataset import resolve_dataset
 from backpacks.devices import resolve_device
 from backpacks.eval.context import load_for_eval
@@ -33,8 +33,7 @@ from backpacks.textfile import TextFileError, read_utf8
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help="training output directory holding best.pt / ckpt.pt")
     p.add_argument('--ckpt', choices=['best', 'latest'], default='best', help="best.pt or ckpt.pt")
     p.add_argument('--data_dir', default=None,

@@ -17,6 +17,7 @@ from collections import namedtuple
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from backpacks import cli
 from backpacks.eval.context import SkipTask, read_test_pairs
 from backpacks.eval.tasks import TASKS
 
@@ -317,18 +318,17 @@ def load_results(out_dir):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument("--out_dir", required=True, help="directory whose eval/results.json is checked")
     p.add_argument("--require", default="", metavar="TASKS",
                    help=f"comma-separated tasks that must have run (a skip fails): a subset of {','.join(TASKS)}")
     args = p.parse_args(argv)
-    if not Path(args.out_dir).is_dir():
-        raise SystemExit(f"error: --out_dir {args.out_dir} is not a directory")
+    cli.check_directory(args.out_dir, "--out_dir")
     required = [t.strip() for t in args.require.split(",") if t.strip()]
     unknown = [t for t in required if t not in TASKS]
     if unknown:
-        raise SystemExit(f"error: --require names unknown task(s) {unknown}; choose from {','.join(TASKS)}")
+        cli.fail(f"--require names unknown task(s) {unknown}; choose from {','.join(TASKS)}")
     sys.exit(1 if verify(load_results(args.out_dir), required) else 0)
 
 

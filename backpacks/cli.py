@@ -1,10 +1,13 @@
-"""The command line, for every script and `python -m` entry point: one line for a bad value (fail, an
-argparse parser whose errors are one line), the checks of values that several scripts share, and
-nanoGPT-style settings for train.py: defaults, then config files (executed Python), then --key=value
+"""The command line, for every script, `python -m` entry point and bash recipe: one line for a bad value
+(fail, an argparse parser whose errors are one line), the environment variables the project reads, checked
+before any work (check_environment: ArgumentParser and parse_settings call it once the arguments are
+parsed; the recipes run `python -m backpacks.cli` first), the checks of values that several scripts share,
+and nanoGPT-style settings for train.py: defaults, then config files (executed Python), then --key=value
 overrides, each parsed with ast.literal_eval and checked against the default's type.
 
     settings = parse_settings(sys.argv[1:], DEFAULTS, __doc__)   # {key: value} given explicitly
     fail("--beam must be >= 1")                                  # SystemExit('error: ...'), exit status 1
+    python -m backpacks.cli --writable OUT="$OUT" --count ITERS="$ITERS"   # a recipe's first step
 """
 import argparse
 import ast
@@ -18,6 +21,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more, torch's no more than 2**64 - 1
 
+# The environment variables the project, or a library it drives, reads, by what they must name. This module
+# imports nothing outside the standard library, so that a recipe can check them before installing anything.
+READ_DIRECTORIES = ('ENFR_DATA',)  # the evaluation resources (CI hides them with an empty folder)
+CACHE_VARIABLE = 'BACKPACK_CACHE'  # resources.py's downloads
+WRITTEN_DIRECTORIES = (CACHE_VARIABLE, 'HF_HOME', 'WANDB_DIR')  # created when missing
+THREAD_COUNTS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')
+OFFLINE_VARIABLES = ('BACKPACK_OFFLINE', 'HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE')
+SWITCH_VALUES = {'off': ('', '0', 'false', 'no', 'off'), 'on': ('1', 'true', 'yes', 'on')}  # as huggingface_hub reads them
+VERIFY_VARIABLE, VERIFY_MODES = 'BACKPACK_VERIFY_DATA', ('auto', 'full', 'size')
+URL_VARIABLES = ('HF_ENDPOINT',)
+
 
 def fail(message):
     """Exit with status 1 after printing `error: message` to stderr."""
@@ -30,6 +44,48 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """The arguments, then the environment: every entry point checks both before any work."""
+        parsed = super().parse_known_args(args, namespace)
+        check_environment()
+        return parsed
+
+
+# ----------------------------------------------------------------------------- the environment
+
+def environment_value(name):
+    return os.environ.get(name, '').strip()
+
+
+def switched_on(name):
+    """An on/off variable is on: set to anything but an off value (check_environment refuses the others)."""
+    return environment_value(name).lower() not in SWITCH_VALUES['off']
+
+
+def check_environment():
+    """Every variable above that is set names the right kind of thing, else one line naming it."""
+    def bad(name, why):
+        fail(f"environment variable {name}={os.environ[name]!r}: {why}")
+    for name in READ_DIRECTORIES:
+        if environment_value(name) and not Path(os.environ[name]).is_dir():
+            bad(name, f"{'a file, not a folder' if Path(os.environ[name]).exists() else 'no such folder'}; "
+                      "point it at the folder or unset it")
+    for name in WRITTEN_DIRECTORIES:
+        why = environment_value(name) and unwritable_reason(os.environ[name])
+        if why:
+            bad(name, f"cannot be written ({why}); point it at a writable folder or unset it")
+    for name in THREAD_COUNTS:
+        if environment_value(name) and not (environment_value(name).isdigit() and int(os.environ[name]) >= 1):
+            bad(name, "not a positive integer; set a thread count such as 4, or unset it")
+    for name in OFFLINE_VARIABLES:
+        if environment_value(name).lower() not in SWITCH_VALUES['off'] + SWITCH_VALUES['on']:
+            bad(name, f"neither on ({', '.join(SWITCH_VALUES['on'])}) nor off ({', '.join(SWITCH_VALUES['off'][1:])})")
+    if environment_value(VERIFY_VARIABLE).lower() not in ('', *VERIFY_MODES):
+        bad(VERIFY_VARIABLE, f"use {', '.join(VERIFY_MODES)}")
+    for name in URL_VARIABLES:
+        if environment_value(name) and not environment_value(name).startswith(('http://', 'https://')):
+            bad(name, "not an http:// or https:// address; fix it or unset it")
 
 
 # ----------------------------------------------------------------------------- shared checks
@@ -52,20 +108,24 @@ def check_directory(path, what):
         fail(f"{what} {path} is not a directory")
 
 
-def check_writable(path, what):
-    """path can be created or written: the nearest existing part of it is a writable directory."""
+def unwritable_reason(path):
+    """Why path cannot be created or written ('' when it can): the nearest existing part of it must be a
+    writable directory."""
     existing = next(p for p in (Path(path), *Path(path).absolute().parents) if p.exists())
     if not existing.is_dir():
-        fail(f"{what} {path}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        fail(f"{what} {path}: {existing} is not writable")
+        return f"{existing} is a file, not a directory"
+    return '' if os.access(existing, os.W_OK | os.X_OK) else f"{existing} is not writable"
 
 
-def check_directory_variable(name):
-    """An environment variable that, when set, names a directory (existing or to be created)."""
-    value = os.environ.get(name)
-    if value and Path(value).exists() and not Path(value).is_dir():
-        fail(f"environment variable {name}={value} is a file, not a directory")
+def check_writable(path, what):
+    why = unwritable_reason(path)
+    if why:
+        fail(f"{what} {path}: {why}; give a folder that can be written")
+
+
+def check_file(path, what):
+    if not Path(path).is_file():
+        fail(f"{what} {path} is not a file" + ("" if Path(path).exists() else " (it does not exist)"))
 
 
 # ----------------------------------------------------------------------------- settings (train.py)
@@ -168,4 +228,26 @@ def parse_settings(argv, defaults, doc):
     for path in files:
         explicit.update(read_config_file(path, defaults))
     explicit.update(overrides)
+    check_environment()
     return explicit
+
+
+# ----------------------------------------------------------------------------- the recipes' first step
+
+def main(argv=None):
+    """Check the environment and a recipe's own settings: the folders it writes and its counts."""
+    p = ArgumentParser(prog='python -m backpacks.cli', description=main.__doc__)
+    p.add_argument('--writable', nargs='*', default=[], metavar='NAME=PATH', help="a folder the recipe writes")
+    p.add_argument('--count', nargs='*', default=[], metavar='NAME=N', help="a setting that is a positive integer")
+    args = p.parse_args(argv)
+    for name, _, path in (spec.partition('=') for spec in args.writable):
+        why = unwritable_reason(path or '.')
+        if why:
+            fail(f"{name}={path!r} cannot be written ({why}); set {name} to a writable folder")
+    for name, _, value in (spec.partition('=') for spec in args.count):
+        if not (value.isdigit() and int(value) >= 1):
+            fail(f"{name}={value!r} is not a positive integer")
+
+
+if __name__ == '__main__':
+    main()

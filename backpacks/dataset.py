@@ -22,15 +22,13 @@ import numpy as np
 import torch
 
 from backpacks.atomic import token_record
-from backpacks.cli import fail
+from backpacks.cli import VERIFY_MODES, VERIFY_VARIABLE, fail
 from backpacks.tokenizer import DataError  # noqa: F401  (re-exported: `from dataset import DataError`)
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"  # the repository's data/
 # keys every reader relies on, and the sub-keys of the nested ones
 REQUIRED_META = {"vocab_size": (), "dtype": (), "tokenizer": ("kind", "path"), "special_tokens": ("en", "fr", "eot")}
 PREPARE_HINT = "run python -m data.europarl.prepare (e.g. --source local --corpus data/europarl/sample/parliament --name sample)"
-VERIFY_VARIABLE = "BACKPACK_VERIFY_DATA"
-VERIFY_MODES = ("auto", "full", "size")
 FULL_CHECK_BYTES = 1 << 30  # auto: larger token files are only sized (hashing runs at roughly 0.5-1 GB/s)
 _verified = set()  # (path, size, mtime) of the token files already checked in this process
 
@@ -43,6 +41,8 @@ def resolve_data_dir(name_or_path):
     named = DATA_ROOT / str(name_or_path)
     if named.is_dir():
         return named
+    if path.exists():
+        raise DataError(f"dataset {name_or_path!r} is a file, not a dataset directory: {PREPARE_HINT}")
     raise DataError(f"dataset {name_or_path!r} not found (neither {path} nor {named} exists): {PREPARE_HINT}")
 
 

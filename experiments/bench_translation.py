@@ -17,8 +17,11 @@ from pathlib import Path
 
 import torch
 
+from backpacks import cli
 from backpacks.devices import resolve_device
 from backpacks.eval.context import load_for_eval
+from backpacks.eval.options import check_run_dir
+from backpacks.textfile import TextFileError, read_utf8
 from backpacks.generation import (DIRECTIONS, Decoder, greedy_batch, prepare_prompts, sorted_batches, stop_ids,
                                   timed_translate)
 
@@ -28,10 +31,10 @@ from backpacks.generation import (DIRECTIONS, Decoder, greedy_batch, prepare_pro
 LOGIT_RTOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
-def parse_args():
-    p = argparse.ArgumentParser(prog="python -m experiments.bench_translation",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+def parse_args(argv=None):
+    p = cli.ArgumentParser(prog="python -m experiments.bench_translation",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help='training output directory with best.pt / ckpt.pt')
     p.add_argument('--ckpt', default='best', choices=['best', 'latest'])
     p.add_argument('--test_corpus', help='PREFIX of PREFIX.en / PREFIX.fr (default: the dataset test.jsonl)')
@@ -40,15 +43,22 @@ def parse_args():
     p.add_argument('--batch_size', type=int, default=32)
     p.add_argument('--skip_uncached', action='store_true', help='time the cached decoder only')
     p.add_argument('--device', default='cpu')
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    cli.check_at_least(args, 1, ('samples', 'batch_size'))
     args.device = resolve_device(args.device)
+    check_run_dir(args.out_dir, args.ckpt, results=None)
+    if args.test_corpus:  # an unreadable one fails before the model loads
+        read_sources(args, None)
     return args
 
 
 def read_sources(args, data_dir):
     side = args.direction.split('-')[0]
     if args.test_corpus:
-        lines = Path(f'{args.test_corpus}.{side}').read_text(encoding='utf-8').splitlines()
+        try:
+            lines = read_utf8(f'{args.test_corpus}.{side}', '--test_corpus file').splitlines()
+        except TextFileError as e:
+            cli.fail(str(e))
     else:
         lines = [json.loads(line)[side] for line in (Path(data_dir) / 'test.jsonl').open(encoding='utf-8')]
     return [line.strip() for line in lines if line.strip()][:args.samples]
@@ -120,8 +130,8 @@ def check_cache(model, tokenizer, sources, direction, batch_size):
     return check
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     model, _, tokenizer, data_dir = load_for_eval(args.out_dir, args.ckpt, args.device)
     sources = read_sources(args, data_dir)
     outputs = {}

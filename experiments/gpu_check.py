@@ -248,8 +248,8 @@ def torchrun_report(log, run_dir):
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog='python -m experiments.gpu_check', description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog='python -m experiments.gpu_check', description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='check', required=True)
     sub.add_parser('machine')
     sdpa = sub.add_parser('sdpa')
@@ -265,7 +265,21 @@ def parse_args(argv):
     torchrun = sub.add_parser('torchrun')
     torchrun.add_argument('log')
     torchrun.add_argument('run_dir')
-    return p.parse_args(argv)
+    return check_args(p.parse_args(argv))
+
+
+def check_args(args):
+    """The runs and logs to report on exist, and the sizes are positive, before any check runs."""
+    if args.check == 'training' and not torch.cuda.is_available():
+        cli.fail("gpu_check training reports a CUDA run's throughput and MFU: run it on the machine with the GPU")
+    for name in ('run_dir', 'straight_dir', 'resumed_dir'):
+        if hasattr(args, name):
+            cli.check_directory(getattr(args, name), name.upper())
+    if hasattr(args, 'log'):
+        cli.check_file(args.log, 'LOG')
+    if args.check == 'sdpa':
+        cli.check_at_least(args, 1, ('batch_size', 'block_size'))
+    return args
 
 
 def sdpa_lines(args):

@@ -26,6 +26,7 @@ PYTHON=${PYTHON:-python}
 
 OUT=${OUT:-experiments/out/gpu_check}
 LOGS=$OUT/logs RUNS=$OUT/runs DATA=$OUT/data
+"$PYTHON" -m backpacks.cli --writable OUT="$OUT" || exit 1  # before the last check's logs are removed
 rm -rf "$LOGS" "$RUNS"
 mkdir -p "$LOGS" "$RUNS"
 failed=0

@@ -13,6 +13,7 @@ unit is named in each table). Without --baseline_dir the Transformer columns are
 """
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,10 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from backpacks import interventions as iv
+from backpacks import cli, interventions as iv
 from backpacks.atomic import atomic_write_text
+from backpacks.dataset import resolve_dataset
 from backpacks.devices import resolve_device
 from backpacks.eval.context import load_for_eval
+from backpacks.eval.options import check_run_dir
 from backpacks.generation import sample_edited
 from backpacks.eval.lexical import WordVectors, token_language_counts, token_language_masks, word_pieces
 from backpacks.eval.report import json_safe, markdown_table
@@ -37,9 +40,9 @@ ANNEALING = ('on', 'off')
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.run_interventions",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(prog="python -m experiments.run_interventions",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help="Backpack training output directory (best.pt / ckpt.pt)")
     p.add_argument('--baseline_dir', default=None, help="its matched Transformer's output directory")
     p.add_argument('--ckpt', choices=['best', 'latest'], default='best')
@@ -62,12 +65,17 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=1337)
     p.add_argument('--device', default='cpu')
     args = p.parse_args(argv)
-    for name in ('samples', 'max_new_tokens', 'top_k', 'steer_senses'):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name} must be >= 1")
-    if args.annealing_divisor <= 0 or args.annealing_position_scale <= 0:
-        raise SystemExit("error: --annealing_divisor and --annealing_position_scale must be > 0")
+    cli.check_at_least(args, 1, ('samples', 'max_new_tokens', 'top_k', 'steer_senses', 'topics', 'professions'))
+    cli.check_at_least(args, 0, ('gender_sense',))
+    if not (args.annealing_divisor > 0 and args.annealing_position_scale > 0 and math.isfinite(args.annealing_offset)):
+        cli.fail("--annealing_divisor and --annealing_position_scale must be > 0, --annealing_offset finite")
+    cli.check_seed(args.seed)
     args.device = resolve_device(args.device)
+    check_run_dir(args.out_dir, args.ckpt, results='interventions')
+    if args.baseline_dir is not None:
+        check_run_dir(args.baseline_dir, args.ckpt, results=None)
+    args.data_dir = resolve_dataset(args.data_dir)
+    cli.check_directory(args.intervention_data, "--intervention_data")
     return args
 
 

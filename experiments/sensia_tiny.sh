@@ -23,6 +23,7 @@ fi
 OUT=${OUT:-experiments/out/sensia_tiny}
 PRETRAIN_ITERS=${PRETRAIN_ITERS:-400}
 ADAPT_ITERS=${ADAPT_ITERS:-200}
+"$PYTHON" -m backpacks.cli --writable OUT="$OUT" --count PRETRAIN_ITERS="$PRETRAIN_ITERS" ADAPT_ITERS="$ADAPT_ITERS"
 COMMON=(--device=cpu --dtype=auto)  # bfloat16 only where the CPU has it natively (AMX, AVX512-BF16)
 corpus=${ENFR_DATA:-/nonexistent}/parallel/europarl-v7-head
 [[ -f $corpus.en && -f $corpus.fr ]] || corpus=data/europarl/sample/parliament

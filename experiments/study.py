@@ -140,7 +140,7 @@ def print_gpu_profile(args):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
     planning = sub.add_parser("plan", help="the matched baselines and test sets")

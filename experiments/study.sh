@@ -42,6 +42,7 @@ done
 if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
   export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
 fi
+"$PYTHON" -m backpacks.cli --writable OUT="${OUT:-out}" RESULTS="${RESULTS:-${OUT:-out}}"
 
 if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipeline, measures nothing
   OUT=${OUT:-out/study_smoke}; ITERS=${ITERS:-6}; SEEDS=${SEEDS:-2}; PRE=${SENSIA_PRETRAIN_ITERS:-6}; ADAPT=${SENSIA_ITERS:-4}

@@ -25,6 +25,7 @@ fi
 if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
   export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
 fi
+"$PYTHON" -m backpacks.cli  # the environment, in one line, before anything is installed or written
 
 "$PYTHON" -m pip install -q -r requirements.txt
 

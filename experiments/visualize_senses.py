@@ -21,7 +21,10 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt
 import torch
 
+from backpacks import cli
 from backpacks.atomic import atomic_write, atomic_write_text
+from backpacks.dataset import resolve_dataset
+from backpacks.eval.options import check_run_dir
 from backpacks.eval.context import load_for_eval
 from backpacks.generation import translate
 from backpacks.interventions import InterventionError, read_senses, require_backpack
@@ -29,9 +32,9 @@ from backpacks.eval.lexical import token_language_counts, token_language_masks
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.visualize_senses",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(prog="python -m experiments.visualize_senses",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument('--out_dir', required=True, help="Backpack training output directory")
     p.add_argument('--ckpt', choices=['best', 'latest'], default='best')
     p.add_argument('--data_dir', default=None, help="dataset directory if it moved since training")
@@ -41,8 +44,13 @@ def parse_args(argv=None):
     p.add_argument('--top', type=int, default=6, help="tokens shown per sense and language")
     p.add_argument('--output_dir', default=None, help="default: OUT_DIR/senses")
     args = p.parse_args(argv)
-    if args.top < 1 or not args.sentence.strip():
-        raise SystemExit("error: --top must be >= 1 and --sentence must have text")
+    cli.check_at_least(args, 1, ('top',))
+    if not args.sentence.strip():
+        cli.fail("--sentence must have text")
+    check_run_dir(args.out_dir, args.ckpt, results=None)
+    args.output_dir = args.output_dir or str(Path(args.out_dir) / 'senses')
+    cli.check_writable(args.output_dir, "--output_dir")
+    args.data_dir = resolve_dataset(args.data_dir)
     return args
 
 
@@ -117,7 +125,7 @@ def main(argv=None):
     with torch.no_grad():
         alpha = model.contextualization(torch.tensor([ids]))[0].float().numpy()
 
-    output = Path(args.output_dir or Path(args.out_dir) / 'senses')
+    output = Path(args.output_dir)
     images = {f"senses_{i}_{''.join(c for c in w if c.isalnum()) or 'word'}.png": png_bytes(sense_table_figure(w, tables[w]))
               for i, w in enumerate(args.words)}
     images['alpha_pair.png'] = png_bytes(alpha_figure(tok, ids, len(source) - 1, alpha))

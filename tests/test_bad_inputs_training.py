@@ -1,5 +1,6 @@
-"""The training and data half of the bad-input probe (test_bad_inputs_evaluation.py has the readers'): each must end in one line (`error: ...`) and a non-zero exit,
-never a traceback, a wrong result or a lost file. One case per line: an id, the command line (the
+"""The training and data half of the bad-input probe (test_bad_inputs_evaluation.py has the readers',
+test_bad_inputs_environment.py the bad environments of every entry point): each must end in one line
+(`error: ...`) and a non-zero exit, never a traceback, a wrong result or a changed or lost file. One case per line: an id, the command line (the
 script, then its arguments; {data} is a copy of the sample dataset, {out} an empty run directory,
 {run} the arguments of a tiny run from {data} into {out}), the fault injected before it runs (see FAULTS;
 '' for none), and a fragment of the one line it must give. Cases run in-process through the scripts'
@@ -19,7 +20,7 @@ import pytest
 import train
 from backpacks import atomic
 from data.europarl import prepare
-from tiny import train_args
+from tiny import one_line, snapshot, train_args
 
 RUN_ARGS = train_args('--eval_iters=1', '--eval_interval=2', '--max_iters=2')  # a tiny run of two iterations
 PREPARE = '--source local --corpus data/europarl/sample/parliament --vocab_size 300 --out_root {data}/..'
@@ -55,6 +56,13 @@ CASES = [
     ('prepare-existing',      f'prepare {PREPARE} --name {{data_name}}',           '',                           'already holds a dataset (data_sha256 '),
     ('prepare-seed',          f'prepare {PREPARE} --name fresh --seed -1',         '',                           '--seed must be >= 0'),
     ('prepare-disk-full',     f'prepare {PREPARE} --name fresh',                   'prepare_disk_full',          'fresh/train.jsonl: no space left on device (the dataset needs at least'),
+    ('out-dir-file',          'train {run} --out_dir={data}/meta.json',            '',                           'meta.json is a file, not a directory'),
+    ('data-dir-file',         'train {run} --data_dir={data}/meta.json',           '',                           'is a file, not a dataset directory'),
+    ('setting-type',          'train {run} --max_iters=ten',                       '',                           "max_iters must be a int (default"),
+    ('prepare-corpus-missing', 'prepare --source local --corpus {data}/none --out_root {out}', '',                'missing file: neither'),
+    ('prepare-out-root-file', f'prepare {PREPARE} --name fresh --out_root {{data}}/meta.json', '',               'cannot write into --out_root'),
+    ('prepare-vocab',         f'prepare {PREPARE} --name fresh --vocab_size 100',  '',                           '--vocab_size must be between 260'),
+    ('prepare-type',          f'prepare {PREPARE} --name fresh --max_pairs many',  '',                           "argument --max_pairs: invalid int value: 'many'"),
 ]
 
 
@@ -117,6 +125,8 @@ FAULTS = {
         np.full((data / 'train.bin').stat().st_size // 2, 9999, np.uint16).tobytes()),
     'prepare_disk_full': disk_full_for_prepare,
 }
+# files a case may change: the log of the iterations trained before the disk filled (the checkpoint is kept)
+MAY_CHANGE = {'checkpoint-disk-full': {'out/training_log.json'}}
 IN_PROCESS_ONLY = {'disk_full', 'prepare_disk_full'}  # faults that replace a function
 SUBPROCESS_CASES = ('n_head-zero', 'test-is-val', 'rank-not-int', 'sensia-pairs-cut', 'prepare-existing', 'prepare-seed')
 SCRIPTS = {'train': ['train.py'], 'prepare': ['-m', 'data.europarl.prepare']}
@@ -148,11 +158,12 @@ def assert_one_line(status, message, fragment):
 @pytest.mark.parametrize('case', CASES, ids=[case[0] for case in CASES])
 def test_in_process(case, data, tmp_path, monkeypatch, capsys):
     script, *args = prepared_case(case, data, tmp_path / 'out', monkeypatch)
-    with pytest.raises(SystemExit) as e:
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
         {'train': train.main, 'prepare': prepare.main}[script](args)
-    # fail() exits with the message itself; argparse prints it and exits with 2
-    message = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err
-    assert_one_line(e.value.code, message, case[3])
+    assert case[3] in one_line(stopped, capsys)
+    kept = lambda files: {k: v for k, v in files.items() if k not in MAY_CHANGE.get(case[0], ())}
+    assert kept(snapshot(tmp_path)) == kept(before)
 
 
 @pytest.mark.slow

@@ -4,8 +4,11 @@ tiny_model / tiny_config: the one tiny model every in-process test builds (TINY_
 a test passes overrides only where it depends on another shape, and says why.
 TINY_TRAIN_ARGS: the one list of train.py arguments of a tiny CPU run; its variants (SENSIA's, bench.py's, a
 stand-in GPU's, ...) are built from it by train_args(), not copied.
-write_synthetic_dataset, read_log, error_of: the synthetic gpt2-kind dataset and the helpers of train.py runs."""
+write_synthetic_dataset, read_log, error_of: the synthetic gpt2-kind dataset and the helpers of train.py runs.
+one_line, snapshot, read_only: what the bad-input probes (tests/test_bad_inputs_*.py) assert and inject."""
+import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -113,3 +116,34 @@ def error_of(argv):
         train.main(argv)
     assert str(e.value).startswith('error: '), e.value
     return str(e.value)
+
+
+# ----------------------------------------------------------------------------- the bad-input probes
+
+def one_line(stopped, capsys):
+    """The one line an entry point stopped with (pytest.raises(SystemExit)'s info): fail() exits with the
+    line itself, argparse prints it and exits with 2; it must start `error: ` and the status be non-zero."""
+    code = stopped.value.code
+    message = code if isinstance(code, str) else capsys.readouterr().err
+    assert code not in (0, None), message
+    assert message.startswith('error: ') and '\n' not in message.strip() and 'Traceback' not in message, message
+    return message
+
+
+def snapshot(root):
+    """{path: sha256} of every file under root: equal before and after a refused command, nothing was changed,
+    added or lost."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob('*')) if p.is_file()}
+
+
+def read_only(path, monkeypatch):
+    """path, a folder no one may write (mode 555); as root, who may write anywhere, os.access then answers
+    for path as it would for a user."""
+    path.mkdir(exist_ok=True)
+    path.chmod(0o555)
+    if os.access(path, os.W_OK):
+        access = os.access
+        monkeypatch.setattr(os, 'access', lambda p, mode, **kw: access(p, mode, **kw) and not (
+            mode & os.W_OK and os.path.realpath(p) == os.path.realpath(path)))
+    return path

@@ -2,7 +2,6 @@
 checks: every value, path and environment variable is checked before any model loads, with one line
 naming the value and what to do."""
 import argparse
-import os
 import re
 from pathlib import Path
 
@@ -114,17 +113,17 @@ def check_args(args):
     check_input_paths(args)
     args.data_dir = resolve_dataset(args.data_dir)
     args.data_root = resolve_data_root(args.data_root)
-    cli.check_directory_variable(resources.CACHE_VARIABLE)
     args.settings = eval_settings(args)  # what results.json records with each task
     return args
 
 
-def check_run_dir(out_dir, which):
-    """out_dir holds the checkpoint to evaluate, and its eval/ directory can be written."""
+def check_run_dir(out_dir, which, results="eval"):
+    """out_dir holds the checkpoint to read, and its results directory (if any) can be written."""
     checkpoint = Path(out_dir) / CHECKPOINT_FILES[which]
     if not checkpoint.is_file():
         fail(f"no checkpoint at {checkpoint}" + ("" if Path(out_dir).is_dir() else f" ({out_dir} is not a directory)"))
-    cli.check_writable(Path(out_dir) / "eval", "the results directory")
+    if results:
+        cli.check_writable(Path(out_dir) / results, "the results directory")
 
 
 def check_representation_names(args):
@@ -164,13 +163,11 @@ def check_input_paths(args):
 
 
 def resolve_data_root(data_root):
-    """--data_root must be a directory; without it $ENFR_DATA, else ../shared/data/en-fr beside the
-    repository, each used only if it exists (resources then come from the cache)."""
+    """--data_root must be a directory; without it $ENFR_DATA (checked with the environment), else
+    ../shared/data/en-fr beside the repository where it exists (resources then come from the cache)."""
     if data_root is not None:
         cli.check_directory(data_root, "--data_root")
         return data_root
-    if os.environ.get("ENFR_DATA") and Path(os.environ["ENFR_DATA"]).is_file():
-        fail(f"environment variable ENFR_DATA={os.environ['ENFR_DATA']} is a file, not a directory")
     return DEFAULT_DATA_ROOT
 
 

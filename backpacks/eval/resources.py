@@ -39,12 +39,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from backpacks import cli
+from backpacks.cli import CACHE_VARIABLE, OFFLINE_VARIABLES
 from backpacks.eval import lexical
 from backpacks.atomic import atomic_write_text, file_digest
 from backpacks.tokenizer import offline_unless_hub_reachable
 
-CACHE_VARIABLE = "BACKPACK_CACHE"
-OFFLINE_VARIABLES = ("BACKPACK_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 TIMEOUT_S = 30
 CHUNK = 1 << 16
 
@@ -256,7 +256,7 @@ def cache_dir():
 
 def fetch_allowed_by_environment():
     """False when the user said to stay offline (any of OFFLINE_VARIABLES set to a true value)."""
-    return not any(os.environ.get(v, "").strip().lower() not in ("", "0", "false", "no") for v in OFFLINE_VARIABLES)
+    return not any(cli.switched_on(v) for v in OFFLINE_VARIABLES)
 
 
 def resource_for(relpath):
@@ -553,8 +553,8 @@ def print_list(data_root):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m backpacks.eval.resources", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m backpacks.eval.resources", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every resource, its source, licence, checksum and state").add_argument(
         "--data_root", default=os.environ.get("ENFR_DATA"), help="also look here (default: env ENFR_DATA)")
@@ -564,11 +564,13 @@ def main(argv=None):
                                                         help=f"'all' or any of: {', '.join(REGISTRY)}")
     args = p.parse_args(argv)
     if args.command == "list":
+        if args.data_root:
+            cli.check_directory(args.data_root, "--data_root")
         return print_list(args.data_root)
     names = list(REGISTRY) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
-        raise SystemExit(f"error: unknown resource(s) {unknown}; choose from all, {', '.join(REGISTRY)}")
+        cli.fail(f"unknown resource(s) {unknown}; choose from all, {', '.join(REGISTRY)}")
     if args.command == "forget":
         for name in names:
             forget(REGISTRY[name])

@@ -42,7 +42,7 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from backpacks.atomic import file_digest, size_text, stale_temporaries, temporary_name, token_record
-from backpacks.cli import ArgumentParser
+from backpacks import cli
 from backpacks.tokenizer import DataError, offline_unless_hub_reachable, open_tokenizer, train_bpe
 from backpacks.textfile import TextFileError, decode_utf8
 
@@ -405,9 +405,9 @@ def clean_leftovers(out_root):
 # ----------------------------------------------------------------------------- main
 
 def parse_args(argv):
-    p = ArgumentParser(prog="python -m data.europarl.prepare",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(prog="python -m data.europarl.prepare",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument("--source", choices=["europarl", "opus100", "local"], default="europarl")
     p.add_argument("--corpus", nargs="+", metavar="PATH",
                    help="with --source local: NAME (for NAME.en + NAME.fr, optionally .gz) or a TSV file; several are concatenated")
@@ -512,6 +512,9 @@ def prepare(args, command):
     t0 = time.time()
     target = args.out_root / args.name
     check_target(target, args.overwrite)
+    cli.check_writable(args.out_root, "cannot write into --out_root")  # before the corpus is read
+    for spec in args.corpus or []:  # every corpus file exists before out_root is created
+        corpus_files(spec)
     check_writable(args.out_root)
     pairs, groups, split, dropped, sources = read_and_split(args)
     order = np.concatenate([split["train"], split["val"], split["test"]])

@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from backpacks import cli
 from backpacks.atomic import atomic_write_text
 from backpacks.dataset import DataError, load_meta, resolve_data_dir
 
@@ -44,9 +45,9 @@ def segregate(data_dir, out_dir, splits=SPLITS, create_alignment=False):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data.europarl.segregate_languages",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = cli.ArgumentParser(prog="python -m data.europarl.segregate_languages",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                           allow_abbrev=False)
     p.add_argument("--data", required=True, help="prepared dataset: a name under data/ or a path")
     p.add_argument("--out_dir", type=Path, help="default: DATA_DIR/segregated")
     p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
@@ -55,9 +56,14 @@ def main(argv=None):
     try:
         data_dir = resolve_data_dir(args.data)
         load_meta(data_dir)  # a clear error when the directory is not a prepared dataset
-        written = segregate(data_dir, args.out_dir or data_dir / "segregated", args.splits, args.create_alignment)
     except DataError as e:
-        raise SystemExit(f"error: {e}") from None
+        cli.fail(str(e))
+    out_dir = args.out_dir or data_dir / "segregated"
+    cli.check_writable(out_dir, "--out_dir")
+    try:
+        written = segregate(data_dir, out_dir, args.splits, args.create_alignment)
+    except DataError as e:
+        cli.fail(str(e))
     print("wrote " + ", ".join(str(w) for w in written))
 
 
