@@ -23,7 +23,7 @@ MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more, torch's no more th
 
 # The environment variables the project, or a library it drives, reads, by what they must name. This module
 # imports nothing outside the standard library, so that a recipe can check them before installing anything.
-READ_DIRECTORIES = ('ENFR_DATA',)  # the evaluation resources (CI hides them with an empty folder)
+READ_DIRECTORIES = ('ENFR_DATA',)  # the evaluation resources: absent when the folder is missing (as CI hides them)
 CACHE_VARIABLE = 'BACKPACK_CACHE'  # resources.py's downloads
 WRITTEN_DIRECTORIES = (CACHE_VARIABLE, 'HF_HOME', 'WANDB_DIR')  # created when missing
 THREAD_COUNTS = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')
@@ -68,9 +68,8 @@ def check_environment():
     def bad(name, why):
         fail(f"environment variable {name}={os.environ[name]!r}: {why}")
     for name in READ_DIRECTORIES:
-        if environment_value(name) and not Path(os.environ[name]).is_dir():
-            bad(name, f"{'a file, not a folder' if Path(os.environ[name]).exists() else 'no such folder'}; "
-                      "point it at the folder or unset it")
+        if environment_value(name) and Path(os.environ[name]).exists() and not Path(os.environ[name]).is_dir():
+            bad(name, "a file, not a folder; point it at the folder or unset it")
     for name in WRITTEN_DIRECTORIES:
         why = environment_value(name) and unwritable_reason(os.environ[name])
         if why:

@@ -45,7 +45,7 @@ def resource_cache(tmp_path_factory):
 def enfr_data_root():
     """The offline English-French data folder; tests that need it are skipped without it."""
     root = Path(os.environ.get("ENFR_DATA", REPO_ROOT.parent / "shared" / "data" / "en-fr"))
-    if not root.is_dir() or not any(root.iterdir()):  # CI hides it as an empty folder
+    if not root.is_dir() or not any(root.iterdir()):  # CI hides it: a folder that does not exist
         pytest.skip(f"needs the offline English-French data: set ENFR_DATA (not found at {root})")
     return root
 

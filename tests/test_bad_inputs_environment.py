@@ -19,7 +19,6 @@ from tiny import TINY_BENCH_ARGS, TINY_TRAIN_ARGS, one_line, read_only, snapshot
 BAD_ENVIRONMENTS = [
     # id                    variable                value                 a fragment of the one line
     ('enfr-file',           'ENFR_DATA',            '{text}',             'a file, not a folder'),
-    ('enfr-missing',        'ENFR_DATA',            '{missing}',          'no such folder'),
     ('cache-below-file',    'BACKPACK_CACHE',       '{text}/cache',       'is a file, not a directory'),
     ('cache-read-only',     'BACKPACK_CACHE',       '{read_only}/cache',  'is not writable'),
     ('hf-home-file',        'HF_HOME',              '{text}',             'is a file, not a directory'),
@@ -89,14 +88,16 @@ def test_entry_point_refuses_a_bad_environment(module, arguments, environment, p
 
 
 def test_good_environments_pass(paths, tmp_path, monkeypatch):
-    """The checks refuse only what is wrong: an empty data folder (how CI hides it), caches still to be
-    created, switches on or off in any spelling huggingface_hub takes, an empty variable."""
+    """The checks refuse only what is wrong: a missing data folder (how CI hides it: the data is absent),
+    an empty one, caches still to be created, switches on or off in any spelling huggingface_hub takes, an empty variable."""
     from backpacks import cli
     for name, value in [('ENFR_DATA', str(tmp_path)), ('BACKPACK_CACHE', str(tmp_path / 'new' / 'cache')),
                         ('HF_HOME', ''), ('OMP_NUM_THREADS', '4'), ('MKL_NUM_THREADS', ' 2 '), ('HF_HUB_OFFLINE', 'ON'),
                         ('BACKPACK_OFFLINE', 'false'), ('BACKPACK_VERIFY_DATA', 'Size'),
                         ('HF_ENDPOINT', 'http://127.0.0.1:9')]:
         monkeypatch.setenv(name, value)
+    cli.check_environment()
+    monkeypatch.setenv('ENFR_DATA', str(tmp_path / 'no-data-folder'))
     cli.check_environment()
     assert not cli.switched_on('BACKPACK_OFFLINE') and cli.switched_on('HF_HUB_OFFLINE')
 
