@@ -557,16 +557,16 @@ def main(argv=None):
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every resource, its source, licence, checksum and state").add_argument(
-        "--data_root", default=os.environ.get("ENFR_DATA"), help="also look here (default: env ENFR_DATA)")
+        "--data_root", help="also look here (default: env ENFR_DATA, where a missing folder means no data)")
     for command, text in (("fetch", "download, verify and convert resources into the cache"),
                           ("forget", "start resources over: drop their first-download checksums, move their downloads aside")):
         sub.add_parser(command, help=text).add_argument("names", nargs="+", metavar="NAME",
                                                         help=f"'all' or any of: {', '.join(REGISTRY)}")
     args = p.parse_args(argv)
     if args.command == "list":
-        if args.data_root:
+        if args.data_root:  # given: it must be there
             cli.check_directory(args.data_root, "--data_root")
-        return print_list(args.data_root)
+        return print_list(args.data_root or os.environ.get("ENFR_DATA"))
     names = list(REGISTRY) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
