@@ -38,8 +38,9 @@ RULES = [
     Rule("loss", "*", "perplexity", "per-language perplexity (null: no token of that language)", 1, INF, True, True),
     Rule("translation", "*-*.*", "bleu.score", "corpus BLEU", 0, 100),
     Rule("translation", "*-*.*", "chrf.score", "corpus chrF", 0, 100),
-    Rule("translation", "*-*.*", "bleu.ci95.*", "corpus BLEU 95% interval", 0, 100, True),
-    Rule("translation", "*-*.*", "chrf.ci95.*", "corpus chrF 95% interval", 0, 100, True),
+    # null: sacreBLEU's bootstrap failed on the output (its ci95_note says how)
+    Rule("translation", "*-*.*", "bleu.ci95.*", "corpus BLEU 95% interval", 0, 100, True, True),
+    Rule("translation", "*-*.*", "chrf.ci95.*", "corpus chrF 95% interval", 0, 100, True, True),
     Rule("translation", "*-*.*", "sentence_bleu_nltk.*", "NLTK sentence BLEU statistics", 0, INF),
     Rule("translation", "*-*.*", "sentence_bleu_nltk.mean", "NLTK sentence BLEU mean", 0, 1),
     Rule("translation", "*-*.*", "sentence_bleu_nltk.max", "NLTK sentence BLEU max", 0, 1),
@@ -75,11 +76,14 @@ SUBENTRIES = [("wordsim", "sets.*", "spearman"), ("bli", "en-fr", "queries"), ("
 
 def expand(node, path, prefix=""):
     """[(full dotted path, value)] of every match of a dotted path with '*' wildcards; a named part
-    that holds a plain value where the path goes on is a TypeError (results of the wrong shape)."""
+    that holds a plain value where the path goes on is a TypeError (results of the wrong shape), except
+    null, which is that value (evaluate.py writes what it could not compute as null)."""
     if not path:
         return [(prefix, node)]
     part, _, rest = path.partition(".")
     named = not any(c in part for c in "*?[")
+    if named and rest and isinstance(node, dict) and part in node and node[part] is None:
+        return [(f"{prefix}.{part}" if prefix else part, None)]
     if named and rest and isinstance(node, dict) and part in node and not isinstance(node[part], (dict, list)):
         raise TypeError(f"{prefix + '.' if prefix else ''}{part} is {node[part]!r:.40}, not an object")
     if isinstance(node, dict):
@@ -180,8 +184,8 @@ def check_rule(results, rule, checker):
     if not has_results(section):
         return
     values = rule_values(section, rule)
-    if not values and not any(c in rule.each for c in "*?["):
-        values = [(f"{rule.section}.{rule.each}", MISSING)]  # a named entry (loss.all) must be there
+    if not values and not any(c in rule.each for c in "*?[") and not expand(section, rule.each):
+        values = [(f"{rule.section}.{rule.each}", MISSING)]  # a named entry (loss.all) must be there, or be skipped
     if not values:
         return  # no entry with results: the section and sub-entry checks report why
     bad = [f"{path}={'missing' if value is MISSING else repr(value)}" for path, value in values

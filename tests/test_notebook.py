@@ -1,7 +1,7 @@
 """train_tiny_gpu.ipynb: valid nbformat, every step present, code cells compile, and every command it
 runs matches the real CLIs (scripts exist, flags and values are accepted by the scripts' own parsers,
-the out_dirs line up from training to comparison). One cell is executed: the code's setup, against a
-local repository standing in for the remote."""
+the out_dirs line up from training to comparison). Executed (slow): the code's setup, against a local
+repository standing in for the remote, and the whole notebook by a kernel on the CPU."""
 import ast
 import contextlib
 import importlib
@@ -9,7 +9,9 @@ import io
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -19,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO_ROOT / "experiments" / "train_tiny_gpu.ipynb"
 
 # values the checks substitute for the notebook's {NAME} placeholders in shell commands
-PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DATA_DIR": "sample", "ROOT": "drive",
+PLACEHOLDER_VALUES = {"DEVICE": "cpu", "DATA_DIR": "sample", "ROOT": "drive", "TRAIN_ARGS": "",
                       "GPU_DATA": "drive/data/europarl_gpt2_50k", "RUN_DIR": "drive/backpack_gpt2_europarl"}
 GPU_HEADING = "## 8. On a GPU"  # the GPU section, after the tiny comparison of steps 1-7
 CHECKED_SCRIPTS = ("train.py", "evaluate.py", "compare_models.py", "data/europarl/prepare.py")
@@ -75,13 +77,15 @@ def python_commands(nb):
 
 
 def substituted(argv, values=PLACEHOLDER_VALUES):
-    """argv with {NAME} placeholders replaced by the test values."""
+    """argv with {NAME} placeholders replaced by the test values; a placeholder standing alone is split into
+    arguments (none when empty), as the shell splits what IPython put in its place."""
     out = []
     for arg in argv:
+        whole = re.fullmatch(r"\{(\w+)\}", arg)
         for name in re.findall(r"\{(\w+)\}", arg):
             assert name in values, f"placeholder {{{name}}} in {arg!r}: add a test value to PLACEHOLDER_VALUES"
             arg = arg.replace("{" + name + "}", values[name])
-        out.append(arg)
+        out.extend(shlex.split(arg) if whole else [arg])
     return out
 
 
@@ -345,10 +349,12 @@ def test_the_gpu_cell_resumes_from_drive_with_the_current_code(nb):
     assert re.search(r"GPU_DATA, RUN_DIR = f'\{ROOT\}/", cell)  # data and run on Drive
 
 
-def test_without_gpu_or_hub_it_says_so_and_trains_on_the_sample(nb):
-    cell = next(source for source in code_cells(gpu_section(nb)) if "train.py" in source)
-    assert "the Hugging Face hub is not reachable" in cell and "no CUDA GPU" in cell
-    assert "FINETUNE = GPU and HUB" in cell
+def test_without_gpu_it_moves_on_and_without_the_hub_it_trains_on_the_sample(nb):
+    """Without a GPU both cells of the section say so and run nothing (run_notebook executes that); on a GPU
+    without the hub the training cell trains the tiny Backpack on the sample corpus."""
+    cell, after = [source for source in code_cells(gpu_section(nb)) if "train.py" in source or "evaluate.py" in source]
+    assert "if not GPU:" in cell and "no CUDA GPU" in cell and "the Hugging Face hub is not reachable" in cell
+    assert after.startswith("if GPU:") and "no CUDA GPU" in after
     fallback = gpu_train_settings(nb)["fallback"]
     import train
     assert fallback == {**train.DEFAULTS, **train.parse_args(["config/train_sample_tiny.py", "--dtype=auto",
@@ -482,3 +488,74 @@ def test_the_tiny_sections_commands_run_on_a_t4(nb, fake_gpu, sample_dataset, tm
             ran.append(script)
     assert ran == ["train.py", "train.py", "evaluate.py", "evaluate.py"]
     assert capsys.readouterr().out.count("on cuda:0, float16") == 2 and fake_gpu.math_fallbacks() == 0
+
+
+# ----------------------------------------------------------------------------- run, top to bottom, by a kernel
+
+def test_committed_outputs_are_cleared(nb):
+    """The notebook is committed as a Colab user opens it: no outputs, no execution counts."""
+    assert all(not cell.outputs and cell.execution_count is None for cell in nb.cells if cell.cell_type == "code")
+
+
+def snapshot_repository(remote, ref):
+    """A repository at remote whose REPO_REF holds this checkout's files as they are now (changes not yet
+    committed included), standing in for your copy on GitHub."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT, check=True,
+                            capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, listed):
+        if (REPO_ROOT / name).is_file():  # not a tracked file deleted since
+            (remote / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, remote / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    for args in (["init", "-q", "-b", ref], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
+        subprocess.run(git + args, cwd=remote, check=True, capture_output=True)
+
+
+def cell_text(cell):
+    """What a code cell showed: its streams, and the text and Markdown of what it displayed."""
+    return "".join(out.get("text", "") if out.output_type == "stream" else
+                   out.get("data", {}).get("text/markdown", "") + out.get("data", {}).get("text/plain", "")
+                   for out in cell.outputs)
+
+
+QUICK = "--max_iters=8 --eval_interval=4 --eval_iters=2 --log_interval=4"  # TRAIN_ARGS of the run below
+
+
+@pytest.mark.slow
+def test_the_notebook_runs_top_to_bottom_on_a_cpu(nb, tmp_path):
+    """The whole notebook, executed by a kernel (nbclient, ipykernel) on a runtime without a GPU or internet: step
+    2 clones a local repository standing in for REPO_URL (this checkout, snapshot), TRAIN_ARGS shortens the runs,
+    pip may install nothing (PIP_NO_INDEX: the requirements are already there). Every step shows what it shows a
+    Colab user; the GPU section says there is no GPU and moves on."""
+    from nbclient import NotebookClient
+    ref = string_assignments(nb, "REPO_REF")[0]
+    remote, code, start = tmp_path / "remote", tmp_path / "disk" / "multilingual-backpack", tmp_path / "content"
+    for folder in (remote, start):
+        folder.mkdir(parents=True)
+    snapshot_repository(remote, ref)
+    nb = nbformat.from_dict(nb)  # a copy: the committed notebook stays as it is
+    setup = next(cell for cell in nb.cells if "REPO_URL = " in cell.source)
+    setup.source = with_assignments(setup.source, REPO_URL=str(remote), CODE=str(code))
+    quick = next(cell for cell in nb.cells if cell.source.startswith("import runpy"))
+    quick.source = with_assignments(quick.source, TRAIN_ARGS=QUICK)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # its `python`
+           "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "PIP_NO_INDEX": "1", "OMP_NUM_THREADS": "2"}
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(start)}}).execute(env=env)
+
+    cells = [cell for cell in nb.cells if cell.cell_type == "code"]
+    assert not [out for cell in cells for out in cell.outputs if out.output_type == "error"]
+    text = "\n".join(map(cell_text, cells))
+    failed = re.search(r"(?s).{0,2000}(Traceback|error:).{0,1000}", text)  # a failed `!command` raises nothing
+    assert not failed, failed.group(0)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=remote, capture_output=True, text=True).stdout
+    assert f"running commit {head.strip()} " in text and "nvidia-smi not found" in text and "DEVICE=cpu" in text
+    assert re.search(r"max_iters: Backpack 8 +Transformer 8\n", text)
+    assert re.findall(r"done: 8 iterations, best val loss \d\.\d+; checkpoints in out/tiny_(\w+)", text) == \
+        ["backpack", "transformer"]  # each training's last line
+    assert text.count("wrote out/tiny_backpack/eval/results.json") == 1
+    assert text.count("wrote out/tiny_transformer/eval/results.json") == 1
+    assert "| test loss (all) |" in cell_text(next(c for c in cells if "Markdown(" in c.source))  # the table, its plots
+    images = [cell.source.splitlines()[0] for cell in cells for out in cell.outputs if "image/png" in out.get("data", {})]
+    assert images.count("import json") == 1 and images.count("from pathlib import Path") >= 2
+    assert "no CUDA GPU: finetuning a 170M-parameter Backpack needs one" in text
+    assert "no CUDA GPU: this section trained nothing" in text and not (code / "out" / "gpu_section").exists()

@@ -183,6 +183,18 @@ def test_transformer_may_skip_senses(tmp_path, test_jsonl, capsys):
     assert run_verify(tmp_path, results, capsys)[0] == 0
 
 
+def test_what_evaluate_writes_without_the_offline_data_passes(tmp_path, test_jsonl, capsys):
+    """No dictionary: the sense translation-pair cosines are skipped with the reason; and sacreBLEU's
+    chrF bootstrap, failing on a short output, leaves a null interval with its note."""
+    results = good_results(test_jsonl)
+    results["senses"]["translation_pair_cosines"] = {"skipped": "lexicon/muse-en-fr.0-5000.tsv: not found"}
+    results["translation"]["fr-en"]["greedy"]["chrf"].update(
+        ci95=None, ci95_note="sacreBLEU's bootstrap failed on this output (don't know how to coerce float and float32)")
+    status, lines = run_verify(tmp_path, results, capsys)
+    assert status == 0, "\n".join(lines)
+    assert "SKIP senses.translation_pair_cosines: skipped, reason: 'lexicon/muse-en-fr.0-5000.tsv: not found'" in lines
+
+
 def test_missing_or_invalid_results_give_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="^error: --out_dir .*missing is not a directory"):
         verify_evaluation.main(["--out_dir", str(tmp_path / "missing")])
