@@ -71,7 +71,7 @@ def test_evaluate_backpack_end_to_end(repo_root, tiny_runs, enfr_data_root):
     low, high = loss["all"]["ci95"]  # per-window values: an interval, and paired tests between models
     assert low <= loss["all"]["loss"] <= high
     windows = loss["windows"]["fr"]
-    assert len(windows["tokens"]) == loss["batches"] * loss["batch_size"] and sum(windows["tokens"]) == loss["fr"]["tokens"]
+    assert len(windows["tokens"]) == loss["windows_scored"] and sum(windows["tokens"]) == loss["fr"]["tokens"]
 
     translation = results["translation"]
     assert translation["samples_asked"] == 8 and translation["samples_used"] == 8
