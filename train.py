@@ -164,6 +164,8 @@ def start(cfg, explicit, ckpt_path):
     ddp, rank, world_size, device = setup_processes(cfg['device'])
     try:
         train(setup_run(cfg, explicit, meta, data_path, resume, ddp, rank, world_size, device))
+        if ddp:
+            dist.barrier()  # the ranks leave together: gloo aborts a process whose peer closed first
     except DataError as e:  # e.g. a split shorter than block_size
         fail(str(e))
     finally:
