@@ -102,14 +102,22 @@ def test_gpu_profile_sizes_the_study_from_benchs_backpack_step(sample_dataset, m
     assert int(iters) == plan.gpu_iters(50.0, 10**10)[0] == 9600  # 8 minutes of 50 ms steps
 
 
-@pytest.mark.slow
-@pytest.mark.smoke
-def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_path):
-    from backpacks.study.report import SECTIONS
+@pytest.fixture(scope="module")
+def smoke_study(repo_root, tmp_path_factory):
+    """SMOKE=1 bash experiments/study.sh, run once for the tests below: (its directory, env, the run)."""
+    tmp_path = tmp_path_factory.mktemp("smoke_study")
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "study"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2",
            "PYTHON": sys.executable}  # the interpreter running the tests, activated or not
     done = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
                           timeout=600)
+    return tmp_path, env, done
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_smoke_study_runs_every_step_and_reports_every_section(smoke_study):
+    from backpacks.study.report import SECTIONS
+    tmp_path, env, done = smoke_study
     assert done.returncode == 0, done.stderr[-3000:]
     report = tmp_path / "study" / "study.md"
     assert done.stdout.strip().splitlines()[-1] == str(report)
@@ -123,6 +131,12 @@ def test_smoke_study_runs_every_step_and_reports_every_section(repo_root, tmp_pa
     assert "plan.json" in results and "backpack_seed2337.json" in results and "interventions.json" in results
     assert len([r for r in results if "_seed" in r]) == 7 and not [r for r in results if r.endswith(".pt")]
     assert "left: none" in done.stdout
+
+
+@pytest.mark.slow
+def test_smoke_study_resumes_from_its_results_and_refuses_another_corpus(smoke_study, repo_root):
+    tmp_path, env, done = smoke_study
+    assert done.returncode == 0, done.stderr[-3000:]
     # a second run reuses every step: nothing is prepared, trained or evaluated again
     times = (tmp_path / "study" / "steps" / "times.tsv").read_text()
     again = subprocess.run(["bash", "experiments/study.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
