@@ -58,6 +58,10 @@ def environment_value(name):
     return os.environ.get(name, '').strip()
 
 
+def positive_integer(text):
+    return text.isdigit() and int(text) >= 1
+
+
 def switched_on(name):
     """An on/off variable is on: set to anything but an off value (check_environment refuses the others)."""
     return environment_value(name).lower() not in SWITCH_VALUES['off']
@@ -75,7 +79,7 @@ def check_environment():
         if why:
             bad(name, f"cannot be written ({why}); point it at a writable folder or unset it")
     for name in THREAD_COUNTS:
-        if environment_value(name) and not (environment_value(name).isdigit() and int(os.environ[name]) >= 1):
+        if environment_value(name) and not positive_integer(environment_value(name)):
             bad(name, "not a positive integer; set a thread count such as 4, or unset it")
     for name in OFFLINE_VARIABLES:
         if environment_value(name).lower() not in SWITCH_VALUES['off'] + SWITCH_VALUES['on']:
@@ -244,7 +248,7 @@ def main(argv=None):
         if why:
             fail(f"{name}={path!r} cannot be written ({why}); set {name} to a writable folder")
     for name, _, value in (spec.partition('=') for spec in args.count):
-        if not (value.isdigit() and int(value) >= 1):
+        if not positive_integer(value):
             fail(f"{name}={value!r} is not a positive integer")
 
 

@@ -36,13 +36,12 @@ fi
 [[ ${OTHER_SEEDS:-1} =~ ^[0123]$ ]] || { echo "error: OTHER_SEEDS must be 0, 1, 2 or 3, got $OTHER_SEEDS" >&2; exit 2; }
 [[ ${PROFILE:-cpu} == cpu || ${PROFILE:-cpu} == gpu ]] || { echo "error: PROFILE must be cpu or gpu, got $PROFILE" >&2; exit 2; }
 [[ ${PROFILE:-cpu} == cpu || ${SMOKE:-0} != 1 ]] || { echo "error: SMOKE=1 runs the CPU toy sizes; leave PROFILE unset" >&2; exit 2; }
-for count in ITERS SENSIA_PRETRAIN_ITERS SENSIA_ITERS; do
-  [[ -z ${!count:-} || ${!count} =~ ^[1-9][0-9]*$ ]] || { echo "error: $count must be a positive integer, got ${!count}" >&2; exit 2; }
-done
+counts=()  # the iteration settings given: positive integers, checked with the folders below
+for count in ITERS SENSIA_PRETRAIN_ITERS SENSIA_ITERS; do [[ -n ${!count:-} ]] && counts+=("$count=${!count}"); done
 if [[ -z ${ENFR_DATA:-} && -d ../shared/data/en-fr ]]; then
   export ENFR_DATA=$(cd ../shared/data/en-fr && pwd)
 fi
-"$PYTHON" -m backpacks.cli --writable OUT="${OUT:-out}" RESULTS="${RESULTS:-${OUT:-out}}"
+"$PYTHON" -m backpacks.cli --writable OUT="${OUT:-out}" RESULTS="${RESULTS:-${OUT:-out}}" --count "${counts[@]}"
 
 if [[ ${SMOKE:-0} == 1 ]]; then  # the same steps at toy sizes: checks the pipeline, measures nothing
   OUT=${OUT:-out/study_smoke}; ITERS=${ITERS:-6}; SEEDS=${SEEDS:-2}; PRE=${SENSIA_PRETRAIN_ITERS:-6}; ADAPT=${SENSIA_ITERS:-4}

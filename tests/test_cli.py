@@ -3,6 +3,7 @@
 import pytest
 
 import train
+from backpacks import cli
 
 
 @pytest.mark.parametrize('text, expected', [
@@ -29,3 +30,14 @@ def test_a_later_config_file_overrides_an_earlier_one_and_the_command_line_both(
     assert train.parse_args([str(base), str(overlay)]) == {'out_dir': 'out-overlay', 'max_iters': 10, 'n_senses': 16}
     assert train.parse_args([str(overlay), str(base), '--max_iters=3']) == {'out_dir': 'out-base', 'max_iters': 3,
                                                                            'n_senses': 4}
+
+
+def test_a_recipes_first_step_checks_its_folders_and_counts(tmp_path):
+    cli.main(['--writable', f'OUT={tmp_path}/new', '--count', 'ITERS=12'])
+    with pytest.raises(SystemExit, match="ITERS='0' is not a positive integer"):
+        cli.main(['--writable', f'OUT={tmp_path}', '--count', 'ITERS=0'])
+    with pytest.raises(SystemExit, match="ITERS='1e3' is not a positive integer"):
+        cli.main(['--count', 'ITERS=1e3'])
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(SystemExit, match="OUT=.* cannot be written .*is a file, not a directory"):
+        cli.main(['--writable', f'OUT={tmp_path}/file/out'])
