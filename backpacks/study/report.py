@@ -116,10 +116,15 @@ def tested_family(data, rows, models):
         for model in models:
             test, why = test_between(data, model, mb, mt)
             family[(label, model)] = (test, why, mb.higher_is_better)
-    keys = [k for k, (test, _, _) in family.items() if test]
-    for key, p in zip(keys, metrics.holm([family[k][0]["p_value"] for k in keys])):
-        family[key][0]["p_holm"] = p
-    return family, len(keys)
+    return family, holm_adjust(test for test, _, _ in family.values())
+
+
+def holm_adjust(tests):
+    """Set each test's p_holm, Holm's adjustment over the family (None: no test); return how many there are."""
+    tests = [test for test in tests if test]
+    for test, p in zip(tests, metrics.holm([test["p_value"] for test in tests])):
+        test["p_holm"] = p
+    return len(tests)
 
 
 def test_cell(test, why, higher_is_better, model):
@@ -171,13 +176,10 @@ def control_rows(data):
         for group, measure in groups:
             items, why = sm.seed_items(measure(word_vector(model)), evaluations)
             control, why_control = sm.seed_items(measure("random_pieces"), evaluations[:1])
-            test = (sm.compare(items, control, measure("random_pieces").statistic)
-                    if items and control and not sm.same_items(items[0], control[0]) else None)
-            family[(model, group)] = (test, why or why_control)
-    keys = [k for k, (test, _) in family.items() if test]
-    for key, p in zip(keys, metrics.holm([family[k][0]["p_value"] for k in keys])):
-        family[key][0]["p_holm"] = p
-    return groups, family, len(keys)
+            why = why or why_control or sm.same_items(items[0], control[0])
+            test = None if why else sm.compare(items, control, measure("random_pieces").statistic)
+            family[(model, group)] = (test, why)
+    return groups, family, holm_adjust(test for test, _ in family.values())
 
 
 def control_table(data):
