@@ -15,11 +15,8 @@ from backpacks.study.measures import LABELS  # noqa: E402
 
 STYLE = {"backpack": "C0", "transformer_flops": "C2", "transformer_tokens": "C1", "transformer_params": "C3",
          "transformer_params_nonemb": "C4", "sensia": "C0", "lm_only": "C1", "mcl": "C2"}
-# the learning curves' panels: (title, measure of the Backpack, measure of a Transformer)
-CURVES = ([("test loss (nats/token)", sm.loss_measure("all"), sm.loss_measure("all"))]
-          + [(f"{name} rho", sm.wordsim_measure(name, "mean"), sm.wordsim_measure(name, "embedding"))
-             for name in sm.WORDSIM_SETS]
-          + [(f"BLI {d} P@1 (CSLS)", sm.bli_measure(d, "mean"), sm.bli_measure(d, "embedding")) for d in ("en-fr", "fr-en")])
+# the learning curves' panels: (title, measure of a representation; None for the test loss)
+PANELS = [("test loss (nats/token)", None)] + [(label, of) for _, label, of in sm.lexical_measures()]
 
 
 def tokens_per_iter(plan):
@@ -55,11 +52,11 @@ def learning_curves(out, data):
         return []
     names = []
     for axis, xlabel in (("tokens", "training tokens (millions)"), ("flops", "training FLOPs (PFLOPs)")):
-        fig, axes = plt.subplots(2, 4, figsize=(18, 8))
-        for ax, (title, backpack_measure, transformer_measure) in zip(axes.flat, CURVES):
+        fig, axes = plt.subplots(2, 4, figsize=(18, 8), layout="constrained")  # titles clear of the row above
+        for ax, (title, of) in zip(axes.flat, PANELS):
             controls = {}
             for model, records in data["models"].items():
-                measure = backpack_measure if model == "backpack" else transformer_measure
+                measure = sm.loss_measure("all") if of is None else of(sm.word_vector(model))
                 iters, values = curve_points(records, measure)
                 run = records[0]["snapshots"][str(records[0]["max_iters"])]["run"]
                 scale = per_iter / 1e6 if axis == "tokens" else per_iter * flops_per_token(run, plan) / 1e15
@@ -67,10 +64,9 @@ def learning_curves(out, data):
                         label=f"{LABELS[model]} ({len(records)} seed{'s' if len(records) > 1 else ''})")
                 if len(records) > 1:
                     ax.fill_between(iters * scale, values.min(axis=0), values.max(axis=0), color=STYLE[model], alpha=0.2)
-                if title.startswith("test loss"):
-                    continue
-                controls.setdefault(records[0]["n_embd"], (iters * scale, curve_points(
-                    records[:1], control_of(measure))[1][0]))
+                if of is not None:
+                    controls.setdefault(records[0]["n_embd"], (iters * scale, curve_points(
+                        records[:1], of("random_pieces"))[1][0]))
             for (width, (x, y)), style in zip(sorted(controls.items()), ("--", ":", "-.", (0, (1, 3)))):
                 ax.plot(x, y, linestyle=style, marker="x", markersize=4, color="grey", label=f"random pieces, width {width}")
             ax.set_title(title, fontsize=10)
@@ -80,14 +76,6 @@ def learning_curves(out, data):
         axes.flat[1].legend(fontsize=7)
         names.append(save_figure(fig, out / f"curves_{axis}.png"))
     return names
-
-
-def control_of(measure):
-    """The random-pieces control's measure of a word-level measure (same set or direction)."""
-    name = measure.name.split(" (")[0]
-    if name.startswith("BLI "):
-        return sm.bli_measure(name.split()[1], "random_pieces")
-    return sm.wordsim_measure(name.removesuffix(" rho"), "random_pieces")
 
 
 def sensia_figures(out, sensia):

@@ -85,6 +85,13 @@ def bli_measure(direction, rep, method="csls"):
                    lambda e: e["p@1"], lambda e: e["ci95"]["p@1"], lambda e: e["hits@1"], metrics.resampled_mean)
 
 
+def lexical_measures():
+    """(group, label, measure of a representation) of the word-level measures: each word-similarity set,
+    then lexicon induction each way (P@1, CSLS, identical pairs excluded)."""
+    return ([(name, f"{name} rho", lambda rep, name=name: wordsim_measure(name, rep)) for name in WORDSIM_SETS]
+            + [(f"BLI {d}", f"BLI {d} P@1", lambda rep, d=d: bli_measure(d, rep)) for d in ("en-fr", "fr-en")])
+
+
 def retrieval_measure(states="backbone", direction="en_to_fr"):
     key = f"recall@1_{direction}"
     return Measure(f"sentence retrieval R@1 {direction.replace('_to_', '->')} ({states} mean-pool)",

@@ -58,9 +58,7 @@ def finals(data, model):
 def declared_rows():
     """(label, measure of the Backpack, measure of a Transformer) of the summary: one declared measure each."""
     rows = [("test loss", sm.loss_measure("all"), sm.loss_measure("all"))]
-    rows += [(f"{name} rho", sm.wordsim_measure(name, "mean"), sm.wordsim_measure(name, "embedding"))
-             for name in sm.WORDSIM_SETS]
-    rows += [(f"BLI {d} P@1", sm.bli_measure(d, "mean"), sm.bli_measure(d, "embedding")) for d in ("en-fr", "fr-en")]
+    rows += [(label, of(sm.BACKPACK_VECTOR), of("embedding")) for _, label, of in sm.lexical_measures()]
     rows += [(m.name, m, m) for m in [sm.chrf_measure(d) for d in ("en-fr", "fr-en")] + [sm.retrieval_measure()]]
     rows += [(m.name, m, m) for m in [sm.choice_measure(t, lang) for t in ("xnli", "pawsx") for lang in ("en", "fr")]]
     return rows
@@ -168,8 +166,7 @@ def others_table(data):
 def control_rows(data):
     """(model, lexical measure) against the random-pieces control of the model's own width, paired on the
     same word pairs or queries and over the model's seeds (the control is the same for every seed)."""
-    groups = [(f"{name}", lambda rep, name=name: sm.wordsim_measure(name, rep)) for name in sm.WORDSIM_SETS]
-    groups += [(f"BLI {d}", lambda rep, d=d: sm.bli_measure(d, rep)) for d in ("en-fr", "fr-en")]
+    groups = [(group, of) for group, _, of in sm.lexical_measures()]
     family = {}
     for model in data["models"]:
         evaluations = finals(data, model)
