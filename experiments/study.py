@@ -81,7 +81,8 @@ def write_plan(args, overrides):
 def read_plan(results):
     path = Path(results) / "plan.json"
     if not path.is_file():
-        cli.fail(f"{path} not found: run the plan step first (bash experiments/study.sh runs it)")
+        cli.fail(f"{results} holds no plan.json: not a study's results folder (bash experiments/study.sh's plan "
+                 "step writes it)")
     return units.read_json(path)
 
 
@@ -186,8 +187,7 @@ def main(argv=None):
     elif args.command == "gpu_profile":
         print_gpu_profile(args)
     else:
-        if not (Path(args.results) / "plan.json").is_file():
-            cli.fail(f"{args.results} holds no plan.json: not a study's results folder")
+        read_plan(args.results)
         cli.check_at_least(args, 100, ["samples"])
         measures.SAMPLES = args.samples  # read by every test at call time
         print(study_report.write_report(Path(args.results), args.out and Path(args.out)))
