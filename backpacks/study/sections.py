@@ -178,7 +178,10 @@ def sensia_findings(sensia_runs):
 def paired_recall(a, b, key):
     """The paired bootstrap of a - b over the same test pairs (each pair's mean hit of both directions)."""
     hits_a, hits_b = (pairs.get("pair_hits", {}).get(key) for pairs in (a, b))
-    if not hits_a or not hits_b or len(hits_a) != len(hits_b):
+    if not hits_a or not hits_b:
         return "no paired test: no per-pair hits"
+    why = sm.same_items(hits_a, hits_b)
+    if why:
+        return f"no paired test: {why}"
     test = sm.compare([hits_a], [hits_b], metrics.resampled_mean)
     return f"difference {sm.fmt_test(test)}, paired p={sm.fmt_p(test['p_value'])}"
